@@ -1,0 +1,125 @@
+"""The `fm` command: argument parsing and printing only; the work is done by
+the modules it calls."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+from pathlib import Path
+
+from . import errors, location
+from .tables import first_line, format_table
+
+
+def _history_arg(value: str | None) -> Path:
+    """--history takes a .duckdb file, or a notebook meaning that notebook's history."""
+    if value:
+        p = Path(value).expanduser().absolute()
+        if p.suffix == ".ipynb":
+            return location.history_path({"FM_NOTEBOOK": str(p)})
+        return p
+    return location.history_path()
+
+
+def cmd_install(a: argparse.Namespace) -> int:
+    from .install import install
+
+    where = install(user=a.user, prefix=sys.prefix if a.sys_prefix else a.prefix)
+    print(f"installed kernelspec flowmetal in {where}")
+    return 0
+
+
+def cmd_run(a: argparse.Namespace) -> int:
+    from .headless import run_notebook
+
+    return run_notebook(Path(a.notebook), out=Path(a.output) if a.output else None,
+                        history=Path(a.history).absolute() if a.history else None)
+
+
+def _open_read(history: Path):
+    from .store import Store
+
+    return Store.open(history, read_only=True)
+
+
+def cmd_log(a: argparse.Namespace) -> int:
+    store = _open_read(_history_arg(a.history))
+    try:
+        res = store.steps(branch=a.branch, limit=a.n)
+    finally:
+        store.close()
+    rows = [(r[0], r[1], r[2] or "", r[3], f"{r[5]:.0f} ms" if r[5] is not None else "",
+             first_line(r[7])) for r in res.rows]
+    print(format_table(["step", "branch", "parent", "status", "duration", "code"], rows))
+    return 0
+
+
+def cmd_sql(a: argparse.Namespace) -> int:
+    store = _open_read(_history_arg(a.history))
+    try:
+        res = store.query(a.query)
+    finally:
+        store.close()
+    if a.format == "json":
+        print(json.dumps(res.dicts(), default=str, indent=1))
+    elif a.format == "csv":
+        w = csv.writer(sys.stdout)
+        w.writerow(res.columns)
+        w.writerows(res.rows)
+    else:
+        print(format_table(res.columns, res.rows))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fm", description="Flowmetal kernel: durable notebook history.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("install", help="install the flowmetal kernelspec")
+    where = s.add_mutually_exclusive_group()
+    where.add_argument("--user", action="store_true", help="into the user's Jupyter folder")
+    where.add_argument("--sys-prefix", action="store_true", help="into this environment")
+    where.add_argument("--prefix", metavar="P", help="under prefix P")
+    s.set_defaults(func=cmd_install)
+
+    s = sub.add_parser("run", help="run a notebook headless with the flowmetal kernel")
+    s.add_argument("notebook")
+    s.add_argument("-o", "--output", metavar="OUT", help="where to write the executed notebook "
+                   "(default: the notebook itself)")
+    s.add_argument("--history", metavar="H", help="history file (default: beside the notebook)")
+    s.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("log", help="steps of a history")
+    s.add_argument("--history", metavar="H", help="history file or notebook")
+    s.add_argument("--branch", metavar="B")
+    s.add_argument("-n", type=int, default=None, help="only the newest N steps")
+    s.set_defaults(func=cmd_log)
+
+    s = sub.add_parser("sql", help="SQL over the history views")
+    s.add_argument("query")
+    s.add_argument("--history", metavar="H", help="history file or notebook")
+    s.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    s.set_defaults(func=cmd_sql)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    try:
+        return a.func(a)
+    except errors.FlowmetalError as exc:
+        print(f"fm {a.command}: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # duckdb's own errors (bad SQL) are one line too
+        if type(exc).__module__.startswith(("duckdb", "_duckdb")):
+            print(f"fm {a.command}: {str(exc).splitlines()[0]}", file=sys.stderr)
+            return 1
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""FlowmetalKernel: ipykernel's IPythonKernel plus a durable record of every
+cell. Thin on purpose: the recording is in recorder.py, the state in
+runtime.py; this file only hooks them into the request cycle."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from ipykernel.ipkernel import IPythonKernel
+
+from . import __version__, runtime
+from .recorder import CellRecorder
+
+
+def is_history_query(code: str) -> bool:
+    """Cells that only ask about the history (``%fm log``, ``%%sql``) are not
+    steps: recording them would make every look at the log change the log."""
+    lines = [ln.strip() for ln in code.strip().splitlines() if ln.strip()]
+    if not lines:
+        return False
+    if lines[0].startswith("%%sql"):
+        return True
+    return all(ln.startswith(("%fm", "%sql")) for ln in lines)
+
+
+def _kernel_id_from_connection_file() -> str | None:
+    try:
+        from ipykernel.kernelapp import IPKernelApp
+
+        if IPKernelApp.initialized():
+            name = Path(IPKernelApp.instance().connection_file).stem
+            return name[len("kernel-"):] if name.startswith("kernel-") else name
+    except Exception:
+        pass
+    return None
+
+
+class FlowmetalKernel(IPythonKernel):
+    implementation = "flowmetal"
+    implementation_version = __version__
+    banner = f"Flowmetal {__version__}: every cell is a durable step (`%fm log`, `%fm status`)"
+
+    def __init__(self, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.fm = runtime.Runtime(kernel_id=_kernel_id_from_connection_file())
+        runtime.install(self.fm)
+        self.recorder: CellRecorder | None = None
+        self.fm.on_open.append(self._attach_recorder)
+        self.fm.open_in_background()
+        from .magics import FlowmetalMagics
+
+        self.shell.register_magics(FlowmetalMagics)
+
+    def _attach_recorder(self, rt: runtime.Runtime) -> None:
+        assert rt.store is not None
+        self.recorder = CellRecorder(rt.store, self.session, rt.kernel_id)
+
+    async def do_execute(self, code, silent, store_history=True, user_expressions=None,
+                         allow_stdin=False, *, cell_meta=None, cell_id=None):
+        record = not silent and store_history and not is_history_query(code)
+        rt = self.fm
+        rt.wait()
+        for notice in rt.take_notices():
+            print(notice, file=sys.stderr)
+        recorder = self.recorder if record else None
+        if recorder is not None:
+            parent_msg = self.get_parent()
+            recorder.begin(
+                code=code, branch=rt.branch, parent=rt.head,
+                cell_id=cell_id or (cell_meta or {}).get("cellId"),
+                execution_count=self.shell.execution_count,
+                msg_id=(parent_msg.get("header") or {}).get("msg_id"),
+            )
+        # Stage 2: run the cell exactly as the standard kernel does.
+        reply = await super().do_execute(
+            code, silent, store_history, user_expressions, allow_stdin,
+            cell_meta=cell_meta, cell_id=cell_id,
+        )
+        if recorder is not None:
+            # Stage 3: the outputs the frontend will see are flushed, then the
+            # record is committed; only then does ipykernel send the reply.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            try:
+                rec = recorder.finish(reply)
+                rt.head = rec.step
+            except Exception as exc:  # a broken history must not break the notebook
+                print(f"flowmetal: could not record this cell: {exc}", file=sys.stderr)
+        return reply
+
+    def do_shutdown(self, restart):
+        if self.recorder is not None:
+            self.recorder.close()
+        self.fm.close(clean=True, restart=restart)
+        return super().do_shutdown(restart)

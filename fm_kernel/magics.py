@@ -1,0 +1,119 @@
+"""`%fm` sub-commands: parse arguments, call the modules that do the work,
+print a concise table. Bad arguments raise IPython's UsageError, which the
+shell shows as one line, never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+from typing import Any, Callable
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, line_magic, magics_class
+from IPython.display import publish_display_data
+
+from . import errors, runtime
+from .recorder import unflatten_outputs
+from .tables import first_line, format_table, human_bytes
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse would print usage and exit
+        raise UsageError(f"%fm {self.prog.split()[-1]}: {message} (usage: {self.format_usage().strip()[7:]})")
+
+
+def _parser(name: str, help_: str) -> _Parser:
+    return _Parser(prog=f"%fm {name}", description=help_, add_help=False)
+
+
+@magics_class
+class FlowmetalMagics(Magics):
+    def __init__(self, shell: Any):
+        super().__init__(shell)
+        self._commands: dict[str, Callable[[list[str]], None]] = {
+            "log": self._log,
+            "show": self._show,
+            "status": self._status,
+        }
+
+    @line_magic
+    def fm(self, line: str) -> None:
+        """Flowmetal history commands: %fm log | show STEP | status"""
+        try:
+            args = shlex.split(line)
+        except ValueError as exc:
+            raise UsageError(f"%fm: cannot parse arguments: {exc}") from None
+        if not args or args[0] in ("help", "-h", "--help"):
+            print("usage: %fm " + " | ".join(sorted(self._commands)))
+            return
+        command = self._commands.get(args[0])
+        if command is None:
+            raise UsageError(
+                f"%fm: unknown command {args[0]!r}; try one of: {', '.join(sorted(self._commands))}"
+            )
+        try:
+            command(args[1:])
+        except errors.FlowmetalError as exc:
+            raise UsageError(str(exc)) from None
+
+    # -- commands ------------------------------------------------------------
+
+    def _log(self, argv: list[str]) -> None:
+        p = _parser("log", "steps of the current branch, newest last")
+        p.add_argument("-n", type=int, default=20, help="how many steps")
+        p.add_argument("--all", action="store_true", help="all branches")
+        a = p.parse_args(argv)
+        if a.n < 1:
+            raise UsageError("%fm log: -n must be at least 1")
+        rt = runtime.current()
+        res = rt.require_store().steps(branch=None if a.all else rt.branch, limit=a.n)
+        rows = [
+            (("*" if r[0] == rt.head else "") + str(r[0]), r[1], r[2] or "", r[3],
+             f"{r[5]:.0f} ms" if r[5] is not None else "", first_line(r[7]))
+            for r in res.rows
+        ]
+        if not rows:
+            print(f"no steps yet on branch {rt.branch}")
+            return
+        print(format_table(["step", "branch", "parent", "status", "duration", "code"], rows))
+
+    def _show(self, argv: list[str]) -> None:
+        p = _parser("show", "code, outputs and duration of one step")
+        p.add_argument("step", type=int)
+        a = p.parse_args(argv)
+        rec = runtime.current().require_store().step(a.step)
+        if rec is None:
+            raise errors.NoSuchStep(a.step)
+        took = f"{rec.duration_ms:.0f} ms" if rec.duration_ms is not None else "-"
+        print(f"step {rec.step} on {rec.branch} (parent {rec.parent}) · {rec.status} · {took} · "
+              f"started {rec.started_at:%Y-%m-%d %H:%M:%S}")
+        print("code:")
+        print("    " + rec.code.replace("\n", "\n    "))
+        if rec.error_name:
+            print(f"error: {rec.error_name}: {rec.error_value}")
+        outs = unflatten_outputs(rec.outputs)
+        if outs:
+            print(f"outputs ({len(outs)}):")
+        for out in outs:
+            kind = out["output_type"]
+            if kind == "stream":
+                print(out["text"], end="" if out["text"].endswith("\n") else "\n")
+            elif kind in ("display_data", "execute_result", "update_display_data"):
+                publish_display_data(out["data"], out.get("metadata") or {})
+            elif kind == "error":
+                print(f"{out['ename']}: {out['evalue']}")
+
+    def _status(self, argv: list[str]) -> None:
+        _parser("status", "history path, size, HEAD").parse_args(argv)
+        rt = runtime.current()
+        store = rt.require_store()
+        (count,) = store.query("SELECT count(*) FROM steps").rows[0]
+        rows = [
+            ("history", str(store.path)),
+            ("size", human_bytes(store.size_bytes())),
+            ("HEAD", f"{rt.branch} @ step {rt.head}" if rt.head else f"{rt.branch} (empty namespace)"),
+            ("steps", str(count)),
+            ("kernel", rt.kernel_id),
+        ]
+        width = max(len(k) for k, _ in rows)
+        print("\n".join(f"{k.ljust(width)}  {v}" for k, v in rows))

@@ -1,0 +1,102 @@
+"""The history schema, as data: migration N is ``MIGRATIONS[N - 1]``.
+
+Tables named ``fm_*`` are the record and are only ever appended to; the
+names users query (``steps``, ``outputs``, ``events``, ``branches``) are
+views over them. Appending instead of updating keeps the per-cell write to a
+single INSERT (a DuckDB statement costs ~0.5 ms here, see docs/benchmarks.md)
+and makes "nothing is ever rewritten" true by construction.
+
+Only store.py executes these; never edit a released migration, add one.
+"""
+
+from __future__ import annotations
+
+# Each step record is the state of one step at one moment: a long cell gets a
+# 'running' record and later its final one; the views keep the latest by seq.
+_V1 = r"""
+CREATE TABLE fm_meta (key VARCHAR PRIMARY KEY, value VARCHAR);
+
+CREATE TABLE fm_step_records (
+    seq             BIGINT NOT NULL,
+    step            BIGINT NOT NULL,
+    branch          VARCHAR NOT NULL,
+    parent          BIGINT,
+    kernel_id       VARCHAR,
+    cell_id         VARCHAR,
+    execution_count INTEGER,
+    code            VARCHAR,
+    status          VARCHAR NOT NULL,
+    started_at      TIMESTAMPTZ,
+    finished_at     TIMESTAMPTZ,
+    duration_ms     DOUBLE,
+    error_name      VARCHAR,
+    error_value     VARCHAR,
+    traceback       JSON,
+    outputs         JSON
+);
+
+CREATE TABLE fm_events (
+    seq     BIGINT NOT NULL,
+    "at"    TIMESTAMPTZ NOT NULL,
+    kind    VARCHAR NOT NULL,
+    step    BIGINT,
+    run_id  VARCHAR,
+    payload JSON
+);
+
+-- A branch row is written when a branch is created and whenever its head is
+-- moved without running a cell (rewind, checkout); running a cell on a branch
+-- moves its head implicitly through the step record.
+CREATE TABLE fm_branch_records (
+    seq        BIGINT NOT NULL,
+    name       VARCHAR NOT NULL,
+    head       BIGINT,
+    base       BIGINT,
+    "at"       TIMESTAMPTZ NOT NULL
+);
+
+CREATE VIEW steps AS
+SELECT step, branch, parent, kernel_id, cell_id, execution_count, code, status,
+       started_at, finished_at, duration_ms, error_name, error_value,
+       CAST(traceback AS VARCHAR[]) AS traceback, seq
+FROM fm_step_records
+QUALIFY row_number() OVER (PARTITION BY step ORDER BY seq DESC) = 1;
+
+CREATE VIEW outputs AS
+WITH latest AS (
+    SELECT step, outputs FROM fm_step_records
+    QUALIFY row_number() OVER (PARTITION BY step ORDER BY seq DESC) = 1
+), rows AS (
+    SELECT step, unnest(from_json(outputs,
+        '[{"position":"INTEGER","output_type":"VARCHAR","mime":"VARCHAR","content":"VARCHAR","meta":"JSON"}]')) AS o
+    FROM latest WHERE outputs IS NOT NULL
+)
+SELECT step, o.position AS position, o.output_type AS output_type, o.mime AS mime,
+       o.content AS content, o.meta AS meta
+FROM rows;
+
+CREATE VIEW events AS
+SELECT seq, "at", kind, step, run_id, payload FROM fm_events
+UNION ALL
+SELECT seq, coalesce(finished_at, started_at) AS "at", 'step_' || status AS kind, step,
+       NULL AS run_id,
+       json_object('branch', branch, 'parent', parent, 'kernel_id', kernel_id,
+                   'cell_id', cell_id, 'execution_count', execution_count,
+                   'duration_ms', duration_ms, 'error_name', error_name) AS payload
+FROM fm_step_records;
+
+CREATE VIEW branches AS
+WITH created AS (
+    SELECT name, arg_min(base, seq) AS base, min("at") AS created_at
+    FROM fm_branch_records GROUP BY name
+), moves AS (
+    SELECT name, head, seq FROM fm_branch_records
+    UNION ALL
+    SELECT branch AS name, step AS head, seq FROM fm_step_records
+)
+SELECT c.name, arg_max(m.head, m.seq) AS head, c.base, c.created_at
+FROM created c JOIN moves m USING (name)
+GROUP BY c.name, c.base, c.created_at;
+"""
+
+MIGRATIONS: list[str] = [_V1]

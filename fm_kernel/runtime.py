@@ -1,0 +1,102 @@
+"""The per-kernel state that magics and the Python API share: which history
+is open, where HEAD is, and the one-line notices owed to the user.
+
+The kernel opens the history on a background thread so that a kernel starts
+as fast as a plain one; everything that needs the store waits on `ready`.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from pathlib import Path
+from typing import Any, Callable
+
+from . import location
+from .recorder import InflightMarker, recover_interrupted
+from .store import Store
+
+_current: "Runtime | None" = None
+
+
+def current() -> "Runtime":
+    """The runtime of the kernel this code runs in."""
+    if _current is None:
+        from .errors import FlowmetalError
+
+        raise FlowmetalError(
+            "no flowmetal kernel is running here; start the 'Flowmetal (Python 3)' kernel "
+            "or use `fm sql --history PATH` from a shell"
+        )
+    return _current
+
+
+class Runtime:
+    def __init__(self, kernel_id: str | None = None, history: Path | None = None):
+        self.kernel_id = kernel_id or uuid.uuid4().hex
+        self.requested_path = history or location.history_path()
+        self.store: Store | None = None
+        self.branch = "main"
+        self.head: int | None = None  # the step whose state the namespace holds
+        self.notices: list[str] = []
+        self.interrupted: list[int] = []
+        self.ready = threading.Event()
+        self.open_error: BaseException | None = None
+        self.on_open: list[Callable[[Runtime], Any]] = []
+
+    def open_in_background(self) -> None:
+        threading.Thread(target=self._open, name="fm-open-history", daemon=True).start()
+
+    def _open(self) -> None:
+        try:
+            store, notice = location.open_history(self.requested_path, self.kernel_id)
+            if notice:
+                self.notices.append(notice)
+            self.interrupted = recover_interrupted(store, InflightMarker(store.path))
+            last = store.query(
+                "SELECT branch FROM steps ORDER BY step DESC LIMIT 1"
+            ).rows
+            if last:
+                self.branch = last[0][0]
+            store.append_event("kernel_started", payload={"kernel_id": self.kernel_id})
+            self.store = store
+            for hook in self.on_open:
+                hook(self)
+        except BaseException as exc:  # reported on the first cell, never fatal
+            self.open_error = exc
+            self.notices.append(f"flowmetal: history unavailable, cells are not recorded: {exc}")
+        finally:
+            self.ready.set()
+
+    def wait(self, timeout: float | None = 60.0) -> Store | None:
+        self.ready.wait(timeout)
+        return self.store
+
+    def require_store(self) -> Store:
+        store = self.wait()
+        if store is None:
+            from .errors import HistoryError
+
+            raise HistoryError(str(self.open_error) if self.open_error else "history not open yet")
+        return store
+
+    def take_notices(self) -> list[str]:
+        notes, self.notices = self.notices, []
+        return notes
+
+    def close(self, clean: bool, restart: bool = False) -> None:
+        store = self.store
+        if store is None:
+            return
+        try:
+            store.append_event(
+                "kernel_stopped", payload={"kernel_id": self.kernel_id, "clean": clean, "restart": restart}
+            )
+        finally:
+            store.close()
+            self.store = None
+
+
+def install(rt: Runtime) -> None:
+    global _current
+    _current = rt

@@ -1,0 +1,322 @@
+"""The only module that talks to DuckDB: opening a history, its schema, and
+every read and write of durable state, by method name.
+
+One Store owns one read-write connection. DuckDB lets a single process hold
+a database file, so while a kernel runs it is the only writer; step and
+sequence numbers are therefore allocated here in memory from the maxima found
+at open time, instead of by a round trip per cell.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import duckdb
+
+from . import errors
+from .migrations import MIGRATIONS
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+@dataclass
+class StepRecord:
+    """One step as it stands at one moment (running, or its final form)."""
+
+    step: int
+    branch: str
+    parent: int | None
+    kernel_id: str
+    cell_id: str | None
+    execution_count: int | None
+    code: str
+    status: str
+    started_at: dt.datetime
+    finished_at: dt.datetime | None = None
+    duration_ms: float | None = None
+    error_name: str | None = None
+    error_value: str | None = None
+    traceback: list[str] | None = None
+    outputs: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        d["started_at"] = self.started_at.isoformat()
+        d["finished_at"] = self.finished_at.isoformat() if self.finished_at else None
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "StepRecord":
+        d = dict(d)
+        d["started_at"] = dt.datetime.fromisoformat(d["started_at"])
+        if d.get("finished_at"):
+            d["finished_at"] = dt.datetime.fromisoformat(d["finished_at"])
+        return cls(**d)
+
+
+@dataclass
+class Result:
+    """A query result small enough to hold: column names and row tuples."""
+
+    columns: list[str]
+    rows: list[tuple]
+
+    def to_pandas(self):  # pandas is optional for the kernel itself
+        import pandas as pd
+
+        return pd.DataFrame(self.rows, columns=self.columns)
+
+    def dicts(self) -> list[dict[str, Any]]:
+        return [dict(zip(self.columns, r)) for r in self.rows]
+
+
+_STEP_INSERT = (
+    "INSERT INTO fm_step_records VALUES "
+    "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+class Store:
+    """A history database opened read-write by this process."""
+
+    def __init__(self, path: Path, conn: duckdb.DuckDBPyConnection, read_only: bool = False):
+        self.path = path
+        self.read_only = read_only
+        self._conn = conn
+        self._lock = threading.RLock()
+        # DuckDB wakes its thread pool for every statement; for the small
+        # writes on the per-cell path one thread is ~0.7 ms faster (bench/).
+        # Heavy user queries raise it for their own duration (see query()).
+        self._conn.execute("SET threads = 1")
+        self._migrate()
+        self._seq = self._scalar(
+            "SELECT greatest((SELECT max(seq) FROM fm_step_records),"
+            " (SELECT max(seq) FROM fm_events),"
+            " (SELECT max(seq) FROM fm_branch_records))"
+        ) or 0
+        self._step = self._scalar("SELECT max(step) FROM fm_step_records") or 0
+
+    # -- opening -------------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: Path, read_only: bool = False) -> "Store":
+        """Open (creating if needed) the history at ``path`` for writing.
+
+        Raises HistoryLocked when another live process holds it, and
+        HistoryUnwritable when the file or its folder cannot be written.
+        """
+        path = Path(path)
+        if read_only and not path.exists():
+            raise errors.HistoryError(f"no history at {path}; run a cell in a flowmetal kernel first")
+        try:
+            if not read_only:
+                path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as exc:
+            raise errors.HistoryUnwritable(path, exc) from None
+        fresh = not path.exists()
+        try:
+            conn = duckdb.connect(str(path), read_only=read_only)
+        except duckdb.IOException as exc:
+            if "lock" in str(exc).lower():
+                raise errors.HistoryLocked(path, _lock_holder(str(exc))) from None
+            raise errors.HistoryUnwritable(path, exc) from None
+        except duckdb.Error as exc:
+            raise errors.HistoryUnwritable(path, exc) from None
+        if fresh:
+            _owner_only(path)
+        return cls(path, conn, read_only)
+
+    def _migrate(self) -> None:
+        has_meta = self._scalar(
+            "SELECT count(*) FROM information_schema.tables WHERE table_name = 'fm_meta'"
+        )
+        version = 0
+        if has_meta:
+            version = int(self._scalar("SELECT value FROM fm_meta WHERE key = 'schema_version'") or 0)
+        if version > SCHEMA_VERSION:
+            self._conn.close()
+            raise errors.SchemaTooNew(self.path, version, SCHEMA_VERSION)
+        if self.read_only:
+            if version < SCHEMA_VERSION:
+                self._conn.close()
+                raise errors.HistoryError(
+                    f"history {self.path} has schema version {version}; open it once in a "
+                    f"flowmetal kernel (or `fm log`) to upgrade it to {SCHEMA_VERSION}"
+                )
+            return
+        for number in range(version + 1, SCHEMA_VERSION + 1):
+            with self.transaction() as c:
+                c.execute(MIGRATIONS[number - 1])
+                c.execute(
+                    "INSERT OR REPLACE INTO fm_meta VALUES ('schema_version', ?)", [str(number)]
+                )
+                if number == 1:
+                    c.execute(
+                        "INSERT INTO fm_branch_records VALUES (1, 'main', NULL, NULL, ?)",
+                        [utcnow()],
+                    )
+
+    def close(self) -> None:
+        with self._lock:
+            try:
+                self._conn.close()
+            except duckdb.Error:
+                pass
+
+    # -- low level -----------------------------------------------------------
+
+    def _scalar(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        with self._lock:
+            row = self._conn.execute(sql, params).fetchone()
+        return row[0] if row else None
+
+    def transaction(self):
+        store = self
+
+        class _Txn:
+            def __enter__(self_inner):
+                store._lock.acquire()
+                store._conn.execute("BEGIN")
+                return store._conn
+
+            def __exit__(self_inner, exc_type, exc, tb):
+                try:
+                    store._conn.execute("ROLLBACK" if exc_type else "COMMIT")
+                finally:
+                    store._lock.release()
+                return False
+
+        return _Txn()
+
+    def next_seq(self) -> int:
+        with self._lock:
+            self._seq += 1
+            return self._seq
+
+    def next_step(self) -> int:
+        with self._lock:
+            self._step += 1
+            return self._step
+
+    @property
+    def last_step(self) -> int:
+        return self._step
+
+    # -- writes --------------------------------------------------------------
+
+    def append_step(self, rec: StepRecord) -> None:
+        """Append one record of a step; committed when this returns."""
+        with self._lock:
+            self._step = max(self._step, rec.step)
+            self._conn.execute(_STEP_INSERT, self._step_params(rec))
+
+    def _step_params(self, rec: StepRecord) -> list[Any]:
+        return [
+            self.next_seq(), rec.step, rec.branch, rec.parent, rec.kernel_id, rec.cell_id,
+            rec.execution_count, rec.code, rec.status, rec.started_at, rec.finished_at,
+            rec.duration_ms, rec.error_name, rec.error_value,
+            json.dumps(rec.traceback) if rec.traceback is not None else None,
+            json.dumps(rec.outputs),
+        ]
+
+    def append_event(
+        self, kind: str, step: int | None = None, run_id: str | None = None,
+        payload: dict[str, Any] | None = None,
+    ) -> int:
+        with self._lock:
+            seq = self.next_seq()
+            self._conn.execute(
+                "INSERT INTO fm_events VALUES (?, ?, ?, ?, ?, ?)",
+                [seq, utcnow(), kind, step, run_id, json.dumps(payload or {}, default=str)],
+            )
+            return seq
+
+    # -- reads ---------------------------------------------------------------
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> Result:
+        with self._lock:
+            cur = self._conn.execute(sql, params)
+            cols = [d[0] for d in cur.description] if cur.description else []
+            return Result(cols, cur.fetchall() if cols else [])
+
+    def steps(self, branch: str | None = None, limit: int | None = None) -> Result:
+        where, params = ("WHERE branch = ?", [branch]) if branch else ("", [])
+        sql = (
+            "SELECT step, branch, parent, status, execution_count, duration_ms, started_at,"
+            f" code, error_name FROM steps {where} ORDER BY step DESC"
+        )
+        if limit:
+            sql += f" LIMIT {int(limit)}"
+        res = self.query(sql, params)
+        res.rows.reverse()
+        return res
+
+    def step(self, step: int) -> StepRecord | None:
+        res = self.query(
+            "SELECT step, branch, parent, kernel_id, cell_id, execution_count, code, status,"
+            " started_at, finished_at, duration_ms, error_name, error_value,"
+            " traceback::VARCHAR, outputs::VARCHAR FROM fm_step_records WHERE step = ?"
+            " ORDER BY seq DESC LIMIT 1",
+            [step],
+        )
+        if not res.rows:
+            return None
+        r = list(res.rows[0])
+        r[13] = json.loads(r[13]) if r[13] else None
+        r[14] = json.loads(r[14]) if r[14] else []
+        return StepRecord(*r)
+
+    def unfinished_steps(self) -> list[StepRecord]:
+        """Steps whose latest record says 'running': their kernel died."""
+        res = self.query("SELECT step FROM steps WHERE status = 'running' ORDER BY step")
+        return [rec for (n,) in res.rows if (rec := self.step(n)) is not None]
+
+    def branch_heads(self) -> dict[str, int | None]:
+        return dict(self.query("SELECT name, head FROM branches").rows)
+
+    def last_event(self, kinds: Sequence[str]) -> dict[str, Any] | None:
+        marks = ", ".join("?" for _ in kinds)
+        res = self.query(
+            f"SELECT seq, kind, step, payload FROM fm_events WHERE kind IN ({marks})"
+            " ORDER BY seq DESC LIMIT 1",
+            list(kinds),
+        )
+        return res.dicts()[0] if res.rows else None
+
+    def size_bytes(self) -> int:
+        total = 0
+        for p in (self.path, Path(str(self.path) + ".wal")):
+            try:
+                total += p.stat().st_size
+            except OSError:
+                pass
+        return total
+
+    def iter_rows(self, sql: str, params: Sequence[Any] = ()) -> Iterator[tuple]:
+        yield from self.query(sql, params).rows
+
+
+def _lock_holder(message: str) -> str | None:
+    # DuckDB says: "... Conflicting lock is held in <exe> (PID 1234) by user ..."
+    marker = "(PID "
+    i = message.find(marker)
+    if i < 0:
+        return None
+    return message[i + len(marker):].split(")", 1)[0].strip()
+
+
+def _owner_only(path: Path) -> None:
+    for p in (path, Path(str(path) + ".wal")):
+        try:
+            p.chmod(0o600)
+        except OSError:
+            pass
