@@ -1,0 +1,26 @@
+# Two entry points that work on a fresh machine: `make demo` and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+FM := $(VENV)/bin/fm
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+.PHONY: setup demo test bench
+setup: $(VENV)/.installed
+
+# The main job: run the quickstart headless with the flowmetal kernel, then
+# print the steps it recorded in notebooks/.flowmetal/01-quickstart.ipynb.duckdb.
+demo: setup
+	mkdir -p build
+	$(FM) run notebooks/01-quickstart.ipynb -o build/01-quickstart.out.ipynb
+	$(FM) log --history notebooks/01-quickstart.ipynb
+
+test: setup
+	$(PY) -m pytest -q -p no:cacheprovider
+
+bench: setup
+	$(PY) bench/cell_overhead.py

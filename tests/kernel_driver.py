@@ -1,0 +1,93 @@
+"""A real flowmetal kernel in a subprocess, driven through jupyter_client the
+way a frontend drives it. Shared by the real-kernel tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import duckdb
+from jupyter_client.manager import KernelManager
+
+KERNEL_NAME = "flowmetal"
+
+
+@dataclass
+class Reply:
+    status: str
+    content: dict[str, Any]
+    iopub: list[dict[str, Any]] = field(default_factory=list)
+
+    def outputs(self) -> list[dict[str, Any]]:
+        kinds = {"stream", "display_data", "execute_result", "error", "clear_output",
+                 "update_display_data"}
+        return [m for m in self.iopub if m["msg_type"] in kinds]
+
+    def text(self) -> str:
+        return "".join(m["content"]["text"] for m in self.iopub if m["msg_type"] == "stream")
+
+
+class Kernel:
+    def __init__(self, env: dict[str, str] | None = None, cwd: Path | None = None):
+        self.km = KernelManager(kernel_name=KERNEL_NAME)
+        full_env = {k: v for k, v in os.environ.items()
+                    if k not in ("FM_HISTORY", "FM_NOTEBOOK", "JPY_SESSION_NAME")}
+        full_env.update(env or {})
+        extra = {"cwd": str(cwd)} if cwd else {}
+        self.km.start_kernel(env=full_env, **extra)
+        self.kc = self.km.client()
+        self.kc.start_channels()
+        self.kc.wait_for_ready(timeout=60)
+
+    @property
+    def pid(self) -> int:
+        return self.km.provisioner.process.pid  # type: ignore[union-attr]
+
+    def execute(self, code: str, timeout: float = 60, **kwargs: Any) -> Reply:
+        msg_id = self.kc.execute(code, **kwargs)
+        return self.collect(msg_id, timeout)
+
+    def collect(self, msg_id: str, timeout: float = 60) -> Reply:
+        iopub: list[dict[str, Any]] = []
+        deadline = time.monotonic() + timeout
+        while True:
+            msg = self.kc.get_iopub_msg(timeout=max(0.1, deadline - time.monotonic()))
+            if msg["parent_header"].get("msg_id") != msg_id:
+                continue
+            if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+                break
+            iopub.append(msg)
+        while True:
+            reply = self.kc.get_shell_msg(timeout=max(0.1, deadline - time.monotonic()))
+            if reply["parent_header"].get("msg_id") == msg_id:
+                return Reply(reply["content"]["status"], reply["content"], iopub)
+
+    def kill9(self) -> None:
+        os.kill(self.pid, signal.SIGKILL)
+        self.km.provisioner.process.wait()  # type: ignore[union-attr]
+        self.kc.stop_channels()
+        self.km.cleanup_resources()
+
+    def shutdown(self) -> None:
+        self.kc.stop_channels()
+        self.km.shutdown_kernel(now=False)
+
+    def __enter__(self) -> "Kernel":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.km.is_alive():
+            self.shutdown()
+
+
+def query(history: Path, sql: str, params: list[Any] | None = None) -> list[tuple]:
+    """Read a history once its kernel has let go of it."""
+    con = duckdb.connect(str(history), read_only=True)
+    try:
+        return con.execute(sql, params or []).fetchall()
+    finally:
+        con.close()
