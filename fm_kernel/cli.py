@@ -39,18 +39,34 @@ def cmd_run(a: argparse.Namespace) -> int:
                         history=Path(a.history).absolute() if a.history else None)
 
 
-def _open_read(history: Path):
-    from .store import Store
+def run_sql(history: Path, query: str, params: list | None = None):
+    """Read-only SQL on a history, opened directly or through its live kernel."""
+    from . import querying, remote
+    from .store import Result, Store
 
-    return Store.open(history, read_only=True)
+    try:
+        store = Store.open(history, read_only=True)
+    except errors.HistoryLocked:
+        info = remote.live_endpoint(history)
+        if info is None:
+            raise errors.HistoryError(
+                f"history {history} is held by a process with no endpoint; try again when it is done"
+            ) from None
+        out = remote.call(info, "POST", "/sql", {"query": query, "params": params or []})
+        return Result(out["columns"], [tuple(r) for r in out["rows"]])
+    try:
+        return querying.run(store, query, params or [])
+    finally:
+        store.close()
 
 
 def cmd_log(a: argparse.Namespace) -> int:
-    store = _open_read(_history_arg(a.history))
-    try:
-        res = store.steps(branch=a.branch, limit=a.n)
-    finally:
-        store.close()
+    where, params = ("WHERE branch = ?", [a.branch]) if a.branch else ("", [])
+    limit = f" LIMIT {int(a.n)}" if a.n else ""
+    res = run_sql(_history_arg(a.history),
+                  "SELECT * FROM (SELECT step, branch, parent, status, execution_count, duration_ms,"
+                  f" started_at, code FROM steps {where} ORDER BY step DESC{limit}) ORDER BY step",
+                  params)
     rows = [(r[0], r[1], r[2] or "", r[3], f"{r[5]:.0f} ms" if r[5] is not None else "",
              first_line(r[7])) for r in res.rows]
     print(format_table(["step", "branch", "parent", "status", "duration", "code"], rows))
@@ -58,11 +74,7 @@ def cmd_log(a: argparse.Namespace) -> int:
 
 
 def cmd_sql(a: argparse.Namespace) -> int:
-    store = _open_read(_history_arg(a.history))
-    try:
-        res = store.query(a.query)
-    finally:
-        store.close()
+    res = run_sql(_history_arg(a.history), a.query)
     if a.format == "json":
         print(json.dumps(res.dicts(), default=str, indent=1))
     elif a.format == "csv":

@@ -21,8 +21,8 @@ def is_history_query(code: str) -> bool:
     if not lines:
         return False
     if lines[0].startswith("%%sql"):
-        return True
-    return all(ln.startswith(("%fm", "%sql")) for ln in lines)
+        return " -o" not in lines[0]  # -o NAME writes to the namespace: a step
+    return all(ln.startswith(("%fm", "%sql")) and " -o " not in ln for ln in lines)
 
 
 def _kernel_id_from_connection_file() -> str | None:

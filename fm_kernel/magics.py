@@ -9,10 +9,10 @@ import shlex
 from typing import Any, Callable
 
 from IPython.core.error import UsageError
-from IPython.core.magic import Magics, line_magic, magics_class
+from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 from IPython.display import publish_display_data
 
-from . import errors, runtime
+from . import errors, querying, runtime
 from .recorder import unflatten_outputs
 from .tables import first_line, format_table, human_bytes
 
@@ -55,6 +55,40 @@ class FlowmetalMagics(Magics):
             command(args[1:])
         except errors.FlowmetalError as exc:
             raise UsageError(str(exc)) from None
+
+    @line_cell_magic
+    def sql(self, line: str, cell: str | None = None):
+        """%sql QUERY or %%sql [-o NAME]: read-only DuckDB SQL over the history views."""
+        try:
+            args = shlex.split(line) if cell is not None else []
+        except ValueError as exc:
+            raise UsageError(f"%%sql: cannot parse arguments: {exc}") from None
+        name = None
+        if cell is None:
+            query = line
+            m = line.strip().split(None, 2)
+            if len(m) >= 2 and m[0] == "-o":
+                name, query = m[1], (m[2] if len(m) > 2 else "")
+        else:
+            p = _parser("sql", "SQL over the history")
+            p.add_argument("-o", dest="name", metavar="NAME")
+            name = p.parse_args(args).name
+            query = cell
+        if name is not None and not name.isidentifier():
+            raise UsageError(f"%%sql -o: {name!r} is not a valid Python name")
+        rt = runtime.current()
+        try:
+            res = querying.run(rt.require_store(), query, (), rt.frame_path)
+        except errors.FlowmetalError as exc:
+            raise UsageError(str(exc)) from None
+        try:
+            frame = res.to_pandas()
+        except ImportError:
+            print(format_table(res.columns, res.rows))
+            return None
+        if name is not None:
+            self.shell.user_ns[name] = frame
+        return frame
 
     # -- commands ------------------------------------------------------------
 

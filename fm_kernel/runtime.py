@@ -43,6 +43,7 @@ class Runtime:
         self.ready = threading.Event()
         self.open_error: BaseException | None = None
         self.on_open: list[Callable[[Runtime], Any]] = []
+        self.endpoint: Any = None
 
     def open_in_background(self) -> None:
         threading.Thread(target=self._open, name="fm-open-history", daemon=True).start()
@@ -60,6 +61,7 @@ class Runtime:
                 self.branch = last[0][0]
             store.append_event("kernel_started", payload={"kernel_id": self.kernel_id})
             self.store = store
+            self._start_endpoint(store)
             for hook in self.on_open:
                 hook(self)
         except BaseException as exc:  # reported on the first cell, never fatal
@@ -67,6 +69,25 @@ class Runtime:
             self.notices.append(f"flowmetal: history unavailable, cells are not recorded: {exc}")
         finally:
             self.ready.set()
+
+    def _start_endpoint(self, store: Store) -> None:
+        if str(store.path) == ":memory:":
+            return
+        from .endpoint import Endpoint
+
+        try:
+            self.endpoint = Endpoint(store.path, lambda: self.require_store(), self.kernel_id,
+                                     frames=self.frame_path)
+            self.endpoint.start()
+        except Exception as exc:  # cells must run even if no port can be had
+            self.endpoint = None
+            self.notices.append(f"flowmetal: HTTP endpoint not started: {exc}")
+
+    def frame_path(self, name: str, step: int) -> Path:
+        """The Parquet file of DataFrame ``name`` after ``step`` (time travel)."""
+        from .errors import UsageError
+
+        raise UsageError("frame() needs recorded states; this kernel does not record them yet")
 
     def wait(self, timeout: float | None = 60.0) -> Store | None:
         self.ready.wait(timeout)
@@ -85,6 +106,9 @@ class Runtime:
         return notes
 
     def close(self, clean: bool, restart: bool = False) -> None:
+        if self.endpoint is not None:
+            self.endpoint.stop()
+            self.endpoint = None
         store = self.store
         if store is None:
             return

@@ -248,6 +248,25 @@ class Store:
             cols = [d[0] for d in cur.description] if cur.description else []
             return Result(cols, cur.fetchall() if cols else [])
 
+    def read_query(self, sql: str, params: Sequence[Any] = (), threads: int = 2) -> Result:
+        """Run a user's query in a read-only transaction on its own cursor, so
+        it can neither change the history nor wait on the cell-recording path."""
+        with self._lock:
+            cur = self._conn.cursor()
+        try:
+            cur.execute(f"SET threads = {int(threads)}")
+            cur.execute("BEGIN TRANSACTION READ ONLY")
+            try:
+                cur.execute(sql, params)
+                cols = [d[0] for d in cur.description] if cur.description else []
+                rows = cur.fetchall() if cols else []
+            finally:
+                cur.execute("ROLLBACK")
+                cur.execute("SET threads = 1")
+            return Result(cols, rows)
+        finally:
+            cur.close()
+
     def steps(self, branch: str | None = None, limit: int | None = None) -> Result:
         where, params = ("WHERE branch = ?", [branch]) if branch else ("", [])
         sql = (

@@ -1,0 +1,177 @@
+"""The kernel's loopback HTTP API (spec: "HTTP endpoint").
+
+It runs on its own thread and event loop, so a request is served while a
+cell runs, and a slow or hostile client can only ever occupy that thread.
+Port and token go to ``<history>.endpoint.json`` (mode 0600): whoever can
+read that file may use the token; everyone else gets 401.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import ipaddress
+import json
+import os
+import secrets
+import threading
+from pathlib import Path
+from typing import Any, Callable
+
+import tornado.httpserver
+import tornado.netutil
+import tornado.web
+
+from . import querying
+from .errors import FlowmetalError
+
+MAX_BODY = 1 << 20  # spec default: 1 MiB
+
+
+def endpoint_file(history: Path) -> Path:
+    return Path(str(history) + ".endpoint.json")
+
+
+def check_host(host: str, allow_remote: bool) -> str:
+    """Loopback only, unless explicitly allowed: the token is the only lock."""
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback and not allow_remote:
+        raise FlowmetalError(
+            f"refusing to serve the endpoint on {host}: it would expose the history and "
+            "flows beyond this machine; set FM_ENDPOINT_ALLOW_REMOTE=1 to do it anyway"
+        )
+    return host
+
+
+class ApiHandler(tornado.web.RequestHandler):
+    """JSON in, JSON out; every error a JSON object with an 'error' key."""
+
+    needs_token = True
+
+    def initialize(self, api: "Endpoint") -> None:
+        self.api = api
+
+    def prepare(self) -> None:
+        length = self.request.headers.get("Content-Length")
+        if length is not None and (not length.isdigit() or int(length) > self.api.max_body):
+            raise tornado.web.HTTPError(413, reason="body larger than the limit")
+        if len(self.request.body or b"") > self.api.max_body:
+            raise tornado.web.HTTPError(413, reason="body larger than the limit")
+        if self.needs_token:
+            given = self.request.headers.get("Authorization", "")
+            expected = f"token {self.api.token}"
+            if not hmac.compare_digest(given.encode("utf-8", "replace"), expected.encode()):
+                raise tornado.web.HTTPError(401, reason="missing or wrong token")
+
+    def json_body(self) -> Any:
+        try:
+            return json.loads(self.request.body or b"null")
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise tornado.web.HTTPError(400, reason=f"body is not valid JSON: {exc}") from None
+
+    def send_json(self, payload: Any, status: int = 200) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(payload, default=str))
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None))[1]
+        message = exc.reason if isinstance(exc, tornado.web.HTTPError) and exc.reason else self._reason
+        if status_code >= 500:
+            message = "internal error; the kernel log has details"
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps({"error": message, "status": status_code}))
+
+    def log_exception(self, typ, value, tb) -> None:  # 4xx are the client's business
+        if not isinstance(value, tornado.web.HTTPError):
+            super().log_exception(typ, value, tb)
+
+
+class SqlHandler(ApiHandler):
+    async def post(self) -> None:
+        body = self.json_body()
+        if not isinstance(body, dict) or not isinstance(body.get("query"), str):
+            raise tornado.web.HTTPError(400, reason='expected {"query": "SELECT ...", "params": [...]}')
+        params = body.get("params") or []
+        if not isinstance(params, list):
+            raise tornado.web.HTTPError(400, reason="params must be a list")
+        loop = asyncio.get_running_loop()
+        try:
+            res = await loop.run_in_executor(
+                None, lambda: querying.run(self.api.store(), body["query"], params, self.api.frames))
+        except FlowmetalError as exc:
+            raise tornado.web.HTTPError(400, reason=str(exc)) from None
+        self.send_json({"columns": res.columns, "rows": [list(r) for r in res.rows]})
+
+
+class NotFound(ApiHandler):
+    needs_token = False
+
+    def prepare(self) -> None:
+        raise tornado.web.HTTPError(404, reason=f"no route {self.request.method} {self.request.path}")
+
+
+class Endpoint:
+    """The HTTP API of one kernel on one history."""
+
+    def __init__(self, history: Path, store: Callable[[], Any], kernel_id: str,
+                 frames: querying.FrameResolver | None = None, host: str | None = None,
+                 max_body: int = MAX_BODY):
+        self.history = history
+        self.store = store
+        self.kernel_id = kernel_id
+        self.frames = frames
+        self.host = check_host(host or os.environ.get("FM_ENDPOINT_HOST", "127.0.0.1"),
+                               os.environ.get("FM_ENDPOINT_ALLOW_REMOTE") == "1")
+        self.max_body = max_body
+        self.token = secrets.token_urlsafe(32)
+        self.routes: list[tuple[str, type[ApiHandler]]] = [(r"/sql", SqlHandler)]
+        self.port: int | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._started = threading.Event()
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self) -> None:
+        threading.Thread(target=self._serve, name="fm-endpoint", daemon=True).start()
+        self._started.wait(10)
+
+    def _serve(self) -> None:
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        self._loop = loop
+        app = tornado.web.Application(
+            [(pattern, handler, {"api": self}) for pattern, handler in self.routes],
+            default_handler_class=NotFound, default_handler_args={"api": self},
+        )
+        # Tornado drops the connection without a reply past max_body_size;
+        # leave headroom so our own check answers 413 instead.
+        server = tornado.httpserver.HTTPServer(app, max_body_size=self.max_body * 4 + 4096)
+        sockets = tornado.netutil.bind_sockets(0, self.host)
+        server.add_sockets(sockets)
+        self.port = sockets[0].getsockname()[1]
+        self._write_file()
+        self._started.set()
+        loop.run_forever()
+
+    def _write_file(self) -> None:
+        path = endpoint_file(self.history)
+        tmp = path.with_name(path.name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump({"url": self.url, "port": self.port, "token": self.token,
+                       "pid": os.getpid(), "kernel_id": self.kernel_id}, f)
+        os.replace(tmp, path)
+
+    def stop(self) -> None:
+        try:
+            endpoint_file(self.history).unlink()
+        except OSError:
+            pass
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)

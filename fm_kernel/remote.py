@@ -1,0 +1,42 @@
+"""Talking to the live kernel that holds a history, through its endpoint.
+
+DuckDB lets one process open a file, even read-only, so while a kernel runs
+the CLI asks that kernel. An endpoint file whose process is gone is stale."""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from .endpoint import endpoint_file
+from .errors import HistoryError, UsageError
+
+
+def live_endpoint(history: Path) -> dict[str, Any] | None:
+    try:
+        info = json.loads(endpoint_file(history).read_text())
+        os.kill(int(info["pid"]), 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return info
+
+
+def call(info: dict[str, Any], method: str, path: str, body: Any = None, timeout: float = 60) -> Any:
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(info["url"] + path, data=data, method=method, headers={
+        "Authorization": f"token {info['token']}", "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return json.loads(resp.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        try:
+            message = json.loads(exc.read()).get("error", exc.reason)
+        except ValueError:
+            message = exc.reason
+        raise UsageError(str(message)) from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise HistoryError(f"the kernel holding this history did not answer at {info['url']}: {exc}") from None
