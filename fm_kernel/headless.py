@@ -62,11 +62,11 @@ def run_notebook(path: Path, out: Path | None = None, history: Path | None = Non
         status = (execute_reply or {}).get("content", {}).get("status", "ok")
         progress.finish(position.get(cell_index, 0), cell.source, status)
 
-    # The kernel finds its history from these (location.py); set them for the
-    # kernel process nbclient launches, which inherits this environment.
-    os.environ["FM_NOTEBOOK"] = str(path)
+    # The kernel finds its history from these (location.py).
+    env = {k: v for k, v in os.environ.items() if k not in ("FM_HISTORY", "JPY_SESSION_NAME")}
+    env["FM_NOTEBOOK"] = str(path)
     if history is not None:
-        os.environ["FM_HISTORY"] = str(history)
+        env["FM_HISTORY"] = str(history)
     client = NotebookClient(
         nb, kernel_name="flowmetal", timeout=None, allow_errors=False,
         resources={"metadata": {"path": str(path.parent)}},
@@ -75,7 +75,7 @@ def run_notebook(path: Path, out: Path | None = None, history: Path | None = Non
     target = out.absolute() if out else path
     failed: CellExecutionError | None = None
     try:
-        client.execute()
+        client.execute(env=env)
     except CellExecutionError as exc:
         failed = exc
     finally:

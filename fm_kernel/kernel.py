@@ -31,7 +31,9 @@ def _kernel_id_from_connection_file() -> str | None:
 
         if IPKernelApp.initialized():
             name = Path(IPKernelApp.instance().connection_file).stem
-            return name[len("kernel-"):] if name.startswith("kernel-") else name
+            # Jupyter servers name it kernel-<id>.json; other launchers use
+            # temp names that identify nothing, so those get a fresh id.
+            return name[len("kernel-"):] if name.startswith("kernel-") else None
     except Exception:
         pass
     return None
@@ -59,7 +61,9 @@ class FlowmetalKernel(IPythonKernel):
 
     async def do_execute(self, code, silent, store_history=True, user_expressions=None,
                          allow_stdin=False, *, cell_meta=None, cell_id=None):
-        record = not silent and store_history and not is_history_query(code)
+        # store_history=False is not "internal": nbval sends every cell that
+        # way. Only silent requests are a frontend's own business.
+        record = not silent and not is_history_query(code)
         rt = self.fm
         rt.wait()
         for notice in rt.take_notices():
