@@ -8,7 +8,10 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .api import history
+from .api import checkout, fork, history, rewind, undo
 from .errors import FlowmetalError, HistoryError, UsageError
 
-__all__ = ["FlowmetalError", "HistoryError", "UsageError", "__version__", "history"]
+__all__ = [
+    "FlowmetalError", "HistoryError", "UsageError", "__version__",
+    "checkout", "fork", "history", "rewind", "undo",
+]

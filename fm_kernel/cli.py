@@ -86,6 +86,52 @@ def cmd_sql(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(a: argparse.Namespace) -> int:
+    from .bundle import export, require_history
+    from .store import Store
+
+    history = _history_arg(a.history)
+    require_history(history)
+    try:
+        store = Store.open(history)
+    except errors.HistoryLocked:
+        raise errors.HistoryError(
+            f"a kernel holds {history}; run `%fm export PATH` in that notebook instead") from None
+    try:
+        out = export(store, Path(a.output))
+    finally:
+        store.close()
+    print(f"exported {history} to {out}")
+    return 0
+
+
+def cmd_import(a: argparse.Namespace) -> int:
+    from .bundle import import_bundle
+
+    target = _history_arg(a.history)
+    info = import_bundle(Path(a.bundle), target, trusted=a.trust, force=a.force)
+    print(f"imported {info.get('steps', '?')} steps into {target}")
+    if not a.trust:
+        print("objects were not trusted: states can be queried but not restored until you run "
+              f"`fm trust {target}` (loading them unpickles, which runs code)")
+    return 0
+
+
+def cmd_trust(a: argparse.Namespace) -> int:
+    from .bundle import require_history, trust
+    from .store import Store
+
+    history = _history_arg(a.history)
+    require_history(history)
+    store = Store.open(history)
+    try:
+        trust(store)
+    finally:
+        store.close()
+    print(f"objects in {history} will load on this machine")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fm", description="Flowmetal kernel: durable notebook history.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -115,6 +161,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--history", metavar="H", help="history file or notebook")
     s.add_argument("--format", choices=["table", "csv", "json"], default="table")
     s.set_defaults(func=cmd_sql)
+
+    s = sub.add_parser("export", help="write a self-contained bundle of a history")
+    s.add_argument("history", nargs="?", help="history file or notebook (default: as the kernel finds it)")
+    s.add_argument("-o", "--output", required=True, metavar="BUNDLE")
+    s.set_defaults(func=cmd_export)
+
+    s = sub.add_parser("import", help="make a bundle the history here")
+    s.add_argument("bundle")
+    s.add_argument("--history", metavar="H", help="where to put it: history file or notebook")
+    s.add_argument("--trust", action="store_true",
+                   help="allow its objects to load here (unpickling runs code: only for bundles you trust)")
+    s.add_argument("--force", action="store_true", help="replace an existing history")
+    s.set_defaults(func=cmd_import)
+
+    s = sub.add_parser("trust", help="allow objects of a history made elsewhere to load here")
+    s.add_argument("history", nargs="?")
+    s.set_defaults(func=cmd_trust)
     return p
 
 

@@ -4,14 +4,16 @@ runtime.py; this file only hooks them into the request cycle."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from ipykernel.ipkernel import IPythonKernel
 
-from . import __version__, runtime
+from . import __version__, navigate, runtime
 from .recorder import CellRecorder
+from .timeline import Timeline
 
 
 def is_history_query(code: str) -> bool:
@@ -49,6 +51,7 @@ class FlowmetalKernel(IPythonKernel):
         self.fm = runtime.Runtime(kernel_id=_kernel_id_from_connection_file())
         runtime.install(self.fm)
         self.recorder: CellRecorder | None = None
+        self._first_request_done = False
         self.fm.on_open.append(self._attach_recorder)
         self.fm.open_in_background()
         from .magics import FlowmetalMagics
@@ -58,6 +61,38 @@ class FlowmetalKernel(IPythonKernel):
     def _attach_recorder(self, rt: runtime.Runtime) -> None:
         assert rt.store is not None
         self.recorder = CellRecorder(rt.store, self.session, rt.kernel_id)
+        rt.timeline = Timeline(rt.store, self.shell.user_ns, set(self.shell.user_ns_hidden))
+
+    def _resume_on_start(self) -> None:
+        """After an unclean end the namespace comes back by itself (spec:
+        "Kernel start and resume"); after a clean one it starts empty."""
+        mode = os.environ.get("FM_RESUME", "auto")
+        rt = self.fm
+        if mode not in ("auto", "always", "never"):
+            print(f"flowmetal: FM_RESUME={mode!r} is not auto, always or never; using auto",
+                  file=sys.stderr)
+            mode = "auto"
+        if mode == "never" or (mode == "auto" and not rt.unclean_end) or rt.timeline is None:
+            return
+        try:
+            line = navigate.resume(rt)
+        except Exception as exc:
+            print(f"flowmetal: could not restore the last state: {exc}", file=sys.stderr)
+            return
+        if line:
+            why = "the previous kernel ended uncleanly" if rt.unclean_end else "FM_RESUME=always"
+            print(f"flowmetal: {line} ({why})", file=sys.stderr)
+
+    def _capture(self, code: str):
+        tl = self.fm.timeline
+        if tl is None:
+            return None, None, None
+        try:
+            return tl.capture(code)
+        except Exception as exc:  # a state we cannot store must not fail the cell
+            tl.live = None  # the next capture checks everything
+            print(f"flowmetal: state after this cell not recorded: {exc}", file=sys.stderr)
+            return None, None, None
 
     async def do_execute(self, code, silent, store_history=True, user_expressions=None,
                          allow_stdin=False, *, cell_meta=None, cell_id=None):
@@ -68,10 +103,14 @@ class FlowmetalKernel(IPythonKernel):
         rt.wait()
         for notice in rt.take_notices():
             print(notice, file=sys.stderr)
+        if not self._first_request_done:
+            self._first_request_done = True
+            self._resume_on_start()
         recorder = self.recorder if record else None
+        started = None
         if recorder is not None:
             parent_msg = self.get_parent()
-            recorder.begin(
+            started = recorder.begin(
                 code=code, branch=rt.branch, parent=rt.head,
                 cell_id=cell_id or (cell_meta or {}).get("cellId"),
                 execution_count=self.shell.execution_count,
@@ -85,11 +124,18 @@ class FlowmetalKernel(IPythonKernel):
         if recorder is not None:
             # Stage 3: the outputs the frontend will see are flushed, then the
             # record is committed; only then does ipykernel send the reply.
+            if (started.parent, started.branch) != (rt.head, rt.branch):
+                # the cell moved HEAD itself (fm.rewind(3) in code): its state
+                # grew from where HEAD went, not from where it was
+                started.parent, started.branch = rt.head, rt.branch
+            state, entries, cap = self._capture(code)
             sys.stdout.flush()
             sys.stderr.flush()
             try:
-                rec = recorder.finish(reply)
+                rec = recorder.finish(reply, state, entries)
                 rt.head = rec.step
+                if cap is not None:
+                    rt.timeline.committed(entries, cap)
             except Exception as exc:  # a broken history must not break the notebook
                 print(f"flowmetal: could not record this cell: {exc}", file=sys.stderr)
         return reply

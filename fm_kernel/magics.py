@@ -12,7 +12,8 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 from IPython.display import publish_display_data
 
-from . import errors, querying, runtime
+from . import errors, navigate, querying, runtime
+from .timeline import diff
 from .recorder import unflatten_outputs
 from .tables import first_line, format_table, human_bytes
 
@@ -34,6 +35,14 @@ class FlowmetalMagics(Magics):
             "log": self._log,
             "show": self._show,
             "status": self._status,
+            "rewind": self._rewind,
+            "undo": self._undo,
+            "fork": self._fork,
+            "checkout": self._checkout,
+            "branches": self._branches,
+            "diff": self._diff,
+            "resume": self._resume,
+            "export": self._export,
         }
 
     @line_magic
@@ -151,3 +160,63 @@ class FlowmetalMagics(Magics):
         ]
         width = max(len(k) for k, _ in rows)
         print("\n".join(f"{k.ljust(width)}  {v}" for k, v in rows))
+
+    def _rewind(self, argv: list[str]) -> None:
+        p = _parser("rewind", "namespace becomes the state after STEP")
+        p.add_argument("step", type=int)
+        print(navigate.rewind(runtime.current(), p.parse_args(argv).step))
+
+    def _undo(self, argv: list[str]) -> None:
+        p = _parser("undo", "rewind N steps back on this branch")
+        p.add_argument("n", type=int, nargs="?", default=1)
+        print(navigate.undo(runtime.current(), p.parse_args(argv).n))
+
+    def _fork(self, argv: list[str]) -> None:
+        p = _parser("fork", "new branch at STEP (default HEAD), and switch to it")
+        p.add_argument("name")
+        p.add_argument("--from", dest="from_step", type=int, default=None, metavar="STEP")
+        a = p.parse_args(argv)
+        print(navigate.fork(runtime.current(), a.name, a.from_step))
+
+    def _checkout(self, argv: list[str]) -> None:
+        p = _parser("checkout", "switch HEAD to a branch or step, restoring its state")
+        p.add_argument("ref", metavar="BRANCH|STEP")
+        print(navigate.checkout(runtime.current(), p.parse_args(argv).ref))
+
+    def _resume(self, argv: list[str]) -> None:
+        _parser("resume", "restore the last recorded state").parse_args(argv)
+        line = navigate.resume(runtime.current())
+        print(line or "nothing to resume: this history has no recorded state yet")
+
+    def _branches(self, argv: list[str]) -> None:
+        _parser("branches", "branches with head step and base").parse_args(argv)
+        rt = runtime.current()
+        res = rt.require_store().query(
+            "SELECT name, head, base, created_at FROM branches ORDER BY created_at, name")
+        rows = [(("* " if r[0] == rt.branch else "  ") + r[0], r[1] if r[1] is not None else "",
+                 r[2] if r[2] is not None else "", r[3]) for r in res.rows]
+        print(format_table(["branch", "head", "base", "created"], rows))
+
+    def _diff(self, argv: list[str]) -> None:
+        p = _parser("diff", "variables added, removed and changed between two steps")
+        p.add_argument("a", type=int)
+        p.add_argument("b", type=int)
+        a = p.parse_args(argv)
+        tl = runtime.current().require_timeline()
+        d = diff(tl.manifest(a.a), tl.manifest(a.b))
+        rows = [(kind, name, before, after) for kind in ("added", "removed", "changed")
+                for name, before, after in d[kind]]
+        if not rows:
+            print(f"no differences between step {a.a} and step {a.b}")
+            return
+        print(format_table(["", "name", f"after step {a.a}", f"after step {a.b}"], rows))
+
+    def _export(self, argv: list[str]) -> None:
+        p = _parser("export", "write a self-contained bundle of this history")
+        p.add_argument("path")
+        from pathlib import Path
+
+        from .bundle import export
+
+        out = export(runtime.current().require_store(), Path(p.parse_args(argv).path).expanduser())
+        print(f"exported this history to {out}; on another machine: fm import {out.name} --trust")

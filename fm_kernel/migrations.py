@@ -99,4 +99,41 @@ FROM created c JOIN moves m USING (name)
 GROUP BY c.name, c.base, c.created_at;
 """
 
-MIGRATIONS: list[str] = [_V1]
+# States: a step's final record carries its namespace as parallel lists of
+# names and entry ids ({"names": [...], "ids": [...], "changed": [...]}), so
+# a cell that changed nothing still costs one INSERT. Entries are stored once,
+# by content id, when first seen.
+_V2 = r"""
+ALTER TABLE fm_step_records ADD COLUMN state JSON;
+
+CREATE TABLE fm_var_entries (
+    id          VARCHAR NOT NULL,
+    name        VARCHAR NOT NULL,
+    type        VARCHAR,
+    size_bytes  BIGINT,
+    summary     VARCHAR,
+    value       JSON,
+    restorable  BOOLEAN,
+    reason      VARCHAR,
+    entry       JSON NOT NULL
+);
+
+CREATE VIEW variables AS
+WITH latest AS (
+    SELECT step, state FROM fm_step_records
+    QUALIFY row_number() OVER (PARTITION BY step ORDER BY seq DESC) = 1
+), pairs AS (
+    SELECT step,
+           unnest(from_json(state->'names', '["VARCHAR"]')) AS name,
+           unnest(from_json(state->'ids', '["VARCHAR"]')) AS id,
+           from_json(state->'changed', '["VARCHAR"]') AS changed_names
+    FROM latest WHERE state IS NOT NULL
+), entries AS (
+    SELECT * FROM fm_var_entries QUALIFY row_number() OVER (PARTITION BY id) = 1
+)
+SELECT p.step, p.name, e.type, e.size_bytes, e.summary, e.value,
+       list_contains(p.changed_names, p.name) AS changed, e.restorable, e.reason
+FROM pairs p JOIN entries e ON e.id = p.id;
+"""
+
+MIGRATIONS: list[str] = [_V1, _V2]

@@ -247,7 +247,8 @@ class CellRecorder:
                 if self.current is rec:
                     self.store.append_step(StepRecord(**{**rec.__dict__, "outputs": []}))
 
-    def finish(self, reply: dict[str, Any]) -> StepRecord:
+    def finish(self, reply: dict[str, Any], state: dict[str, Any] | None = None,
+               entries: list[dict[str, Any]] | None = None) -> StepRecord:
         rec = self.current
         assert rec is not None, "finish() without begin()"
         with self._lock:
@@ -262,7 +263,8 @@ class CellRecorder:
             rec.error_value = reply.get("evalue")
             rec.traceback = reply.get("traceback")
             rec.status = "interrupted" if rec.error_name == "KeyboardInterrupt" else "error"
-        self.store.append_step(rec)
+        rec.state = state
+        self.store.append_step(rec, entries or ())
         return rec
 
     def close(self) -> None:

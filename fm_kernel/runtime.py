@@ -44,6 +44,9 @@ class Runtime:
         self.open_error: BaseException | None = None
         self.on_open: list[Callable[[Runtime], Any]] = []
         self.endpoint: Any = None
+        self.timeline: Any = None  # timeline.Timeline, made by the kernel once open
+        self.unclean_end = False  # the previous kernel on this history died
+        self.started_seq: int | None = None  # where this kernel's part of the history begins
 
     def open_in_background(self) -> None:
         threading.Thread(target=self._open, name="fm-open-history", daemon=True).start()
@@ -53,13 +56,19 @@ class Runtime:
             store, notice = location.open_history(self.requested_path, self.kernel_id)
             if notice:
                 self.notices.append(notice)
+            last = store.last_event(["kernel_started", "kernel_stopped"])
+            self.unclean_end = last is not None and last["kind"] == "kernel_started"
             self.interrupted = recover_interrupted(store, InflightMarker(store.path))
+            self.unclean_end = self.unclean_end or bool(self.interrupted)
             last = store.query(
                 "SELECT branch FROM steps ORDER BY step DESC LIMIT 1"
             ).rows
             if last:
                 self.branch = last[0][0]
-            store.append_event("kernel_started", payload={"kernel_id": self.kernel_id})
+            from .bundle import ensure_origin
+
+            ensure_origin(store)
+            self.started_seq = store.append_event("kernel_started", payload={"kernel_id": self.kernel_id})
             self.store = store
             self._start_endpoint(store)
             for hook in self.on_open:
@@ -85,9 +94,15 @@ class Runtime:
 
     def frame_path(self, name: str, step: int) -> Path:
         """The Parquet file of DataFrame ``name`` after ``step`` (time travel)."""
-        from .errors import UsageError
+        return self.require_timeline().frame_path(name, step)
 
-        raise UsageError("frame() needs recorded states; this kernel does not record them yet")
+    def require_timeline(self):
+        self.require_store()
+        if self.timeline is None:
+            from .errors import HistoryError
+
+            raise HistoryError("namespace states are not recorded in this kernel")
+        return self.timeline
 
     def wait(self, timeout: float | None = 60.0) -> Store | None:
         self.ready.wait(timeout)

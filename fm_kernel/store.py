@@ -47,6 +47,7 @@ class StepRecord:
     error_value: str | None = None
     traceback: list[str] | None = None
     outputs: list[dict[str, Any]] = field(default_factory=list)
+    state: dict[str, Any] | None = None  # {"names": [...], "ids": [...], "changed": [...]}
 
     def to_json(self) -> dict[str, Any]:
         d = dict(self.__dict__)
@@ -81,8 +82,9 @@ class Result:
 
 _STEP_INSERT = (
     "INSERT INTO fm_step_records VALUES "
-    "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+_ENTRY_COLUMNS = ("id", "name", "type", "size_bytes", "summary", "value", "restorable", "reason")
 
 
 class Store:
@@ -213,11 +215,23 @@ class Store:
 
     # -- writes --------------------------------------------------------------
 
-    def append_step(self, rec: StepRecord) -> None:
-        """Append one record of a step; committed when this returns."""
+    def append_step(self, rec: StepRecord, entries: Sequence[dict[str, Any]] = ()) -> None:
+        """Append one record of a step, and the variable entries its state
+        names for the first time, in one transaction; committed on return."""
         with self._lock:
             self._step = max(self._step, rec.step)
-            self._conn.execute(_STEP_INSERT, self._step_params(rec))
+            if not entries:
+                self._conn.execute(_STEP_INSERT, self._step_params(rec))
+                return
+            rows, params = [], []
+            for e in entries:
+                rows.append("(?, ?, ?, ?, ?, ?, ?, ?, ?)")
+                params += [e["id"], e["name"], e["type"], e["size_bytes"], e["summary"],
+                           json.dumps(e["value"]) if e.get("value") is not None else None,
+                           e["restorable"], e["reason"], json.dumps(e)]
+            with self.transaction() as c:
+                c.execute("INSERT INTO fm_var_entries VALUES " + ", ".join(rows), params)
+                c.execute(_STEP_INSERT, self._step_params(rec))
 
     def _step_params(self, rec: StepRecord) -> list[Any]:
         return [
@@ -226,6 +240,7 @@ class Store:
             rec.duration_ms, rec.error_name, rec.error_value,
             json.dumps(rec.traceback) if rec.traceback is not None else None,
             json.dumps(rec.outputs),
+            json.dumps(rec.state) if rec.state is not None else None,
         ]
 
     def append_event(
@@ -283,8 +298,8 @@ class Store:
         res = self.query(
             "SELECT step, branch, parent, kernel_id, cell_id, execution_count, code, status,"
             " started_at, finished_at, duration_ms, error_name, error_value,"
-            " traceback::VARCHAR, outputs::VARCHAR FROM fm_step_records WHERE step = ?"
-            " ORDER BY seq DESC LIMIT 1",
+            " traceback::VARCHAR, outputs::VARCHAR, state::VARCHAR FROM fm_step_records"
+            " WHERE step = ? ORDER BY seq DESC LIMIT 1",
             [step],
         )
         if not res.rows:
@@ -292,7 +307,57 @@ class Store:
         r = list(res.rows[0])
         r[13] = json.loads(r[13]) if r[13] else None
         r[14] = json.loads(r[14]) if r[14] else []
+        r[15] = json.loads(r[15]) if r[15] else None
         return StepRecord(*r)
+
+    def entries(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """Variable entries by id (as written by append_step)."""
+        if not ids:
+            return {}
+        res = self.query(
+            "SELECT id, any_value(entry)::VARCHAR FROM fm_var_entries"
+            " WHERE id IN (SELECT unnest(?::VARCHAR[])) GROUP BY id", [list(ids)])
+        return {i: json.loads(e) for i, e in res.rows}
+
+    def known_entry_ids(self) -> set[str]:
+        return {r[0] for r in self.query("SELECT DISTINCT id FROM fm_var_entries").rows}
+
+    def append_branch(self, name: str, head: int | None, base: int | None) -> None:
+        """A branch's creation, or a move of its head not made by running a cell."""
+        with self._lock:
+            self._conn.execute("INSERT INTO fm_branch_records VALUES (?, ?, ?, ?, ?)",
+                               [self.next_seq(), name, head, base, utcnow()])
+
+    def last_state_step(self, before_seq: int | None = None) -> tuple[int, str] | None:
+        """(step, branch) of the state the history was last in (before
+        ``before_seq``): the latest cell with a recorded state, or a later
+        HEAD move."""
+        res = self.query(
+            "SELECT step, branch FROM ("
+            "  SELECT seq, step, branch FROM fm_step_records WHERE state IS NOT NULL"
+            "  UNION ALL"
+            "  SELECT seq, step, payload->>'branch' FROM fm_events"
+            "  WHERE kind IN ('rewind', 'checkout', 'resume', 'fork') AND step IS NOT NULL"
+            ") WHERE seq < ? ORDER BY seq DESC LIMIT 1", [before_seq or (1 << 62)])
+        return (res.rows[0][0], res.rows[0][1]) if res.rows else None
+
+    def copy_to(self, target: Path) -> None:
+        """A consistent copy of the whole history as a new database file."""
+        with self._lock:
+            db = self._scalar("SELECT current_database()")
+            self._conn.execute("CHECKPOINT")
+            self._conn.execute(f"ATTACH '{_sql_str(target)}' AS fm_copy")
+            try:
+                self._conn.execute(f'COPY FROM DATABASE "{db}" TO fm_copy')
+            finally:
+                self._conn.execute("DETACH fm_copy")
+
+    def meta(self, key: str) -> str | None:
+        return self._scalar("SELECT value FROM fm_meta WHERE key = ?", [key])
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self._lock:
+            self._conn.execute("INSERT OR REPLACE INTO fm_meta VALUES (?, ?)", [key, value])
 
     def unfinished_steps(self) -> list[StepRecord]:
         """Steps whose latest record says 'running': their kernel died."""
@@ -331,6 +396,10 @@ def _lock_holder(message: str) -> str | None:
     if i < 0:
         return None
     return message[i + len(marker):].split(")", 1)[0].strip()
+
+
+def _sql_str(path: Path) -> str:
+    return str(path).replace("'", "''")
 
 
 def _owner_only(path: Path) -> None:

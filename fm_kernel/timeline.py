@@ -1,0 +1,219 @@
+"""Steps, states and branches as operations: capture after a cell, and
+rewind, undo, fork, checkout, resume and diff over the store.
+
+HEAD is (branch, step): the branch new cells go on and the step whose state
+the namespace holds. Moving HEAD never deletes anything: a branch tip left
+behind gets a branch of its own (``main@7``) so it stays reachable by name.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from . import errors
+from .objects import ObjectFiles, digest
+from .snapshot import Capture, Manifest, RestoreReport, Snapshotter, VarEntry
+from .store import Store
+from .tables import human_bytes
+
+BRANCH_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_./@")
+
+
+def objects_dir(history: Path) -> Path:
+    return Path(str(history) + ".objects")
+
+
+def entry_id(entry: VarEntry) -> str:
+    import json
+
+    return digest(json.dumps(entry.to_json(), sort_keys=True, default=str).encode())
+
+
+@dataclass
+class Moved:
+    """What a HEAD move did, for the one line the user is shown."""
+
+    step: int
+    branch: str
+    report: RestoreReport
+    seconds: float
+
+    def line(self, verb: str) -> str:
+        r = self.report
+        parts = [f"{verb} step {self.step} on {self.branch}",
+                 f"{len(r.restored)} restored", f"{len(r.unchanged)} unchanged"]
+        if r.deleted:
+            parts.append(f"{len(r.deleted)} removed")
+        text = ", ".join(parts) + f" ({self.seconds * 1000:.0f} ms)"
+        if r.not_restored:
+            text += "; not restored: " + ", ".join(
+                f"{n} ({why})" for n, why in sorted(r.not_restored.items()))
+        return text
+
+
+class Timeline:
+    def __init__(self, store: Store, ns: dict, hidden: set[str] | None = None):
+        self.store = store
+        self.ns = ns
+        self.snap = Snapshotter(ObjectFiles(objects_dir(store.path)), hidden)
+        self.live: Manifest | None = None  # state of ns as last captured or restored
+        self._known = store.known_entry_ids()
+        from .bundle import is_trusted
+
+        self.trusted = is_trusted(store)
+
+    # -- capture -------------------------------------------------------------
+
+    def capture(self, code: str) -> tuple[dict[str, Any], list[dict[str, Any]], Capture]:
+        """Capture ns after a cell: (state for the step record, new entries, capture)."""
+        cap = self.snap.capture(self.ns, code, self.live)
+        names, ids, new = [], [], []
+        for name, entry in cap.manifest.items():
+            eid = entry_id(entry)
+            names.append(name)
+            ids.append(eid)
+            if eid not in self._known:
+                new.append({"id": eid, **entry.to_json()})
+        state = {"names": names, "ids": ids, "changed": sorted(cap.changed)}
+        return state, new, cap
+
+    def committed(self, new: list[dict[str, Any]], cap: Capture) -> None:
+        self._known.update(e["id"] for e in new)
+        self.live = cap.manifest
+
+    # -- reading states --------------------------------------------------------
+
+    def _require_trust(self) -> None:
+        if not self.trusted:
+            from .bundle import untrusted_message
+
+            raise errors.UsageError(untrusted_message(self.store.path))
+
+    def manifest(self, step: int) -> Manifest:
+        rec = self.store.step(step)
+        if rec is None:
+            raise errors.NoSuchStep(step)
+        if rec.state is None:
+            raise errors.UsageError(
+                f"step {step} has no recorded state ({rec.status}); "
+                f"pick a step that finished, e.g. its parent {rec.parent}")
+        entries = self.store.entries(rec.state["ids"])
+        return Manifest({n: VarEntry.from_json(entries[i])
+                         for n, i in zip(rec.state["names"], rec.state["ids"]) if i in entries})
+
+    def value(self, name: str, step: int) -> Any:
+        m = self.manifest(step)
+        if name not in m:
+            raise errors.UsageError(f"no variable {name!r} after step {step}; it holds: "
+                                    + (", ".join(sorted(m)) or "nothing"))
+        self._require_trust()
+        return self.snap.load_value(m[name])
+
+    def frame_path(self, name: str, step: int) -> Path:
+        m = self.manifest(step)
+        if name not in m:
+            raise errors.UsageError(f"no variable {name!r} after step {step}")
+        self._require_trust()
+        path = self.snap.frame_path(m[name])
+        if path is None:
+            raise errors.UsageError(
+                f"{name!r} after step {step} is a {m[name].type}, not a DataFrame stored as Parquet")
+        return path
+
+    # -- moving HEAD ---------------------------------------------------------
+
+    def restore(self, step: int, progress: Callable[[int, int], None] | None = None) -> Moved:
+        t0 = time.perf_counter()
+        self._require_trust()
+        target = self.manifest(step)
+        report = self.snap.restore(target, self.ns, self.live, progress)
+        self.rebuild(step, report)
+        self.live = target
+        return Moved(step, "", report, time.perf_counter() - t0)
+
+    def rebuild(self, step: int, report: RestoreReport) -> None:
+        """Re-create unpicklable objects by re-running the cell that last made
+        them, in a scratch copy of the namespace so nothing else is clobbered."""
+        for name in list(report.not_restored):
+            code = self._producer(step, name)
+            if code is None:
+                continue
+            scratch = dict(self.ns)
+            try:
+                from IPython import get_ipython
+
+                ip = get_ipython()
+                source = ip.transform_cell(code) if ip is not None else code
+                exec(compile(source, f"<rebuild {name}>", "exec"), scratch)
+            except Exception as exc:
+                report.not_restored[name] += f"; re-running its cell failed: {exc}"
+                continue
+            if name in scratch:
+                self.ns[name] = scratch[name]
+                del report.not_restored[name]
+                report.restored.append(name)
+
+    def _producer(self, step: int, name: str) -> str | None:
+        seen = set()
+        current: int | None = step
+        while current is not None and current not in seen:
+            seen.add(current)
+            rec = self.store.step(current)
+            if rec is None:
+                return None
+            if rec.state and name in rec.state.get("changed", []):
+                return rec.code
+            current = rec.parent
+        return None
+
+    def parent_chain(self, step: int, n: int) -> int:
+        current = step
+        for i in range(n):
+            rec = self.store.step(current)
+            if rec is None or rec.parent is None:
+                raise errors.UsageError(
+                    f"cannot undo {n}: step {step} has only {i} ancestor(s) on record")
+            current = rec.parent
+        return current
+
+
+def diff(a: Manifest, b: Manifest) -> dict[str, list[tuple[str, str, str]]]:
+    """Names added, removed and changed going from state a to state b."""
+    added = [(n, "", b[n].summary) for n in sorted(set(b) - set(a))]
+    removed = [(n, a[n].summary, "") for n in sorted(set(a) - set(b))]
+    changed = [(n, a[n].summary, b[n].summary) for n in sorted(set(a) & set(b))
+               if (a[n].ref, a[n].fp) != (b[n].ref, b[n].fp)]
+    return {"added": added, "removed": removed, "changed": changed}
+
+
+def check_branch_name(name: str, existing: Mapping[str, Any]) -> None:
+    if not name or not set(name) <= BRANCH_CHARS or name[0] in "-.":
+        raise errors.UsageError(
+            f"{name!r} is not a usable branch name; use letters, digits and - _ . / @")
+    if name.isdigit():
+        raise errors.UsageError(f"branch name {name!r} would read as a step number; add a letter")
+    if name in existing:
+        raise errors.UsageError(f"branch {name!r} exists already; `%fm checkout {name}` switches to it")
+
+
+def progress_printer(label: str, stream=None) -> Callable[[int, int], None]:
+    """A one-line progress bar for restores that take long enough to notice."""
+    stream = stream or sys.stderr
+    state = {"start": time.monotonic(), "shown": False}
+
+    def show(done: int, total: int) -> None:
+        if total < 64 << 20 and not state["shown"]:
+            return  # small restores finish before a bar would help
+        frac = done / total if total else 1.0
+        bar = "█" * int(24 * frac) + "·" * (24 - int(24 * frac))
+        stream.write(f"\rrestoring {bar} {human_bytes(done)} / {human_bytes(total)}")
+        state["shown"] = True
+        if done >= total:
+            stream.write("\n")
+        stream.flush()
+
+    return show
