@@ -55,7 +55,9 @@ def run_sql(history: Path, query: str, params: list | None = None):
         out = remote.call(info, "POST", "/sql", {"query": query, "params": params or []})
         return Result(out["columns"], [tuple(r) for r in out["rows"]])
     try:
-        return querying.run(store, query, params or [])
+        from .timeline import Timeline
+
+        return querying.run(store, query, params or [], Timeline(store, {}).frame_path)
     finally:
         store.close()
 

@@ -136,4 +136,47 @@ SELECT p.step, p.name, e.type, e.size_bytes, e.summary, e.value,
 FROM pairs p JOIN entries e ON e.id = p.id;
 """
 
-MIGRATIONS: list[str] = [_V1, _V2]
+# Flow runs and their journals. Append-only like steps: a run's status
+# changes are new rows, views keep the latest by seq.
+_V3 = r"""
+CREATE TABLE fm_run_records (
+    seq              BIGINT NOT NULL,
+    run_id           VARCHAR NOT NULL,
+    flow             VARCHAR NOT NULL,
+    status           VARCHAR NOT NULL,
+    args             JSON,
+    result           JSON,
+    error            JSON,
+    started_at       TIMESTAMPTZ,
+    finished_at      TIMESTAMPTZ,
+    forked_from_run  VARCHAR,
+    forked_from_step INTEGER
+);
+
+CREATE TABLE fm_run_step_records (
+    seq          BIGINT NOT NULL,
+    run_id       VARCHAR NOT NULL,
+    position     INTEGER NOT NULL,
+    name         VARCHAR NOT NULL,
+    status       VARCHAR NOT NULL,
+    attempt      INTEGER,
+    started_at   TIMESTAMPTZ,
+    finished_at  TIMESTAMPTZ,
+    duration_ms  DOUBLE,
+    result       JSON,
+    error        JSON
+);
+
+CREATE VIEW runs AS
+SELECT run_id, flow, status, args, result, error, started_at, finished_at,
+       forked_from_run, forked_from_step
+FROM fm_run_records
+QUALIFY row_number() OVER (PARTITION BY run_id ORDER BY seq DESC) = 1;
+
+CREATE VIEW run_steps AS
+SELECT run_id, position, name, status, attempt, started_at, finished_at, duration_ms,
+       result, error
+FROM fm_run_step_records;
+"""
+
+MIGRATIONS: list[str] = [_V1, _V2, _V3]
