@@ -27,6 +27,15 @@ from .errors import FlowmetalError
 
 MAX_BODY = 1 << 20  # spec default: 1 MiB
 
+# Routes other modules serve (flows adds its own): (pattern, handler class).
+# Read when an endpoint starts, so register at import time.
+ROUTES: list[tuple[str, type]] = []
+
+
+def register_route(pattern: str, handler: type) -> None:
+    if (pattern, handler) not in ROUTES:
+        ROUTES.append((pattern, handler))
+
 
 def endpoint_file(history: Path) -> Path:
     return Path(str(history) + ".endpoint.json")
@@ -128,7 +137,7 @@ class Endpoint:
                                os.environ.get("FM_ENDPOINT_ALLOW_REMOTE") == "1")
         self.max_body = max_body
         self.token = secrets.token_urlsafe(32)
-        self.routes: list[tuple[str, type[ApiHandler]]] = [(r"/sql", SqlHandler)]
+        self.routes: list[tuple[str, type[ApiHandler]]] = [(r"/sql", SqlHandler), *ROUTES]
         self.port: int | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started = threading.Event()

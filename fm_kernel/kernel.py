@@ -41,6 +41,16 @@ def _kernel_id_from_connection_file() -> str | None:
     return None
 
 
+def _flush_pending(*streams: Any) -> None:
+    """Flush streams that hold output. ipykernel flushes again after we
+    return, but the record needs every output first; an idle OutStream's
+    flush still costs a round trip to the IOPub thread, so skip those."""
+    for stream in streams:
+        if stream is not None and (getattr(stream, "_flush_pending", True)
+                                   or getattr(stream, "_subprocess_flush_pending", False)):
+            stream.flush()
+
+
 class FlowmetalKernel(IPythonKernel):
     implementation = "flowmetal"
     implementation_version = __version__
@@ -51,7 +61,7 @@ class FlowmetalKernel(IPythonKernel):
         self.fm = runtime.Runtime(kernel_id=_kernel_id_from_connection_file())
         runtime.install(self.fm)
         self.recorder: CellRecorder | None = None
-        self._first_request_done = False
+        self._started_up = False
         self.fm.on_open.append(self._attach_recorder)
         self.fm.open_in_background()
         from .magics import FlowmetalMagics
@@ -62,6 +72,32 @@ class FlowmetalKernel(IPythonKernel):
         assert rt.store is not None
         self.recorder = CellRecorder(rt.store, self.session, rt.kernel_id)
         rt.timeline = Timeline(rt.store, self.shell.user_ns, set(self.shell.user_ns_hidden))
+
+    def start(self) -> None:
+        super().start()
+        self.io_loop.add_callback(self._start_up_when_open)
+
+    def _start_up_when_open(self) -> None:
+        # Poll rather than wait: the loop must keep answering kernel_info
+        # while the history opens on its thread.
+        if self.fm.ready.is_set():
+            self._start_up()
+        else:
+            self.io_loop.call_later(0.05, self._start_up_when_open)
+
+    def _start_up(self) -> None:
+        """Once per kernel, on the main thread, before any cell runs on the
+        history: restore after an unclean end, then the start-up hooks
+        (flows resume their pending runs there)."""
+        if self._started_up:
+            return
+        self._started_up = True
+        self._resume_on_start()
+        for hook in self.fm.on_ready:
+            try:
+                hook(self.fm)
+            except Exception as exc:
+                self.fm.notices.append(f"flowmetal: start-up step failed: {exc}")
 
     def _resume_on_start(self) -> None:
         """After an unclean end the namespace comes back by itself (spec:
@@ -77,11 +113,13 @@ class FlowmetalKernel(IPythonKernel):
         try:
             line = navigate.resume(rt)
         except Exception as exc:
-            print(f"flowmetal: could not restore the last state: {exc}", file=sys.stderr)
+            rt.notices.append(f"flowmetal: could not restore the last state: {exc}")
             return
         if line:
             why = "the previous kernel ended uncleanly" if rt.unclean_end else "FM_RESUME=always"
-            print(f"flowmetal: {line} ({why})", file=sys.stderr)
+            # shown on the first cell: at start-up no frontend is listening
+            rt.notices.append(f"flowmetal: {line} ({why})")
+            self.log.info("flowmetal: %s (%s)", line, why)
 
     def _capture(self, code: str):
         tl = self.fm.timeline
@@ -101,11 +139,9 @@ class FlowmetalKernel(IPythonKernel):
         record = not silent and not is_history_query(code)
         rt = self.fm
         rt.wait()
+        self._start_up()
         for notice in rt.take_notices():
             print(notice, file=sys.stderr)
-        if not self._first_request_done:
-            self._first_request_done = True
-            self._resume_on_start()
         recorder = self.recorder if record else None
         started = None
         if recorder is not None:
@@ -129,8 +165,7 @@ class FlowmetalKernel(IPythonKernel):
                 # grew from where HEAD went, not from where it was
                 started.parent, started.branch = rt.head, rt.branch
             state, entries, cap = self._capture(code)
-            sys.stdout.flush()
-            sys.stderr.flush()
+            _flush_pending(sys.stdout, sys.stderr)
             try:
                 rec = recorder.finish(reply, state, entries)
                 rt.head = rec.step

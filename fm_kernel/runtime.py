@@ -42,7 +42,8 @@ class Runtime:
         self.interrupted: list[int] = []
         self.ready = threading.Event()
         self.open_error: BaseException | None = None
-        self.on_open: list[Callable[[Runtime], Any]] = []
+        self.on_open: list[Callable[[Runtime], Any]] = []  # on the opening thread
+        self.on_ready: list[Callable[[Runtime], Any]] = []  # on the main thread, after resume
         self.endpoint: Any = None
         self.timeline: Any = None  # timeline.Timeline, made by the kernel once open
         self.unclean_end = False  # the previous kernel on this history died

@@ -45,7 +45,9 @@ __all__ = ["Snapshotter", "Manifest", "VarEntry", "Capture", "RestoreReport", "a
 
 CHUNK = 2 * 1024 * 1024  # 1% of a 100 MB array dirties at most 2 chunks (4%)
 SMALL_ONE = 256 * 1024   # objects this small are re-fingerprinted every cell...
-SMALL_TOTAL = 1024 * 1024  # ...up to this many bytes in all
+SMALL_TOTAL = 1024 * 1024  # ...up to this many bytes in all...
+SMALL_COST = 0.002        # ...unless walking and pickling one took longer than this (s):
+                          # a matplotlib Figure is small in bytes but costs ~40 ms a cell
 VALUE_MAX = 1024         # JSON values kept in the manifest up to this size
 WALK_LIMIT = 2_000_000   # nodes visited per capture when looking for sharing
 SKIP_NAMES = frozenset({"In", "Out", "exit", "quit", "get_ipython"})
@@ -555,6 +557,7 @@ class Snapshotter:
         self.chunk_size = chunk_size
         self._ids: dict[str, int] = {}
         self._ids_sig: str | None = None
+        self._cost: dict[str, float] = {}  # seconds the last check of each name took
 
     def visible(self, ns: Mapping[str, Any]) -> list[str]:
         return [n for n in ns if not n.startswith("_") and n not in SKIP_NAMES and n not in self.hidden]
@@ -569,9 +572,13 @@ class Snapshotter:
         walks: dict[str, _Walk] = {}
         budget = [WALK_LIMIT]
 
+        cost: dict[str, float] = {}
+
         def walk(n: str) -> _Walk:
             if n not in walks:
+                t = time.perf_counter()
                 walks[n] = _Walk(ns[n], ns, budget)
+                cost[n] = cost.get(n, 0.0) + time.perf_counter() - t
             return walks[n]
 
         ids_known = prev is not None and self._ids_sig == prev.signature()
@@ -608,8 +615,10 @@ class Snapshotter:
 
         def fingerprint(n: str) -> _Payload | str:
             if n not in payloads:
-                payloads[n] = self._pickle((ns[n],), ns, hash_memo, hashed,
-                                           _array_roots(walk(n).arrays))
+                roots = _array_roots(walk(n).arrays)
+                t = time.perf_counter()
+                payloads[n] = self._pickle((ns[n],), ns, hash_memo, hashed, roots)
+                cost[n] = cost.get(n, 0.0) + time.perf_counter() - t
             return payloads[n]
 
         for n in sorted(cands):
@@ -660,6 +669,7 @@ class Snapshotter:
                 entries[n] = prev[n]  # type: ignore[index]  # untouched: prev holds it
         manifest = Manifest({n: entries[n] for n in live})
         deleted = set(prev) - live_set if prev is not None else set()
+        self._cost.update(cost)
         self._remember(ns, live, manifest)
         return Capture(manifest=manifest, changed=changed, deleted=deleted, bytes_written=written,
                        bytes_hashed=hashed[0], candidates=cands, full_scan_reason=reason,
@@ -695,12 +705,15 @@ class Snapshotter:
 
     def _small(self, prev: Manifest, live: set[str]) -> set[str]:
         """Small objects are re-fingerprinted every cell: cheaper than any
-        analysis, and it catches mutation through references we cannot see."""
+        analysis, and it catches mutation through references we cannot see.
+        Objects that proved slow to check are left to the analysis instead."""
         out: set[str] = set()
         total = 0
         for n, e in sorted(prev.items(), key=lambda kv: kv[1].size_bytes):
             if e.size_bytes > SMALL_ONE or total + e.size_bytes > SMALL_TOTAL:
                 break
+            if self._cost.get(n, 0.0) > SMALL_COST:
+                continue
             if n in live:
                 out.add(n)
                 total += e.size_bytes
