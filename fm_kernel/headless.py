@@ -4,7 +4,9 @@ its history beside the notebook, with progress and an honest exit status."""
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, TextIO
@@ -67,8 +69,15 @@ def run_notebook(path: Path, out: Path | None = None, history: Path | None = Non
     env["FM_NOTEBOOK"] = str(path)
     if history is not None:
         env["FM_HISTORY"] = str(history)
+    from jupyter_client.manager import KernelManager
+
+    # IPC sockets in a private temp folder: no TCP port for a headless run to
+    # expose, and no warning from ipykernel about unencrypted TCP.
+    runtime_dir = tempfile.mkdtemp(prefix="fm-run-")
+    km = KernelManager(kernel_name="flowmetal", transport="ipc",
+                       connection_file=os.path.join(runtime_dir, "kernel.json"))
     client = NotebookClient(
-        nb, kernel_name="flowmetal", timeout=None, allow_errors=False,
+        nb, km=km, kernel_name="flowmetal", timeout=None, allow_errors=False,
         resources={"metadata": {"path": str(path.parent)}},
         on_cell_start=on_start, on_cell_executed=on_done,
     )
@@ -81,6 +90,7 @@ def run_notebook(path: Path, out: Path | None = None, history: Path | None = Non
     finally:
         progress.close()
         nbformat.write(nb, target)
+        shutil.rmtree(runtime_dir, ignore_errors=True)
     if failed is not None:
         print(f"fm run: a cell failed in {path.name}; executed notebook written to {target}", file=stream)
         print(str(failed), file=stream)

@@ -15,20 +15,12 @@ fingerprints those candidates.  See docs/time-travel.md for what can be missed.
 """
 from __future__ import annotations
 
-import ast
-import builtins
-import contextvars
-import copyreg
-import functools
-import importlib.util
 import io
 import json
 import os
 import pickle
 import reprlib
-import site
 import sys
-import sysconfig
 import tempfile
 import time
 import types
@@ -37,9 +29,10 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import cloudpickle
 
+from .analysis import DYNAMIC_ATTRS, DYNAMIC_NAMES, WALK_LIMIT, code_names, ObjectWalk, analyse_code
 from .objects import ObjectFiles, chunk_keys, digest
+from .pickling import LOAD_GLOBALS, array_roots, IsolatedUnpickler, Payload, SnapshotPickler, qualname
 
 __all__ = ["Snapshotter", "Manifest", "VarEntry", "Capture", "RestoreReport", "analyse_code"]
 
@@ -49,28 +42,9 @@ SMALL_TOTAL = 1024 * 1024  # ...up to this many bytes in all...
 SMALL_COST = 0.002        # ...unless walking and pickling one took longer than this (s):
                           # a matplotlib Figure is small in bytes but costs ~40 ms a cell
 VALUE_MAX = 1024         # JSON values kept in the manifest up to this size
-WALK_LIMIT = 2_000_000   # nodes visited per capture when looking for sharing
 SKIP_NAMES = frozenset({"In", "Out", "exit", "quit", "get_ipython"})
 
-# Names and attributes through which a cell reaches the namespace without
-# naming the variables: static analysis cannot follow them, so capture checks
-# everything.
-DYNAMIC_NAMES = frozenset({
-    "exec", "eval", "globals", "locals", "vars", "get_ipython", "__import__",
-    "compile", "__main__", "__builtins__", "execfile",
-})
-DYNAMIC_ATTRS = frozenset({
-    "get_referrers", "get_objects", "f_globals", "f_locals",
-    "__globals__", "user_ns", "run_cell", "run_line_magic", "run_cell_magic",
-    "_getframe", "currentframe",
-})
-ATOMS = (int, float, complex, str, bytes, bool, type(None), range, slice)
-ATOM_TYPES = frozenset(ATOMS)
 
-# Functions restored from the store get this dict as __globals__ (the live ns
-# during restore), so a restored ``def f(): data['k'] = 1`` mutates the
-# namespace's ``data`` rather than a private copy.
-_LOAD_GLOBALS: contextvars.ContextVar[dict | None] = contextvars.ContextVar("_LOAD_GLOBALS", default=None)
 
 
 # --------------------------------------------------------------------------
@@ -163,336 +137,6 @@ class RestoreReport:
 
 
 # --------------------------------------------------------------------------
-# Pickling
-# --------------------------------------------------------------------------
-def _make_function(code: types.CodeType, name: str, ncells: int) -> types.FunctionType:
-    g = _LOAD_GLOBALS.get()
-    if g is None:  # read-only inspection: a private module namespace
-        g = {"__name__": "__main__", "__builtins__": builtins}
-    closure = tuple(types.CellType() for _ in range(ncells)) if ncells else None
-    return types.FunctionType(code, g, name, None, closure)
-
-
-def _array_roots(arrays: list[Any]) -> dict[int, Any]:
-    """Map each memory owner to the array that spans it.  numpy collapses view
-    chains to the first non-array owner, so a restored array (whose base is
-    the bytearray it was rebuilt on) and its views share ``.base``: the
-    widest array over that base is the one to pickle by value."""
-    np = sys.modules.get("numpy")
-    roots: dict[int, Any] = {}
-    for a in arrays:
-        if a.base is None:
-            roots[id(a)] = a
-        elif not isinstance(a.base, np.ndarray) and a.flags.contiguous:
-            cur = roots.get(id(a.base))
-            if cur is None or (cur.base is not None and a.nbytes > cur.nbytes):
-                roots[id(a.base)] = a
-    return roots
-
-
-def _rebuild_view(base: Any, dtype: Any, shape: tuple, strides: tuple, offset: int) -> Any:
-    np = sys.modules["numpy"]
-    return np.ndarray(shape, dtype, buffer=base, offset=offset, strides=strides)
-
-
-_EMPTY = "__fm_empty_cell__"
-
-
-def _set_function_state(fn: types.FunctionType, state: tuple) -> None:
-    defaults, kwdefaults, cells, fdict, annotations, doc, qualname, module = state
-    fn.__defaults__ = defaults
-    fn.__kwdefaults__ = kwdefaults
-    for cell, value in zip(fn.__closure__ or (), cells):
-        if value is not _EMPTY:
-            cell.cell_contents = value
-    fn.__dict__.update(fdict or {})
-    fn.__annotations__ = annotations
-    fn.__doc__, fn.__qualname__, fn.__module__ = doc, qualname, module
-
-
-def _cell_value(cell: types.CellType) -> Any:
-    try:
-        return cell.cell_contents
-    except ValueError:
-        return _EMPTY
-
-
-class _Pickler(cloudpickle.Pickler):
-    """cloudpickle, except that functions living in the notebook namespace are
-    pickled without their globals (cloudpickle would copy every global they
-    name, huge arrays included) and rebound to the namespace on load."""
-
-    def __init__(self, file: io.BytesIO, ns: dict, buffers: list, roots: dict[int, Any]) -> None:
-        super().__init__(file, protocol=5, buffer_callback=buffers.append)
-        self._ns = ns
-        # id of a memory owner -> the array pickled here that spans it (see _array_roots)
-        self._roots = roots
-        np = sys.modules.get("numpy")
-        self._np_type = np.ndarray if np is not None else None
-
-    def reducer_override(self, obj: Any) -> Any:
-        t = type(obj)
-        if t is self._np_type and obj.base is not None:
-            root = self._roots.get(id(obj.base))
-            if root is not None and root is not obj and not obj.dtype.hasobject:
-                # numpy pickles a view as a copy; rebuild it over the array
-                # that owns its memory, so ``v = a[2:5]`` still writes
-                # through to ``a`` after a restore.
-                off = obj.__array_interface__["data"][0] - root.__array_interface__["data"][0]
-                if 0 <= off < root.nbytes:
-                    return (_rebuild_view, (root, obj.dtype, obj.shape, obj.strides, off))
-        if t is types.FunctionType and obj.__globals__ is self._ns:
-            closure = obj.__closure__ or ()
-            state = (obj.__defaults__, obj.__kwdefaults__, tuple(_cell_value(c) for c in closure),
-                     obj.__dict__ or None, obj.__annotations__, obj.__doc__, obj.__qualname__,
-                     obj.__module__)
-            # 6-tuple with a state setter: the function exists (and is memoised)
-            # before its closure is pickled, so self-referencing closures work.
-            return (_make_function, (obj.__code__, obj.__name__, len(closure)), state,
-                    None, None, _set_function_state)
-        if isinstance(obj, type) and obj.__module__ == "__main__" and "__slotnames__" not in obj.__dict__:
-            # Pickling the first instance caches __slotnames__ on the class;
-            # do it now so the class's fingerprint does not change then.
-            try:
-                copyreg._slotnames(obj)
-            except Exception:
-                pass
-        if isinstance(obj, io.IOBase) and not isinstance(obj, (io.BytesIO, io.StringIO)):
-            # cloudpickle would read a file's whole content; an open file is
-            # process state, not data.
-            raise TypeError(f"cannot pickle {_qualname(t)}: an open file or stream")
-        return super().reducer_override(obj)
-
-
-def _untracked_class(type_constructor: Any, name: str, bases: tuple, type_kwargs: dict,
-                     class_tracker_id: Any, extra: Any) -> type:
-    return cloudpickle.cloudpickle._make_skeleton_class(type_constructor, name, bases, type_kwargs,
-                                                        None, extra)
-
-
-class _IsolatedUnpickler(pickle.Unpickler):
-    """For inspecting a past state.  cloudpickle maps a notebook class to the
-    live class of the same origin and then *overwrites its attributes* with the
-    pickled ones; an inspection must get a private copy instead."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        if name == "_make_skeleton_class" and module.startswith("cloudpickle"):
-            return _untracked_class
-        return super().find_class(module, name)
-
-
-@dataclass
-class _Payload:
-    """One pickled tuple of objects, chunked and hashed, not yet written."""
-    main: bytes
-    main_digest: str  # the stream is cut into chunks only if it must be written
-    buffers: list[memoryview]
-    buffer_keys: list[list[tuple[str, int]]]
-    fp: str
-    nbytes: int
-
-
-def _qualname(t: type) -> str:
-    mod = getattr(t, "__module__", "") or ""
-    return t.__qualname__ if mod == "builtins" else f"{mod}.{t.__qualname__}"
-
-
-# --------------------------------------------------------------------------
-# Static analysis
-# --------------------------------------------------------------------------
-def _lib_paths() -> tuple[str, ...]:
-    paths = set()
-    for k in ("stdlib", "platstdlib", "purelib", "platlib"):
-        p = sysconfig.get_paths().get(k)
-        if p:
-            paths.add(os.path.realpath(p))
-    for p in [*getattr(site, "getsitepackages", lambda: [])(), site.getusersitepackages()]:
-        paths.add(os.path.realpath(p))
-    return tuple(paths)
-
-
-@functools.lru_cache(maxsize=512)
-def _is_user_module(top: str) -> bool:
-    """A module outside the interpreter's library dirs: its import or functions
-    may reach into the notebook namespace (``import __main__``)."""
-    if top in sys.builtin_module_names or top == "fm_kernel":
-        return False
-    mod = sys.modules.get(top)
-    origin = getattr(mod, "__file__", None) if mod is not None else None
-    if mod is None:
-        try:
-            spec = importlib.util.find_spec(top)
-        except (ImportError, ValueError):
-            return False
-        if spec is None:
-            return False  # the import will fail; nothing runs
-        origin = spec.origin
-        if origin in (None, "built-in", "frozen"):
-            locs = list(spec.submodule_search_locations or [])
-            origin = locs[0] if locs else None
-    if origin is None:
-        return False
-    real = os.path.realpath(origin)
-    return not any(real.startswith(p + os.sep) for p in _lib_paths())
-
-
-def analyse_code(code: str) -> tuple[set[str], str | None]:
-    """Names a cell loads, stores or deletes; or a reason to check everything."""
-    for line in code.splitlines():
-        s = line.lstrip()
-        if s.startswith(("%", "!")):
-            return set(), "the cell has a magic or shell line"
-    try:
-        tree = ast.parse(code)
-    except SyntaxError:
-        return set(), "the cell is not plain Python (IPython syntax?)"
-    names: set[str] = set()
-    harmless: set[int] = set()  # vars(x) is x.__dict__; only bare vars() is the namespace
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "vars" and node.args:
-            harmless.add(id(node.func))
-        if isinstance(node, ast.Name):
-            if node.id in DYNAMIC_NAMES and id(node) not in harmless:
-                return set(), f"the cell uses {node.id}"
-            names.add(node.id)
-        elif isinstance(node, ast.Attribute):
-            if node.attr in DYNAMIC_ATTRS or (node.attr == "modules" and isinstance(node.value, ast.Name)
-                                              and node.value.id == "sys"):
-                return set(), f"the cell uses .{node.attr}"
-        elif isinstance(node, (ast.Global, ast.Nonlocal)):
-            names.update(node.names)
-        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            names.add(node.name)
-        elif isinstance(node, (ast.Import, ast.ImportFrom)):
-            if isinstance(node, ast.ImportFrom):
-                if node.level or not node.module:
-                    return set(), "the cell has a relative import"
-                mods = [node.module]
-            else:
-                mods = [a.name for a in node.names]
-            for m in mods:
-                if m.split(".")[0] == "__main__" or _is_user_module(m.split(".")[0]):
-                    return set(), f"the cell imports the user module {m}"
-            for a in node.names:
-                if a.name == "*":
-                    return set(), "the cell has a star import"
-                names.add(a.asname or a.name.split(".")[0])
-        elif isinstance(node, ast.ExceptHandler) and node.name:
-            names.add(node.name)
-        elif isinstance(node, (ast.MatchAs, ast.MatchStar)) and node.name:
-            names.add(node.name)
-        elif isinstance(node, ast.MatchMapping) and node.rest:
-            names.add(node.rest)
-    return names, None
-
-
-def _code_names(code: types.CodeType) -> Iterator[str]:
-    """Global and attribute names used by a code object and its nested code."""
-    yield from code.co_names
-    for c in code.co_consts:
-        if isinstance(c, types.CodeType):
-            yield from _code_names(c)
-
-
-# --------------------------------------------------------------------------
-# Object-graph walk: sharing between names, and the code they can run
-# --------------------------------------------------------------------------
-def _is_notebook_class(obj: Any) -> bool:
-    return isinstance(obj, type) and getattr(obj, "__module__", None) == "__main__"
-
-
-class _Walk:
-    """Reachable shareable objects of one name (their ids), and the notebook
-    functions among them.  Containers, instance dicts and slots, closures,
-    ndarray bases and notebook classes are followed; DataFrames, modules and
-    library classes/functions are leaves (pandas copy-on-write makes frames
-    independent values; the others are restored by reference)."""
-
-    def __init__(self, obj: Any, ns: dict, budget: list[int]) -> None:
-        self.ids: set[int] = set()
-        self.functions: list[types.FunctionType] = []
-        self.arrays: list[Any] = []
-        self.truncated = False
-        stack = [obj]
-        np = sys.modules.get("numpy")
-        while stack:
-            o = stack.pop()
-            t = type(o)
-            if t in ATOM_TYPES or isinstance(o, (types.ModuleType, types.BuiltinFunctionType)):
-                continue
-            if id(o) in self.ids:
-                continue
-            if budget[0] <= 0:
-                self.truncated = True
-                break
-            budget[0] -= 1
-            try:
-                if t in (list, tuple, set, frozenset):
-                    if o:
-                        self.ids.add(id(o))
-                        # set(map(type, ...)) runs in C: a million-int list
-                        # costs milliseconds instead of a Python-level visit each.
-                        if not set(map(type, o)) <= ATOM_TYPES:
-                            stack.extend(o)
-                elif t is dict:
-                    self.ids.add(id(o))
-                    if not set(map(type, o.values())) <= ATOM_TYPES:
-                        stack.extend(o.values())
-                    if not set(map(type, o)) <= ATOM_TYPES:
-                        stack.extend(o)
-                elif t is bytearray:
-                    self.ids.add(id(o))
-                elif t is types.FunctionType:
-                    if o.__globals__ is ns or o.__module__ == "__main__":
-                        self.ids.add(id(o))
-                        self.functions.append(o)
-                        stack.extend(_cell_value(c) for c in o.__closure__ or ())
-                        stack.extend(o.__defaults__ or ())
-                        stack.extend((o.__kwdefaults__ or {}).values())
-                        stack.extend(o.__dict__.values())
-                elif t is types.MethodType:
-                    stack += [o.__func__, o.__self__]
-                elif t is functools.partial:
-                    stack += [o.func, *o.args, *o.keywords.values()]
-                elif isinstance(o, (staticmethod, classmethod)):
-                    stack.append(o.__func__)
-                elif isinstance(o, property):
-                    stack += [o.fget, o.fset, o.fdel]
-                elif isinstance(o, type):
-                    if _is_notebook_class(o):
-                        self.ids.add(id(o))
-                        stack.extend(o.__dict__.values())
-                        stack.extend(o.__bases__)
-                elif np is not None and isinstance(o, np.ndarray):
-                    self.ids.add(id(o))
-                    self.arrays.append(o)
-                    if o.base is not None:
-                        self.ids.add(id(o.base))  # two views of one buffer share it
-                        stack.append(o.base)
-                    if o.dtype == object and o.size <= 100_000:
-                        stack.extend(o.ravel().tolist())
-                elif _qualname(t).startswith("pandas."):
-                    self.ids.add(id(o))
-                else:
-                    d = getattr(o, "__dict__", None) if hasattr(t, "__dict__") else None
-                    slots = [s for c in t.__mro__ for s in c.__dict__.get("__slots__", ())]
-                    if isinstance(d, dict) or slots:
-                        self.ids.add(id(o))
-                        if isinstance(d, dict):
-                            stack.append(d)
-                        for s in slots:
-                            v = getattr(o, s, None) if isinstance(s, str) else None
-                            if v is not None:
-                                stack.append(v)
-                    if _is_notebook_class(t):
-                        stack.append(t)
-            except Exception:
-                # A hostile __getattr__/__dict__ must not break capture; the
-                # object is then treated as a leaf (see docs: hidden sharing).
-                continue
-
-
-# --------------------------------------------------------------------------
 # Presentation: summary, value, size
 # --------------------------------------------------------------------------
 _repr = reprlib.Repr()
@@ -528,7 +172,7 @@ def _json_value(obj: Any) -> Any:
         return obj if obj == obj and obj not in (float("inf"), float("-inf")) else None
     if t is str:
         return obj if len(obj) <= VALUE_MAX else None
-    if hasattr(obj, "item") and getattr(obj, "shape", None) == () and _qualname(t).startswith("numpy."):
+    if hasattr(obj, "item") and getattr(obj, "shape", None) == () and qualname(t).startswith("numpy."):
         return _json_value(obj.item())
     if t in (list, tuple, dict) and len(obj) <= VALUE_MAX // 2:
         try:
@@ -569,15 +213,15 @@ class Snapshotter:
         live_set = set(live)
         hashed = [0]
         hash_memo: dict[tuple[int, int], list[tuple[str, int]]] = {}
-        walks: dict[str, _Walk] = {}
+        walks: dict[str, ObjectWalk] = {}
         budget = [WALK_LIMIT]
 
         cost: dict[str, float] = {}
 
-        def walk(n: str) -> _Walk:
+        def walk(n: str) -> ObjectWalk:
             if n not in walks:
                 t = time.perf_counter()
-                walks[n] = _Walk(ns[n], ns, budget)
+                walks[n] = ObjectWalk(ns[n], ns, budget)
                 cost[n] = cost.get(n, 0.0) + time.perf_counter() - t
             return walks[n]
 
@@ -611,11 +255,11 @@ class Snapshotter:
                 walkset.update(m for m in prev_groups[prev[n].ref] if m in live_set)
         comps = self._components(sorted(walkset), walk)
 
-        payloads: dict[str, _Payload | str] = {}  # name -> payload, or why it cannot be pickled
+        payloads: dict[str, Payload | str] = {}  # name -> payload, or why it cannot be pickled
 
-        def fingerprint(n: str) -> _Payload | str:
+        def fingerprint(n: str) -> Payload | str:
             if n not in payloads:
-                roots = _array_roots(walk(n).arrays)
+                roots = array_roots(walk(n).arrays)
                 t = time.perf_counter()
                 payloads[n] = self._pickle((ns[n],), ns, hash_memo, hashed, roots)
                 cost[n] = cost.get(n, 0.0) + time.perf_counter() - t
@@ -633,7 +277,7 @@ class Snapshotter:
             if prev is not None and len(prev_refs) == 1 and all(n in prev for n in comp):
                 ref = next(iter(prev_refs))
                 same = ref and sorted(prev_groups.get(ref, [])) == comp
-                if same and all(isinstance(payloads[n], _Payload) and payloads[n].fp == prev[n].fp
+                if same and all(isinstance(payloads[n], Payload) and payloads[n].fp == prev[n].fp
                                 for n in fresh):
                     entries.update({n: prev[n] for n in comp})
                     changed.update(n for n in comp if n in rebound)
@@ -641,15 +285,15 @@ class Snapshotter:
             # The group is new or changed: every member must be pickled to store it.
             for n in comp:
                 fingerprint(n)
-            ok = [n for n in comp if isinstance(payloads[n], _Payload)]
+            ok = [n for n in comp if isinstance(payloads[n], Payload)]
             ref = ""
             if ok:
                 if len(ok) == 1:
                     group = payloads[ok[0]]
                 else:
-                    roots = _array_roots([a for n in ok for a in walk(n).arrays])
+                    roots = array_roots([a for n in ok for a in walk(n).arrays])
                     group = self._pickle(tuple(ns[n] for n in ok), ns, hash_memo, hashed, roots)
-                if isinstance(group, _Payload):
+                if isinstance(group, Payload):
                     ref, w = self._store(ok, group)
                     written += w
                 else:  # together they fail though each pickles alone: store singly
@@ -675,7 +319,7 @@ class Snapshotter:
                        bytes_hashed=hashed[0], candidates=cands, full_scan_reason=reason,
                        seconds=time.perf_counter() - t0)
 
-    def _touched(self, ns: dict, start: set[str], walk: Callable[[str], _Walk]) -> tuple[set[str], str | None]:
+    def _touched(self, ns: dict, start: set[str], walk: Callable[[str], ObjectWalk]) -> tuple[set[str], str | None]:
         """Close ``start`` over the code it can run: notebook functions (their
         global names), methods of notebook classes, closures, defaults."""
         seen: set[str] = set()
@@ -690,7 +334,7 @@ class Snapshotter:
                 if id(fn.__code__) in codes_done:
                     continue
                 codes_done.add(id(fn.__code__))
-                used = set(_code_names(fn.__code__))
+                used = set(code_names(fn.__code__))
                 if "sys" in used and "modules" in used:
                     used.add("__main__")  # sys.modules['__main__']: conservatively
                 for g in used:
@@ -719,7 +363,7 @@ class Snapshotter:
                 total += e.size_bytes
         return out
 
-    def _components(self, names: list[str], walk: Callable[[str], _Walk]) -> list[list[str]]:
+    def _components(self, names: list[str], walk: Callable[[str], ObjectWalk]) -> list[list[str]]:
         parent = {n: n for n in names}
 
         def find(x: str) -> str:
@@ -740,11 +384,11 @@ class Snapshotter:
         return [sorted(c) for c in comps.values()]
 
     def _pickle(self, objs: tuple, ns: dict, memo: dict, hashed: list[int],
-                roots: dict[int, Any]) -> _Payload | str:
+                roots: dict[int, Any]) -> Payload | str:
         buffers: list[pickle.PickleBuffer] = []
         f = io.BytesIO()
         try:
-            _Pickler(f, ns, buffers, roots).dump(objs)
+            SnapshotPickler(f, ns, buffers, roots).dump(objs)
         except RecursionError:
             return "cannot pickle: the object graph is too deep"
         except Exception as e:
@@ -763,14 +407,14 @@ class Snapshotter:
                 memo[k] = (mv.obj, self._chunk_keys(mv, hashed))
             buffer_keys.append(memo[k][1])
         fp = digest("|".join([main_digest, *(k for b in buffer_keys for k, _ in b)]).encode())
-        return _Payload(main, main_digest, raws, buffer_keys, fp, len(main) + sum(m.nbytes for m in raws))
+        return Payload(main, main_digest, raws, buffer_keys, fp, len(main) + sum(m.nbytes for m in raws))
 
     def _chunk_keys(self, mv: memoryview, hashed: list[int]) -> list[tuple[str, int]]:
         hashed[0] += mv.nbytes
         return chunk_keys(mv, self.chunk_size)
 
-    def _store(self, names: list[str], p: _Payload | str) -> tuple[str, int]:
-        assert isinstance(p, _Payload)
+    def _store(self, names: list[str], p: Payload | str) -> tuple[str, int]:
+        assert isinstance(p, Payload)
         main_keys = chunk_keys(memoryview(p.main), self.chunk_size, content_defined=True)
         written = sum(self.objects.put_chunks(mv, keys) for mv, keys in
                       [(memoryview(p.main), main_keys), *zip(p.buffers, p.buffer_keys)])
@@ -779,12 +423,12 @@ class Snapshotter:
         ref, w = self.objects.put_new(header)
         return ref, written + w
 
-    def _entry(self, n: str, obj: Any, p: _Payload | str, ref: str) -> VarEntry:
-        if isinstance(p, _Payload):
-            return VarEntry(n, _qualname(type(obj)), p.nbytes, _summary(obj), _json_value(obj),
+    def _entry(self, n: str, obj: Any, p: Payload | str, ref: str) -> VarEntry:
+        if isinstance(p, Payload):
+            return VarEntry(n, qualname(type(obj)), p.nbytes, _summary(obj), _json_value(obj),
                             True, None, ref, p.fp)
         # Unpicklable: identity is the best fingerprint we have.
-        return VarEntry(n, _qualname(type(obj)), _sizeof(obj), _summary(obj), None, False, p, "",
+        return VarEntry(n, qualname(type(obj)), _sizeof(obj), _summary(obj), None, False, p, "",
                         f"!{id(obj):x}")
 
     def _remember(self, ns: dict, live: list[str], manifest: Manifest) -> None:
@@ -812,8 +456,8 @@ class Snapshotter:
             same = (le is not None and n in ns and le.ref == e.ref and le.fp == e.fp
                     and (not ids_known or self._ids.get(n) == id(ns[n])))
             if same and verify and e.restorable:
-                p = self._pickle((ns[n],), ns, memo, [0], _array_roots(_Walk(ns[n], ns, [WALK_LIMIT]).arrays))
-                same = isinstance(p, _Payload) and p.fp == e.fp
+                p = self._pickle((ns[n],), ns, memo, [0], array_roots(ObjectWalk(ns[n], ns, [WALK_LIMIT]).arrays))
+                same = isinstance(p, Payload) and p.fp == e.fp
             if not e.restorable:
                 if same:
                     report.unchanged.append(n)
@@ -860,12 +504,12 @@ class Snapshotter:
                     done[2](done[0], done[1])
         main = self.objects.read_chunks(header["main"], tick)
         buffers = [self.objects.read_chunks(b, tick) for b in header["buffers"]]
-        token = _LOAD_GLOBALS.set(globals_)
+        token = LOAD_GLOBALS.set(globals_)
         try:
-            loader = _IsolatedUnpickler if isolated else pickle.Unpickler
+            loader = IsolatedUnpickler if isolated else pickle.Unpickler
             objs = loader(io.BytesIO(main), buffers=buffers).load()
         finally:
-            _LOAD_GLOBALS.reset(token)
+            LOAD_GLOBALS.reset(token)
         return dict(zip(header["names"], objs))
 
     # -- inspection ------------------------------------------------------
@@ -915,4 +559,4 @@ def _sizeof(obj: Any) -> int:
 
 def _why_unpicklable(objs: tuple, exc: Exception) -> str:
     t = type(objs[0]) if len(objs) == 1 else tuple
-    return f"cannot pickle {_qualname(t)}: {type(exc).__name__}: {exc}"[:300]
+    return f"cannot pickle {qualname(t)}: {type(exc).__name__}: {exc}"[:300]

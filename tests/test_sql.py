@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from kernel_driver import Kernel, query
+from kernel_driver import Kernel
 
 FM = str(Path(sys.executable).parent / "fm")
 

@@ -3,7 +3,7 @@ with a deep copy taken before the mutation (the correctness matrix)."""
 
 from __future__ import annotations
 
-import ast
+import subprocess
 import time
 from pathlib import Path
 
@@ -214,9 +214,8 @@ def test_clean_restart_starts_empty_and_fm_resume_restores(tmp_path: Path) -> No
     assert len(events) == 2
 
 
-def fm_cli(*args: str, env: dict[str, str] | None = None) -> "subprocess.CompletedProcess[str]":
+def fm_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     import os
-    import subprocess
     import sys
 
     fm = str(Path(sys.executable).parent / "fm")
