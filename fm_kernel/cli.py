@@ -33,9 +33,19 @@ def cmd_install(a: argparse.Namespace) -> int:
 
 def cmd_run(a: argparse.Namespace) -> int:
     from .headless import run_notebook
+    from .parameters import parse_value
 
+    params: dict = {}
+    for name, value in a.param or []:
+        params[name] = parse_value(value)
+    for name, value in a.raw_param or []:
+        params[name] = value
+    bad = [n for n in params if not n.isidentifier()]
+    if bad:
+        raise errors.UsageError(f"parameter name {bad[0]!r} is not a Python name")
     return run_notebook(Path(a.notebook), out=Path(a.output) if a.output else None,
-                        history=Path(a.history).absolute() if a.history else None)
+                        history=Path(a.history).absolute() if a.history else None,
+                        params=params, fresh=a.fresh)
 
 
 def run_sql(history: Path, query: str, params: list | None = None):
@@ -149,6 +159,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", metavar="OUT", help="where to write the executed notebook "
                    "(default: the notebook itself)")
     s.add_argument("--history", metavar="H", help="history file (default: beside the notebook)")
+    s.add_argument("-p", "--parameters", dest="param", nargs=2, action="append",
+                   metavar=("NAME", "VALUE"), help="a parameter; VALUE read as a Python literal")
+    s.add_argument("-r", "--parameters_raw", dest="raw_param", nargs=2, action="append",
+                   metavar=("NAME", "VALUE"), help="a parameter kept as a string")
+    s.add_argument("--fresh", action="store_true",
+                   help="run every cell, ignoring an interrupted earlier run")
     s.set_defaults(func=cmd_run)
 
     s = sub.add_parser("log", help="steps of a history")

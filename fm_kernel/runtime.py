@@ -7,6 +7,7 @@ as fast as a plain one; everything that needs the store waits on `ready`.
 
 from __future__ import annotations
 
+import os
 import threading
 import uuid
 from pathlib import Path
@@ -69,7 +70,10 @@ class Runtime:
             from .bundle import ensure_origin
 
             ensure_origin(store)
-            self.started_seq = store.append_event("kernel_started", payload={"kernel_id": self.kernel_id})
+            self.started_seq = store.append_event("kernel_started", payload={
+                "kernel_id": self.kernel_id, "pid": os.getpid(),
+                # `fm run` names the run a headless session belongs to (resume)
+                "run_key": os.environ.get("FM_RUN_KEY")})
             self.store = store
             self._start_endpoint(store)
             for hook in self.on_open:

@@ -136,21 +136,20 @@ class Timeline:
         return Moved(step, "", report, time.perf_counter() - t0)
 
     def rebuild(self, step: int, report: RestoreReport) -> None:
-        """Re-create unpicklable objects by re-running the cell that last made
-        them, in a scratch copy of the namespace so nothing else is clobbered."""
+        """Re-create unpicklable objects by re-running the statements that
+        bound them in the cell that last changed them — only those statements,
+        in a scratch copy of the namespace: re-running the whole cell would
+        repeat its other effects (a write, a request) and clobber restored names."""
         for name in list(report.not_restored):
             code = self._producer(step, name)
-            if code is None:
+            source = _binding_source(code, name) if code is not None else None
+            if source is None:
                 continue
             scratch = dict(self.ns)
             try:
-                from IPython import get_ipython
-
-                ip = get_ipython()
-                source = ip.transform_cell(code) if ip is not None else code
                 exec(compile(source, f"<rebuild {name}>", "exec"), scratch)
             except Exception as exc:
-                report.not_restored[name] += f"; re-running its cell failed: {exc}"
+                report.not_restored[name] += f"; re-running `{source.strip()[:60]}` failed: {exc}"
                 continue
             if name in scratch:
                 self.ns[name] = scratch[name]
@@ -179,6 +178,35 @@ class Timeline:
                     f"cannot undo {n}: step {step} has only {i} ancestor(s) on record")
             current = rec.parent
         return current
+
+
+def _binding_source(code: str, name: str) -> str | None:
+    """The top-level statements of a cell that bind ``name`` by assignment or
+    import. Names bound by `with ... as` or loops are not rebuilt: the object
+    was closed or exhausted when its cell ended, or depends on the loop."""
+    import ast
+
+    try:
+        from IPython import get_ipython
+
+        ip = get_ipython()
+        tree = ast.parse(ip.transform_cell(code) if ip is not None else code)
+    except SyntaxError:
+        return None
+    picked = []
+    for stmt in tree.body:
+        if isinstance(stmt, (ast.Assign, ast.AnnAssign)):
+            targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]
+            bound = {n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)}
+        elif isinstance(stmt, (ast.Import, ast.ImportFrom)):
+            bound = {(a.asname or a.name).split(".")[0] for a in stmt.names}
+        else:
+            continue
+        if name in bound:
+            picked.append(stmt)
+    if not picked:
+        return None
+    return ast.unparse(ast.Module(body=picked, type_ignores=[]))
 
 
 def diff(a: Manifest, b: Manifest) -> dict[str, list[tuple[str, str, str]]]:
