@@ -179,4 +179,55 @@ SELECT run_id, position, name, status, attempt, started_at, finished_at, duratio
 FROM fm_run_step_records;
 """
 
-MIGRATIONS: list[str] = [_V1, _V2, _V3]
+# States deduplicated: most cells leave the set of names and entries as it
+# was, so a step record names its state by id and fm_states holds each
+# distinct state once, as typed lists. Queries on `variables` then unnest the
+# distinct states only (the JSON form parsed every name of every step:
+# ~2 s at 100,000 steps, bench/history_scale.py) and can filter by name
+# before joining to the steps.
+_V4_STATES = r"""
+CREATE TABLE fm_states (id VARCHAR NOT NULL, names VARCHAR[] NOT NULL, ids VARCHAR[] NOT NULL);
+ALTER TABLE fm_step_records ADD COLUMN state_id VARCHAR;
+ALTER TABLE fm_step_records ADD COLUMN changed VARCHAR[];
+
+CREATE TEMP TABLE fm_old_states AS
+SELECT DISTINCT md5(CAST(state->'names' AS VARCHAR) || CAST(state->'ids' AS VARCHAR)) AS id,
+       from_json(state->'names', '["VARCHAR"]') AS names,
+       from_json(state->'ids', '["VARCHAR"]') AS ids
+FROM fm_step_records WHERE state IS NOT NULL;
+INSERT INTO fm_states SELECT id, any_value(names), any_value(ids) FROM fm_old_states GROUP BY id;
+UPDATE fm_step_records
+SET state_id = md5(CAST(state->'names' AS VARCHAR) || CAST(state->'ids' AS VARCHAR)),
+    changed = from_json(state->'changed', '["VARCHAR"]'),
+    state = NULL
+WHERE state IS NOT NULL;
+DROP TABLE fm_old_states;
+
+CREATE OR REPLACE VIEW variables AS
+WITH latest AS (
+    SELECT step, state_id, changed FROM fm_step_records
+    QUALIFY row_number() OVER (PARTITION BY step ORDER BY seq DESC) = 1
+), state_rows AS (
+    SELECT id AS state_id, unnest(names) AS name, unnest(ids) AS entry_id FROM fm_states
+), entries AS (
+    SELECT * FROM fm_var_entries QUALIFY row_number() OVER (PARTITION BY id) = 1
+)
+SELECT l.step, r.name, e.type, e.size_bytes, e.summary, e.value,
+       coalesce(list_contains(l.changed, r.name), false) AS changed, e.restorable, e.reason
+FROM latest l
+JOIN state_rows r ON r.state_id = l.state_id
+JOIN entries e ON e.id = r.entry_id;
+"""
+
+# Flow journals: ``detail`` holds what replay needs beyond the result (a
+# sleep's wake time, a wait's deadline, the event a wait consumed).
+_V5_FLOWS = r"""
+ALTER TABLE fm_run_step_records ADD COLUMN detail JSON;
+
+CREATE OR REPLACE VIEW run_steps AS
+SELECT run_id, position, name, status, attempt, started_at, finished_at, duration_ms,
+       result, error, detail
+FROM fm_run_step_records;
+"""
+
+MIGRATIONS: list[str] = [_V1, _V2, _V3, _V4_STATES, _V5_FLOWS]

@@ -81,8 +81,9 @@ class Result:
 
 
 _STEP_INSERT = (
-    "INSERT INTO fm_step_records VALUES "
-    "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO fm_step_records (seq, step, branch, parent, kernel_id, cell_id, execution_count,"
+    " code, status, started_at, finished_at, duration_ms, error_name, error_value, traceback,"
+    " outputs, state_id, changed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _ENTRY_COLUMNS = ("id", "name", "type", "size_bytes", "summary", "value", "restorable", "reason")
 
@@ -95,6 +96,7 @@ class Store:
         self.read_only = read_only
         self._conn = conn
         self._lock = threading.RLock()
+        self._in_txn = False
         # DuckDB wakes its thread pool for every statement; for the small
         # writes on the per-cell path one thread is ~0.7 ms faster (bench/).
         # Heavy user queries raise it for their own duration (see query()).
@@ -105,6 +107,8 @@ class Store:
         # of a ~2 ms cell record. The setting is per connection; reads keep it.
         self._writer = self._conn.cursor()
         self._writer.execute("PRAGMA disable_optimizer")
+        self._states = {r[0] for r in self._conn.execute("SELECT id FROM fm_states").fetchall()} \
+            if not read_only else set()
         self._seq = self._scalar(
             "SELECT greatest((SELECT max(seq) FROM fm_step_records),"
             " (SELECT max(seq) FROM fm_events),"
@@ -188,17 +192,25 @@ class Store:
         return row[0] if row else None
 
     def transaction(self):
+        """BEGIN ... COMMIT on the main connection, holding the store lock.
+        Nested uses join the outer transaction; every append_* inside one
+        goes into it."""
         store = self
 
         class _Txn:
             def __enter__(self_inner):
                 store._lock.acquire()
-                store._conn.execute("BEGIN")
+                self_inner.outer = not store._in_txn
+                if self_inner.outer:
+                    store._conn.execute("BEGIN")
+                    store._in_txn = True
                 return store._conn
 
             def __exit__(self_inner, exc_type, exc, tb):
                 try:
-                    store._conn.execute("ROLLBACK" if exc_type else "COMMIT")
+                    if self_inner.outer:
+                        store._in_txn = False
+                        store._conn.execute("ROLLBACK" if exc_type else "COMMIT")
                 finally:
                     store._lock.release()
                 return False
@@ -226,27 +238,36 @@ class Store:
         names for the first time, in one transaction; committed on return."""
         with self._lock:
             self._step = max(self._step, rec.step)
-            if not entries:
-                self._writer.execute(_STEP_INSERT, self._step_params(rec))
+            state_id = _state_id(rec.state) if rec.state is not None else None
+            new_state = state_id is not None and state_id not in self._states
+            if not entries and not new_state:
+                conn = self._conn if self._in_txn else self._writer
+                conn.execute(_STEP_INSERT, self._step_params(rec, state_id))
                 return
-            rows, params = [], []
-            for e in entries:
-                rows.append("(?, ?, ?, ?, ?, ?, ?, ?, ?)")
-                params += [e["id"], e["name"], e["type"], e["size_bytes"], e["summary"],
-                           json.dumps(e["value"]) if e.get("value") is not None else None,
-                           e["restorable"], e["reason"], json.dumps(e)]
             with self.transaction() as c:
-                c.execute("INSERT INTO fm_var_entries VALUES " + ", ".join(rows), params)
-                c.execute(_STEP_INSERT, self._step_params(rec))
+                if entries:
+                    rows, params = [], []
+                    for e in entries:
+                        rows.append("(?, ?, ?, ?, ?, ?, ?, ?, ?)")
+                        params += [e["id"], e["name"], e["type"], e["size_bytes"], e["summary"],
+                                   json.dumps(e["value"]) if e.get("value") is not None else None,
+                                   e["restorable"], e["reason"], json.dumps(e)]
+                    c.execute("INSERT INTO fm_var_entries VALUES " + ", ".join(rows), params)
+                if new_state:
+                    c.execute("INSERT INTO fm_states VALUES (?, ?, ?)",
+                              [state_id, rec.state["names"], rec.state["ids"]])  # type: ignore[index]
+                c.execute(_STEP_INSERT, self._step_params(rec, state_id))
+            if new_state:
+                self._states.add(state_id)  # type: ignore[arg-type]
 
-    def _step_params(self, rec: StepRecord) -> list[Any]:
+    def _step_params(self, rec: StepRecord, state_id: str | None) -> list[Any]:
         return [
             self.next_seq(), rec.step, rec.branch, rec.parent, rec.kernel_id, rec.cell_id,
             rec.execution_count, rec.code, rec.status, rec.started_at, rec.finished_at,
             rec.duration_ms, rec.error_name, rec.error_value,
             json.dumps(rec.traceback) if rec.traceback is not None else None,
-            json.dumps(rec.outputs),
-            json.dumps(rec.state) if rec.state is not None else None,
+            json.dumps(rec.outputs), state_id,
+            rec.state["changed"] if rec.state is not None else None,
         ]
 
     def append_event(
@@ -304,17 +325,21 @@ class Store:
         res = self.query(
             "SELECT step, branch, parent, kernel_id, cell_id, execution_count, code, status,"
             " started_at, finished_at, duration_ms, error_name, error_value,"
-            " traceback::VARCHAR, outputs::VARCHAR, state::VARCHAR FROM fm_step_records"
-            " WHERE step = ? ORDER BY seq DESC LIMIT 1",
+            " traceback::VARCHAR, outputs::VARCHAR, changed,"
+            " (SELECT names FROM fm_states s WHERE s.id = r.state_id LIMIT 1),"
+            " (SELECT ids FROM fm_states s WHERE s.id = r.state_id LIMIT 1)"
+            " FROM fm_step_records r WHERE step = ? ORDER BY seq DESC LIMIT 1",
             [step],
         )
         if not res.rows:
             return None
         r = list(res.rows[0])
+        changed, names, ids = r[15:18]
+        r = r[:15]
         r[13] = json.loads(r[13]) if r[13] else None
         r[14] = json.loads(r[14]) if r[14] else []
-        r[15] = json.loads(r[15]) if r[15] else None
-        return StepRecord(*r)
+        state = None if names is None else {"names": names, "ids": ids, "changed": changed or []}
+        return StepRecord(*r, state=state)
 
     def entries(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """Variable entries by id (as written by append_step)."""
@@ -340,7 +365,7 @@ class Store:
         HEAD move."""
         res = self.query(
             "SELECT step, branch FROM ("
-            "  SELECT seq, step, branch FROM fm_step_records WHERE state IS NOT NULL"
+            "  SELECT seq, step, branch FROM fm_step_records WHERE state_id IS NOT NULL"
             "  UNION ALL"
             "  SELECT seq, step, payload->>'branch' FROM fm_events"
             "  WHERE kind IN ('rewind', 'checkout', 'resume', 'fork') AND step IS NOT NULL"
@@ -402,6 +427,13 @@ def _lock_holder(message: str) -> str | None:
     if i < 0:
         return None
     return message[i + len(marker):].split(")", 1)[0].strip()
+
+
+def _state_id(state: dict[str, Any]) -> str:
+    import hashlib
+
+    blob = "\x1f".join(state["names"]) + "\x1e" + "\x1f".join(state["ids"])
+    return hashlib.blake2b(blob.encode(), digest_size=16).hexdigest()
 
 
 def _sql_str(path: Path) -> str:

@@ -100,14 +100,22 @@ def _fm() -> str:
 
 @pytest.fixture(scope="module")
 def nbval_run(tmp_path_factory: pytest.TempPathFactory):
+    # Each notebook in a folder of its own, as users keep them: nbval kills
+    # its kernels (an unclean end), so notebooks sharing a folder would share
+    # a history and each would auto-resume the previous one's namespace.
     root = tmp_path_factory.mktemp("nbval")
-    notebooks = _copy_notebooks(root)
+    for nb in _all_notebooks():
+        folder = root / nb.stem
+        folder.mkdir()
+        shutil.copy(nb, folder / nb.name)
+        if (NOTEBOOKS / "data").is_dir():
+            shutil.copytree(NOTEBOOKS / "data", folder / "data")
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "--nbval", "notebooks/", "--nbval-kernel-name", "flowmetal",
+        [sys.executable, "-m", "pytest", "--nbval", ".", "--nbval-kernel-name", "flowmetal",
          "-p", "no:cacheprovider", "-q"],
         cwd=root, env=_env(), capture_output=True, text=True, timeout=RUN_TIMEOUT_S,
     )
-    return proc, notebooks
+    return proc, root
 
 
 def test_nbval_passes_on_flowmetal_kernel(nbval_run):
@@ -121,16 +129,17 @@ def test_nbval_history_lands_in_kernel_cwd(nbval_run):
     # nbval starts the kernel in the notebook's folder and does not set
     # JPY_SESSION_NAME, so the kernel does not know the notebook's path: the
     # history is <kernel cwd>/.flowmetal/history.duckdb, not the per-notebook file.
-    _, notebooks = nbval_run
-    assert (notebooks / ".flowmetal" / "history.duckdb").exists()
-    assert not (notebooks / ".flowmetal" / f"{QUICKSTART}.duckdb").exists()
+    _, root = nbval_run
+    for nb in _all_notebooks():
+        assert (root / nb.stem / ".flowmetal" / "history.duckdb").exists()
+        assert not (root / nb.stem / ".flowmetal" / f"{nb.name}.duckdb").exists()
 
 
 def test_nbval_run_records_every_cell_as_a_step(nbval_run):
-    _, notebooks = nbval_run
-    history = notebooks / ".flowmetal" / "history.duckdb"
-    # every notebook ran in this folder, so they share one history
-    assert _finished_steps(history) == sum(len(_recorded_cells(nb)) for nb in _all_notebooks())
+    _, root = nbval_run
+    for nb in _all_notebooks():
+        history = root / nb.stem / ".flowmetal" / "history.duckdb"
+        assert _finished_steps(history) == len(_recorded_cells(nb)), nb.name
 
 
 # -- fm run / fm log -----------------------------------------------------------

@@ -201,3 +201,18 @@ def test_fm_sql_and_fm_log_with_and_without_a_live_kernel(tmp_path: Path) -> Non
     assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "syntax error" in bad.stderr
     missing = fm("log", "--history", str(tmp_path / "none.duckdb"))
     assert missing.returncode == 1 and "no history at" in missing.stderr
+
+
+def test_queries_cannot_reach_outside_the_history(session: Kernel) -> None:
+    secret = Path(session.path).parent / "secret.txt"
+    secret.write_text("do not read")
+    for q in (f"SELECT content FROM read_text('{secret}')", f"SELECT * FROM '{secret}'",
+              "SELECT getenv('HOME')", f"SELECT * FROM glob('{secret.parent}/*')",
+              "SELECT * FROM query('SELECT 1')", "PRAGMA disable_checkpoint_on_shutdown"):
+        r = session.execute("%sql " + q)
+        assert r.status == "error" and "refused" in r.text() + r.content.get("evalue", ""), (q, r.text())
+        assert "do not read" not in r.text()
+    info = _endpoint(session.path)
+    code, body = _request(info, "POST", "/sql", json.dumps(
+        {"query": f"SELECT content FROM read_text('{secret}')"}).encode())
+    assert code == 400 and "refused" in body["error"]
