@@ -6,15 +6,11 @@ through the same path as `%%sql`, and the cost of recording one more cell at
     .venv/bin/python bench/history_scale.py            # 100k steps, 1M events (a few minutes)
     .venv/bin/python bench/history_scale.py --quick    # 10k steps, 100k events
 
-Building. Store's API writes one row per call: append_step commits on its
-own cursor, so `with store.transaction():` does not batch it (and
-append_step with new variable entries opens its own transaction, which
-cannot nest); append_event does batch inside a transaction. The script
-measures those rates on a sample and prints how long a build through the API
-would take. The big history is then written in bulk, inside
-`store.transaction()`, with INSERT ... SELECT over the store's own tables (the
-same columns append_step/append_event/append_branch write), and reopened with
-Store.open so the store's step and seq counters come from the file.
+Building. The store's per-cell path writes one row per call (what a kernel
+does, ~2-5 ms each here); the script measures that rate on a sample, then
+builds the big history through the store's bulk API (append_steps,
+append_events, append_branch: columnar, one transaction per batch of 5,000
+steps) and reopens it with Store.open so the counters come from the file.
 
 Targets: each query median <= 200 ms; append_step at 100k steps <= 1.2x
 its time at 10 steps (median of 200, interleaved between the two histories).
@@ -137,92 +133,77 @@ def api_rates(root: Path, n_steps: int = 300, n_events: int = 3000) -> dict[str,
 
 def build(path: Path, n_steps: int) -> float:
     """Write n_steps steps (with states, outputs, entries, branches) and
-    EVENTS_PER_STEP * n_steps events in bulk; returns seconds taken."""
+    EVENTS_PER_STEP * n_steps events through the store's bulk API
+    (append_steps / append_events / append_branch), in batches; returns
+    seconds taken."""
+    import datetime as dt
+
     t = time.perf_counter()
     store = Store.open(path)  # creates the schema (migrations) as a kernel would
-    base = (store.last_step, 0)
-    assert base == (0, 0), base
-    seq0 = 10  # past the seq of the migration's own rows
-    per = EVENTS_PER_STEP + 1
-    with store.transaction() as c:
-        # Steps: one final record each; seq leaves room for that step's events.
-        c.execute(f"""
-        INSERT INTO fm_step_records
-        SELECT {seq0} + (i - 1) * {per} + {EVENTS_PER_STEP} AS seq,
-               i AS step,
-               CASE WHEN (i // {STEPS_PER_KERNEL}) % {FORK_EVERY} = {FORK_EVERY - 1}
-                    THEN 'exp' || (i // {STEPS_PER_KERNEL}) ELSE 'main' END AS branch,
-               CASE WHEN i = 1 THEN NULL ELSE i - 1 END AS parent,
-               md5('kernel' || (i // {STEPS_PER_KERNEL})) AS kernel_id,
-               'cell-' || (i % 40) AS cell_id,
-               (i % {STEPS_PER_KERNEL}) + 1 AS execution_count,
-               'v' || (i % {NAMES}) || ' = model.step(batch=' || (i % 500) || ')' || chr(10)
-                   || 'print(v' || (i % {NAMES}) || ')' AS code,
-               CASE WHEN i % 50 = 0 THEN 'error' ELSE 'ok' END AS status,
-               TIMESTAMPTZ '2026-11-01 00:00:00+00' + to_seconds(i * 3) AS started_at,
-               TIMESTAMPTZ '2026-11-01 00:00:00+00' + to_seconds(i * 3)
-                   + to_microseconds(((i * 7919) % 20000) * 100) AS finished_at,
-               ((i * 7919) % 20000) / 10.0 AS duration_ms,
-               CASE WHEN i % 50 = 0 THEN 'ValueError' END AS error_name,
-               CASE WHEN i % 50 = 0 THEN 'bad batch ' || i END AS error_value,
-               CASE WHEN i % 50 = 0 THEN '["Traceback (most recent call last):", "ValueError: bad batch"]' END::JSON,
-               to_json(list_value(
-                   {{'position': 0, 'output_type': 'stream', 'mime': 'text/plain',
-                     'content': i || chr(10), 'meta': '{{"name":"stdout"}}'::JSON}}
-               ) || CASE WHEN i % 20 = 0 THEN list_value(
-                   {{'position': 1, 'output_type': 'stream', 'mime': 'text/plain',
-                     'content': 'warning: slow batch ' || i || chr(10), 'meta': '{{"name":"stderr"}}'::JSON}})
-                  WHEN i % 100 = 1 THEN list_value(
-                   {{'position': 1, 'output_type': 'display_data', 'mime': 'image/png',
-                     'content': repeat('iVBORw0KGgo', 300), 'meta': '{{}}'::JSON}})
-                  ELSE [] END) AS outputs,
-               to_json({{
-                   'names': list_transform(range({NAMES}), lambda j: 'v' || j) || ['loss'],
-                   'ids': list_transform(range({NAMES}),
-                              lambda j: 'v' || j || '-' || greatest(0, i - (((i - j) % {NAMES}) + {NAMES}) % {NAMES}))
-                          || ['loss-' || (i - i % 10)],
-                   'changed': ['v' || (i % {NAMES})] || CASE WHEN i % 10 = 0 THEN ['loss'] ELSE [] END
-               }}) AS state
-        FROM range(1, {n_steps} + 1) r(i)
-        """)
-        # Entries: v{j}-{s} for each change, v{j}-0 and loss-{s} as named by the states.
-        c.execute(f"""
-        INSERT INTO fm_var_entries
-        SELECT id, name, 'int', 28, CAST(v AS VARCHAR), CAST(v AS JSON), true, NULL,
-               json_object('name', name, 'type', 'int')
-        FROM (
-            SELECT 'v' || (i % {NAMES}) || '-' || i AS id, 'v' || (i % {NAMES}) AS name, i AS v
-            FROM range(1, {n_steps} + 1) r(i)
-            UNION ALL SELECT 'v' || j || '-0', 'v' || j, 0 FROM range({NAMES}) r(j)
-        )
-        UNION ALL
-        SELECT 'loss-' || i, 'loss', 'float', 24, CAST(round(1.0 / (1 + i / 100.0), 4) AS VARCHAR),
-               CAST(round(1.0 / (1 + i / 100.0), 4) AS JSON), true, NULL, '{{"name": "loss"}}'::JSON
-        FROM range(0, {n_steps} + 1, 10) r(i)
-        """)
-        # Events: kernel starts/stops at block edges, the rest flow-like traffic.
-        c.execute(f"""
-        INSERT INTO fm_events
-        SELECT {seq0} + (i - 1) * {per} + e AS seq,
-               TIMESTAMPTZ '2026-11-01 00:00:00+00' + to_seconds(i * 3) + to_microseconds(e * 1000),
-               CASE WHEN e = 0 AND i % {STEPS_PER_KERNEL} = 1 THEN 'kernel_started'
-                    WHEN e = 0 AND i % {STEPS_PER_KERNEL} = 0 THEN 'kernel_stopped'
-                    WHEN e % 3 = 0 THEN 'timer_fired'
-                    WHEN e % 3 = 1 THEN 'signal'
-                    ELSE 'callback' END AS kind,
-               i AS step,
-               CASE WHEN e > 0 THEN 'run-' || (i % 997) END AS run_id,
-               json_object('n', e, 'kernel_id', md5('kernel' || (i // {STEPS_PER_KERNEL}))) AS payload
-        FROM range(1, {n_steps} + 1) r(i), range({EVENTS_PER_STEP}) q(e)
-        """)
-        c.execute(f"""
-        INSERT INTO fm_branch_records
-        SELECT {seq0} + (b * {STEPS_PER_KERNEL} - 1) * {per} + {EVENTS_PER_STEP} - 1,
-               'exp' || b, b * {STEPS_PER_KERNEL} - 1, b * {STEPS_PER_KERNEL} - 1,
-               TIMESTAMPTZ '2026-11-01 00:00:00+00' + to_seconds(b * {STEPS_PER_KERNEL} * 3)
-        FROM range({FORK_EVERY - 1}, {n_steps} // {STEPS_PER_KERNEL} + 1, {FORK_EVERY}) r(b)
-        WHERE b * {STEPS_PER_KERNEL} <= {n_steps}
-        """)
+    t0 = dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc)
+    batch = 5000
+    latest = {j: 0 for j in range(NAMES)}
+    loss_at = 0
+    for lo in range(1, n_steps + 1, batch):
+        recs, entries, events = [], [], []
+        for i in range(lo, min(lo + batch, n_steps + 1)):
+            j = i % NAMES
+            latest[j] = i
+            entries.append({"id": f"v{j}-{i}", "name": f"v{j}", "type": "int", "size_bytes": 28,
+                            "summary": str(i), "value": i, "restorable": True, "reason": None})
+            changed = [f"v{j}"]
+            if i % 10 == 0:
+                loss_at = i
+                loss = round(1.0 / (1 + i / 100.0), 4)
+                entries.append({"id": f"loss-{i}", "name": "loss", "type": "float", "size_bytes": 24,
+                                "summary": str(loss), "value": loss, "restorable": True, "reason": None})
+                changed.append("loss")
+            block = i // STEPS_PER_KERNEL
+            branch = f"exp{block}" if block % FORK_EVERY == FORK_EVERY - 1 else "main"
+            started = t0 + dt.timedelta(seconds=i * 3)
+            ms = ((i * 7919) % 20000) / 10.0
+            outputs = [{"position": 0, "output_type": "stream", "mime": "text/plain",
+                        "content": f"{i}\n", "meta": {"name": "stdout"}}]
+            if i % 20 == 0:
+                outputs.append({"position": 1, "output_type": "stream", "mime": "text/plain",
+                                "content": f"warning: slow batch {i}\n", "meta": {"name": "stderr"}})
+            elif i % 100 == 1:
+                outputs.append({"position": 1, "output_type": "display_data", "mime": "image/png",
+                                "content": "iVBORw0KGgo" * 300, "meta": {}})
+            error = i % 50 == 0
+            recs.append(StepRecord(
+                step=i, branch=branch, parent=i - 1 if i > 1 else None,
+                kernel_id=f"kernel-{block}", cell_id=f"cell-{i % 40}",
+                execution_count=i % STEPS_PER_KERNEL + 1,
+                code=f"v{j} = model.step(batch={i % 500})\nprint(v{j})",
+                status="error" if error else "ok", started_at=started,
+                finished_at=started + dt.timedelta(milliseconds=ms), duration_ms=ms,
+                error_name="ValueError" if error else None,
+                error_value=f"bad batch {i}" if error else None,
+                traceback=["Traceback (most recent call last):", "ValueError: bad batch"] if error else None,
+                outputs=outputs,
+                state={"names": [f"v{k}" for k in range(NAMES)] + ["loss"],
+                       "ids": [f"v{k}-{latest[k]}" for k in range(NAMES)] + [f"loss-{loss_at}"],
+                       "changed": changed}))
+            for e in range(EVENTS_PER_STEP):
+                if e == 0 and i % STEPS_PER_KERNEL == 1:
+                    kind = "kernel_started"
+                elif e == 0 and i % STEPS_PER_KERNEL == 0:
+                    kind = "kernel_stopped"
+                else:
+                    kind = ("timer_fired", "signal", "callback")[e % 3]
+                events.append((kind, i, f"run-{i % 997}" if e else None,
+                               {"n": e, "kernel_id": f"kernel-{block}"}))
+            if i % STEPS_PER_KERNEL == STEPS_PER_KERNEL - 1 and (block + 1) % FORK_EVERY == FORK_EVERY - 1:
+                store.append_branch(f"exp{block + 1}", i, i)
+        for k in range(NAMES):  # the first state names v<k>-0 before v<k> is written
+            entries.append({"id": f"v{k}-0", "name": f"v{k}", "type": "int", "size_bytes": 28,
+                            "summary": "0", "value": 0, "restorable": True, "reason": None}) if lo == 1 else None
+        if lo == 1:
+            entries.append({"id": "loss-0", "name": "loss", "type": "float", "size_bytes": 24,
+                            "summary": "1.0", "value": 1.0, "restorable": True, "reason": None})
+        store.append_steps(recs, entries)
+        store.append_events(events)
     store.query("CHECKPOINT")
     store.close()
     return time.perf_counter() - t
