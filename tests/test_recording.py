@@ -226,3 +226,21 @@ def test_history_file_and_wal_are_owner_only(tmp_path: Path, env_name: str) -> N
     assert oct(path.stat().st_mode & 0o777) == "0o600"
     assert oct(path.parent.stat().st_mode & 0o777) == "0o700"
     assert not os.path.exists(str(path) + ".inflight")  # clean shutdown leaves no marker
+
+
+def test_fm_install_writes_a_kernelspec_that_starts_this_kernel(tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    fm = str(Path(sys.executable).parent / "fm")
+    r = subprocess.run([fm, "install", "--prefix", str(tmp_path)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    spec = tmp_path / "share" / "jupyter" / "kernels" / "flowmetal" / "kernel.json"
+    data = json.loads(spec.read_text())
+    assert data["display_name"] == "Flowmetal (Python 3)"
+    assert Path(data["argv"][0]).parent == Path(sys.executable).parent  # this environment
+    assert data["argv"][1:3] == ["-m", "fm_kernel"]
+    assert (spec.parent / "logo-64x64.png").exists()
+    bad = subprocess.run([fm, "install", "--user", "--prefix", "x"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "not allowed with argument" in bad.stderr
