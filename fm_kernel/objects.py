@@ -15,6 +15,7 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import xxhash
 
@@ -219,10 +220,12 @@ class ObjectFiles:
             raise CorruptObject(key, p, "corrupt (its content does not match its hash)")
         return n
 
-    def read_chunks(self, keys: Chunks, progress: Callable[[int], None] | None = None) -> bytearray:
-        """Reassemble a buffer.  A bytearray, not bytes: numpy arrays rebuilt
-        on it must be writable."""
-        out = bytearray(sum(n for _, n in keys))
+    def read_chunks(self, keys: Chunks, progress: Callable[[int], None] | None = None) -> Any:
+        """Reassemble a buffer, writable (numpy arrays rebuilt on it must be).
+        Large ones go into uninitialised memory: a zero-filled bytearray
+        touches every page twice, ~0.7 s of a 1 GiB restore."""
+        total = sum(n for _, n in keys)
+        out = _uninitialised(total) if total >= (1 << 20) else bytearray(total)
         mv = memoryview(out)
         off = 0
         for key, n in keys:
@@ -239,3 +242,11 @@ class ObjectFiles:
                 if not name.startswith(".tmp-"):
                     total += os.path.getsize(os.path.join(dirpath, name))
         return total
+
+
+def _uninitialised(n: int) -> Any:
+    try:
+        import numpy as np
+    except ImportError:
+        return bytearray(n)
+    return np.empty(n, dtype=np.uint8)

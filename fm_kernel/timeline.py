@@ -231,11 +231,15 @@ def check_branch_name(name: str, existing: Mapping[str, Any]) -> None:
 def progress_printer(label: str, stream=None) -> Callable[[int, int], None]:
     """A one-line progress bar for restores that take long enough to notice."""
     stream = stream or sys.stderr
-    state = {"start": time.monotonic(), "shown": False}
+    state = {"start": time.monotonic(), "shown": False, "last": 0.0}
 
     def show(done: int, total: int) -> None:
         if total < 64 << 20 and not state["shown"]:
             return  # small restores finish before a bar would help
+        now = time.monotonic()
+        if done < total and now - state["last"] < 0.1:
+            return  # each redraw is an IOPub message: ten a second is plenty
+        state["last"] = now
         frac = done / total if total else 1.0
         bar = "█" * int(24 * frac) + "·" * (24 - int(24 * frac))
         stream.write(f"\rrestoring {bar} {human_bytes(done)} / {human_bytes(total)}")
