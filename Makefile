@@ -9,8 +9,14 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e ".[test]"
 	touch $@
 
-.PHONY: setup demo test bench
+.PHONY: setup demo test bench browser
 setup: $(VENV)/.installed
+
+# The browser tests drive Debian's Chromium (never a downloaded one). As root
+# on a machine without it, install it; elsewhere those tests say what is missing.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+	  && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || true
 
 # The main job: run the quickstart headless with the flowmetal kernel, then
 # print the steps it recorded in notebooks/.flowmetal/01-quickstart.ipynb.duckdb.
@@ -19,7 +25,7 @@ demo: setup
 	$(FM) run notebooks/01-quickstart.ipynb -o build/01-quickstart.out.ipynb
 	$(FM) log --history notebooks/01-quickstart.ipynb
 
-test: setup
+test: setup browser
 	$(PY) -m pytest -q -p no:cacheprovider
 
 bench: setup

@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
-from IPython.display import publish_display_data
+from IPython.display import display, publish_display_data
 
 from . import errors, navigate, querying, runtime
 from .timeline import diff
@@ -43,6 +43,8 @@ class FlowmetalMagics(Magics):
             "diff": self._diff,
             "resume": self._resume,
             "export": self._export,
+            "timeline": self._timeline,
+            "inspect": self._inspect,
         }
 
     @line_magic
@@ -204,6 +206,11 @@ class FlowmetalMagics(Magics):
         a = p.parse_args(argv)
         tl = runtime.current().require_timeline()
         d = diff(tl.manifest(a.a), tl.manifest(a.b))
+        from . import widgets
+
+        if widgets.in_widget_frontend():
+            display(widgets.diff_widget(a.a, a.b))
+            return
         rows = [(kind, name, before, after) for kind in ("added", "removed", "changed")
                 for name, before, after in d[kind]]
         if not rows:
@@ -220,3 +227,19 @@ class FlowmetalMagics(Magics):
 
         out = export(runtime.current().require_store(), Path(p.parse_args(argv).path).expanduser())
         print(f"exported this history to {out}; on another machine: fm import {out.name} --trust")
+
+    def _timeline(self, argv: list[str]) -> None:
+        p = _parser("timeline", "the time-travel widget: steps, outputs, branches")
+        p.add_argument("--all", action="store_true", help="all branches")
+        a = p.parse_args(argv)
+        from . import widgets
+
+        display(widgets.timeline_widget(all_branches=a.all))
+
+    def _inspect(self, argv: list[str]) -> None:
+        p = _parser("inspect", "the variables of a step, and their values as they were")
+        p.add_argument("step", type=int, nargs="?", default=None)
+        a = p.parse_args(argv)
+        from . import widgets
+
+        display(widgets.inspect_widget(a.step))

@@ -1,0 +1,306 @@
+"""The state inspector and the diff view. Both read past states through
+`Source` (store, timeline, `api.History.state`) and never touch the live
+namespace: values are loaded as copies, and only when a name is clicked."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ipywidgets as W
+
+from . import errors
+from .tables import format_table
+from .timeline import diff
+from .widgets import Source, _message, _section, with_text
+from .widgets_render import (
+    badge, describe_frame_change, esc, frame_change_counts, size_text, table_html, value_html,
+)
+
+SORT_KEYS = ("name", "type", "size", "changed", "summary")
+COLUMN_WIDTHS = {"name": "150px", "type": "150px", "size": "80px", "changed": "84px"}
+MAX_ROWS = 60            # variables listed at once; the filter narrows longer states
+DIFF_LOAD_LIMIT = 64 << 20  # DataFrames compared cell by cell in a diff up to this size
+
+
+def _is_frame_type(type_name: str) -> bool:
+    return type_name.rsplit(".", 1)[-1] == "DataFrame"
+
+
+class InspectWidget(W.VBox):
+    """Variables of one step as a sortable table; a clicked variable's value
+    as it was, and the same variable at a second step beside it."""
+
+    def __init__(self, source: Source | None = None, step: int | None = None,
+                 compare: int | None = None):
+        super().__init__()
+        self.add_class("fm-inspector")
+        self.source = source or Source()
+        last = max(self.source.last_step(), 1)
+        step = step if step is not None else (self.source.head or last)
+        self.sort_key, self.descending = "name", False
+        self.selected_name: str | None = None
+        self._states: dict[int, Any] = {}
+        self._manifest: Any = {}
+        self._changed: set[str] = set()
+
+        self.step_picker = W.BoundedIntText(value=step, min=1, max=max(last, step),
+                                            description="step", continuous_update=False,
+                                            layout=W.Layout(width="140px"),
+                                            style={"description_width": "36px"})
+        self.compare_picker = W.IntText(value=compare or 0, description="compare with step",
+                                        continuous_update=False, layout=W.Layout(width="230px"),
+                                        style={"description_width": "140px"},
+                                        tooltip="0: no comparison")
+        self.filter = W.Text(placeholder="filter names", continuous_update=True,
+                             layout=W.Layout(width="160px"))
+        self.step_picker.add_class("fm-inspect-step")
+        self.compare_picker.add_class("fm-inspect-compare")
+        self.step_picker.observe(lambda c: self.set_step(c["new"]), names="value")
+        self.compare_picker.observe(lambda c: self.set_compare(c["new"] or None), names="value")
+        self.filter.observe(lambda _c: self._render_table(), names="value")
+        self.info = W.HTML()
+
+        self.sort_buttons = {}
+        for key in SORT_KEYS:
+            b = W.Button(description=key, tooltip=f"sort by {key}",
+                         layout=W.Layout(width=COLUMN_WIDTHS.get(key, "auto"),
+                                         flex="0 0 auto" if key in COLUMN_WIDTHS else "1 1 auto",
+                                         height="24px", margin="0"))
+            b.add_class(f"fm-sort-{key}")
+            b.on_click(lambda _b, k=key: self.sort_by(k))
+            self.sort_buttons[key] = b
+        header = W.HBox([self.sort_buttons[k] for k in SORT_KEYS], layout=W.Layout(width="100%"))
+        self._row_pool: list[tuple[W.HBox, W.Button, W.HTML]] = []
+        self.table = W.VBox(layout=W.Layout(max_height="360px", overflow="auto", width="100%"))
+
+        self.badge = W.HTML()
+        self.badge.add_class("fm-badge")
+        self.left_title, self.right_title = W.HTML(), W.HTML()
+        self.left = W.HTML()
+        self.right = W.HTML()
+        self.left.add_class("fm-value-left")
+        self.right.add_class("fm-value-right")
+        self.values = W.HBox([W.VBox([self.left_title, self.left], layout=W.Layout(flex="1 1 0", min_width="0")),
+                              W.VBox([self.right_title, self.right], layout=W.Layout(flex="1 1 0", min_width="0", padding="0 0 0 12px"))],
+                             layout=W.Layout(width="100%"))
+        self.children = [W.HBox([self.step_picker, self.compare_picker, self.filter, self.info],
+                                layout=W.Layout(flex_flow="row wrap", align_items="center")),
+                         header, self.table, _section("Value"), self.badge, self.values]
+        self.step = step
+        self.compare = compare
+        self._load(step)
+
+    # -- public ----------------------------------------------------------------------
+
+    def set_step(self, step: int) -> None:
+        """Show the variables after ``step`` (the selected name stays, if present)."""
+        if step == self.step and self._manifest:
+            return
+        self.step = step
+        if self.step_picker.value != step:
+            self.step_picker.max = max(self.step_picker.max, step)
+            self.step_picker.value = step
+        self._load(step)
+
+    def set_compare(self, step: int | None) -> None:
+        """Show the selected variable at ``step`` too, beside the first (None: off)."""
+        self.compare = step or None
+        if (self.compare_picker.value or None) != self.compare:
+            self.compare_picker.value = self.compare or 0
+        if self.selected_name is not None:
+            self.show(self.selected_name)
+
+    def sort_by(self, key: str, descending: bool | None = None) -> None:
+        if key not in SORT_KEYS:
+            raise errors.UsageError(f"cannot sort by {key!r}; one of: {', '.join(SORT_KEYS)}")
+        if descending is None:
+            descending = (not self.descending) if key == self.sort_key else key in ("size", "changed")
+        self.sort_key, self.descending = key, descending
+        self._render_table()
+
+    def names(self) -> list[str]:
+        """Variable names in the order the table shows them."""
+        m, changed = self._manifest, self._changed
+        keys = {
+            "name": lambda n: n.lower(),
+            "type": lambda n: (m[n].type, n),
+            "size": lambda n: (m[n].size_bytes or 0, n),
+            "changed": lambda n: (n in changed, n),
+            "summary": lambda n: (m[n].summary, n),
+        }
+        return sorted(m, key=keys[self.sort_key], reverse=self.descending)
+
+    def show(self, name: str) -> None:
+        """Load ``name`` as it was after the step (and the compare step) and show it."""
+        self.selected_name = name
+        for _box, button, _html in self._row_pool:
+            button.button_style = "info" if button.description == name else ""
+        self.left_title.value = f'<div style="font-size:12px"><b>{esc(name)}</b> after step {self.step}</div>'
+        a = self._value(self.step, name)
+        other_step = self.compare
+        b = self._value(other_step, name) if other_step else None
+        self.badge.value = self._badge(name, other_step)
+        equal_shape = other_step is not None and a[0] and b is not None and b[0]
+        self.left.value = (value_html(a[1], b[1] if equal_shape else None, mark_changes=bool(equal_shape))
+                           if a[0] else _message(a[1], ok=False))
+        if other_step:
+            self.right_title.value = (f'<div style="font-size:12px"><b>{esc(name)}</b> after step '
+                                      f'{other_step}</div>')
+            self.right.value = (value_html(b[1], a[1] if equal_shape else None,
+                                           mark_changes=bool(equal_shape))
+                                if b[0] else _message(b[1], ok=False))
+        else:
+            self.right_title.value = self.right.value = ""
+
+    def text(self) -> str:
+        return (f"flowmetal inspector: {len(self._manifest)} variables after step {self.step} "
+                f"(a widget: open the notebook in JupyterLab or Notebook; "
+                f"`%fm show {self.step}` prints them as text)")
+
+    def _repr_mimebundle_(self, **kwargs: Any):
+        return with_text(super()._repr_mimebundle_(**kwargs), self.text())
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _load(self, step: int) -> None:
+        try:
+            rec = self.source.record(step)
+            self._manifest = self.source.manifest(step)
+            self._changed = set((rec.state or {}).get("changed") or ())
+            self.info.value = (f'<span style="font-size:12px;margin-left:8px">{len(self._manifest)} '
+                               f'variables after step {step} on {esc(rec.branch)}; '
+                               f'{len(self._changed)} changed by it</span>')
+        except errors.FlowmetalError as exc:
+            self._manifest, self._changed = {}, set()
+            self.info.value = _message(str(exc), ok=False)
+        self._render_table()
+        if self.selected_name in self._manifest:
+            self.show(self.selected_name)
+        else:
+            self.selected_name = None
+            self.badge.value = self.left.value = self.right.value = ""
+            self.left_title.value = self.right_title.value = ""
+
+    def _render_table(self) -> None:
+        for key, b in self.sort_buttons.items():
+            arrow = (" ▼" if self.descending else " ▲") if key == self.sort_key else ""
+            b.description = key + arrow
+        text = (self.filter.value or "").lower()
+        names = [n for n in self.names() if text in n.lower()]
+        shown = names[:MAX_ROWS]
+        while len(self._row_pool) < len(shown):
+            self._row_pool.append(self._make_row())
+        m, changed = self._manifest, self._changed
+        for (box, button, html), name in zip(self._row_pool, shown):
+            e = m[name]
+            button.description = name
+            button.button_style = "info" if name == self.selected_name else ""
+            button._dom_classes = ("fm-var", f"fm-var-{name}")
+            html.value = (
+                f'<div style="display:flex;font-size:12px;line-height:24px;white-space:nowrap">'
+                f'<span style="width:150px;flex:none;overflow:hidden;text-overflow:ellipsis">{esc(e.type)}</span>'
+                f'<span style="width:80px;flex:none;text-align:right;padding-right:8px">{esc(size_text(e.size_bytes))}</span>'
+                f'<span style="width:84px;flex:none;text-align:center;color:#ef6c00">{"●" if name in changed else ""}</span>'
+                f'<span style="overflow:hidden;text-overflow:ellipsis">{esc(e.summary)}</span></div>')
+        rows = [box for box, _, _ in self._row_pool[:len(shown)]]
+        if len(names) > MAX_ROWS:
+            rows.append(W.HTML(f'<div style="font-size:11px;color:#757575">… {len(names) - MAX_ROWS} '
+                               f'more; type in the filter to narrow</div>'))
+        if not names:
+            rows.append(W.HTML('<div style="font-size:12px;color:#757575">no variables</div>'))
+        self.table.children = rows
+
+    def _make_row(self) -> tuple[W.HBox, W.Button, W.HTML]:
+        button = W.Button(layout=W.Layout(width=COLUMN_WIDTHS["name"], height="24px", margin="0"))
+        button.on_click(lambda b: self.show(b.description))
+        html = W.HTML(layout=W.Layout(flex="1 1 auto", margin="0", min_width="0"))
+        return W.HBox([button, html], layout=W.Layout(width="100%", margin="0")), button, html
+
+    def _state(self, step: int):
+        if step not in self._states:
+            self._states[step] = self.source.state(step)
+        return self._states[step]
+
+    def _value(self, step: int, name: str) -> tuple[bool, Any]:
+        try:
+            state = self._state(step)
+            if name not in state:
+                return False, f"{name!r} does not exist after step {step}"
+            return True, state[name]
+        except errors.FlowmetalError as exc:
+            return False, str(exc)
+        except Exception as exc:  # an object that cannot be loaded must not break the view
+            return False, f"cannot load {name!r} after step {step}: {type(exc).__name__}: {exc}"
+
+    def _badge(self, name: str, other: int | None) -> str:
+        if not other:
+            return ""
+        try:
+            mo = self.source.manifest(other)
+        except errors.FlowmetalError as exc:
+            return badge(str(exc), "#757575")
+        if name not in mo:
+            return badge(f"absent after step {other}", "#757575")
+        a, b = self._manifest[name], mo[name]
+        if (a.ref, a.fp) == (b.ref, b.fp) or (a.fp and a.fp == b.fp):
+            return badge("equal", "#2e7d32")
+        return badge("differs", "#ef6c00") + (
+            '<span style="font-size:11px;color:#757575;margin-left:6px">changed cells highlighted'
+            '</span>' if _is_frame_type(a.type) else "")
+
+
+class DiffWidget(W.VBox):
+    """Names added, removed and changed between two steps; for DataFrames,
+    how many rows and columns changed. ``result`` holds the same as data."""
+
+    def __init__(self, source: Source | None, a: int, b: int, load_limit: int = DIFF_LOAD_LIMIT):
+        super().__init__()
+        self.add_class("fm-diff-view")
+        self.source = source or Source()
+        self.a, self.b = a, b
+        ma, mb = self.source.manifest(a), self.source.manifest(b)
+        self.result = diff(ma, mb)
+        self.frame_changes: dict[str, dict[str, int]] = {}
+        notes: dict[str, str] = {}
+        for name, _before, _after in self.result["changed"]:
+            ea, eb = ma[name], mb[name]
+            if not (_is_frame_type(ea.type) and _is_frame_type(eb.type)):
+                continue
+            if max(ea.size_bytes or 0, eb.size_bytes or 0) > load_limit:
+                notes[name] = f"too large to compare here ({size_text(max(ea.size_bytes, eb.size_bytes))})"
+                continue
+            try:
+                counts = frame_change_counts(self.source.state(a)[name], self.source.state(b)[name])
+            except Exception as exc:
+                notes[name] = f"not compared: {exc}"
+                continue
+            if counts is not None:
+                self.frame_changes[name] = counts
+                notes[name] = describe_frame_change(counts)
+        colours = {"added": "#2e7d32", "removed": "#c62828", "changed": "#ef6c00"}
+        rows = [(badge(kind, colours[kind]), f"<b>{esc(name)}</b>", esc(before), esc(after),
+                 esc(notes.get(name, "")))
+                for kind in ("added", "removed", "changed") for name, before, after in self.result[kind]]
+        counts = ", ".join(f"{len(self.result[k])} {k}" for k in ("added", "removed", "changed"))
+        head = (f'<div style="font-size:12px;margin:2px 0">step {a} → step {b}: {counts}</div>')
+        body = (table_html(["", "name", f"after step {a}", f"after step {b}", "detail"], rows, raw=True)
+                if rows else '<div style="font-size:12px;color:#757575">no differences</div>')
+        self.html = W.HTML(head + body)
+        self.children = [self.html]
+
+    def text(self) -> str:
+        """The plain-text table, as `%fm diff` prints it."""
+        frames = getattr(self, "frame_changes", {})
+        rows = [(kind, name, before, after) for kind in ("added", "removed", "changed")
+                for name, before, after in self.result[kind]]
+        if not rows:
+            return f"no differences between step {self.a} and step {self.b}"
+        columns = ["", "name", f"after step {self.a}", f"after step {self.b}"]
+        if frames:  # the DataFrame counts as a fifth column, only when there are some
+            columns.append("detail")
+            rows = [(*r, describe_frame_change(frames[r[1]]) if r[1] in frames else "") for r in rows]
+        return format_table(columns, rows, width=70)
+
+    def _repr_mimebundle_(self, **kwargs: Any):
+        # Frontends without widgets (consoles, nbconvert, `fm run`) show the table.
+        return with_text(super()._repr_mimebundle_(**kwargs), self.text())

@@ -1,0 +1,294 @@
+"""The widgets in a real browser: JupyterLab started by the test on
+127.0.0.1 with a token, headless Chromium through Playwright. Each test
+writes a notebook with the flowmetal kernelspec into the server's root dir,
+runs its cells in the page, clicks the widget's buttons like a user, then
+runs a cell whose output proves what the click did. Each saves a screenshot
+under docs/img/.
+
+Skipped only when no Chromium is installed (CI installs it: apt-get install
+chromium). Playwright and JupyterLab are test dependencies: missing, the
+test fails. Never run `playwright install`: the system Chromium is used.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+IMG = REPO / "docs" / "img"
+
+
+def _chromium() -> str | None:
+    for candidate in (os.environ.get("FM_CHROMIUM"), "/usr/bin/chromium",
+                      shutil.which("chromium"), shutil.which("chromium-browser")):
+        if candidate and os.path.exists(candidate):
+            return candidate
+    return None
+
+
+CHROMIUM = _chromium()
+if CHROMIUM is None and os.environ.get("CI"):
+    # CI installs Chromium (.ci/run): missing there is a failure, not a skip
+    raise RuntimeError("Chromium is not installed; .ci/run should have installed it")
+if CHROMIUM is None:
+    pytest.skip("Chromium is not installed (apt-get install chromium, or set FM_CHROMIUM)",
+                allow_module_level=True)
+
+from playwright.sync_api import Page, expect, sync_playwright  # noqa: E402
+
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run",
+                 "--disable-quic"]
+pytestmark = pytest.mark.timeout(150)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    """A JupyterLab server of its own: private config, settings, workspace and
+    runtime dirs, so nothing from the user's setup (or news pop-ups) leaks in."""
+    base = tmp_path_factory.mktemp("lab")
+    root = base / "root"
+    root.mkdir()
+    settings = base / "settings" / "@jupyterlab" / "apputils-extension"
+    settings.mkdir(parents=True)
+    (settings / "notification.jupyterlab-settings").write_text(
+        json.dumps({"fetchNews": "false", "checkForUpdates": False}))
+    token = uuid.uuid4().hex
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("FM_HISTORY", "FM_NOTEBOOK", "JPY_SESSION_NAME", "FM_RESUME")}
+    env.update(JUPYTER_CONFIG_DIR=str(base / "config"), JUPYTER_RUNTIME_DIR=str(base / "runtime"),
+               JUPYTERLAB_SETTINGS_DIR=str(base / "settings"),
+               JUPYTERLAB_WORKSPACES_DIR=str(base / "workspaces"),
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}")
+    cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", "--ServerApp.ip=127.0.0.1",
+           f"--ServerApp.port={port}", "--ServerApp.port_retries=0",
+           f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
+           "--LabApp.expose_app_in_browser=True", "--ServerApp.disable_check_xsrf=False"]
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        cmd.append("--allow-root")
+    log = open(base / "lab.log", "wb")
+    proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                import urllib.request
+
+                with urllib.request.urlopen(f"{url}/api/status?token={token}", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("JupyterLab did not start:\n"
+                                   + (base / "lab.log").read_text(errors="replace")[-3000:])
+            time.sleep(0.3)
+        yield {"url": url, "token": token, "root": root, "log": base / "lab.log"}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+def write_notebook(root: Path, name: str, cells: list[str]) -> Path:
+    nb = {
+        "cells": [{"cell_type": "code", "execution_count": None, "id": uuid.uuid4().hex[:8],
+                   "metadata": {}, "outputs": [], "source": src} for src in cells],
+        "metadata": {"kernelspec": {"name": "flowmetal", "display_name": "Flowmetal (Python 3)",
+                                    "language": "python"},
+                     "language_info": {"name": "python"}},
+        "nbformat": 4, "nbformat_minor": 5,
+    }
+    path = root / name
+    path.write_text(json.dumps(nb, indent=1))
+    return path
+
+
+class Notebook:
+    """A notebook open in JupyterLab, driven through the app's own commands
+    (exposed with --LabApp.expose_app_in_browser) and real clicks on widgets."""
+
+    def __init__(self, page: Page, lab: dict, name: str):
+        self.page = page
+        # a workspace per notebook, reset: nothing another test opened is restored
+        page.goto(f"{lab['url']}/lab/workspaces/{Path(name).stem}/tree/{name}"
+                  f"?reset&token={lab['token']}")
+        page.wait_for_function("(name) => window.jupyterapp && window.jupyterapp.shell.currentWidget"
+                               " && window.jupyterapp.shell.currentWidget.context"
+                               " && window.jupyterapp.shell.currentWidget.context.path === name"
+                               " && window.jupyterapp.shell.currentWidget.sessionContext"
+                               " && window.jupyterapp.shell.currentWidget.sessionContext.session"
+                               " && window.jupyterapp.shell.currentWidget.sessionContext.session.kernel",
+                               arg=name, timeout=60_000)
+        page.wait_for_function("() => window.jupyterapp.shell.currentWidget.sessionContext"
+                               ".session.kernel.status === 'idle'", timeout=60_000)
+        # room for the widget: no file browser, no tab bar
+        page.evaluate("() => window.jupyterapp.commands.execute('application:toggle-left-area')")
+        page.wait_for_timeout(300)
+
+    def cell(self, index: int):
+        return self.page.locator(".jp-Notebook .jp-Cell").nth(index)
+
+    def run(self, index: int, expect_text: str | None = None, timeout: float = 30_000) -> None:
+        """Run cell ``index`` and wait until it has finished (and shows ``expect_text``)."""
+        self.page.evaluate(
+            """async (i) => {
+                const panel = window.jupyterapp.shell.currentWidget;
+                panel.content.activeCellIndex = i;
+                panel.content.mode = 'command';
+                await window.jupyterapp.commands.execute('notebook:run-cell');
+            }""", index)
+        prompt = self.cell(index).locator(".jp-InputPrompt")
+        self.page.wait_for_function(
+            """(i) => {
+                const cells = document.querySelectorAll('.jp-Notebook .jp-Cell');
+                const p = cells[i] && cells[i].querySelector('.jp-InputPrompt');
+                return p && /\\[\\d+\\]/.test(p.textContent);
+            }""", arg=index, timeout=timeout)
+        assert prompt.count() == 1
+        if expect_text is not None:
+            expect(self.cell(index).locator(".jp-OutputArea")).to_contain_text(
+                expect_text, timeout=timeout)
+
+    def shot(self, name: str, locator=None) -> Path:
+        IMG.mkdir(parents=True, exist_ok=True)
+        path = IMG / name
+        (locator or self.page).screenshot(path=str(path))
+        return path
+
+
+@pytest.fixture
+def page(browser, lab, request):
+    context = browser.new_context(viewport={"width": 1440, "height": 1250})
+    pg = context.new_page()
+    yield pg
+    try:  # what the page looked like at the end, for a failure's post-mortem
+        pg.screenshot(path=str(lab["log"].parent / f"last-{request.node.name}.png"))
+    except Exception:
+        pass
+    context.close()
+
+
+def _history_cells(extra: list[str]) -> list[str]:
+    return ["import pandas as pd\nfrom fm_kernel.widgets import timeline_widget, inspect_widget\n"
+            "x = 1\nprint('x is now', x)",
+            "x = 2\nprint('x is now', x)",
+            "x = 3\ndf = pd.DataFrame({'x': [x, x * 10]})\ndf",
+            *extra]
+
+
+def test_rewind_here_rewinds_the_namespace(lab, page):
+    write_notebook(lab["root"], "rewind.ipynb", _history_cells(
+        ["timeline_widget()", "print('x after the rewind:', x, '| df' if 'df' in dir() else '| no df')"]))
+    nb = Notebook(page, lab, "rewind.ipynb")
+    for i, text in enumerate(["x is now 1", "x is now 2", "30"]):
+        nb.run(i, text)
+    nb.run(3)
+    timeline = nb.cell(3).locator(".fm-timeline")
+    expect(timeline).to_be_visible(timeout=30_000)
+    expect(timeline.locator(".fm-step-button")).to_have_count(4)
+
+    timeline.locator(".fm-step-1").click()
+    expect(timeline.locator(".fm-detail")).to_contain_text("Step 1 on main")
+    expect(timeline.locator(".fm-outputs")).to_contain_text("x is now 1")  # its output, as it was
+    timeline.locator(".fm-rewind").click()
+    expect(timeline.locator(".fm-status")).to_contain_text("rewound to step 1 on main", timeout=20_000)
+
+    nb.run(4, "x after the rewind: 1 | no df")
+    # the timeline followed: HEAD moved to step 1, then the new cell became step 5
+    expect(timeline.locator(".fm-step-5")).to_be_visible(timeout=10_000)
+    nb.cell(4).scroll_into_view_if_needed()  # the widget and, below it, the proof
+    nb.shot("timeline-rewind.png", page.locator(".jp-NotebookPanel"))
+
+
+def test_fork_here_asks_a_name_then_switches_branch(lab, page):
+    write_notebook(lab["root"], "fork.ipynb", _history_cells(
+        ["timeline_widget()",
+         "import fm_kernel\nprint('x =', x, '| branch:', fm_kernel.runtime.current().branch)\n"
+         "x = 'on the branch'"]))
+    nb = Notebook(page, lab, "fork.ipynb")
+    for i, text in enumerate(["x is now 1", "x is now 2", "30"]):
+        nb.run(i, text)
+    nb.run(3)
+    timeline = nb.cell(3).locator(".fm-timeline")
+    expect(timeline).to_be_visible(timeout=30_000)
+
+    timeline.locator(".fm-step-2").click()
+    expect(timeline.locator(".fm-detail")).to_contain_text("Step 2 on main")
+    timeline.locator(".fm-fork").click()
+    timeline.locator(".fm-fork-name input").fill("experiment")
+    timeline.locator(".fm-fork-confirm").click()
+    expect(timeline.locator(".fm-status")).to_contain_text("forked from step 2 on experiment",
+                                                           timeout=20_000)
+
+    nb.run(4, "x = 2 | branch: experiment")
+    # the new step appears on its own lane, labelled with the branch
+    step5 = timeline.locator(".fm-step-5")
+    expect(step5).to_be_visible(timeout=10_000)
+    timeline.locator(".fm-step-5").click()
+    expect(timeline.locator(".fm-detail")).to_contain_text("Step 5 on experiment")
+    expect(timeline.locator(".fm-step-list")).to_contain_text("experiment")
+    nb.cell(3).scroll_into_view_if_needed()
+    nb.shot("timeline-fork.png", page.locator(".jp-NotebookPanel"))
+
+
+def test_inspector_shows_a_past_dataframe_beside_the_present(lab, page):
+    write_notebook(lab["root"], "inspect.ipynb", [
+        "import pandas as pd\nfrom fm_kernel.widgets import inspect_widget\n"
+        "df = pd.DataFrame({'city': ['Oslo', 'Lima', 'Pune'], 'sales': [10, 20, 30]})\n"
+        "print(df.shape)",
+        "df.loc[1, 'sales'] = 999\nprint('edited')",
+        "inspect_widget(1, compare=2)",
+        "print('live value:', df.loc[1, 'sales'])",
+    ])
+    nb = Notebook(page, lab, "inspect.ipynb")
+    nb.run(0, "(3, 2)")
+    nb.run(1, "edited")
+    nb.run(2)
+    inspector = nb.cell(2).locator(".fm-inspector")
+    expect(inspector).to_be_visible(timeout=30_000)
+    expect(inspector.locator(".fm-var-df")).to_be_visible()
+
+    inspector.locator(".fm-var-df").click()
+    left, right = inspector.locator(".fm-value-left"), inspector.locator(".fm-value-right")
+    expect(left).to_contain_text("DataFrame · 3 rows × 2 columns", timeout=20_000)
+    expect(left).to_contain_text("Lima")
+    expect(left.locator("td", has_text="20")).to_have_count(1)     # the past value
+    expect(right.locator("td", has_text="999")).to_have_count(1)   # beside the later one
+    expect(inspector.locator(".fm-badge")).to_contain_text("differs")
+
+    nb.run(3, "live value: 999")  # looking at the past changed nothing
+    nb.cell(2).scroll_into_view_if_needed()
+    nb.shot("inspector-dataframe.png", page.locator(".jp-NotebookPanel"))

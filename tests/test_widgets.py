@@ -1,0 +1,219 @@
+"""The time-travel widgets, driven through their Python API: a real
+flowmetal kernel builds a history over several cells, a cell makes the widget,
+selects steps and presses buttons (``w.rewind_button.click()``), and later
+cells check what the kernel's namespace and history say.
+
+A fast in-process tier checks the pure parts (graph layout, DataFrame change
+counts, recorded outputs made fit for an Output widget)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from kernel_driver import Kernel
+
+SETUP = [
+    "import pandas as pd\nimport fm_kernel as fm\n"
+    "from fm_kernel.widgets import timeline_widget, inspect_widget, diff_widget\nx = 1",  # step 1
+    "x = 2\nprint('two')",                                         # step 2
+    "df = pd.DataFrame({'a': [1, 2, 3], 'b': [4.0, 5.0, 6.0]})",   # step 3
+    "x = 3\ndf.loc[0, 'a'] = 100",                                 # step 4
+]
+
+# cells that print one JSON line the test reads back
+PROBE = "import json as _json\nprint(_json.dumps({}))"
+
+
+def run(k: Kernel, code: str) -> str:
+    r = k.execute(code)
+    assert r.status == "ok", (code, r.content.get("ename"), r.content.get("evalue"),
+                              "".join(r.content.get("traceback") or []))
+    return r.text()
+
+
+def probe(k: Kernel, expr: str):
+    return json.loads(run(k, PROBE.format(expr)).strip().splitlines()[-1])
+
+
+@pytest.fixture
+def wk(history):
+    with Kernel(env={"FM_HISTORY": str(history)}) as k:
+        for code in SETUP:
+            run(k, code)
+        yield k
+
+
+def test_rewind_button_rewinds_the_namespace_and_records_the_event(wk):
+    # A rewind replaces the namespace, names made in the same cell too: the
+    # widget is kept in a function's local, as a displayed widget is kept by
+    # the frontend.
+    out = run(wk, "def _press():\n    w = timeline_widget()\n    w.select(2)\n"
+                  "    w.rewind_button.click()\n    return w.message\nprint(_press())")
+    assert out.startswith("rewound to step 2 on main"), out
+    assert probe(wk, "x") == 2
+    assert probe(wk, "'df' in dir()") is False  # df came after step 2
+    events = probe(wk, "fm.history().sql(\"SELECT kind, step FROM events WHERE kind = 'rewind'\")"
+                       ".values.tolist()")
+    assert events == [["rewind", 2]]
+    log = run(wk, "%fm log --all")
+    assert "x = 2" in log and "main" in log
+
+
+def test_fork_button_asks_for_a_name_then_forks_and_switches(wk):
+    out = run(wk, "def _press():\n    w = timeline_widget()\n    w.select(1)\n"
+                  "    w.fork_button.click()\n    print(w.fork_box.layout.display)\n"
+                  "    w.fork_name.value = 'experiment'\n    w.fork_confirm.click()\n"
+                  "    print(w.message)\n_press()")
+    lines = out.strip().splitlines()
+    assert lines[0] == "None"  # the name box became visible
+    assert lines[1].startswith("forked from step 1 on experiment"), out
+    assert probe(wk, "[x, fm.runtime.current().branch]") == [1, "experiment"]
+    run(wk, "x = 'on the branch'")
+    branches = run(wk, "%fm branches")
+    assert "experiment" in branches
+    steps = probe(wk, "fm.history().sql(\"SELECT step, branch, parent FROM steps "
+                      "WHERE branch = 'experiment'\").values.tolist()")
+    assert steps[-1][1:] == ["experiment", 1]
+
+
+def test_fork_with_a_bad_name_says_so_in_the_widget_and_changes_nothing(wk):
+    out = run(wk, "w = timeline_widget()\nw.select(1)\nprint(w.fork('main'))")
+    assert out.startswith("error: branch 'main' exists already"), out
+    assert probe(wk, "[x, fm.runtime.current().branch]") == [3, "main"]
+
+
+def test_selecting_and_inspecting_never_change_the_namespace_or_the_record(wk):
+    before = probe(wk, "fm.history().sql('SELECT count(*) FROM steps').iloc[0, 0].item()")
+    out = run(wk, "w = timeline_widget()\n"
+                  "for s in (1, 2, 3, 4):\n    w.select(s)\n"
+                  "w.select(2)\nprint(w.outputs.outputs)\n"
+                  "w.diff_button.click()\nw.inspect_button.click()\nprint(x, df.loc[0, 'a'])")
+    assert "'text': 'two\\n'" in out            # step 2's output, as it was
+    assert out.strip().splitlines()[-1] == "3 100"
+    after = probe(wk, "fm.history().sql('SELECT count(*) FROM steps').iloc[0, 0].item()")
+    assert after == before + 2  # the widget cell and the count cell itself: nothing else
+    outs = probe(wk, f"fm.history().sql('SELECT output_type, content FROM outputs WHERE step = {before + 2}')"
+                     ".values.tolist()")
+    assert all(kind == "stream" for kind, _ in outs), outs  # no widget output was recorded
+
+
+def test_diff_with_head_lists_changes_and_counts_dataframe_rows(wk):
+    res = probe(wk, "(lambda w: (w.select(3), w.diff_button.click(), "
+                    "(w.extra.children[1].result, w.extra.children[1].frame_changes))[-1])"
+                    "(timeline_widget())")
+    result, frames = res
+    assert [c[0] for c in result["changed"]] == ["df", "x"]
+    assert frames["df"]["rows_changed"] == 1 and frames["df"]["columns_changed"] == 1
+    text = run(wk, "print(diff_widget(2, 4).text())")
+    assert "added" in text and "df" in text and "changed" in text
+
+
+def test_inspector_shows_a_past_dataframe_beside_another_step(wk):
+    out = run(wk, "i = inspect_widget(3, compare=4)\ni.show('df')\n"
+                  "print(i.badge.value)\nprint(i.left.value)\nprint('RIGHT', i.right.value)")
+    assert "differs" in out
+    left, right = out.split("RIGHT", 1)
+    assert ">1<" in left and ">100<" in right       # the changed cell, before and after
+    assert "background:#ffe082" in right            # ... highlighted
+    names = probe(wk, "(lambda i: (i.sort_by('size', descending=True), i.names())[-1])(inspect_widget(4))")
+    assert set(names) >= {"df", "x", "pd"}
+    assert probe(wk, "(lambda i: (i.show('x'), i.badge.value)[-1])(inspect_widget(2, compare=2))") \
+        .find("equal") > 0
+
+
+def test_inspector_shows_an_array_with_stats_and_a_plot(wk):
+    run(wk, "import numpy as np\narr = np.linspace(0, 1, 50)")
+    out = run(wk, "i = inspect_widget()\ni.show('arr')\nprint(i.left.value[:400])")
+    assert "shape (50,)" in out and "mean 0.5" in out and "data:image/png;base64" in out
+
+
+def peek(k: Kernel, expr: str):
+    """Evaluate ``expr`` in a silent request: not a step, so nothing moves."""
+    r = k.execute("", silent=True, user_expressions={"v": expr})
+    v = r.content["user_expressions"]["v"]
+    assert v["status"] == "ok", v
+    return eval(v["data"]["text/plain"])
+
+
+def test_timeline_follows_new_cells(wk):
+    run(wk, "w = timeline_widget()")
+    run(wk, "y = 'a new cell'")
+    # the widget refreshes on the kernel's loop once the cell's record is in
+    deadline = time.monotonic() + 10
+    while peek(wk, "w._rows_data[-1].code") != "y = 'a new cell'":
+        assert time.monotonic() < deadline, peek(wk, "[r.code for r in w._rows_data]")
+        time.sleep(0.1)
+    head = peek(wk, "fm.runtime.current().head")
+    assert peek(wk, "[r.step for r in w._rows if r.step][-1]") == head
+    assert "HEAD" in peek(wk, "[r.info.value for r in w._rows if r.step][-1]")
+
+
+def test_paging_and_the_all_branches_toggle(wk):
+    run(wk, "fm.rewind(2)")
+    run(wk, "z = 'after the rewind'")
+    res = probe(wk, "(lambda w: ([r.step for r in w._rows if r.step], w.page_label.value.count('of'),"
+                    " w.prev_button.disabled))(timeline_widget(all_branches=True))")
+    steps, _, prev_disabled = res
+    assert steps[:4] == [1, 2, 3, 4] and prev_disabled
+    paged = probe(wk, "(lambda w: (w.page_size, [r.step for r in w._rows if r.step]))"
+                      "(__import__('fm_kernel.widgets', fromlist=['x']).TimelineWidget(page_size=2))")
+    assert paged[0] == 2 and len(paged[1]) <= 2
+
+
+def test_diff_widget_falls_back_to_the_text_table():
+    """Frontends without widgets show the same table `%fm diff` prints."""
+    from fm_kernel.widgets_inspect import DiffWidget
+
+    w = DiffWidget.__new__(DiffWidget)
+    w.a, w.b = 1, 2
+    w.result = {"added": [("y", "", "int 1")], "removed": [], "changed": []}
+    assert w.text().splitlines()[2].split() == ["added", "y", "int", "1"]
+
+
+# -- pure parts, in process -------------------------------------------------------
+
+
+def test_layout_puts_forks_in_their_own_lane_and_reuses_freed_lanes():
+    from fm_kernel.widgets_render import layout
+
+    rows = layout([(1, "main", None), (2, "main", 1), (3, "main", 2), (4, "main", 1),
+                   (5, "exp", 4), (6, "main", None)])
+    lanes = {r.step: r.lane for r in rows}
+    assert lanes[1] == lanes[2] == lanes[3] == 0
+    assert lanes[4] == 1                      # forked from 1 while 2..3 continue lane 0
+    assert rows[0].out == [(0, rows[0].out[0][1], False), (1, rows[0].out[1][1], False)]
+    assert lanes[5] == 1 and rows[4].top is not None
+    assert rows[5].top is not None and rows[5].top[1] is True  # restart: dashed link to step 4
+
+
+def test_frame_change_counts():
+    pd = pytest.importorskip("pandas")
+    from fm_kernel.widgets_render import frame_change_counts, frame_cell_mask
+
+    a = pd.DataFrame({"a": [1, 2, 3], "b": [1.0, None, 3.0]})
+    b = a.copy()
+    b.loc[2, "a"] = 30
+    b["c"] = 0
+    b = pd.concat([b, pd.DataFrame({"a": [4], "b": [4.0], "c": [0]}, index=[3])])
+    c = frame_change_counts(a, b)
+    assert c == {"columns_added": 1, "columns_removed": 0, "rows_added": 1, "rows_removed": 0,
+                 "rows_changed": 1, "columns_changed": 1, "cells_changed": 1}
+    assert frame_cell_mask(a, a.copy()).values.sum() == 0  # NaN equals NaN here
+
+
+def test_recorded_outputs_are_made_fit_for_an_output_widget():
+    from fm_kernel.widgets_render import outputs_for_widget
+
+    outs = [{"output_type": "stream", "name": "stdout", "text": "gone\n"},
+            {"output_type": "clear_output", "wait": False},
+            {"output_type": "display_data", "data": {"text/plain": "IntSlider(...)",
+             "application/vnd.jupyter.widget-view+json": {"model_id": "x"}}, "metadata": {},
+             "transient": {"display_id": "d"}},
+            {"output_type": "execute_result", "data": {"image/png": "iVBO"}, "metadata": {},
+             "execution_count": 3}]
+    shown = outputs_for_widget(outs)
+    assert [o["output_type"] for o in shown] == ["display_data", "execute_result"]
+    assert shown[0]["data"] == {"text/plain": "IntSlider(...)"} and "transient" not in shown[0]
