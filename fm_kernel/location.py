@@ -57,6 +57,10 @@ def open_history(path: Path, kernel_id: str) -> tuple[Store, str | None]:
         store = Store.open(alt)
         who = f"process {exc.pid}" if exc.pid else "another process"
         return store, f"flowmetal: {path} is in use by {who}; this kernel records to {alt}"
+    except errors.SchemaTooNew as exc:
+        # never touch a history a newer version wrote: record beside it
+        alt = path.with_name(f"{path.stem}.{kernel_id[:8]}{path.suffix}")
+        return Store.open(alt), f"flowmetal: {exc}; this kernel records to {alt}"
     except errors.HistoryUnwritable as exc:
         digest = hashlib.sha256(str(path).encode()).hexdigest()[:12]
         alt = Path(tempfile.gettempdir()) / f"flowmetal-{os.getuid()}" / digest / path.name

@@ -131,16 +131,18 @@ class Timeline:
         self._require_trust()
         target = self.manifest(step)
         report = self.snap.restore(target, self.ns, self.live, progress)
-        self.rebuild(step, report)
+        self.rebuild(step, report, target)
         self.live = target
         return Moved(step, "", report, time.perf_counter() - t0)
 
-    def rebuild(self, step: int, report: RestoreReport) -> None:
+    def rebuild(self, step: int, report: RestoreReport, target: Manifest) -> None:
         """Re-create unpicklable objects by re-running the statements that
         bound them in the cell that last changed them — only those statements,
         in a scratch copy of the namespace: re-running the whole cell would
         repeat its other effects (a write, a request) and clobber restored names."""
         for name in list(report.not_restored):
+            if name in target and target[name].restorable:
+                continue  # stored but unreadable (corrupt, missing): say so, never substitute
             code = self._producer(step, name)
             source = _binding_source(code, name) if code is not None else None
             if source is None:
