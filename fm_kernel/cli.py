@@ -143,6 +143,53 @@ def cmd_trust(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_runs(a: argparse.Namespace) -> int:
+    res = run_sql(_history_arg(a.history),
+                  "SELECT run_id, flow, status, started_at, finished_at FROM runs"
+                  f" ORDER BY started_at DESC LIMIT {int(a.n)}")
+    if not res.rows:
+        print("no flow runs in this history")
+        return 0
+    print(format_table(res.columns, res.rows))
+    return 0
+
+
+def cmd_signal(a: argparse.Namespace) -> int:
+    from . import remote
+
+    try:
+        data = json.loads(a.data) if a.data is not None else None
+    except ValueError as exc:
+        raise errors.UsageError(f"--data is not valid JSON: {exc}") from None
+    history = _history_arg(a.history)
+    info = remote.live_endpoint(history)
+    if info is not None:
+        remote.call(info, "POST", f"/runs/{a.run}/signals/{a.name}", data)
+        print(f"signal {a.name!r} delivered to run {a.run}")
+        return 0
+    from .bundle import require_history
+    from .journal import signal_offline
+    from .store import Store
+
+    require_history(history)
+    store = Store.open(history)
+    try:
+        signal_offline(store, a.run, a.name, data)
+    except KeyError as exc:
+        raise errors.UsageError(str(exc.args[0])) from None
+    finally:
+        store.close()
+    print(f"signal {a.name!r} kept for run {a.run}; it is delivered when a kernel or "
+          "`fm worker` resumes the run")
+    return 0
+
+
+def cmd_worker(a: argparse.Namespace) -> int:
+    from .worker import run_worker
+
+    return run_worker(_history_arg(a.history))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fm", description="Flowmetal kernel: durable notebook history.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -191,6 +238,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="allow its objects to load here (unpickling runs code: only for bundles you trust)")
     s.add_argument("--force", action="store_true", help="replace an existing history")
     s.set_defaults(func=cmd_import)
+
+    s = sub.add_parser("runs", help="flow runs of a history, newest first")
+    s.add_argument("--history", metavar="H", help="history file or notebook")
+    s.add_argument("-n", type=int, default=50)
+    s.set_defaults(func=cmd_runs)
+
+    s = sub.add_parser("signal", help="send a named signal to a flow run")
+    s.add_argument("run", metavar="RUN")
+    s.add_argument("name", metavar="NAME")
+    s.add_argument("--data", metavar="JSON", help="the signal's JSON payload")
+    s.add_argument("--history", metavar="H", help="history file or notebook")
+    s.set_defaults(func=cmd_signal)
+
+    s = sub.add_parser("worker", help="keep a history's scheduled flows and pending runs going")
+    s.add_argument("--history", metavar="H", help="history file or notebook")
+    s.set_defaults(func=cmd_worker)
 
     s = sub.add_parser("trust", help="allow objects of a history made elsewhere to load here")
     s.add_argument("history", nargs="?")

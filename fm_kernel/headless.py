@@ -76,7 +76,6 @@ def run_key(notebook: Path, params: dict[str, Any]) -> str:
 
 def plan_resume(history: Path, key: str, sources: list[str]) -> Resume | None:
     """The completed prefix of the last run with ``key``, if it did not finish."""
-    from .store import Store
 
     if not history.exists():
         return None

@@ -63,6 +63,11 @@ class FlowmetalKernel(IPythonKernel):
         self.recorder: CellRecorder | None = None
         self._started_up = False
         self.fm.on_open.append(self._attach_recorder)
+        from . import flows
+
+        # pending flow runs resume once the namespace (their code) is restored
+        if flows.on_ready not in self.fm.on_ready:
+            self.fm.on_ready.append(flows.on_ready)
         self.fm.open_in_background()
         from .magics import FlowmetalMagics
 
@@ -176,6 +181,9 @@ class FlowmetalKernel(IPythonKernel):
         return reply
 
     def do_shutdown(self, restart):
+        from . import flows
+
+        flows.shutdown()
         if self.recorder is not None:
             self.recorder.close()
         self.fm.close(clean=True, restart=restart)

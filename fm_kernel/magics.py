@@ -45,6 +45,7 @@ class FlowmetalMagics(Magics):
             "export": self._export,
             "timeline": self._timeline,
             "inspect": self._inspect,
+            "runs": self._runs,
         }
 
     @line_magic
@@ -153,11 +154,14 @@ class FlowmetalMagics(Magics):
         rt = runtime.current()
         store = rt.require_store()
         (count,) = store.query("SELECT count(*) FROM steps").rows[0]
+        (pending,) = store.query(
+            "SELECT count(*) FROM runs WHERE status IN ('running', 'sleeping', 'waiting')").rows[0]
         rows = [
             ("history", str(store.path)),
             ("size", human_bytes(store.size_bytes())),
             ("HEAD", f"{rt.branch} @ step {rt.head}" if rt.head else f"{rt.branch} (empty namespace)"),
             ("steps", str(count)),
+            ("pending runs", str(pending)),
             ("kernel", rt.kernel_id),
         ]
         width = max(len(k) for k, _ in rows)
@@ -243,3 +247,16 @@ class FlowmetalMagics(Magics):
         from . import widgets
 
         display(widgets.inspect_widget(a.step))
+
+    def _runs(self, argv: list[str]) -> None:
+        p = _parser("runs", "flow runs and their status, newest first")
+        p.add_argument("-n", type=int, default=20)
+        a = p.parse_args(argv)
+        from . import flows
+
+        frame = flows.runs(a.n)
+        if frame.empty:
+            print("no flow runs yet; define one with @fm.flow and start it with .start(...)")
+            return
+        cols = ["run_id", "flow", "status", "started_at", "finished_at"]
+        print(format_table(cols, frame[cols].itertuples(index=False)))

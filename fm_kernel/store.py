@@ -112,7 +112,9 @@ class Store:
         self._seq = self._scalar(
             "SELECT greatest((SELECT max(seq) FROM fm_step_records),"
             " (SELECT max(seq) FROM fm_events),"
-            " (SELECT max(seq) FROM fm_branch_records))"
+            " (SELECT max(seq) FROM fm_branch_records),"
+            " (SELECT max(seq) FROM fm_run_records),"
+            " (SELECT max(seq) FROM fm_run_step_records))"
         ) or 0
         self._step = self._scalar("SELECT max(step) FROM fm_step_records") or 0
 

@@ -1,0 +1,383 @@
+"""Persistence of flow runs and their journals (spec: "Flow run", views
+``runs`` and ``run_steps``). All SQL over the run tables lives here.
+
+Why a log file beside the database: a DuckDB commit costs 1-3 ms on the
+machines we measured (docs/bench-flows.md), and a flow must not move past a
+step before its result is durable. So a journal record is first appended to
+``<history>.flowlog`` (one ``write(2)`` of a JSON line: it survives the death
+of the process the moment the call returns; set ``FM_FLOW_FSYNC=1`` to also
+``fdatasync`` it, surviving power loss), and a checkpointer thread moves the
+records into DuckDB in batches, many rows per transaction. The log is
+DuckDB's own write-ahead-log idea one level up: a kernel that opens the
+history replays the records the last checkpoint did not reach, then empties
+the log. Records carry a log sequence number (LSN); the highest one
+checkpointed is kept in ``fm_meta`` in the same transaction as the rows, so a
+record is inserted exactly once however the process dies.
+
+Signals and callback deliveries are written to DuckDB directly (they are
+rare and the HTTP client is told "stored" only once they are committed).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import math
+import os
+import reprlib
+import threading
+import traceback
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+
+from .objects import ObjectFiles
+from .store import Store
+
+LOG_SUFFIX = ".flowlog"
+PENDING = ("running", "sleeping", "waiting")
+_LSN_KEY = "flow_log_lsn"
+
+RUN_COLS = ("run_id", "flow", "status", "args", "result", "error", "started_at", "finished_at",
+            "forked_from_run", "forked_from_step")
+STEP_COLS = ("run_id", "position", "name", "status", "attempt", "started_at", "finished_at",
+             "duration_ms", "result", "error", "detail")
+EVENT_COLS = ("at", "kind", "run_id", "payload")
+_TIME_COLS = {"started_at", "finished_at"}
+_TYPES = {"started_at": "TIME", "finished_at": "TIME", "at": "TIME", "position": "INTEGER",
+          "attempt": "INTEGER", "forked_from_step": "INTEGER", "duration_ms": "DOUBLE",
+          "args": "JSON", "result": "JSON", "error": "JSON", "detail": "JSON", "payload": "JSON"}
+
+
+class NotStorable(Exception):
+    """A value is neither plain JSON nor picklable."""
+
+
+# -- values ------------------------------------------------------------------
+
+def _plain(v: Any, depth: int = 0) -> bool:
+    """JSON that reads back as the very same value (a tuple would come back
+    a list, a NaN would not parse in DuckDB): only those go in as JSON."""
+    t = type(v)
+    if v is None or t in (str, bool, int):
+        return True
+    if t is float:
+        return math.isfinite(v)
+    if depth > 50:
+        return False
+    if t is list:
+        return all(_plain(x, depth + 1) for x in v)
+    if t is dict:
+        return "$fm" not in v and all(type(k) is str and _plain(x, depth + 1) for k, x in v.items())
+    return False
+
+
+def _qualname(t: type) -> str:
+    mod = getattr(t, "__module__", "") or ""
+    return t.__qualname__ if mod in ("builtins", "") else f"{mod}.{t.__qualname__}"
+
+
+class Journal:
+    """The run tables of one history, with their log and checkpointer."""
+
+    def __init__(self, store: Store, checkpoint_interval: float = 0.05):
+        self.store = store
+        self.fsync = os.environ.get("FM_FLOW_FSYNC") == "1"
+        self._objects: ObjectFiles | None = None
+        self.log_path = Path(str(store.path) + LOG_SUFFIX)
+        self._lock = threading.Lock()          # the log fd, _pending, _lsn
+        self._ckpt_lock = threading.Lock()     # one checkpoint at a time
+        self._pending: list[tuple[int, str, dict[str, Any]]] = []
+        self._wake = threading.Event()
+        self._closed = False
+        self.interval = checkpoint_interval
+        self._raise_seq()
+        self._lsn = self._recover()
+        self._fd = os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self._thread = threading.Thread(target=self._checkpointer, name="fm-flow-journal",
+                                        daemon=True)
+        self._thread.start()
+
+    @property
+    def objects(self) -> ObjectFiles:
+        if self._objects is None:
+            self._objects = ObjectFiles(Path(str(self.store.path) + ".objects"), fsync=self.fsync)
+        return self._objects
+
+    # -- encoding ----------------------------------------------------------
+
+    def encode(self, value: Any, what: str) -> str:
+        """JSON text for a journal column: the value itself when it is plain
+        JSON (so SQL sees it), else a marker naming a cloudpickle in the
+        history's objects folder."""
+        if _plain(value):
+            return json.dumps(value)
+        try:
+            data = cloudpickle.dumps(value)
+        except Exception as exc:
+            raise NotStorable(
+                f"{what} returned a {_qualname(type(value))}, which is neither JSON nor picklable "
+                f"({type(exc).__name__}: {exc}); return plain data (dict, list, str, numbers) "
+                "or an object cloudpickle can serialise") from None
+        key = self.objects.put(data)
+        return json.dumps({"$fm": "pickle", "key": key, "type": _qualname(type(value)),
+                           "repr": reprlib.repr(value)})
+
+    def decode(self, text: str | None) -> Any:
+        if text is None:
+            return None
+        value = json.loads(text)
+        if isinstance(value, dict) and value.get("$fm") == "pickle":
+            return cloudpickle.loads(self.objects.get(value["key"]))
+        return value
+
+    @staticmethod
+    def encode_error(exc: BaseException) -> str:
+        try:
+            pickled = base64.b64encode(cloudpickle.dumps(exc)).decode() if len(str(exc)) < 65536 else None
+        except Exception:
+            pickled = None
+        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-8000:]
+        return json.dumps({"type": _qualname(type(exc)), "message": str(exc), "traceback": tb,
+                           "pickle": pickled}, default=str)
+
+    @staticmethod
+    def decode_error(text: str | None) -> tuple[BaseException | None, dict[str, Any]]:
+        """(the recorded exception rebuilt, or None if it cannot be; the record)."""
+        info = json.loads(text) if text else {}
+        exc = None
+        if info.get("pickle"):
+            try:
+                exc = cloudpickle.loads(base64.b64decode(info["pickle"]))
+            except Exception:
+                exc = None
+        return exc, info
+
+    # -- appending -----------------------------------------------------------
+
+    def append(self, kind: str, row: dict[str, Any]) -> None:
+        """Make one record durable (see the module doc); DuckDB gets it at the
+        next checkpoint. ``kind``: 'run', 'step' or 'event'."""
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the flow journal is closed (the kernel is shutting down)")
+            self._lsn += 1
+            line = json.dumps({"lsn": self._lsn, "k": kind, "r": row}, default=str) + "\n"
+            os.write(self._fd, line.encode())
+            if self.fsync:
+                os.fdatasync(self._fd)
+            self._pending.append((self._lsn, kind, row))
+            if len(self._pending) >= 2000:
+                self._wake.set()
+
+    def event(self, kind: str, run_id: str | None, payload: dict[str, Any]) -> None:
+        self.append("event", {"kind": kind, "run_id": run_id, "payload": payload,
+                              "at": dt.datetime.now(dt.timezone.utc).timestamp()})
+
+    def flush(self) -> None:
+        """Checkpoint now: on return every record appended so far is in DuckDB."""
+        self.checkpoint()
+
+    def _checkpointer(self) -> None:
+        while not self._closed:
+            self._wake.wait(self.interval)
+            self._wake.clear()
+            try:
+                self.checkpoint()
+            except Exception:  # keep the records; the next round retries
+                pass
+
+    def checkpoint(self) -> None:
+        with self._ckpt_lock:
+            with self._lock:
+                batch, self._pending = self._pending, []
+            if batch:
+                try:
+                    self._insert(batch)
+                except BaseException:
+                    with self._lock:
+                        self._pending[:0] = batch
+                    raise
+            with self._lock:
+                # Everything written to the file is in _pending until inserted,
+                # so an empty _pending means the whole log is in DuckDB.
+                if not self._pending and not self._closed:
+                    os.ftruncate(self._fd, 0)
+
+    def _insert(self, batch: list[tuple[int, str, dict[str, Any]]]) -> None:
+        # One statement per table whatever the batch size: each column goes
+        # in as one list parameter and is unnested (~50,000 rows/s here).
+        # Not pyarrow: importing it (and numpy) on this thread while the
+        # kernel pickles the namespace on the main thread breaks that pickling.
+        by_kind: dict[str, list[dict[str, Any]]] = {"run": [], "step": [], "event": []}
+        for _lsn, kind, row in batch:
+            by_kind[kind].append(row)
+        with self.store.transaction() as c:
+            # seqs are taken here, in log order, so "latest by seq" in the
+            # views is the order the flow wrote its records in.
+            for kind, table, cols in (("run", "fm_run_records", RUN_COLS),
+                                      ("step", "fm_run_step_records", STEP_COLS),
+                                      ("event", "fm_events", EVENT_COLS)):
+                rows = by_kind[kind]
+                if not rows:
+                    continue
+                params: list[list[Any]] = [[self.store.next_seq() for _ in rows]]
+                exprs = ["unnest(?::BIGINT[])"]
+                for col in cols:
+                    vals = [r.get(col) for r in rows]
+                    typ = _TYPES.get(col, "VARCHAR")
+                    if typ == "VARCHAR" or typ == "JSON":
+                        vals = [v if v is None or isinstance(v, str) else json.dumps(v, default=str)
+                                for v in vals]
+                    params.append(vals)
+                    if typ == "TIME":
+                        exprs.append("to_timestamp(unnest(?::DOUBLE[]))")
+                    elif typ == "JSON":
+                        exprs.append("unnest(?::VARCHAR[])::JSON")
+                    else:
+                        exprs.append(f"unnest(?::{typ}[])")
+                names = ", ".join('"at"' if col == "at" else col for col in ("seq", *cols))
+                c.execute(f"INSERT INTO {table} ({names}) SELECT {', '.join(exprs)}", params)
+            c.execute("INSERT OR REPLACE INTO fm_meta VALUES (?, ?)", [_LSN_KEY, str(batch[-1][0])])
+
+    def _recover(self) -> int:
+        """Insert the log records a dead process did not checkpoint."""
+        done = int(self.store.query("SELECT value FROM fm_meta WHERE key = ?", [_LSN_KEY]).rows[0][0]
+                   if self.store.query("SELECT value FROM fm_meta WHERE key = ?", [_LSN_KEY]).rows
+                   else 0)
+        batch, last = [], done
+        try:
+            text = self.log_path.read_bytes().decode("utf-8", "replace")
+        except FileNotFoundError:
+            text = ""
+        for line in text.splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:  # a line torn by the crash: its write never returned
+                continue
+            last = max(last, rec["lsn"])
+            if rec["lsn"] > done:
+                batch.append((rec["lsn"], rec["k"], rec["r"]))
+        if batch:
+            self._insert(batch)
+        if text:
+            os.truncate(self.log_path, 0)
+        return last
+
+    def _raise_seq(self) -> None:
+        # Store allocates seqs from the maxima of its own tables at open; the
+        # run tables must not get a seq below one they already hold, or the
+        # views' "latest by seq" would pick an older row.
+        top = self.store.query("SELECT greatest((SELECT max(seq) FROM fm_run_records),"
+                               " (SELECT max(seq) FROM fm_run_step_records))").rows[0][0] or 0
+        while self.store.next_seq() < top:
+            pass
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        try:
+            self.checkpoint()
+        finally:
+            with self._lock:
+                self._closed = True
+                os.close(self._fd)
+            self._wake.set()
+
+    # -- reading (after a checkpoint, so DuckDB has everything) ----------------
+
+    def run_row(self, run_id: str) -> dict[str, Any] | None:
+        self.flush()
+        res = self.store.query(
+            f"SELECT {', '.join(RUN_COLS)} FROM runs WHERE run_id = ?", [run_id])
+        return _epoch(res.dicts()[0]) if res.rows else None
+
+    def step_rows(self, run_id: str) -> list[dict[str, Any]]:
+        self.flush()
+        res = self.store.query(
+            f"SELECT {', '.join(STEP_COLS)} FROM fm_run_step_records WHERE run_id = ? ORDER BY seq",
+            [run_id])
+        return [_epoch(r) for r in res.dicts()]
+
+    def pending_runs(self) -> list[dict[str, Any]]:
+        self.flush()
+        res = self.store.query(
+            f"SELECT {', '.join(RUN_COLS)} FROM runs WHERE status IN ('running', 'sleeping', 'waiting')"
+            " ORDER BY started_at")
+        return [_epoch(r) for r in res.dicts()]
+
+    def runs(self, limit: int | None = None):
+        self.flush()
+        sql = "SELECT * FROM runs ORDER BY started_at DESC"
+        if limit:
+            sql += f" LIMIT {int(limit)}"
+        return self.store.query(sql)
+
+    # -- external events -----------------------------------------------------
+
+    def add_signal(self, run_id: str, name: str, data: Any) -> int:
+        return self.store.append_event("signal", run_id=run_id, payload={"name": name, "data": data})
+
+    def signals(self, run_id: str, name: str) -> list[tuple[int, Any]]:
+        res = self.store.query(
+            "SELECT seq, payload->'data' FROM fm_events WHERE kind = 'signal' AND run_id = ?"
+            " AND payload->>'name' = ? ORDER BY seq", [run_id, name])
+        return [(s, json.loads(d) if d is not None else None) for s, d in res.rows]
+
+    def callback_run(self, cb_id: str) -> str | None:
+        self.flush()
+        res = self.store.query(
+            "SELECT run_id FROM fm_run_step_records WHERE name = 'fm.callback' AND status = 'ok'"
+            " AND result->>'id' = ? LIMIT 1", [cb_id])
+        return res.rows[0][0] if res.rows else None
+
+    def add_callback(self, cb_id: str, run_id: str, data: Any) -> int | None:
+        """Store the first delivery of a callback; None if it was resolved already."""
+        with self.store.transaction():
+            if self.callback_events(cb_id):
+                return None
+            return self.store.append_event("callback", run_id=run_id,
+                                           payload={"callback_id": cb_id, "data": data})
+
+    def callback_events(self, cb_id: str) -> list[tuple[int, Any]]:
+        res = self.store.query(
+            "SELECT seq, payload->'data' FROM fm_events WHERE kind = 'callback'"
+            " AND payload->>'callback_id' = ? ORDER BY seq", [cb_id])
+        return [(s, json.loads(d) if d is not None else None) for s, d in res.rows]
+
+    # -- schedules -------------------------------------------------------------
+
+    def last_slot(self, flow: str) -> float | None:
+        res = self.store.query(
+            "SELECT max(CAST(payload->>'slot' AS DOUBLE)) FROM fm_events"
+            " WHERE kind = 'flow_scheduled' AND payload->>'flow' = ?", [flow])
+        return res.rows[0][0] if res.rows else None
+
+    def record_slot(self, flow: str, slot: float, run_id: str | None) -> None:
+        self.store.append_event("flow_scheduled", run_id=run_id, payload={"flow": flow, "slot": slot})
+
+
+def signal_offline(store: Store, run_id: str, name: str, data: Any = None) -> int:
+    """Store a signal for a run while no kernel holds the history (``fm
+    signal``); the run's wait takes it when a kernel resumes the run."""
+    known = store.query("SELECT 1 FROM fm_run_records WHERE run_id = ? LIMIT 1", [run_id]).rows
+    if not known:
+        log = Path(str(store.path) + LOG_SUFFIX)
+        if not (log.exists() and run_id.encode() in log.read_bytes()):
+            raise KeyError(f"no flow run {run_id!r} in {store.path}; `fm runs` lists them")
+    return store.append_event("signal", run_id=run_id, payload={"name": name, "data": data})
+
+
+def _epoch(row: dict[str, Any]) -> dict[str, Any]:
+    for col in _TIME_COLS:
+        if isinstance(row.get(col), dt.datetime):
+            row[col] = row[col].timestamp()
+    for col in ("result", "error", "args", "detail"):
+        v = row.get(col)
+        if v is not None and not isinstance(v, str):
+            row[col] = json.dumps(v)
+    if isinstance(row.get("detail"), str):
+        row["detail"] = json.loads(row["detail"])
+    return row
