@@ -144,7 +144,7 @@ class Timeline:
             if name in target and target[name].restorable:
                 continue  # stored but unreadable (corrupt, missing): say so, never substitute
             code = self._producer(step, name)
-            source = _binding_source(code, name) if code is not None else None
+            source = _binding_source(code, name, self.ns) if code is not None else None
             if source is None:
                 continue
             scratch = dict(self.ns)
@@ -182,10 +182,12 @@ class Timeline:
         return current
 
 
-def _binding_source(code: str, name: str) -> str | None:
+def _binding_source(code: str, name: str, ns: dict | None = None) -> str | None:
     """The top-level statements of a cell that bind ``name`` by assignment or
     import. Names bound by `with ... as` or loops are not rebuilt: the object
-    was closed or exhausted when its cell ended, or depends on the loop."""
+    was closed or exhausted when its cell ended, or depends on the loop. Nor
+    are statements that start flow runs (``r = job.start(x)``, ``res =
+    job(x)``): re-running them would start the work again."""
     import ast
 
     try:
@@ -205,10 +207,27 @@ def _binding_source(code: str, name: str) -> str | None:
         else:
             continue
         if name in bound:
+            if _starts_work(stmt, ns or {}):
+                return None
             picked.append(stmt)
     if not picked:
         return None
     return ast.unparse(ast.Module(body=picked, type_ignores=[]))
+
+
+def _starts_work(stmt, ns: dict) -> bool:
+    import ast
+
+    for node in ast.walk(stmt):
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        if isinstance(func, ast.Attribute) and func.attr in ("start", "fork", "signal"):
+            return True
+        base = func.value if isinstance(func, ast.Attribute) else func
+        if isinstance(base, ast.Name) and type(ns.get(base.id)).__name__ in ("Flow", "Step", "Run"):
+            return True
+    return False
 
 
 def diff(a: Manifest, b: Manifest) -> dict[str, list[tuple[str, str, str]]]:
