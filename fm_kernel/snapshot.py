@@ -39,6 +39,7 @@ __all__ = ["Snapshotter", "Manifest", "VarEntry", "Capture", "RestoreReport", "a
 CHUNK = 2 * 1024 * 1024  # 1% of a 100 MB array dirties at most 2 chunks (4%)
 SMALL_ONE = 256 * 1024   # objects this small are re-fingerprinted every cell...
 SMALL_TOTAL = 1024 * 1024  # ...up to this many bytes in all...
+SMALL_BUDGET = 0.004      # ...within this many seconds a cell, taking turns...
 SMALL_COST = 0.002        # ...unless walking and pickling one took longer than this (s):
                           # a matplotlib Figure is small in bytes but costs ~40 ms a cell
 VALUE_MAX = 1024         # JSON values kept in the manifest up to this size
@@ -202,6 +203,7 @@ class Snapshotter:
         self._ids: dict[str, int] = {}
         self._ids_sig: str | None = None
         self._cost: dict[str, float] = {}  # seconds the last check of each name took
+        self._turn = 0  # where the next cell's round of small re-checks starts
 
     def visible(self, ns: Mapping[str, Any]) -> list[str]:
         return [n for n in ns if not n.startswith("_") and n not in SKIP_NAMES and n not in self.hidden]
@@ -348,19 +350,25 @@ class Snapshotter:
         return not (n.startswith("_") or n in SKIP_NAMES or n in self.hidden)
 
     def _small(self, prev: Manifest, live: set[str]) -> set[str]:
-        """Small objects are re-fingerprinted every cell: cheaper than any
-        analysis, and it catches mutation through references we cannot see.
-        Objects that proved slow to check are left to the analysis instead."""
+        """Small objects the cell did not name are re-fingerprinted too: it
+        catches mutation through references we cannot see. Within a time
+        budget per cell, in turn: with hundreds of names, checking them all
+        every cell made each cell cost ~60 ms (bench/soak.py); in turn, a
+        hidden mutation is caught within a few cells instead of at once.
+        Objects that proved slow to check are left to the analysis."""
+        eligible = [n for n, e in sorted(prev.items(), key=lambda kv: kv[1].size_bytes)
+                    if n in live and e.size_bytes <= SMALL_ONE and self._cost.get(n, 0.0) <= SMALL_COST]
         out: set[str] = set()
-        total = 0
-        for n, e in sorted(prev.items(), key=lambda kv: kv[1].size_bytes):
-            if e.size_bytes > SMALL_ONE or total + e.size_bytes > SMALL_TOTAL:
+        total, spent = 0, 0.0
+        start = self._turn % len(eligible) if eligible else 0
+        for n in eligible[start:] + eligible[:start]:
+            size = prev[n].size_bytes
+            if total + size > SMALL_TOTAL or spent > SMALL_BUDGET:
                 break
-            if self._cost.get(n, 0.0) > SMALL_COST:
-                continue
-            if n in live:
-                out.add(n)
-                total += e.size_bytes
+            out.add(n)
+            total += size
+            spent += self._cost.get(n, 0.0002)
+        self._turn = start + len(out)
         return out
 
     def _components(self, names: list[str], walk: Callable[[str], ObjectWalk]) -> list[list[str]]:

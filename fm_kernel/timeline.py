@@ -29,8 +29,11 @@ def objects_dir(history: Path) -> Path:
 
 def entry_id(entry: VarEntry) -> str:
     import json
+    from dataclasses import fields
 
-    return digest(json.dumps(entry.to_json(), sort_keys=True, default=str).encode())
+    # fields directly, not dataclasses.asdict: asdict deep-copies the value
+    return digest(json.dumps([getattr(entry, f.name) for f in fields(entry)],
+                             default=str).encode())
 
 
 @dataclass
@@ -62,6 +65,7 @@ class Timeline:
         self.snap = Snapshotter(ObjectFiles(objects_dir(store.path)), hidden)
         self.live: Manifest | None = None  # state of ns as last captured or restored
         self._known = store.known_entry_ids()
+        self._entry_ids: dict[int, tuple[VarEntry, str]] = {}
         from .bundle import is_trusted
 
         self.trusted = is_trusted(store)
@@ -72,13 +76,18 @@ class Timeline:
         """Capture ns after a cell: (state for the step record, new entries, capture)."""
         cap = self.snap.capture(self.ns, code, self.live)
         names, ids, new = [], [], []
+        ids_of = {}
         for name, entry in cap.manifest.items():
-            eid = entry_id(entry)
+            # an entry carried over unchanged is the same object as last cell's
+            cached = self._entry_ids.get(id(entry))
+            eid = cached[1] if cached is not None and cached[0] is entry else entry_id(entry)
+            ids_of[id(entry)] = (entry, eid)
             names.append(name)
             ids.append(eid)
             if eid not in self._known:
                 new.append({"id": eid, **entry.to_json()})
         state = {"names": names, "ids": ids, "changed": sorted(cap.changed)}
+        self._entry_ids = ids_of
         return state, new, cap
 
     def committed(self, new: list[dict[str, Any]], cap: Capture) -> None:
