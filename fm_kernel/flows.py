@@ -573,6 +573,15 @@ def _run_handle(run_id: str) -> Run:
         run = _RUNS.get(run_id)
         if run is None:
             run = _RUNS[run_id] = Run(run_id)
+            # a handle on a recorded run carries what was recorded, so a
+            # status it writes (cancel) does not blank its arguments or start
+            row = journal().run_row(run_id)
+            if row is not None:
+                run.flow_name = row["flow"]
+                run._args_json = row["args"]
+                run._started_at = row["started_at"] or run._started_at
+                if row["forked_from_run"]:
+                    run._forked = (row["forked_from_run"], row["forked_from_step"])
         return run
 
 

@@ -252,8 +252,13 @@ class FlowmetalMagics(Magics):
         p = _parser("runs", "flow runs and their status, newest first")
         p.add_argument("-n", type=int, default=20)
         a = p.parse_args(argv)
-        from . import flows
+        from . import flows, widgets
 
+        if widgets.in_widget_frontend():
+            from . import widgets_runs
+
+            display(widgets_runs.runs_widget(a.n))
+            return
         frame = flows.runs(a.n)
         if frame.empty:
             print("no flow runs yet; define one with @fm.flow and start it with .start(...)")

@@ -329,9 +329,10 @@ class TimelineWidget(W.VBox):
     @property
     def message(self) -> str:
         """The last result line shown under the buttons (plain text)."""
+        import html
         import re
 
-        return re.sub(r"<[^>]+>", "", self.status.value)
+        return html.unescape(re.sub(r"<[^>]+>", "", self.status.value))
 
     def select(self, step: int) -> None:
         """Show ``step``: move to its page, load its code, outputs, variables."""
