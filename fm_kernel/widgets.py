@@ -156,8 +156,18 @@ def _section(title: str) -> W.HTML:
 
 # -- refresh after cells: one IPython hook shared by all live widgets ---------------
 
-_LIVE: "weakref.WeakSet[TimelineWidget]" = weakref.WeakSet()
+_LIVE: "weakref.WeakSet[W.Widget]" = weakref.WeakSet()  # each has after_cell()
 _HOOKED: set[int] = set()
+
+
+def follow_cells(widget: W.Widget) -> None:
+    """Call ``widget.after_cell()`` after every cell, once its reply is out."""
+    _LIVE.add(widget)
+    _ensure_hook()
+
+
+def unfollow_cells(widget: W.Widget) -> None:
+    _LIVE.discard(widget)
 
 
 def _ensure_hook() -> None:
@@ -177,15 +187,15 @@ def _after_cell(result: Any = None) -> None:
     only schedule a look for after the reply, on the kernel's loop."""
     if not _LIVE:
         return
-    loop = _kernel_loop()
+    loop = kernel_loop()
     for w in list(_LIVE):
         if loop is None:
-            w.refresh_if_changed()
+            w.after_cell()
         else:
-            loop.call_later(0.05, w.refresh_if_changed, 20)
+            loop.call_later(0.05, w.after_cell)
 
 
-def _kernel_loop():
+def kernel_loop():
     try:
         from IPython import get_ipython
 
@@ -321,8 +331,7 @@ class TimelineWidget(W.VBox):
         target = select if select is not None else (self.source.head or self._last())
         if target is not None:
             self.select(target)
-        _LIVE.add(self)
-        _ensure_hook()
+        follow_cells(self)
 
     # -- public actions (what the buttons do) ----------------------------------------
 
@@ -409,6 +418,9 @@ class TimelineWidget(W.VBox):
                                  f'<b>{esc(self.source.branch)}</b> @ step {head if head else "–"}'
                                  f'</span>')
 
+    def after_cell(self) -> None:
+        self.refresh_if_changed(20)
+
     def refresh_if_changed(self, tries: int = 0) -> None:
         """After a cell: refresh once its record is committed (retried briefly,
         because the hook fires before the kernel writes the record)."""
@@ -419,7 +431,7 @@ class TimelineWidget(W.VBox):
             last = version[0]
             rec = self.source.store.step(last) if last else None
             if (rec is None or rec.status == "running") and tries > 0:
-                loop = _kernel_loop()
+                loop = kernel_loop()
                 if loop is not None:
                     loop.call_later(0.1, self.refresh_if_changed, tries - 1)
                     return
@@ -462,7 +474,7 @@ class TimelineWidget(W.VBox):
         self.next_button.disabled = page >= self._pages() - 1
 
     def close(self) -> None:
-        _LIVE.discard(self)
+        unfollow_cells(self)
         super().close()
 
     def text(self) -> str:

@@ -26,13 +26,12 @@ import html
 import json
 import re
 import time
-import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import ipywidgets as W
 
-from .widgets import register_panel, with_text
+from .widgets import follow_cells, kernel_loop, register_panel, unfollow_cells, with_text
 from .widgets_render import badge, duration_text, esc, table_html
 
 __all__ = ["runs_widget", "RunsWidget", "RunRow", "StepView"]
@@ -212,46 +211,6 @@ def _callback_url(cb_id: str) -> str:
         return f"/callbacks/{cb_id}"
 
 
-# -- refresh after cells: one IPython hook for all live runs views -------------------
-
-_LIVE: "weakref.WeakSet[RunsWidget]" = weakref.WeakSet()
-_HOOKED: set[int] = set()
-
-
-def _ensure_hook() -> None:
-    try:
-        from IPython import get_ipython
-    except ImportError:
-        return
-    ip = get_ipython()
-    if ip is None or id(ip) in _HOOKED:
-        return
-    ip.events.register("post_run_cell", _after_cell)
-    _HOOKED.add(id(ip))
-
-
-def _kernel_loop():
-    try:
-        from IPython import get_ipython
-
-        return get_ipython().kernel.io_loop  # type: ignore[union-attr]
-    except Exception:
-        return None
-
-
-def _after_cell(result: Any = None) -> None:
-    """post_run_cell fires inside the cell: refresh after the reply, on the
-    kernel's loop, so the reload is not part of the cell."""
-    if not _LIVE:
-        return
-    loop = _kernel_loop()
-    for w in list(_LIVE):
-        if loop is None:
-            w.refresh_quietly()
-        else:
-            loop.call_later(0.05, w.refresh_quietly)
-
-
 # -- the widget --------------------------------------------------------------------------
 
 
@@ -364,8 +323,7 @@ class RunsWidget(W.VBox):
             self.select(target)
         else:
             self._show_detail()
-        _LIVE.add(self)
-        _ensure_hook()
+        follow_cells(self)
 
     # -- public actions (what the buttons do) ---------------------------------------
 
@@ -486,6 +444,9 @@ class RunsWidget(W.VBox):
         if self.selected is not None:
             self._show_detail()
 
+    def after_cell(self) -> None:
+        self.refresh_quietly()
+
     def refresh_quietly(self) -> None:
         try:
             self.refresh()
@@ -493,7 +454,7 @@ class RunsWidget(W.VBox):
             pass
 
     def close(self) -> None:
-        _LIVE.discard(self)
+        unfollow_cells(self)
         super().close()
 
     def text(self) -> str:
@@ -524,7 +485,7 @@ class RunsWidget(W.VBox):
         return self._say(line)
 
     def _later(self, delay: float) -> None:
-        loop = _kernel_loop()
+        loop = kernel_loop()
         if loop is not None:
             loop.call_later(delay, self.refresh_quietly)
 
