@@ -3,7 +3,7 @@
 writes a notebook with the flowmetal kernelspec into the server's root dir,
 runs its cells in the page, clicks the widget's buttons like a user, then
 runs a cell whose output proves what the click did. Each saves a screenshot
-under docs/img/.
+(FM_SCREENSHOTS=docs/img refreshes the docs' pictures).
 
 Skipped only when no Chromium is installed (CI installs it: apt-get install
 chromium). Playwright and JupyterLab are test dependencies: missing, the
@@ -18,6 +18,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -25,7 +26,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-IMG = REPO / "docs" / "img"
+# Screenshots go to a folder a person can open after the run (printed at the
+# end of each test); FM_SCREENSHOTS=docs/img refreshes the ones the docs show.
+IMG = Path(os.environ.get("FM_SCREENSHOTS") or (Path(tempfile.gettempdir()) / "fm-screenshots"))
 
 
 def _chromium() -> str | None:
@@ -186,6 +189,7 @@ class Notebook:
         IMG.mkdir(parents=True, exist_ok=True)
         path = IMG / name
         (locator or self.page).screenshot(path=str(path))
+        print(f"screenshot: {path}")
         return path
 
 
