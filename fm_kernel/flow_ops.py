@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures as cf
 import contextvars
+import dataclasses
 import datetime as dt
 import random as _random
 import secrets
@@ -18,7 +19,7 @@ import uuid
 from typing import Any, Callable, Iterable
 
 from .flows import (
-    _CTX, _RUNS, FlowError, NoSuchRun, Step, Timeout, _attempts, _base_url, _Ctx, _lock,
+    _CTX, _RUNS, _STEP, FlowError, NoSuchRun, Step, Timeout, _attempts, _base_url, _Ctx, _lock,
     _replay, journal,
 )
 from .journal import Journal
@@ -228,10 +229,30 @@ def map(fn: Callable[..., Any], items: Iterable[Any], concurrency: int = 8,
 
 def _map_run(ctx: _Ctx, st: Step, items: list[Any], start: int, results: list[Any],
              todo: list[int], concurrency: int, executor: Any) -> list[Any]:
-    if executor is not None and hasattr(executor, "get_executor"):  # dask distributed.Client
-        executor = executor.get_executor()
+    is_dask = executor is not None and hasattr(executor, "get_executor")  # a distributed.Client
+    if is_dask:
+        # pure=False: every attempt is a task of its own. With dask's default
+        # (pure=True) equal items share one task, so a step runs once for all
+        # of them, and a retry is handed the failed attempt's erred future.
+        executor = executor.get_executor(pure=False)
+
+    def in_step(fn: Callable[..., Any], sctx: dict[str, Any], x: Any) -> Any:
+        # Runs where the executor runs it (a Dask worker: sent by value, as a
+        # nested function, so workers without fm_kernel still work; with it,
+        # fm.step_context() there is this step's).
+        try:
+            from fm_kernel.flows import _STEP as var, StepContext
+        except ImportError:
+            return fn(x)
+        token = var.set(StepContext(**sctx))
+        try:
+            return fn(x)
+        finally:
+            var.reset(token)
 
     def body_for(x: Any) -> Callable[[], Any]:
+        if is_dask:  # (a ProcessPoolExecutor could not pickle in_step)
+            return lambda: executor.submit(in_step, st.fn, dataclasses.asdict(_STEP.get()), x).result()
         if executor is not None:
             return lambda: executor.submit(st.fn, x).result()
         if st.is_async:

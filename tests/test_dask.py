@@ -1,0 +1,278 @@
+"""fm.map over a Dask cluster (``executor=client``), through real processes:
+a kernel, a LocalCluster of two worker processes, kill -9 of a worker and of
+the kernel. Step bodies are functions defined in notebook cells (cloudpickled
+to the workers); every result is journaled by the kernel, and marker files
+written by the items count how often each one really ran."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("distributed")
+
+from kernel_driver import Kernel, query  # noqa: E402
+
+# Dask logs worker deaths and lost clients at WARNING/ERROR on stderr; the
+# tests cause both on purpose.
+QUIET = {"DASK_LOGGING__DISTRIBUTED": "critical"}
+
+PRELUDE = "import os, time, json\nimport fm_kernel as fm\nfrom distributed import get_client"
+
+# A LocalCluster in a process of its own, so that it outlives the kernels
+# (test 3 kills one). It writes its scheduler address to argv[1] and closes
+# its workers on SIGTERM.
+CLUSTER = r"""
+import os, signal, sys, threading
+from distributed import LocalCluster
+stop = threading.Event()
+signal.signal(signal.SIGTERM, lambda *a: stop.set())
+with LocalCluster(n_workers=2, processes=True, threads_per_worker=1, host="127.0.0.1",
+                  dashboard_address=None) as cluster:
+    tmp = sys.argv[1] + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(cluster.scheduler_address)
+    os.replace(tmp, sys.argv[1])
+    stop.wait()
+"""
+
+
+def check(k: Kernel, code: str, timeout: float = 60) -> str:
+    r = k.execute(code, timeout=timeout)
+    assert r.status == "ok", (code, r.content.get("ename"), r.content.get("evalue"),
+                              "\n".join(r.content.get("traceback") or []), r.text())
+    return r.text()
+
+
+def last_json(out: str):
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def wait_until(pred, timeout: float = 30, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def marks(path: Path) -> list[tuple[int, float, int]]:
+    """(item, time it started, pid of the worker) per line the items wrote."""
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        i, t, pid = line.split()
+        out.append((int(i), float(t), int(pid)))
+    return out
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+# Items append "<item> <time> <pid>" when they start: one line per real run.
+ITEMS = r'''
+MARKS = {marks!r}
+def item(i):
+    with open(MARKS, "a") as f:
+        f.write(f"{{i}} {{time.time()!r}} {{os.getpid()}}\n")
+    time.sleep({delay})
+    return [i * i, os.getpid()]
+
+@fm.flow
+def fan(n):
+    # The client is looked up by address inside the flow, not closed over: a
+    # Client cannot be journaled or restored, and a resumed run needs one.
+    return fm.map(item, range(n), concurrency=8, executor=get_client(os.environ["FM_TEST_DASK"]))
+'''
+
+
+@pytest.fixture(scope="module")
+def dask_address(tmp_path_factory):
+    d = tmp_path_factory.mktemp("dask")
+    addr_file, log = d / "address", (d / "cluster.log").open("w")
+    proc = subprocess.Popen([sys.executable, "-c", CLUSTER, str(addr_file)], stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True,
+                            env={**os.environ, **QUIET})
+    try:
+        wait_until(lambda: addr_file.exists() or proc.poll() is not None, 60, "the cluster to start")
+        assert proc.poll() is None, (d / "cluster.log").read_text()
+        yield addr_file.read_text().strip()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            pass
+        try:  # the nannies and workers it started, should any be left
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
+        log.close()
+
+
+def test_thousand_items_from_a_cell_function_run_on_a_local_cluster(tmp_path: Path) -> None:
+    """The notebook way: the cluster is started in a cell, the step body is a
+    plain function defined in a cell."""
+    history = tmp_path / "h" / "history.duckdb"
+    with Kernel(env={"FM_HISTORY": str(history), **QUIET}) as k:
+        check(k, PRELUDE)
+        pids = last_json(check(k, """
+from distributed import LocalCluster, Client
+cluster = LocalCluster(n_workers=2, processes=True, threads_per_worker=1, host="127.0.0.1",
+                       dashboard_address=None)
+client = Client(cluster)
+print(json.dumps(sorted(client.run(os.getpid).values())))
+""", timeout=90))
+        assert len(pids) == 2
+        out = check(k, """
+def square(x):                      # defined here: cloudpickled to the workers by value
+    return {"x": x, "sq": x * x, "pid": os.getpid()}
+
+@fm.flow
+def squares(n):
+    return fm.map(square, range(n), executor=client)
+
+run = squares.start(1000)
+res = run.result(90)
+print(json.dumps([run.id, [r["sq"] for r in res], sorted({r["pid"] for r in res}), os.getpid()]))
+""", timeout=120)
+        run_id, squares, used, kernel_pid = last_json(out)
+        assert squares == [x * x for x in range(1000)]
+        assert used == pids and kernel_pid not in used   # the bodies ran on both workers
+        check(k, "client.close(); cluster.close()", timeout=60)
+        wait_until(lambda: not any(alive(p) for p in pids), 30, "the workers to exit")
+    rows = query(history, "SELECT count(*), count(DISTINCT position), min(attempt), max(attempt), "
+                          "count(*) FILTER (WHERE status = 'ok') FROM run_steps WHERE run_id = ?", [run_id])
+    assert rows == [(1000, 1000, 1, 1, 1000)]
+    vals = query(history, "SELECT result->>'sq' FROM run_steps WHERE run_id = ? ORDER BY position", [run_id])
+    assert [int(v) for (v,) in vals] == [x * x for x in range(1000)]
+
+
+def test_worker_killed_mid_map_items_rerun_elsewhere_journaled_once(tmp_path: Path,
+                                                                   dask_address: str) -> None:
+    history = tmp_path / "h" / "history.duckdb"
+    m = tmp_path / "marks"
+    n = 300
+    with Kernel(env={"FM_HISTORY": str(history), "FM_TEST_DASK": dask_address, **QUIET}) as k:
+        check(k, PRELUDE)
+        check(k, ITEMS.format(marks=str(m), delay=0.02))
+        workers = last_json(check(k, "print(json.dumps(get_client(os.environ['FM_TEST_DASK'])"
+                                     ".run(os.getpid)))"))
+        run_id = check(k, f"run = fan.start({n})\nprint(run.id)").strip().splitlines()[-1]
+        wait_until(lambda: len(marks(m)) >= 60, what="the map to get going")
+        victim = Counter(pid for _, _, pid in marks(m)).most_common(1)[0][0]
+        assert victim in workers.values()
+        os.kill(victim, signal.SIGKILL)
+        t_kill = time.time()
+        assert len(marks(m)) < n, "the map finished before the kill; make items slower"
+        res = last_json(check(k, "print(json.dumps(run.result(90)))", timeout=120))
+    assert [sq for sq, _ in res] == [i * i for i in range(n)]
+    ran = marks(m)
+    assert any(pid == victim for _, _, pid in ran)                 # it did work before dying
+    assert all(pid != victim for _, t, pid in ran if t > t_kill + 0.01)
+    counts = Counter(i for i, _, _ in ran)
+    assert set(counts) == set(range(n))
+    again = [i for i, c in counts.items() if c > 1]
+    assert max(counts.values()) <= 2 and len(again) <= 8, again     # only what the dead worker held
+    rows = query(history, "SELECT count(*), count(DISTINCT position), min(attempt), max(attempt), "
+                          "count(*) FILTER (WHERE status = 'ok') FROM run_steps WHERE run_id = ?", [run_id])
+    assert rows == [(n, n, 1, 1, n)], "each item's result is journaled once, as its first attempt"
+
+
+def test_kernel_killed_mid_map_resume_submits_only_unrecorded_items(tmp_path: Path,
+                                                                    dask_address: str) -> None:
+    history = tmp_path / "h" / "history.duckdb"
+    env = {"FM_HISTORY": str(history), "FM_TEST_DASK": dask_address, **QUIET}
+    m = tmp_path / "marks"
+    n = 500
+    k = Kernel(env=env)
+    try:
+        check(k, PRELUDE)
+        check(k, ITEMS.format(marks=str(m), delay=0.02))
+        run_id = check(k, f"run = fan.start({n})\nprint(run.id)").strip().splitlines()[-1]
+        wait_until(lambda: len(marks(m)) >= 150, what="the map to get going")
+        k.kill9()
+    finally:
+        if k.km.is_alive():
+            k.shutdown()
+    t_kill = time.time()
+    # Items already running on the workers finish (their results are lost);
+    # queued ones are dropped with the dead client. Wait until nothing moves.
+    seen, still = len(marks(m)), time.monotonic()
+    while time.monotonic() - still < 1.0:
+        time.sleep(0.1)
+        if len(marks(m)) != seen:
+            seen, still = len(marks(m)), time.monotonic()
+    before = marks(m)
+    assert len(before) < n, "the map finished before the kill; make items slower"
+    t_restart = time.time()
+    with Kernel(env=env) as k2:   # resumes the pending run at start
+        out = check(k2, f"import fm_kernel as fm, json\nprint(json.dumps(fm.get_run({run_id!r}).result(90)))",
+                    timeout=120)
+        assert "not restored" not in out, out
+        res = last_json(out)
+    assert [sq for sq, _ in res] == [i * i for i in range(n)]
+    rows = query(history, "SELECT position, epoch(finished_at) FROM run_steps "
+                          "WHERE run_id = ? AND status = 'ok' ORDER BY position", [run_id])
+    assert len(rows) == n and len({p for p, _ in rows}) == n
+    first = rows[0][0]
+    recorded = {p - first for p, t in rows if t <= t_kill}          # journaled by the killed kernel
+    assert 0 < len(recorded) < n
+    after = [i for i, t, _ in marks(m) if t > t_restart]             # submitted by the new kernel
+    assert sorted(after) == sorted(set(range(n)) - recorded), \
+        "the resumed run must submit exactly the items without a recorded result, once each"
+    counts = Counter(i for i, _, _ in marks(m))
+    assert all(counts[i] == 1 for i in recorded)                     # recorded items never ran again
+    lost = [i for i, _, _ in before if i not in recorded]            # ran, result not yet journaled
+    assert len(lost) <= 8 and all(counts[i] == 2 for i in lost), lost   # in flight: at-least-once
+
+
+def test_step_semantics_hold_on_dask(tmp_path: Path, dask_address: str) -> None:
+    history = tmp_path / "h" / "history.duckdb"
+    with Kernel(env={"FM_HISTORY": str(history), "FM_TEST_DASK": dask_address, **QUIET}) as k:
+        check(k, PRELUDE)
+        out = check(k, f"""
+D = {str(tmp_path)!r}
+@fm.step(retries=2, retry_delay=0.01)
+def flaky(x):
+    p = os.path.join(D, f"flaky{{x}}")
+    with open(p, "a") as f:
+        f.write("x\\n")
+    tries = len(open(p).read().splitlines())
+    if tries < 2:
+        raise ConnectionError(f"down on try {{tries}}")
+    return tries
+
+def touch(x):                      # a step with an effect: each call must happen
+    with open(os.path.join(D, "touched"), "a") as f:
+        f.write(f"{{x}}\\n")
+    ctx = fm.step_context()
+    return None if ctx is None else ctx.key
+
+@fm.flow
+def semantics():
+    c = get_client(os.environ["FM_TEST_DASK"])
+    return fm.map(flaky, [1, 2], executor=c), fm.map(touch, ["a", "a", "a"], executor=c)
+
+tries, keys = semantics()
+print(json.dumps([tries, keys, open(os.path.join(D, "touched")).read().split()]))
+""", timeout=60)
+    tries, keys, touched = last_json(out)
+    assert tries == [2, 2]                      # the retry ran the body again
+    assert touched == ["a", "a", "a"]           # equal items are three steps, not one task
+    assert all(k and k.endswith(f":{p}") for k, p in zip(keys, (3, 4, 5))), keys
