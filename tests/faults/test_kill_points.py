@@ -25,7 +25,19 @@ KILLS = int(os.environ.get("FM_KILL_POINTS", "100"))
 SEED = int(os.environ.get("FM_FAULT_SEED", str(random.randrange(1 << 30))))
 
 SETUP = ("import numpy as np\ncounter = 0\nseen = []\n"
-         "big = np.zeros(2_000_000)\n")  # 16 MB: its chunk writes take a while
+         "big = np.zeros(2_000_000)\n"  # 16 MB: its chunk writes take a while
+         "import time, fm_kernel as fm\n"
+         "MARKS = {marks!r}\n"
+         "@fm.step\n"
+         "def work(n):\n"
+         "    time.sleep(0.02)\n"
+         "    with open(MARKS, 'a') as f:  # the step's work is done\n"
+         "        f.write(fm.step_context().key + '\\n')\n"
+         "    return n\n"
+         "@fm.flow\n"
+         "def chain(k):\n"
+         "    return [work(i) for i in range(k)]\n")
+START_RUN = "chain.start(15)"
 BUMP = "counter += 1\nseen.append(counter)"
 WRITE_BIG = "big[(counter * 7919) % 1_900_000:][:50_000] += 1\ncounter += 1\nseen.append(counter)"
 
@@ -50,8 +62,10 @@ def test_kill_points_lose_nothing_acknowledged(tmp_path: Path) -> None:
     acked_counter = 0                # counter value after the last acknowledged cell
     kinds: dict[str, int] = {}
 
+    marks = tmp_path / "flow-steps.txt"
+    runs_started = 0
     k = Kernel(env=env)
-    assert k.execute(SETUP).status == "ok"
+    assert k.execute(SETUP.format(marks=str(marks))).status == "ok"
     acked_cells += 1
     k.kill9()  # every life ends uncleanly, so every next kernel restores
 
@@ -64,6 +78,9 @@ def test_kill_points_lose_nothing_acknowledged(tmp_path: Path) -> None:
             assert counter in (acked_counter, acked_counter + 1), (n, counter, acked_counter)
             assert seen == counter, "a state mixes two steps"
             acked_counter = counter  # type: ignore[assignment]
+            if rng.random() < 0.3:  # a flow run in flight when this life ends
+                assert k.execute(START_RUN).status == "ok"
+                runs_started += 1
             plan = rng.random()
             if plan < 0.15:
                 kind = "during start-up restore"
@@ -92,10 +109,29 @@ def test_kill_points_lose_nothing_acknowledged(tmp_path: Path) -> None:
     with Kernel(env=env) as k:
         counter, seen = probe(k)
         assert counter in (acked_counter, acked_counter + 1) and seen == counter
+        # pending runs resumed by themselves; each must finish with the right result
+        r = k.execute("res = [fm.get_run(i).result(timeout=120) for i in fm.runs().run_id]\n"
+                      "print(len(res), all(x == list(range(15)) for x in res))", timeout=300)
+        assert r.status == "ok", r.content
+        assert r.text().split() == [str(runs_started), "True"], r.text()
+    keys = marks.read_text().split() if marks.exists() else []
+    counts: dict[str, int] = {}
+    for key in keys:
+        counts[key] = counts.get(key, 0) + 1
+    recorded = {f"{run}:{pos}" for run, pos in query(
+        history, "SELECT DISTINCT run_id, position FROM run_steps WHERE status = 'ok'")}
+    assert recorded <= set(counts), "a step recorded ok never ran"
+    # A step that finished its work is recorded a moment later; only a kill
+    # in that moment can make it run again (at-least-once for the step in
+    # flight). Steps killed before finishing re-run but leave no mark.
+    twice = [key for key, n in counts.items() if n > 1]
+    assert all(n <= 2 for n in counts.values()), {k: n for k, n in counts.items() if n > 2}
+    assert len(twice) <= 2, twice
     rows = query(history, "SELECT status, count(*) FROM steps GROUP BY status")
     statuses = dict(rows)
     assert statuses.get("running", 0) == 0  # every killed cell was closed as interrupted
     assert statuses.get("ok", 0) >= acked_cells  # every acknowledged cell is there, ok
     steps = [r[0] for r in query(history, "SELECT step FROM steps ORDER BY step")]
     assert steps == list(range(1, len(steps) + 1)), "step numbers have a gap or repeat"
-    print(f"kill points by kind: {kinds}; steps {len(steps)}; statuses {statuses}")
+    print(f"kill points by kind: {kinds}; steps {len(steps)}; statuses {statuses}; "
+          f"flow runs {runs_started}, flow steps {len(counts)}, finished twice {len(twice)}")
