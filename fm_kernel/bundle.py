@@ -102,7 +102,9 @@ def import_bundle(bundle: Path, target: Path, trusted: bool, force: bool = False
     try:
         tar = tarfile.open(bundle, "r")
     except (OSError, tarfile.TarError) as exc:
-        raise UsageError(f"{bundle} is not a flowmetal bundle: {exc}") from None
+        why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UsageError(f"{bundle} is not a flowmetal bundle ({why}); "
+                         "make one with `fm export` or `%fm export`") from None
     with tar, tempfile.TemporaryDirectory() as tmp:
         names = tar.getnames()
         if "bundle.json" not in names or "history.duckdb" not in names:
