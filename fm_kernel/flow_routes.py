@@ -94,7 +94,9 @@ def run_info(run_id: str) -> dict[str, Any]:
     return info
 
 
-register_route(r"/callbacks/" + _ID, CallbackHandler)
-register_route(r"/runs/" + _ID + r"/signals/([^/]{1,200})", SignalHandler)
-register_route(r"/flows/([^/]{1,200})/runs", StartRunHandler)
-register_route(r"/runs/" + _ID, RunHandler)
+def register() -> None:
+    """Add the flow routes to every endpoint started from now on."""
+    register_route(r"/callbacks/" + _ID, CallbackHandler)
+    register_route(r"/runs/" + _ID + r"/signals/([^/]{1,200})", SignalHandler)
+    register_route(r"/flows/([^/]{1,200})/runs", StartRunHandler)
+    register_route(r"/runs/" + _ID, RunHandler)

@@ -684,37 +684,6 @@ def shutdown() -> None:
         j.close()
 
 
-def _hook_into_kernel() -> None:
-    """Until the kernel wires on_ready itself (see docs/flows.md): a restored
-    namespace imports this module before the kernel runs its on_ready hooks,
-    so add ours; imported later, from a cell, run it once that cell is done."""
-    try:
-        from . import runtime
-
-        rt = runtime._current
-        if rt is None or on_ready in rt.on_ready:
-            return
-        rt.on_ready.append(on_ready)
-        ep = rt.endpoint
-        if ep is not None and rt.store is not None and flow_routes.RunHandler not in dict(ep.routes).values():
-            # The endpoint read its routes before this module registered
-            # ours: serve again with them (new port and token, in the same
-            # <history>.endpoint.json). Never happens once the kernel
-            # imports fm_kernel.flows at start-up.
-            ep.stop()
-            rt.endpoint = None
-            rt._start_endpoint(rt.store)
-        from ipykernel.kernelbase import Kernel
-
-        if Kernel.initialized():
-            def late() -> None:
-                if not _state["ready"]:
-                    on_ready(rt)
-            Kernel.instance().io_loop.add_callback(late)
-    except Exception:
-        pass
-
-
 # -- primitives and schedules ---------------------------------------------------------------
 # flow_ops.py and flow_schedule.py import this module's names, so they are
 # imported last, once those exist; their names stay reachable from here too.
@@ -728,6 +697,6 @@ _value, _maybe_async, _sleep, _map_run = _ops._value, _ops._maybe_async, _ops._s
 _wait, _wait_blocking = _ops._wait, _ops._wait_blocking
 _validate_schedule, _Scheduler, _SCHEDULER = _sched._validate_schedule, _sched._Scheduler, _sched._SCHEDULER
 
-from . import flow_routes  # noqa: E402  (registers the HTTP routes)
+from . import flow_routes  # noqa: E402
 
-_hook_into_kernel()
+flow_routes.register()  # imported before the kernel's endpoint starts: served from the start
