@@ -5,14 +5,11 @@ POST /sql and `fm sql`, so all four accept and refuse the same things."""
 from __future__ import annotations
 
 import re
-import threading
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import duckdb
-
 from .errors import UsageError
-from .store import Result, Store
+from .store import QueryFailed, Result, Store, parse_tree, statement_types
 
 # Read-only transactions refuse writes to the history; these are refused
 # before that because they reach outside it (files, other databases, settings).
@@ -29,8 +26,7 @@ FRAME_CALL = re.compile(r"\bframe\s*\(\s*'((?:[^']|'')+)'\s*,\s*(\d+)\s*\)", re.
 
 FrameResolver = Callable[[str, int], Path]
 
-_parser: duckdb.DuckDBPyConnection | None = None  # in-memory, only parses
-_parser_lock = threading.Lock()
+
 
 
 class SQLError(UsageError):
@@ -39,14 +35,14 @@ class SQLError(UsageError):
 
 def check(sql: str) -> None:
     try:
-        statements = duckdb.extract_statements(sql)
-    except duckdb.Error as exc:
-        raise SQLError(one_line(exc)) from None
+        statements = statement_types(sql)
+    except QueryFailed as exc:
+        raise SQLError(exc.message) from None
     if not statements:
         raise SQLError("empty query; write a SELECT over steps, outputs, events or branches")
     if len(statements) > 1:
         raise SQLError(f"one statement at a time please ({len(statements)} given)")
-    kind = statements[0].type.name
+    kind = statements[0]
     if kind not in ALLOWED:
         raise SQLError(
             f"the history is read-only: {kind} statements are refused; "
@@ -73,16 +69,9 @@ def check(sql: str) -> None:
 
 def _references(sql: str) -> set[str]:
     """Function and table names a query uses, from DuckDB's own parse tree."""
-    import json as _json
-
-    global _parser
-    with _parser_lock:
-        if _parser is None:
-            _parser = duckdb.connect()
-        try:
-            tree = _json.loads(_parser.execute("SELECT json_serialize_sql(?)", [sql]).fetchone()[0])
-        except duckdb.Error:
-            return set()
+    tree = parse_tree(sql)
+    if tree is None:
+        return set()
     found: set[str] = set()
 
     def walk(node: object) -> None:
@@ -117,15 +106,7 @@ def run(store: Store, sql: str, params: Sequence[Any] = (),
     sql = rewrite_frames(sql, frames)
     try:
         return store.read_query(sql, params)
-    except duckdb.TransactionException as exc:
-        if "read-only" in str(exc):
+    except QueryFailed as exc:
+        if exc.wrote:
             raise SQLError("the history is read-only: this query tried to write to it") from None
-        raise SQLError(one_line(exc)) from None
-    except duckdb.Error as exc:
-        raise SQLError(one_line(exc)) from None
-
-
-def one_line(exc: BaseException) -> str:
-    """DuckDB's message without its caret diagram: the first line says it."""
-    lines = [ln for ln in str(exc).splitlines() if ln.strip()]
-    return lines[0] if lines else type(exc).__name__
+        raise SQLError(exc.message) from None

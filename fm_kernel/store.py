@@ -370,6 +370,10 @@ class Store:
                 cur.execute(sql, params)
                 cols = [d[0] for d in cur.description] if cur.description else []
                 rows = cur.fetchall() if cols else []
+            except duckdb.TransactionException as exc:
+                raise QueryFailed(_first_line(exc), wrote="read-only" in str(exc)) from None
+            except duckdb.Error as exc:
+                raise QueryFailed(_first_line(exc)) from None
             finally:
                 cur.execute("ROLLBACK")
                 cur.execute("SET threads = 1")
@@ -495,6 +499,43 @@ def _lock_holder(message: str) -> str | None:
     if i < 0:
         return None
     return message[i + len(marker):].split(")", 1)[0].strip()
+
+
+class QueryFailed(errors.FlowmetalError):
+    """DuckDB refused a query; ``message`` is its first line."""
+
+    def __init__(self, message: str, wrote: bool = False):
+        self.message, self.wrote = message, wrote
+        super().__init__(message)
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [ln for ln in str(exc).splitlines() if ln.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+def statement_types(sql: str) -> list[str]:
+    """The statement types DuckDB parses ``sql`` into (SELECT, INSERT, ...)."""
+    try:
+        return [st.type.name for st in duckdb.extract_statements(sql)]
+    except duckdb.Error as exc:
+        raise QueryFailed(_first_line(exc)) from None
+
+
+_parser: duckdb.DuckDBPyConnection | None = None  # in-memory, only parses
+_parser_lock = threading.Lock()
+
+
+def parse_tree(sql: str) -> Any:
+    """DuckDB's own parse tree of a query (json_serialize_sql), or None."""
+    global _parser
+    with _parser_lock:
+        if _parser is None:
+            _parser = duckdb.connect()
+        try:
+            return json.loads(_parser.execute("SELECT json_serialize_sql(?)", [sql]).fetchone()[0])
+        except duckdb.Error:
+            return None
 
 
 def _state_id(state: dict[str, Any]) -> str:
