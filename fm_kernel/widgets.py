@@ -170,6 +170,18 @@ def unfollow_cells(widget: W.Widget) -> None:
     _LIVE.discard(widget)
 
 
+class LiveView:
+    """Mixed into a view that follows cells (follow_cells) and has a text()
+    for frontends that cannot show widgets."""
+
+    def close(self) -> None:
+        unfollow_cells(self)
+        super().close()  # type: ignore[misc]
+
+    def _repr_mimebundle_(self, **kwargs: Any):
+        return with_text(super()._repr_mimebundle_(**kwargs), self.text())  # type: ignore[misc,attr-defined]
+
+
 def _ensure_hook() -> None:
     try:
         from IPython import get_ipython
@@ -238,7 +250,7 @@ class _Row:
         self.box.layout.display = "none"
 
 
-class TimelineWidget(W.VBox):
+class TimelineWidget(LiveView, W.VBox):
     """Steps as a paged list with a branch graph; a selected step's code,
     outputs and variables; Rewind here, Fork here, Diff with HEAD."""
 
@@ -473,19 +485,12 @@ class TimelineWidget(W.VBox):
         self.prev_button.disabled = page == 0
         self.next_button.disabled = page >= self._pages() - 1
 
-    def close(self) -> None:
-        unfollow_cells(self)
-        super().close()
-
     def text(self) -> str:
         """What frontends without widgets show instead."""
         n = len(self._rows_data)
         return (f"flowmetal timeline: {n} step{'s' * (n != 1)}, HEAD {self.source.branch} @ step "
                 f"{self.source.head} (a widget: open the notebook in JupyterLab or Notebook; "
                 f"`%fm log` prints the steps as text)")
-
-    def _repr_mimebundle_(self, **kwargs: Any):
-        return with_text(super()._repr_mimebundle_(**kwargs), self.text())
 
     # -- internals ------------------------------------------------------------------
 

@@ -31,7 +31,7 @@ from typing import Any, Callable
 
 import ipywidgets as W
 
-from .widgets import follow_cells, kernel_loop, register_panel, unfollow_cells, with_text
+from .widgets import LiveView, follow_cells, kernel_loop, register_panel
 from .widgets_render import badge, duration_text, esc, table_html
 
 __all__ = ["runs_widget", "RunsWidget", "RunRow", "StepView"]
@@ -251,7 +251,7 @@ def _fill(rows: list[_Row], container: W.Box, items: list[tuple[Any, str, str, b
         row.hide()
 
 
-class RunsWidget(W.VBox):
+class RunsWidget(LiveView, W.VBox):
     """Flow runs newest first; a selected run's steps; Fork from this step,
     Send signal, Cancel."""
 
@@ -453,18 +453,11 @@ class RunsWidget(W.VBox):
         except Exception:  # a refresh must never disturb the notebook
             pass
 
-    def close(self) -> None:
-        unfollow_cells(self)
-        super().close()
-
     def text(self) -> str:
         """What frontends without widgets show instead."""
         n = len(self._runs)
         return (f"flowmetal runs: {n} flow run{'s' * (n != 1)} (a widget: open the notebook "
                 "in JupyterLab or Notebook; `fm.runs()` gives them as a DataFrame)")
-
-    def _repr_mimebundle_(self, **kwargs: Any):
-        return with_text(super()._repr_mimebundle_(**kwargs), self.text())
 
     # -- internals ---------------------------------------------------------------------
 

@@ -75,8 +75,11 @@ def test_fork_button_asks_for_a_name_then_forks_and_switches(wk):
     branches = run(wk, "%fm branches")
     assert "experiment" in branches
     steps = probe(wk, "fm.history().sql(\"SELECT step, branch, parent FROM steps "
-                      "WHERE branch = 'experiment'\").values.tolist()")
-    assert steps[-1][1:] == ["experiment", 1]
+                      "WHERE branch = 'experiment' ORDER BY step\").values.tolist()")
+    # the first step on the branch grew from step 1 (here the cell that pressed
+    # the button; from a real click between cells, the next cell)
+    assert steps[0][1:] == ["experiment", 1]
+    assert [s[2] for s in steps[1:]] == [s[0] for s in steps[:-1]]  # then a chain
 
 
 def test_fork_with_a_bad_name_says_so_in_the_widget_and_changes_nothing(wk):
