@@ -296,3 +296,37 @@ def test_inspector_shows_a_past_dataframe_beside_the_present(lab, page):
     nb.run(3, "live value: 999")  # looking at the past changed nothing
     nb.cell(2).scroll_into_view_if_needed()
     nb.shot("inspector-dataframe.png", page.locator(".jp-NotebookPanel"))
+
+
+def test_diff_and_runs_widgets_render_from_the_magics(lab, page):
+    write_notebook(lab["root"], "views.ipynb", [
+        "import pandas as pd\nimport fm_kernel as fm\n"
+        "df = pd.DataFrame({'city': ['Oslo', 'Lima', 'Pune'], 'sales': [10, 20, 30]})\n"
+        "print('ready')",
+        "here = int(fm.history().steps().step.max())  # the step above, recorded\n"
+        "df.loc[1, 'sales'] = 999\nextra = [1, 2, 3]\nprint('edited')",
+        "%fm diff {here} {here + 1}",
+        "@fm.step\ndef fetch(order):\n    return {'order': order, 'items': 3}\n\n"
+        "@fm.flow\ndef approval(order):\n    data = fetch(order)\n"
+        "    ok = fm.wait_for('approve', timeout=600)\n    return data, ok\n\n"
+        "run = approval.start('A-7')\nprint('started')",
+        "%fm runs",
+    ])
+    nb = Notebook(page, lab, "views.ipynb")
+    nb.run(0, "ready")
+    nb.run(1, "edited")
+    nb.run(2)
+    diff = nb.cell(2).locator(".fm-diff-view")
+    expect(diff).to_be_visible(timeout=30_000)
+    expect(diff).to_contain_text("extra")   # added
+    expect(diff).to_contain_text("df")      # changed, with its row/column counts
+    nb.cell(2).scroll_into_view_if_needed()
+    nb.shot("diff-widget.png", nb.cell(2))
+    nb.run(3, "started")
+    nb.run(4)
+    runs = nb.cell(4).locator(".fm-runs")
+    expect(runs).to_be_visible(timeout=30_000)
+    expect(runs).to_contain_text("approval", timeout=20_000)
+    expect(runs).to_contain_text("waiting", timeout=20_000)
+    nb.cell(4).scroll_into_view_if_needed()
+    nb.shot("runs-widget.png", nb.cell(4))
