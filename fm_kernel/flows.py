@@ -1,9 +1,7 @@
-"""Durable flows (spec: "Python API: Flows"): ``@flow``, ``@step``, Run
-handles, replay, the registry and resume. The journaled primitives
-sleep/callback/wait_for/map/now/random/uuid4 are in flow_ops.py and cron
-schedules in flow_schedule.py, both re-exported here. Persistence is
-journal.py's; the HTTP routes are in flow_routes.py; docs/flows.md explains
-the model and its guarantees.
+"""Durable flows (spec: "Python API: Flows"): ``@flow``, ``@step``, Run handles,
+replay, the registry and resume. Primitives (sleep, callback, map...) are in
+flow_ops.py, cron in flow_schedule.py (both re-exported here), persistence in
+journal.py, HTTP routes in flow_routes.py; docs/flows.md explains the model.
 
 A run executes its flow function with a context (``_CTX``) that hands out
 positions 1, 2, 3... to durable operations in call order. Each operation

@@ -91,3 +91,12 @@ def query(history: Path, sql: str, params: list[Any] | None = None) -> list[tupl
         return con.execute(sql, params or []).fetchall()
     finally:
         con.close()
+
+
+def wait_until(pred, timeout: float = 30, what: str = "condition", poll: float = 0.05) -> None:
+    """Poll ``pred`` until it holds; fail naming ``what`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(poll)

@@ -19,7 +19,12 @@ import pytest
 
 pytest.importorskip("distributed")
 
-from kernel_driver import Kernel, query  # noqa: E402
+from functools import partial
+
+from kernel_driver import Kernel, query
+from kernel_driver import wait_until as _wait_until
+
+wait_until = partial(_wait_until, poll=0.02)  # noqa: E402
 
 # Dask logs worker deaths and lost clients at WARNING/ERROR on stderr; the
 # tests cause both on purpose.
@@ -55,13 +60,6 @@ def check(k: Kernel, code: str, timeout: float = 60) -> str:
 def last_json(out: str):
     return json.loads(out.strip().splitlines()[-1])
 
-
-def wait_until(pred, timeout: float = 30, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 def marks(path: Path) -> list[tuple[int, float, int]]:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from kernel_driver import Kernel, query
+from kernel_driver import Kernel, query, wait_until
 
 PRELUDE = "import time\nimport fm_kernel.flows as fm"
 
@@ -30,13 +30,6 @@ def fails(k: Kernel, code: str) -> tuple[str, str]:
     assert r.status == "error", (code, r.text())
     return r.content["ename"], r.content["evalue"]
 
-
-def wait_until(pred, timeout: float = 30, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def lines(path: Path) -> list[str]:

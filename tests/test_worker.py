@@ -9,10 +9,14 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
+from functools import partial
+
 from kernel_driver import Kernel, query
+from kernel_driver import wait_until as _wait_until
+
+wait_until = partial(_wait_until, poll=0.1)
 
 FM = str(Path(sys.executable).parent / "fm")
 
@@ -47,13 +51,6 @@ def env() -> dict[str, str]:
 def fm(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([FM, *args], capture_output=True, text=True, env=env(), timeout=60)
 
-
-def wait_until(pred, timeout: float = 30, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 def beats(d: Path) -> int:
