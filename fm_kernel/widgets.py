@@ -15,7 +15,8 @@ Widgets read lazily: a page of 50 steps at a time, a step's record and
 variable list on click, a variable's value only when its name is clicked.
 Callbacks run on the kernel's main thread between cells, never inside one,
 and update widgets through comm messages only: nothing they do is recorded
-as a cell output.
+as a cell output. Values and DataFrame comparisons load on a loader thread
+(widgets_loader), so a click never holds up the next queued cell.
 
 Hook for more panels (the flow-runs view is not built here): another module
 calls ``register_panel("Flow runs", factory)`` where ``factory(source)``
@@ -34,6 +35,7 @@ import ipywidgets as W
 
 from . import api, errors, navigate, runtime
 from .recorder import unflatten_outputs
+from .widgets_loader import kernel_loop
 from .widgets_render import (
     ROW_PX, badge, esc, graph_svg, layout, outputs_for_widget, row_html, size_text,
     status_colour, duration_text, table_html,
@@ -205,15 +207,6 @@ def _after_cell(result: Any = None) -> None:
             w.after_cell()
         else:
             loop.call_later(0.05, w.after_cell)
-
-
-def kernel_loop():
-    try:
-        from IPython import get_ipython
-
-        return get_ipython().kernel.io_loop  # type: ignore[union-attr]
-    except Exception:
-        return None
 
 
 # -- the timeline -----------------------------------------------------------------

@@ -12,6 +12,7 @@ from . import errors
 from .tables import format_table
 from .timeline import diff
 from .widgets import Source, _message, _section, with_text
+from .widgets_loader import load
 from .widgets_render import (
     badge, describe_frame_change, esc, frame_change_counts, size_text, table_html, value_html,
 )
@@ -20,6 +21,10 @@ SORT_KEYS = ("name", "type", "size", "changed", "summary")
 COLUMN_WIDTHS = {"name": "150px", "type": "150px", "size": "80px", "changed": "84px"}
 MAX_ROWS = 60            # variables listed at once; the filter narrows longer states
 DIFF_LOAD_LIMIT = 64 << 20  # DataFrames compared cell by cell in a diff up to this size
+
+
+def _value_title(name: str, step: int) -> str:
+    return f'<div style="font-size:12px"><b>{esc(name)}</b> after step {step}</div>'
 
 
 def _is_frame_type(type_name: str) -> bool:
@@ -39,6 +44,7 @@ class InspectWidget(W.VBox):
         step = step if step is not None else (self.source.head or last)
         self.sort_key, self.descending = "name", False
         self.selected_name: str | None = None
+        self._token: object = None  # the load the value panes wait for
         self._states: dict[int, Any] = {}
         self._manifest: Any = {}
         self._changed: set[str] = set()
@@ -131,26 +137,46 @@ class InspectWidget(W.VBox):
         return sorted(m, key=keys[self.sort_key], reverse=self.descending)
 
     def show(self, name: str) -> None:
-        """Load ``name`` as it was after the step (and the compare step) and show it."""
+        """Show ``name`` as it was after the step (and the compare step).
+
+        From a click the values load on the loader thread and appear when
+        ready, so the cell queued behind the click never waits for them;
+        called in a cell, this returns once they are shown."""
         self.selected_name = name
         for _box, button, _html in self._row_pool:
             button.button_style = "info" if button.description == name else ""
-        self.left_title.value = f'<div style="font-size:12px"><b>{esc(name)}</b> after step {self.step}</div>'
-        a = self._value(self.step, name)
-        other_step = self.compare
-        b = self._value(other_step, name) if other_step else None
-        self.badge.value = self._badge(name, other_step)
-        equal_shape = other_step is not None and a[0] and b is not None and b[0]
-        self.left.value = (value_html(a[1], b[1] if equal_shape else None, mark_changes=bool(equal_shape))
-                           if a[0] else _message(a[1], ok=False))
-        if other_step:
-            self.right_title.value = (f'<div style="font-size:12px"><b>{esc(name)}</b> after step '
-                                      f'{other_step}</div>')
-            self.right.value = (value_html(b[1], a[1] if equal_shape else None,
-                                           mark_changes=bool(equal_shape))
-                                if b[0] else _message(b[1], ok=False))
-        else:
-            self.right_title.value = self.right.value = ""
+        step, other = self.step, self.compare
+        self.left_title.value = _value_title(name, step)
+        self.right_title.value = _value_title(name, other) if other else ""
+        self.badge.value = self._badge(name, other)
+        # the step records come from DuckDB, which stays on this thread
+        states = [self._state_or_error(s) for s in ((step, other) if other else (step,))]
+        self._token = token = object()
+        self.left.value = _message(f"loading {name} after step {step} …")
+        self.right.value = _message("loading …") if other else ""
+        load(lambda: self._values_html(name, step, other, states), self._put_values,
+             wanted=lambda: self._token is token)
+
+    def _values_html(self, name: str, step: int, other: int | None,
+                     states: list[Any]) -> tuple[str, str]:
+        a = self._value(states[0], step, name)
+        b = self._value(states[1], other, name) if other else None
+        equal_shape = b is not None and a[0] and b[0]
+        left = (value_html(a[1], b[1] if equal_shape else None, mark_changes=bool(equal_shape))
+                if a[0] else _message(a[1], ok=False))
+        if b is None:
+            return left, ""
+        right = (value_html(b[1], a[1] if equal_shape else None, mark_changes=bool(equal_shape))
+                 if b[0] else _message(b[1], ok=False))
+        return left, right
+
+    def _put_values(self, ok: bool, result: Any) -> None:
+        if ok:
+            self.left.value, self.right.value = result
+        else:  # value_html itself failed: say so instead of leaving "loading"
+            self.left.value = _message(f"cannot show {self.selected_name!r}: "
+                                       f"{type(result).__name__}: {result}", ok=False)
+            self.right.value = ""
 
     def text(self) -> str:
         return (f"flowmetal inspector: {len(self._manifest)} variables after step {self.step} "
@@ -177,7 +203,7 @@ class InspectWidget(W.VBox):
         if self.selected_name in self._manifest:
             self.show(self.selected_name)
         else:
-            self.selected_name = None
+            self.selected_name, self._token = None, None
             self.badge.value = self.left.value = self.right.value = ""
             self.left_title.value = self.right_title.value = ""
 
@@ -216,14 +242,20 @@ class InspectWidget(W.VBox):
         html = W.HTML(layout=W.Layout(flex="1 1 auto", margin="0", min_width="0"))
         return W.HBox([button, html], layout=W.Layout(width="100%", margin="0")), button, html
 
-    def _state(self, step: int):
+    def _state_or_error(self, step: int) -> Any:
+        """The lazy past state of ``step`` (cached), or the error naming why not."""
         if step not in self._states:
-            self._states[step] = self.source.state(step)
+            try:
+                self._states[step] = self.source.state(step)
+            except errors.FlowmetalError as exc:
+                return exc
         return self._states[step]
 
-    def _value(self, step: int, name: str) -> tuple[bool, Any]:
+    @staticmethod
+    def _value(state: Any, step: int, name: str) -> tuple[bool, Any]:
+        if isinstance(state, Exception):
+            return False, str(state)
         try:
-            state = self._state(step)
             if name not in state:
                 return False, f"{name!r} does not exist after step {step}"
             return True, state[name]
@@ -249,6 +281,15 @@ class InspectWidget(W.VBox):
             '</span>' if _is_frame_type(a.type) else "")
 
 
+def _count_changes(sa: Any, sb: Any, name: str) -> dict[str, int] | str | None:
+    """Rows/columns changed in DataFrame ``name`` between two past states, or
+    why they could not be compared."""
+    try:
+        return frame_change_counts(sa[name], sb[name])
+    except Exception as exc:
+        return f"not compared: {exc}"
+
+
 class DiffWidget(W.VBox):
     """Names added, removed and changed between two steps; for DataFrames,
     how many rows and columns changed. ``result`` holds the same as data."""
@@ -261,32 +302,50 @@ class DiffWidget(W.VBox):
         ma, mb = self.source.manifest(a), self.source.manifest(b)
         self.result = diff(ma, mb)
         self.frame_changes: dict[str, dict[str, int]] = {}
-        notes: dict[str, str] = {}
+        self.notes: dict[str, str] = {}
+        compare = []
         for name, _before, _after in self.result["changed"]:
             ea, eb = ma[name], mb[name]
             if not (_is_frame_type(ea.type) and _is_frame_type(eb.type)):
                 continue
             if max(ea.size_bytes or 0, eb.size_bytes or 0) > load_limit:
-                notes[name] = f"too large to compare here ({size_text(max(ea.size_bytes, eb.size_bytes))})"
+                self.notes[name] = f"too large to compare here ({size_text(max(ea.size_bytes, eb.size_bytes))})"
                 continue
-            try:
-                counts = frame_change_counts(self.source.state(a)[name], self.source.state(b)[name])
-            except Exception as exc:
-                notes[name] = f"not compared: {exc}"
-                continue
-            if counts is not None:
+            compare.append(name)
+            self.notes[name] = "comparing …"
+        self.html = W.HTML()
+        self.children = [self.html]
+        self._render()
+        if compare:
+            # the step records come from DuckDB, which stays on this thread
+            sa, sb = self.source.state(a), self.source.state(b)
+            load(lambda: {n: _count_changes(sa, sb, n) for n in compare}, self._compared)
+
+    def _compared(self, ok: bool, result: Any) -> None:
+        for name, counts in (result.items() if ok else ()):
+            if isinstance(counts, str):
+                self.notes[name] = counts
+            elif counts is not None:
                 self.frame_changes[name] = counts
-                notes[name] = describe_frame_change(counts)
+                self.notes[name] = describe_frame_change(counts)
+            else:
+                self.notes.pop(name, None)
+        if not ok:
+            self.notes = {n: (f"not compared: {result}" if v == "comparing …" else v)
+                          for n, v in self.notes.items()}
+        self._render()
+
+    def _render(self) -> None:
+        a, b = self.a, self.b
         colours = {"added": "#2e7d32", "removed": "#c62828", "changed": "#ef6c00"}
         rows = [(badge(kind, colours[kind]), f"<b>{esc(name)}</b>", esc(before), esc(after),
-                 esc(notes.get(name, "")))
+                 esc(self.notes.get(name, "")))
                 for kind in ("added", "removed", "changed") for name, before, after in self.result[kind]]
         counts = ", ".join(f"{len(self.result[k])} {k}" for k in ("added", "removed", "changed"))
         head = (f'<div style="font-size:12px;margin:2px 0">step {a} → step {b}: {counts}</div>')
         body = (table_html(["", "name", f"after step {a}", f"after step {b}", "detail"], rows, raw=True)
                 if rows else '<div style="font-size:12px;color:#757575">no differences</div>')
-        self.html = W.HTML(head + body)
-        self.children = [self.html]
+        self.html.value = head + body
 
     def text(self) -> str:
         """The plain-text table, as `%fm diff` prints it."""

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from kernel_driver import Kernel
+from kernel_driver import Kernel, wait_until
 
 SETUP = [
     "import pandas as pd\nimport fm_kernel as fm\n"
@@ -110,6 +110,14 @@ def test_diff_with_head_lists_changes_and_counts_dataframe_rows(wk):
     result, frames = res
     assert [c[0] for c in result["changed"]] == ["df", "x"]
     assert frames["df"]["rows_changed"] == 1 and frames["df"]["columns_changed"] == 1
+    # pressed from the frontend, the DataFrames are compared on the loader thread
+    run(wk, "w = timeline_widget(select=3)")
+    click(wk, peek(wk, "w.diff_button.model_id"))
+    wait_until(lambda: peek(wk, "len(w.extra.children) == 2 and "
+                                "bool(w.extra.children[1].frame_changes)"), what="the diff")
+    frames = peek(wk, "w.extra.children[1].frame_changes")
+    assert frames["df"]["rows_changed"] == 1 and frames["df"]["columns_changed"] == 1
+    assert "1 row changed" in peek(wk, "w.extra.children[1].html.value")
     text = run(wk, "print(diff_widget(2, 4).text())")
     assert "added" in text and "df" in text and "changed" in text
 
@@ -139,6 +147,59 @@ def peek(k: Kernel, expr: str):
     v = r.content["user_expressions"]["v"]
     assert v["status"] == "ok", v
     return eval(v["data"]["text/plain"])
+
+
+SLOW_VALUE = """
+def _slow_make(gate):
+    import os, time
+    for _ in range(200):
+        if os.path.exists(gate):
+            return 'released by the next cell'
+        time.sleep(0.05)
+    return 'not released: the next cell never ran'
+
+class Slow:
+    def __init__(self, gate):
+        self.gate = gate
+    def __reduce__(self):
+        return (_slow_make, (self.gate,))
+
+slow = Slow({gate!r})
+"""
+
+
+def click(k: Kernel, model_id: str) -> None:
+    """Press a button the way a browser does: a comm message on the shell channel."""
+    k.kc.shell_channel.send(k.kc.session.msg("comm_msg", {
+        "comm_id": model_id, "data": {"method": "custom", "content": {"event": "click"}}}))
+
+
+def test_a_clicked_value_loads_without_holding_up_the_next_cell(wk, tmp_path):
+    # Loading `slow` waits until a file exists, and only the cell queued
+    # behind the click makes it. Loaded on the kernel's main thread, the
+    # click would stand between that cell and the kernel for 10 s and the
+    # value would say so; loaded off it, the cell runs and releases the load.
+    gate = tmp_path / "gate"
+    run(wk, SLOW_VALUE.format(gate=str(gate)))
+    run(wk, "i = inspect_widget()\n"
+            "ids = {b.description: b.model_id for _, b, _ in i._row_pool}")
+    ids = peek(wk, "ids")
+    click(wk, ids["slow"])
+    run(wk, f"open({str(gate)!r}, 'w').close()")
+    wait_until(lambda: "released" in peek(wk, "i.left.value"), what="the clicked value")
+    assert "released by the next cell" in peek(wk, "i.left.value")
+
+    # A second click while a load runs wins: the first result is dropped.
+    gate.unlink()
+    run(wk, "i = inspect_widget()  # a new view: no value cached\nids = {b.description: b.model_id for _, b, _ in i._row_pool}")
+    ids = peek(wk, "ids")
+    click(wk, ids["slow"])
+    click(wk, ids["x"])
+    run(wk, f"open({str(gate)!r}, 'w').close()")
+    wait_until(lambda: not peek(wk, "__import__('fm_kernel.widgets_loader').widgets_loader.pending()"),
+               what="the loader to finish")
+    shown = peek(wk, "(i.selected_name, i.left.value)")
+    assert shown[0] == "x" and "released" not in shown[1] and "3" in shown[1], shown
 
 
 def test_timeline_follows_new_cells(wk):
