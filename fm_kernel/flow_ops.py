@@ -22,6 +22,7 @@ from .flows import (
     _CTX, _RUNS, _STEP, FlowError, NoSuchRun, Step, Timeout, _attempts, _base_url, _Ctx, _lock,
     _replay, journal,
 )
+from . import flow_dask
 from .journal import Journal
 
 
@@ -211,7 +212,11 @@ def map(fn: Callable[..., Any], items: Iterable[Any], concurrency: int = 8,
     st = fn if isinstance(fn, Step) else Step(fn)
     items = list(items)
     ctx = _CTX.get()
-    if ctx is None:
+    if ctx is None:  # outside a flow: a plain parallel map, nothing journaled
+        if executor is not None and hasattr(executor, "get_executor"):  # a distributed.Client
+            return executor.gather(executor.map(st.fn, items, pure=False))
+        if executor is not None:
+            return list(executor.map(st.fn, items))
         with cf.ThreadPoolExecutor(concurrency) as pool:
             return list(pool.map(st.fn, items)) if not st.is_async else \
                 list(pool.map(lambda x: asyncio.run(st.fn(x)), items))
@@ -229,26 +234,19 @@ def map(fn: Callable[..., Any], items: Iterable[Any], concurrency: int = 8,
 
 def _map_run(ctx: _Ctx, st: Step, items: list[Any], start: int, results: list[Any],
              todo: list[int], concurrency: int, executor: Any) -> list[Any]:
+    errors: dict[int, BaseException] = {}
+    delay: dict[int, float] = {}  # items whose first attempt failed here: wait first
     is_dask = executor is not None and hasattr(executor, "get_executor")  # a distributed.Client
     if is_dask:
+        if st.timeout is None:  # a timeout needs a thread per attempt: the path below
+            delay = flow_dask.first_attempts(ctx, st, items, start, todo, concurrency, executor,
+                                             results, errors)
+            todo = sorted(delay)
         # pure=False: every attempt is a task of its own. With dask's default
         # (pure=True) equal items share one task, so a step runs once for all
         # of them, and a retry is handed the failed attempt's erred future.
         executor = executor.get_executor(pure=False)
-
-    def in_step(fn: Callable[..., Any], sctx: dict[str, Any], x: Any) -> Any:
-        # Runs where the executor runs it (a Dask worker: sent by value, as a
-        # nested function, so workers without fm_kernel still work; with it,
-        # fm.step_context() there is this step's).
-        try:
-            from fm_kernel.flows import _STEP as var, StepContext
-        except ImportError:
-            return fn(x)
-        token = var.set(StepContext(**sctx))
-        try:
-            return fn(x)
-        finally:
-            var.reset(token)
+        in_step = flow_dask.worker_body()
 
     def body_for(x: Any) -> Callable[[], Any]:
         if is_dask:  # (a ProcessPoolExecutor could not pickle in_step)
@@ -260,9 +258,10 @@ def _map_run(ctx: _Ctx, st: Step, items: list[Any], start: int, results: list[An
         return lambda: st.fn(x)
 
     def one(i: int) -> Any:
+        if i in delay:
+            ctx.run._pause(delay[i])
         return _attempts(ctx, start + i, st, body_for(items[i]))
 
-    errors: dict[int, BaseException] = {}
     with cf.ThreadPoolExecutor(max(1, concurrency), thread_name_prefix="fm-map") as pool:
         run_ctx = contextvars.copy_context
         futures = {pool.submit(run_ctx().run, one, i): i for i in todo}

@@ -250,27 +250,42 @@ def _attempts(ctx: _Ctx, p: int, st: Step, body: Callable[[], Any]) -> Any:
         sctx = StepContext(ctx.run.id, p, st.name, attempt)
         started = time.time()
         try:
-            value = _call(body, sctx, st.timeout)
+            status, value = "ok", _call(body, sctx, st.timeout)
         except _TimedOut:
-            status, err = "timeout", Timeout(
+            status, value = "timeout", Timeout(
                 f"step {st.name!r} (position {p} of run {ctx.run.id}) did not finish within "
                 f"{st.timeout}s on attempt {attempt}; it was abandoned (its thread may still run)")
         except Exception as exc:
-            status, err = "error", exc
+            status, value = "error", exc
+        if _settle(ctx, p, st, attempt, started, status, value):
+            return value
+        ctx.run._pause(retry_delay(st, attempt))
+
+
+def _settle(ctx: _Ctx, p: int, st: Step, attempt: int, started: float, status: str,
+            value: Any) -> bool:
+    """Journal one attempt ("ok", "error" or "timeout"; ``value`` is the
+    result or the exception). True: the step succeeded with ``value``;
+    False: it is to be retried; raises when it has failed for good."""
+    if status == "ok":
+        try:
+            text = journal().encode(value, f"step {st.name!r} (position {p} of run {ctx.run.id})")
+        except NotStorable as exc:
+            status, value, attempt = "failed", exc, max(attempt, st.retries + 1)
         else:
-            try:
-                text = journal().encode(value, f"step {st.name!r} (position {p} of run {ctx.run.id})")
-            except NotStorable as exc:
-                status, err, attempt = "failed", exc, max(attempt, st.retries + 1)
-            else:
-                ctx.record(p, st.name, "ok", attempt, started, result=text)
-                return value
-        final = attempt > st.retries
-        ctx.record(p, st.name, "failed" if final else status, attempt, started,
-                   error=Journal.encode_error(err))
-        if final:
-            raise err
-        ctx.run._pause(st.retry_delay * st.backoff ** (attempt - 1))
+            ctx.record(p, st.name, "ok", attempt, started, result=text)
+            return True
+    final = attempt > st.retries
+    ctx.record(p, st.name, "failed" if final else status, attempt, started,
+               error=Journal.encode_error(value))
+    if final:
+        raise value
+    return False
+
+
+def retry_delay(st: Step, attempt: int) -> float:
+    """Seconds to wait after failed ``attempt`` of ``st`` before the next."""
+    return st.retry_delay * st.backoff ** (attempt - 1)
 
 
 class _TimedOut(Exception):

@@ -268,9 +268,13 @@ def semantics():
     return fm.map(flaky, [1, 2], executor=c), fm.map(touch, ["a", "a", "a"], executor=c)
 
 tries, keys = semantics()
-print(json.dumps([tries, keys, open(os.path.join(D, "touched")).read().split()]))
+# outside a flow fm.map is a plain map, but still on the cluster it is given
+pids = fm.map(lambda x: os.getpid(), [1, 2, 3], executor=get_client(os.environ["FM_TEST_DASK"]))
+print(json.dumps([tries, keys, open(os.path.join(D, "touched")).read().split(),
+                  os.getpid() in pids]))
 """, timeout=60)
-    tries, keys, touched = last_json(out)
+    tries, keys, touched, ran_here = last_json(out)
+    assert not ran_here                         # the executor was used, not threads here
     assert tries == [2, 2]                      # the retry ran the body again
     assert touched == ["a", "a", "a"]           # equal items are three steps, not one task
     assert all(k and k.endswith(f":{p}") for k, p in zip(keys, (3, 4, 5))), keys
