@@ -32,7 +32,7 @@ from typing import Any, Callable
 import duckdb
 
 from fm_kernel import querying
-from fm_kernel.store import StepRecord, Store, utcnow
+from fm_kernel.record.store import StepRecord, Store, utcnow
 
 QUERY_TARGET_MS = 200.0
 APPEND_TARGET_RATIO = 1.2

@@ -25,7 +25,7 @@ from pathlib import Path
 
 def flowmetal(n_seq: int, n_fan: int, conc: int) -> dict[str, float]:
     from fm_kernel import flows as fm
-    from fm_kernel.store import Store
+    from fm_kernel.record.store import Store
 
     store = Store.open(Path(tempfile.mkdtemp()) / "history.duckdb")
     j = fm.configure(store, base_url="http://127.0.0.1:0")

@@ -108,7 +108,7 @@ FM_PROBE = r"""
 def _fm_bench_probe(fsync):
     import time
     k = get_ipython().kernel
-    tl = k.fm.timeline
+    tl = k.fm.states
     snap, objs, rec = tl.snap, tl.snap.objects, k.recorder
     objs.fsync = fsync
     cur = {}

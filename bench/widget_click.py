@@ -77,7 +77,7 @@ def peek(kc, expr: str) -> str:
 
 def one_click(kc, main_thread: bool) -> tuple[float, float]:
     """Open a fresh inspector, click `big`, queue a cell; (cell s, value s)."""
-    run(kc, f"import fm_kernel.widgets_loader as _L\n"
+    run(kc, f"import fm_kernel.widgets.loader as _L\n"
             f"_L.from_frontend = (lambda: False) if {main_thread} else _L._from_frontend\n"
             "i = inspect_widget()\n"
             "_id = next(b.model_id for _, b, _ in i._row_pool if b.description == 'big')")
@@ -100,7 +100,7 @@ def bench(mib: int, rounds: int) -> dict[str, list[float]]:
                                    "main cell": [], "main value": []}
     try:
         run(kc, SETUP.format(n=mib * (1 << 20) // 8))
-        run(kc, "import fm_kernel.widgets_loader as _L\n_L._from_frontend = _L.from_frontend")
+        run(kc, "import fm_kernel.widgets.loader as _L\n_L._from_frontend = _L.from_frontend")
         run(kc, "x = 1")  # `big` is now a past value too
         one_click(kc, False)  # warm-up, not counted: first imports, page cache
         for r in range(rounds):

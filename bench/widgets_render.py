@@ -27,10 +27,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from fm_kernel.recorder import flatten_outputs
+from fm_kernel.record.recorder import flatten_outputs
 from fm_kernel.runtime import Runtime
-from fm_kernel.store import StepRecord, Store, utcnow
-from fm_kernel.timeline import Timeline
+from fm_kernel.record.store import StepRecord, Store, utcnow
+from fm_kernel.state.states import States
 
 TARGET_S = 1.0
 
@@ -41,12 +41,12 @@ def build_history(path: Path, steps: int) -> Runtime:
     rt.store = store
     rt.ready.set()
     ns: dict = {}
-    rt.timeline = Timeline(store, ns)
+    rt.states = States(store, ns)
     # One real captured state, reused by every step record: the widget reads
     # names and entries per step it shows, not per step in the history.
     exec("import math\nx = 1\nname = 'flowmetal'\nitems = list(range(100))\nratio = 0.5", ns)
-    state, new, cap = rt.timeline.capture("x = 1")
-    rt.timeline.committed(new, cap)
+    state, new, cap = rt.states.capture("x = 1")
+    rt.states.committed(new, cap)
     outputs = flatten_outputs([{"output_type": "stream", "name": "stdout", "text": "ok\n"}])
     branch, parent, forks = "main", None, 0
     for i in range(1, steps + 1):

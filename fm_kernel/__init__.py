@@ -2,25 +2,54 @@
 
     import fm_kernel as fm
     fm.history().steps()
+
+The public surface is ``__all__``. Importing the package loads only the
+error tree: the history, flows and their machinery load on first use of a
+name (PEP 562 ``__getattr__``), so ``import fm_kernel`` in a script, a
+worker or the ``fm`` command pulls in no DuckDB, tornado or ipywidgets.
 """
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from .errors import (
+    Cancelled, FlowmetalError, HistoryError, NoSuchFlow, NondeterminismError, NoSuchRun,
+    NotStorable, StepError, Timeout, UsageError,
+)
+
 __version__ = "0.1.0"
 
-from .api import checkout, fork, history, rewind, undo
-from .errors import FlowmetalError, HistoryError, UsageError
-from .flows import (
-    Callback, Cancelled, Flow, NoSuchFlow, NondeterminismError, NoSuchRun, Run, Step,
-    StepContext, StepError, Timeout, callback, flow, get_run, map, now, random, runs, sleep,
-    step, step_context, uuid4, wait_for,
-)
-from .journal import NotStorable
+# name -> the module that defines it (relative to this package)
+_LAZY = {
+    **dict.fromkeys(["checkout", "fork", "history", "rewind", "undo"], ".api"),
+    **dict.fromkeys(["Callback", "Flow", "Run", "Step", "StepContext", "callback", "flow", "get_run",
+                     "map", "now", "random", "runs", "sleep", "step", "step_context", "uuid4",
+                     "wait_for"], ".flows"),
+}
 
-__all__ = [
-    "Callback", "Cancelled", "Flow", "FlowmetalError", "HistoryError", "NoSuchFlow",
-    "NoSuchRun", "NondeterminismError", "NotStorable", "Run", "Step", "StepContext",
-    "StepError", "Timeout", "UsageError", "__version__", "callback", "checkout", "flow",
-    "fork", "get_run", "history", "map", "now", "random", "rewind", "runs", "sleep", "step",
-    "step_context", "undo", "uuid4", "wait_for",
-]
+__all__ = sorted([
+    "Cancelled", "FlowmetalError", "HistoryError", "NoSuchFlow", "NoSuchRun", "NondeterminismError",
+    "NotStorable", "StepError", "Timeout", "UsageError", "__version__", *_LAZY,
+])
+
+if TYPE_CHECKING:
+    from .api import checkout, fork, history, rewind, undo
+    from .flows import (
+        Callback, Flow, Run, Step, StepContext, callback, flow, get_run, map, now, random, runs,
+        sleep, step, step_context, uuid4, wait_for,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'fm_kernel' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

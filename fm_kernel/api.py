@@ -6,8 +6,10 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from . import navigate, querying, runtime
-from .store import Store
+from .state import navigate
+from .record import querying
+from . import runtime
+from .record.store import Store
 
 
 class History:
@@ -47,9 +49,9 @@ class History:
 
     def _timeline(self):
         if self._tl is None:
-            from .timeline import Timeline
+            from .state.states import States
 
-            self._tl = Timeline(self._store, {})
+            self._tl = States(self._store, {})
         return self._tl
 
     def __repr__(self) -> str:
@@ -94,7 +96,7 @@ def history(path: str | Path | None = None) -> History:
     if path is not None:
         return History(Store.open(Path(path), read_only=True))
     rt = runtime.current()
-    return History(rt.require_store(), rt.frame_path, rt.timeline)
+    return History(rt.require_store(), rt.frame_path, rt.states)
 
 
 def rewind(step: int) -> str:

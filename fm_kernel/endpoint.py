@@ -16,26 +16,16 @@ import os
 import secrets
 import threading
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import tornado.httpserver
 import tornado.netutil
 import tornado.web
 
-from . import querying
+from .record import querying
 from .errors import FlowmetalError
 
 MAX_BODY = 1 << 20  # spec default: 1 MiB
-
-# Routes other modules serve (flows adds its own): (pattern, handler class).
-# Read when an endpoint starts, so register at import time.
-ROUTES: list[tuple[str, type]] = []
-
-
-def register_route(pattern: str, handler: type) -> None:
-    if (pattern, handler) not in ROUTES:
-        ROUTES.append((pattern, handler))
-
 
 def endpoint_file(history: Path) -> Path:
     return Path(str(history) + ".endpoint.json")
@@ -128,7 +118,10 @@ class Endpoint:
 
     def __init__(self, history: Path, store: Callable[[], Any], kernel_id: str,
                  frames: querying.FrameResolver | None = None, host: str | None = None,
-                 max_body: int = MAX_BODY):
+                 max_body: int = MAX_BODY, routes: Sequence[tuple[str, type]] = ()):
+        """``routes`` are the (pattern, handler) pairs served beside ``/sql``:
+        whoever starts the endpoint names them (the runtime passes the flows'),
+        so nothing is served because some module happened to be imported."""
         self.history = history
         self.store = store
         self.kernel_id = kernel_id
@@ -137,7 +130,7 @@ class Endpoint:
                                os.environ.get("FM_ENDPOINT_ALLOW_REMOTE") == "1")
         self.max_body = max_body
         self.token = secrets.token_urlsafe(32)
-        self.routes: list[tuple[str, type[ApiHandler]]] = [(r"/sql", SqlHandler), *ROUTES]
+        self.routes: list[tuple[str, type[ApiHandler]]] = [(r"/sql", SqlHandler), *routes]
         self.port: int | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started = threading.Event()

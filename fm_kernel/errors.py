@@ -1,18 +1,63 @@
-"""One exception hierarchy. Each message names the thing (path, step, run,
-variable) and what the user can do next, in one line."""
+"""Every error this package raises on purpose, in one tree. Each message
+names the thing (path, step, run, variable) and what the user can do next,
+in one line.
+
+    FlowmetalError
+    ├── UsageError                 bad arguments to a magic, API call or CLI command
+    │   ├── NoSuchStep             a step number the history does not have
+    │   └── SQLError               a query refused (not one read-only SELECT) or rejected by DuckDB
+    ├── HistoryError               the history cannot be used as asked
+    │   ├── HistoryLocked          another live process holds it
+    │   ├── HistoryUnwritable      its folder or file cannot be written
+    │   ├── SchemaTooNew           written by a newer fm_kernel
+    │   ├── CorruptObject          an object file is missing or does not match its hash
+    │   └── QueryFailed            DuckDB refused a query (internal; surfaces as SQLError)
+    └── FlowError                  durable flows
+        ├── NondeterminismError    replay met a different step than the journal recorded
+        ├── Timeout                a step, wait, callback or signal did not finish in time
+        ├── Cancelled              the run was cancelled
+        ├── StepError              a recorded step error whose exception cannot be rebuilt
+        ├── NotStorable            a value is neither plain JSON nor picklable
+        ├── NoSuchRun              a run id this history does not have
+        └── NoSuchFlow             a flow name no cell of this kernel defined
+
+``Timeout`` is also a ``TimeoutError`` so that ``except TimeoutError`` keeps
+working around ``run.result(timeout=...)``.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
+
+__all__ = [
+    "Cancelled", "CorruptObject", "FlowError", "FlowmetalError", "HistoryError", "HistoryLocked",
+    "HistoryUnwritable", "NoSuchFlow", "NoSuchRun", "NoSuchStep", "NondeterminismError",
+    "NotStorable", "QueryFailed", "SQLError", "SchemaTooNew", "StepError", "Timeout", "UsageError",
+]
 
 
 class FlowmetalError(Exception):
     """Base of every error this package raises on purpose."""
 
 
+# -- usage -------------------------------------------------------------------------------------
+
 class UsageError(FlowmetalError):
     """Bad arguments to a magic, API call or CLI command."""
 
+
+class NoSuchStep(UsageError):
+    def __init__(self, step: object):
+        self.step = step
+        super().__init__(f"no step {step} in this history; `%fm log --all` lists the steps")
+
+
+class SQLError(UsageError):
+    """A query DuckDB rejected, or one that would change the history."""
+
+
+# -- the history -------------------------------------------------------------------------------
 
 class HistoryError(FlowmetalError):
     """The history database cannot be used as asked."""
@@ -44,7 +89,61 @@ class SchemaTooNew(HistoryError):
         )
 
 
-class NoSuchStep(UsageError):
-    def __init__(self, step: object):
-        self.step = step
-        super().__init__(f"no step {step} in this history; `%fm log --all` lists the steps")
+class CorruptObject(HistoryError):
+    """An object file is missing or its bytes do not hash to its key."""
+
+    def __init__(self, key: str, path: Path, problem: str) -> None:
+        super().__init__(
+            f"object {key} at {path} is {problem}; the state that refers to it "
+            f"cannot be loaded. Restore the history's .objects folder from a backup, "
+            f"or rewind to another step."
+        )
+        self.key = key
+        self.path = path
+
+
+class QueryFailed(HistoryError):
+    """DuckDB refused a query; ``message`` is its first line."""
+
+    def __init__(self, message: str, wrote: bool = False):
+        self.message, self.wrote = message, wrote
+        super().__init__(message)
+
+
+# -- flows -------------------------------------------------------------------------------------
+
+class FlowError(FlowmetalError):
+    """Base of the errors flows raise on purpose."""
+
+
+class NondeterminismError(FlowError):
+    """Replay met a step other than the one the run's journal recorded there."""
+
+
+class Timeout(FlowError, TimeoutError):
+    """A step, sleep-free wait, callback or signal did not finish in time."""
+
+
+class Cancelled(FlowError):
+    """The run was cancelled (by `run.cancel()`, the endpoint, or its parent)."""
+
+
+class StepError(FlowError):
+    """A recorded step error whose original exception cannot be rebuilt."""
+
+
+class NotStorable(FlowError):
+    """A value is neither plain JSON nor picklable."""
+
+
+class NoSuchRun(FlowError):
+    def __init__(self, run_id: str):
+        self.run_id = run_id
+        super().__init__(f"no flow run {run_id!r} in this history; `fm.runs()` (or `fm runs`) lists them")
+
+
+class NoSuchFlow(FlowError):
+    def __init__(self, name: str, known: Iterable[str] = ()):
+        self.name = name
+        super().__init__(f"no flow named {name!r} is defined in this kernel; run the cell that "
+                         "defines it (flows known: " + (", ".join(sorted(known)) or "none") + ")")

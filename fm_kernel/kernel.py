@@ -11,20 +11,11 @@ from typing import Any
 
 from ipykernel.ipkernel import IPythonKernel
 
-from . import __version__, navigate, runtime
-from .recorder import CellRecorder
-from .timeline import Timeline
-
-
-def is_history_query(code: str) -> bool:
-    """Cells that only ask about the history (``%fm log``, ``%%sql``) are not
-    steps: recording them would make every look at the log change the log."""
-    lines = [ln.strip() for ln in code.strip().splitlines() if ln.strip()]
-    if not lines:
-        return False
-    if lines[0].startswith("%%sql"):
-        return " -o" not in lines[0]  # -o NAME writes to the namespace: a step
-    return all(ln.startswith(("%fm", "%sql")) and " -o " not in ln for ln in lines)
+from . import __version__
+from .state import navigate
+from . import runtime
+from .record.recorder import CellRecorder, is_history_query
+from .state.states import States
 
 
 def _kernel_id_from_connection_file() -> str | None:
@@ -63,7 +54,7 @@ class FlowmetalKernel(IPythonKernel):
         self.recorder: CellRecorder | None = None
         self._started_up = False
         self.fm.on_open.append(self._attach_recorder)
-        from . import flows
+        from .flows import core as flows
 
         # pending flow runs resume once the namespace (their code) is restored
         if flows.on_ready not in self.fm.on_ready:
@@ -76,7 +67,7 @@ class FlowmetalKernel(IPythonKernel):
     def _attach_recorder(self, rt: runtime.Runtime) -> None:
         assert rt.store is not None
         self.recorder = CellRecorder(rt.store, self.session, rt.kernel_id)
-        rt.timeline = Timeline(rt.store, self.shell.user_ns, set(self.shell.user_ns_hidden))
+        rt.states = States(rt.store, self.shell.user_ns, set(self.shell.user_ns_hidden))
 
     def start(self) -> None:
         super().start()
@@ -113,7 +104,7 @@ class FlowmetalKernel(IPythonKernel):
             print(f"flowmetal: FM_RESUME={mode!r} is not auto, always or never; using auto",
                   file=sys.stderr)
             mode = "auto"
-        if mode == "never" or (mode == "auto" and not rt.unclean_end) or rt.timeline is None:
+        if mode == "never" or (mode == "auto" and not rt.unclean_end) or rt.states is None:
             return
         try:
             line = navigate.resume(rt)
@@ -127,7 +118,7 @@ class FlowmetalKernel(IPythonKernel):
             self.log.info("flowmetal: %s (%s)", line, why)
 
     def _capture(self, code: str):
-        tl = self.fm.timeline
+        tl = self.fm.states
         if tl is None:
             return None, None, None
         try:
@@ -175,13 +166,13 @@ class FlowmetalKernel(IPythonKernel):
                 rec = recorder.finish(reply, state, entries)
                 rt.head = rec.step
                 if cap is not None:
-                    rt.timeline.committed(entries, cap)
+                    rt.states.committed(entries, cap)
             except Exception as exc:  # a broken history must not break the notebook
                 print(f"flowmetal: could not record this cell: {exc}", file=sys.stderr)
         return reply
 
     def do_shutdown(self, restart):
-        from . import flows
+        from .flows import core as flows
 
         flows.shutdown()
         if self.recorder is not None:

@@ -12,9 +12,12 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 from IPython.display import display, publish_display_data
 
-from . import errors, navigate, querying, runtime
-from .timeline import diff
-from .recorder import unflatten_outputs
+from . import errors
+from .state import navigate
+from .record import querying
+from . import runtime
+from .state.states import diff
+from .record.recorder import unflatten_outputs
 from .tables import first_line, format_table, human_bytes
 
 
@@ -208,9 +211,9 @@ class FlowmetalMagics(Magics):
         p.add_argument("a", type=int)
         p.add_argument("b", type=int)
         a = p.parse_args(argv)
-        tl = runtime.current().require_timeline()
+        tl = runtime.current().require_states()
         d = diff(tl.manifest(a.a), tl.manifest(a.b))
-        from . import widgets
+        from .widgets import timeline as widgets
 
         if widgets.in_widget_frontend():
             display(widgets.diff_widget(a.a, a.b))
@@ -227,7 +230,7 @@ class FlowmetalMagics(Magics):
         p.add_argument("path")
         from pathlib import Path
 
-        from .bundle import export
+        from .record.bundle import export
 
         out = export(runtime.current().require_store(), Path(p.parse_args(argv).path).expanduser())
         print(f"exported this history to {out}; on another machine: fm import {out.name} --trust")
@@ -236,7 +239,7 @@ class FlowmetalMagics(Magics):
         p = _parser("timeline", "the time-travel widget: steps, outputs, branches")
         p.add_argument("--all", action="store_true", help="all branches")
         a = p.parse_args(argv)
-        from . import widgets
+        from .widgets import timeline as widgets
 
         display(widgets.timeline_widget(all_branches=a.all))
 
@@ -244,7 +247,7 @@ class FlowmetalMagics(Magics):
         p = _parser("inspect", "the variables of a step, and their values as they were")
         p.add_argument("step", type=int, nargs="?", default=None)
         a = p.parse_args(argv)
-        from . import widgets
+        from .widgets import timeline as widgets
 
         display(widgets.inspect_widget(a.step))
 
@@ -252,10 +255,11 @@ class FlowmetalMagics(Magics):
         p = _parser("runs", "flow runs and their status, newest first")
         p.add_argument("-n", type=int, default=20)
         a = p.parse_args(argv)
-        from . import flows, widgets
+        from .flows import core as flows
+        from .widgets import timeline as widgets
 
         if widgets.in_widget_frontend():
-            from . import widgets_runs
+            from .widgets import runs as widgets_runs
 
             display(widgets_runs.runs_widget(a.n))
             return

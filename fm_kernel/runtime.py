@@ -13,9 +13,9 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable
 
-from . import location
-from .recorder import InflightMarker, recover_interrupted
-from .store import Store
+from .record import location
+from .record.recorder import InflightMarker, recover_interrupted
+from .record.store import Store
 
 _current: "Runtime | None" = None
 
@@ -46,7 +46,7 @@ class Runtime:
         self.on_open: list[Callable[[Runtime], Any]] = []  # on the opening thread
         self.on_ready: list[Callable[[Runtime], Any]] = []  # on the main thread, after resume
         self.endpoint: Any = None
-        self.timeline: Any = None  # timeline.Timeline, made by the kernel once open
+        self.states: Any = None  # timeline.States, made by the kernel once open
         self.unclean_end = False  # the previous kernel on this history died
         self.started_seq: int | None = None  # where this kernel's part of the history begins
 
@@ -67,7 +67,7 @@ class Runtime:
             ).rows
             if last:
                 self.branch = last[0][0]
-            from .bundle import ensure_origin
+            from .record.bundle import ensure_origin
 
             ensure_origin(store)
             self.started_seq = store.append_event("kernel_started", payload={
@@ -88,10 +88,11 @@ class Runtime:
         if str(store.path) == ":memory:":
             return
         from .endpoint import Endpoint
+        from .flows.routes import ROUTES as FLOW_ROUTES
 
         try:
             self.endpoint = Endpoint(store.path, lambda: self.require_store(), self.kernel_id,
-                                     frames=self.frame_path)
+                                     frames=self.frame_path, routes=FLOW_ROUTES)
             self.endpoint.start()
         except Exception as exc:  # cells must run even if no port can be had
             self.endpoint = None
@@ -99,15 +100,15 @@ class Runtime:
 
     def frame_path(self, name: str, step: int) -> Path:
         """The Parquet file of DataFrame ``name`` after ``step`` (time travel)."""
-        return self.require_timeline().frame_path(name, step)
+        return self.require_states().frame_path(name, step)
 
-    def require_timeline(self):
+    def require_states(self):
         self.require_store()
-        if self.timeline is None:
+        if self.states is None:
             from .errors import HistoryError
 
             raise HistoryError("namespace states are not recorded in this kernel")
-        return self.timeline
+        return self.states
 
     def wait(self, timeout: float | None = 60.0) -> Store | None:
         self.ready.wait(timeout)

@@ -42,7 +42,7 @@ def _copy_notebooks(dst: Path) -> Path:
 
 
 def _is_history_query(source: str) -> bool:
-    from fm_kernel.kernel import is_history_query
+    from fm_kernel.record.recorder import is_history_query
 
     return is_history_query(source)
 

@@ -1,4 +1,4 @@
-"""Capture / restore of namespaces (fm_kernel.snapshot, fm_kernel.objects).
+"""Capture / restore of namespaces (fm_kernel.state.snapshot, fm_kernel.record.objects).
 
 Cells are simulated with exec(code, ns) on a dict whose __name__ is
 '__main__', which is what functions and classes defined in a notebook see.
@@ -19,8 +19,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fm_kernel.objects import CorruptObject, ObjectFiles
-from fm_kernel.snapshot import Capture, Manifest, Snapshotter, VarEntry, analyse_code
+from fm_kernel.record.objects import CorruptObject, ObjectFiles
+from fm_kernel.state.snapshot import Capture, Manifest, Snapshotter, VarEntry, analyse_code
 
 MB = 1024 * 1024
 

@@ -196,7 +196,7 @@ def test_a_clicked_value_loads_without_holding_up_the_next_cell(wk, tmp_path):
     click(wk, ids["slow"])
     click(wk, ids["x"])
     run(wk, f"open({str(gate)!r}, 'w').close()")
-    wait_until(lambda: not peek(wk, "__import__('fm_kernel.widgets_loader').widgets_loader.pending()"),
+    wait_until(lambda: not peek(wk, "__import__('fm_kernel.widgets.loader').widgets.loader.pending()"),
                what="the loader to finish")
     shown = peek(wk, "(i.selected_name, i.left.value)")
     assert shown[0] == "x" and "released" not in shown[1] and "3" in shown[1], shown
@@ -223,13 +223,13 @@ def test_paging_and_the_all_branches_toggle(wk):
     steps, _, prev_disabled = res
     assert steps[:4] == [1, 2, 3, 4] and prev_disabled
     paged = probe(wk, "(lambda w: (w.page_size, [r.step for r in w._rows if r.step]))"
-                      "(__import__('fm_kernel.widgets', fromlist=['x']).TimelineWidget(page_size=2))")
+                      "(__import__('fm_kernel.widgets.timeline', fromlist=['x']).TimelineWidget(page_size=2))")
     assert paged[0] == 2 and len(paged[1]) <= 2
 
 
 def test_diff_widget_falls_back_to_the_text_table():
     """Frontends without widgets show the same table `%fm diff` prints."""
-    from fm_kernel.widgets_inspect import DiffWidget
+    from fm_kernel.widgets.inspector import DiffWidget
 
     w = DiffWidget.__new__(DiffWidget)
     w.a, w.b = 1, 2
@@ -241,7 +241,7 @@ def test_diff_widget_falls_back_to_the_text_table():
 
 
 def test_layout_puts_forks_in_their_own_lane_and_reuses_freed_lanes():
-    from fm_kernel.widgets_render import layout
+    from fm_kernel.widgets.render import layout
 
     rows = layout([(1, "main", None), (2, "main", 1), (3, "main", 2), (4, "main", 1),
                    (5, "exp", 4), (6, "main", None)])
@@ -255,7 +255,7 @@ def test_layout_puts_forks_in_their_own_lane_and_reuses_freed_lanes():
 
 def test_frame_change_counts():
     pd = pytest.importorskip("pandas")
-    from fm_kernel.widgets_render import frame_change_counts, frame_cell_mask
+    from fm_kernel.widgets.render import frame_change_counts, frame_cell_mask
 
     a = pd.DataFrame({"a": [1, 2, 3], "b": [1.0, None, 3.0]})
     b = a.copy()
@@ -269,7 +269,7 @@ def test_frame_change_counts():
 
 
 def test_recorded_outputs_are_made_fit_for_an_output_widget():
-    from fm_kernel.widgets_render import outputs_for_widget
+    from fm_kernel.widgets.render import outputs_for_widget
 
     outs = [{"output_type": "stream", "name": "stdout", "text": "gone\n"},
             {"output_type": "clear_output", "wait": False},

@@ -16,7 +16,7 @@ from kernel_driver import Kernel
 SETUP = """
 import json, time
 import fm_kernel.flows as fm
-from fm_kernel.widgets_runs import runs_widget
+from fm_kernel.widgets.runs import runs_widget
 
 @fm.step
 def first(x):
@@ -164,7 +164,7 @@ def test_runs_view_signal_fork_cancel_and_refresh(history):
 
 
 def test_row_text_for_values_errors_and_pending_operations():
-    from fm_kernel.widgets_runs import _error_text, _pending_text, _value_text
+    from fm_kernel.widgets.runs import _error_text, _pending_text, _value_text
 
     assert _value_text('{"a": [1, 2]}') == '{"a": [1, 2]}'
     assert _value_text('{"$fm": "pickle", "key": "k", "type": "tuple", "repr": "(1, 2)"}') \

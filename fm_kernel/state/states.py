@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from . import errors
-from .objects import ObjectFiles, digest
+from .. import errors
+from ..record.objects import ObjectFiles, digest
 from .snapshot import Capture, Manifest, RestoreReport, Snapshotter, VarEntry
-from .store import Store
-from .tables import human_bytes
+from ..record.store import Store
+from ..tables import human_bytes
 
 BRANCH_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_./@")
 
@@ -58,7 +58,7 @@ class Moved:
         return text
 
 
-class Timeline:
+class States:
     def __init__(self, store: Store, ns: dict, hidden: set[str] | None = None):
         self.store = store
         self.ns = ns
@@ -66,7 +66,7 @@ class Timeline:
         self.live: Manifest | None = None  # state of ns as last captured or restored
         self._known = store.known_entry_ids()
         self._entry_ids: dict[int, tuple[VarEntry, str]] = {}
-        from .bundle import is_trusted
+        from ..record.bundle import is_trusted
 
         self.trusted = is_trusted(store)
 
@@ -98,7 +98,7 @@ class Timeline:
 
     def _require_trust(self) -> None:
         if not self.trusted:
-            from .bundle import untrusted_message
+            from ..record.bundle import untrusted_message
 
             raise errors.UsageError(untrusted_message(self.store.path))
 

@@ -11,9 +11,11 @@ import threading
 import uuid
 from pathlib import Path
 
-from . import errors, navigate, runtime
-from .store import Store
-from .timeline import Timeline
+from .. import errors
+from ..state import navigate
+from .. import runtime
+from ..record.store import Store
+from ..state.states import States
 
 
 def run_worker(history: Path, stop: threading.Event | None = None) -> int:
@@ -32,13 +34,13 @@ def run_worker(history: Path, stop: threading.Event | None = None) -> int:
         return 1
     runtime.install(rt)
     ns: dict = {"__name__": "__main__"}
-    rt.timeline = Timeline(rt.store, ns)
+    rt.states = States(rt.store, ns)
     try:
         line = navigate.resume(rt)
         print(f"fm worker: {line or 'no recorded state to restore'}", file=sys.stderr)
     except errors.FlowmetalError as exc:
         print(f"fm worker: could not restore the flows' code: {exc}", file=sys.stderr)
-    from . import flows
+    from ..flows import core as flows
 
     stop = stop or threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -33,8 +33,9 @@ from typing import Any
 
 import cloudpickle
 
-from .objects import ObjectFiles
-from .store import Store
+from ..errors import NotStorable
+from ..record.objects import ObjectFiles
+from ..record.store import Store
 
 LOG_SUFFIX = ".flowlog"
 # Records are durable in the log at once; DuckDB gets them this often
@@ -54,10 +55,6 @@ _TIME_COLS = {"started_at", "finished_at"}
 _TYPES = {"started_at": "TIME", "finished_at": "TIME", "at": "TIME", "position": "INTEGER",
           "attempt": "INTEGER", "forked_from_step": "INTEGER", "duration_ms": "DOUBLE",
           "args": "JSON", "result": "JSON", "error": "JSON", "detail": "JSON", "payload": "JSON"}
-
-
-class NotStorable(Exception):
-    """A value is neither plain JSON nor picklable."""
 
 
 # -- values ------------------------------------------------------------------
@@ -104,6 +101,7 @@ class Journal:
         self._thread = threading.Thread(target=self._checkpointer, name="fm-flow-journal",
                                         daemon=True)
         self._thread.start()
+        store.before_copy.append(self.flush)  # an export holds every acknowledged record
 
     @property
     def objects(self) -> ObjectFiles:
@@ -283,6 +281,8 @@ class Journal:
     def close(self) -> None:
         if self._closed:
             return
+        if self.flush in self.store.before_copy:
+            self.store.before_copy.remove(self.flush)
         try:
             self.checkpoint()
         finally:

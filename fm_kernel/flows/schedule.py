@@ -7,7 +7,7 @@ from __future__ import annotations
 import threading
 import time
 
-from .flows import Flow, FlowError, _new_run, journal
+from .core import Flow, FlowError, _new_run, journal
 
 
 def _validate_schedule(expr: str, name: str) -> None:

@@ -20,7 +20,7 @@ import functools
 import time
 from typing import Any, Callable
 
-from .flows import Step, StepContext, _Ctx, _settle, retry_delay
+from .core import Step, StepContext, _Ctx, _settle, retry_delay
 
 
 # Results are fetched at most this often (seconds): one gather per finished

@@ -13,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import errors
+from .. import errors
 from .store import Store
 
 LOCK_WAIT_S = 2.0  # a CLI read may hold the file for a moment; outwait it

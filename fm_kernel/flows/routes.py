@@ -10,8 +10,8 @@ from typing import Any, Callable
 
 import tornado.web
 
-from . import flows
-from .endpoint import ApiHandler, register_route
+from . import core as flows
+from ..endpoint import ApiHandler
 
 _ID = r"([A-Za-z0-9_\-]{1,128})"
 
@@ -94,9 +94,10 @@ def run_info(run_id: str) -> dict[str, Any]:
     return info
 
 
-def register() -> None:
-    """Add the flow routes to every endpoint started from now on."""
-    register_route(r"/callbacks/" + _ID, CallbackHandler)
-    register_route(r"/runs/" + _ID + r"/signals/([^/]{1,200})", SignalHandler)
-    register_route(r"/flows/([^/]{1,200})/runs", StartRunHandler)
-    register_route(r"/runs/" + _ID, RunHandler)
+# What an endpoint serves for flows; the runtime passes it to Endpoint(routes=...).
+ROUTES: tuple[tuple[str, type], ...] = (
+    (r"/callbacks/" + _ID, CallbackHandler),
+    (r"/runs/" + _ID + r"/signals/([^/]{1,200})", SignalHandler),
+    (r"/flows/([^/]{1,200})/runs", StartRunHandler),
+    (r"/runs/" + _ID, RunHandler),
+)

@@ -31,7 +31,7 @@ from typing import Any
 
 
 from .analysis import DYNAMIC_ATTRS, DYNAMIC_NAMES, WALK_LIMIT, code_names, ObjectWalk, analyse_code
-from .objects import ObjectFiles, chunk_keys, digest
+from ..record.objects import ObjectFiles, chunk_keys, digest
 from .pickling import LOAD_GLOBALS, array_roots, IsolatedUnpickler, Payload, SnapshotPickler, qualname
 
 __all__ = ["Snapshotter", "Manifest", "VarEntry", "Capture", "RestoreReport", "analyse_code"]

@@ -19,7 +19,7 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from .errors import HistoryError, UsageError
+from ..errors import HistoryError, UsageError
 from .store import Store
 
 FORMAT = 1
@@ -71,10 +71,6 @@ def export(store: Store, out: Path) -> Path:
     if out.suffix not in (".tar", ".fmb") and not out.name.endswith(".tar.gz"):
         out = out.with_name(out.name + ".fmb")
     objects = Path(str(store.path) + ".objects")
-    import sys
-
-    if "fm_kernel.flows" in sys.modules:  # flow journal records still in their log
-        sys.modules["fm_kernel.flows"].flush()
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
         db = Path(tmp) / "history.duckdb"
         store.copy_to(db)

@@ -2,7 +2,7 @@
 and the journal of a selected run, with Fork from this step, Send signal and
 Cancel. What `%fm runs` shows in a notebook frontend.
 
-    from fm_kernel.widgets_runs import runs_widget
+    from fm_kernel.widgets.runs import runs_widget
     w = runs_widget()
     w.select(run.id)              # what clicking a run does (an id prefix works too)
     w.select_step(2)              # what clicking step 2 does
@@ -31,8 +31,8 @@ from typing import Any, Callable
 
 import ipywidgets as W
 
-from .widgets import LiveView, follow_cells, kernel_loop, register_panel
-from .widgets_render import badge, duration_text, esc, table_html
+from .timeline import LiveView, follow_cells, kernel_loop, register_panel
+from .render import badge, duration_text, esc, table_html
 
 __all__ = ["runs_widget", "RunsWidget", "RunRow", "StepView"]
 
@@ -46,7 +46,7 @@ PENDING = ("running", "sleeping", "waiting")
 
 
 def _flows():
-    from . import flows
+    from ..flows import core as flows
 
     return flows
 
@@ -469,7 +469,7 @@ class RunsWidget(LiveView, W.VBox):
         try:
             line = action()
         except Exception as exc:  # report in the widget: a comm callback has no cell
-            from .errors import FlowmetalError
+            from ..errors import FlowmetalError
 
             text = str(exc) if isinstance(exc, (FlowmetalError, ValueError)) else \
                 f"{type(exc).__name__}: {exc}"

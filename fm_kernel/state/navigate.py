@@ -6,15 +6,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from . import errors
-from .timeline import check_branch_name, progress_printer
+from .. import errors
+from .states import check_branch_name, progress_printer
 
 if TYPE_CHECKING:
-    from .runtime import Runtime
+    from ..runtime import Runtime
 
 
 def _move(rt: "Runtime", step: int, branch: str, kind: str, verb: str) -> str:
-    tl = rt.require_timeline()
+    tl = rt.require_states()
     store = tl.store
     heads = store.branch_heads()
     before_branch, before = rt.branch, rt.head
@@ -45,12 +45,12 @@ def undo(rt: "Runtime", n: int = 1) -> str:
         raise errors.UsageError("undo takes a number of steps of at least 1")
     if rt.head is None:
         raise errors.UsageError("nothing to undo: the namespace holds no recorded step yet")
-    target = rt.require_timeline().parent_chain(rt.head, n)
+    target = rt.require_states().parent_chain(rt.head, n)
     return _move(rt, target, rt.branch, "rewind", f"undid {n}, rewound to")
 
 
 def fork(rt: "Runtime", name: str, from_step: int | None = None) -> str:
-    tl = rt.require_timeline()
+    tl = rt.require_states()
     check_branch_name(name, tl.store.branch_heads())
     base = rt.head if from_step is None else from_step
     if base is None:
@@ -67,7 +67,7 @@ def fork(rt: "Runtime", name: str, from_step: int | None = None) -> str:
 
 
 def checkout(rt: "Runtime", ref: str) -> str:
-    tl = rt.require_timeline()
+    tl = rt.require_states()
     heads = tl.store.branch_heads()
     if ref in heads:
         head = heads[ref]
@@ -86,7 +86,7 @@ def checkout(rt: "Runtime", ref: str) -> str:
 def resume(rt: "Runtime") -> str | None:
     """Restore the state the previous kernel left the history in (None if
     there is none): what a restart set aside, whatever ran since."""
-    tl = rt.require_timeline()
+    tl = rt.require_states()
     last = tl.store.last_state_step(before_seq=rt.started_seq)
     if last is None:
         return None

@@ -10,7 +10,7 @@ import io
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
-from .tables import first_line, human_bytes
+from ..tables import first_line, human_bytes
 
 STATUS_COLOURS = {"ok": "#2e7d32", "error": "#c62828", "interrupted": "#ef6c00",
                   "running": "#1565c0"}

@@ -8,8 +8,8 @@ import re
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .errors import UsageError
-from .store import QueryFailed, Result, Store, parse_tree, statement_types
+from ..errors import QueryFailed, SQLError, UsageError
+from .store import Result, Store, parse_tree, statement_types
 
 # Read-only transactions refuse writes to the history; these are refused
 # before that because they reach outside it (files, other databases, settings).
@@ -27,10 +27,6 @@ FRAME_CALL = re.compile(r"\bframe\s*\(\s*'((?:[^']|'')+)'\s*,\s*(\d+)\s*\)", re.
 FrameResolver = Callable[[str, int], Path]
 
 
-
-
-class SQLError(UsageError):
-    """A query DuckDB rejected, or one that would change the history."""
 
 
 def check(sql: str) -> None:

@@ -18,11 +18,11 @@ import time
 import uuid
 from typing import Any, Callable, Iterable
 
-from .flows import (
+from .core import (
     _CTX, _RUNS, _STEP, FlowError, NoSuchRun, Step, Timeout, _attempts, _base_url, _Ctx, _lock,
     _replay, journal,
 )
-from . import flow_dask
+from . import dask_map as flow_dask
 from .journal import Journal
 
 

@@ -14,11 +14,12 @@ import json
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import duckdb
 
-from . import errors
+from .. import errors
+from ..errors import QueryFailed
 from .migrations import MIGRATIONS
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -97,6 +98,9 @@ class Store:
         self._conn = conn
         self._lock = threading.RLock()
         self._in_txn = False
+        # Writers that buffer records outside DuckDB (the flow journal's log)
+        # register a flush here, so a copy of the history holds them too.
+        self.before_copy: list[Callable[[], None]] = []
         # DuckDB wakes its thread pool for every statement; for the small
         # writes on the per-cell path one thread is ~0.7 ms faster (bench/).
         # Heavy user queries raise it for their own duration (see query()).
@@ -446,6 +450,8 @@ class Store:
 
     def copy_to(self, target: Path) -> None:
         """A consistent copy of the whole history as a new database file."""
+        for flush in list(self.before_copy):
+            flush()
         with self._lock:
             db = self._scalar("SELECT current_database()")
             self._conn.execute("CHECKPOINT")
@@ -499,14 +505,6 @@ def _lock_holder(message: str) -> str | None:
     if i < 0:
         return None
     return message[i + len(marker):].split(")", 1)[0].strip()
-
-
-class QueryFailed(errors.FlowmetalError):
-    """DuckDB refused a query; ``message`` is its first line."""
-
-    def __init__(self, message: str, wrote: bool = False):
-        self.message, self.wrote = message, wrote
-        super().__init__(message)
 
 
 def _first_line(exc: BaseException) -> str:

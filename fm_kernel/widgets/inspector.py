@@ -8,12 +8,12 @@ from typing import Any
 
 import ipywidgets as W
 
-from . import errors
-from .tables import format_table
-from .timeline import diff
-from .widgets import Source, _message, _section, with_text
-from .widgets_loader import load
-from .widgets_render import (
+from .. import errors
+from ..tables import format_table
+from ..state.states import diff
+from .timeline import Source, _message, _section, with_text
+from .loader import load
+from .render import (
     badge, describe_frame_change, esc, frame_change_counts, size_text, table_html, value_html,
 )
 

@@ -22,42 +22,11 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from .errors import FlowmetalError
-from .journal import Journal, NotStorable
-
-# -- errors ----------------------------------------------------------------------
-
-
-class FlowError(FlowmetalError):
-    """Base of the errors flows raise on purpose."""
-
-
-class NondeterminismError(FlowError):
-    pass
-
-
-class Timeout(FlowError, TimeoutError):
-    """A step, sleep-free wait, callback or signal did not finish in time."""
-
-
-class Cancelled(FlowError):
-    pass
-
-
-class StepError(FlowError):
-    """A recorded step error whose original exception cannot be rebuilt."""
-
-
-class NoSuchRun(FlowError):
-    def __init__(self, run_id: str):
-        super().__init__(f"no flow run {run_id!r} in this history; fm.runs() lists them")
-
-
-class NoSuchFlow(FlowError):
-    def __init__(self, name: str):
-        super().__init__(f"no flow named {name!r} is defined in this kernel; run the cell that "
-                         "defines it (flows known: " + (", ".join(sorted(_FLOWS)) or "none") + ")")
-
+from ..errors import (
+    Cancelled, FlowError, FlowmetalError, NoSuchFlow, NoSuchRun, NondeterminismError, NotStorable,
+    StepError, Timeout,
+)
+from .journal import Journal
 
 # -- process-wide state -------------------------------------------------------------
 
@@ -81,7 +50,7 @@ def configure(store: Any, base_url: str | None = None) -> Journal:
 def journal() -> Journal:
     with _lock:
         if _state["journal"] is None:
-            from . import runtime
+            from .. import runtime
 
             store = runtime.current().require_store()
             _state.update(journal=Journal(store), store=store)
@@ -91,7 +60,7 @@ def journal() -> Journal:
 def _base_url() -> str:
     if _state["base_url"]:
         return _state["base_url"]
-    from . import runtime
+    from .. import runtime
 
     ep = runtime.current().endpoint
     if ep is None:
@@ -367,7 +336,7 @@ def _restore_flow(fn: Callable[..., Any], name: str, schedule: str | None) -> Fl
     # find it by name before on_ready resumes them. One loaded only to be
     # looked at (fm.history().value(...): no live namespace to load into)
     # must not replace the live flow of that name with old code.
-    from .pickling import LOAD_GLOBALS
+    from ..state.pickling import LOAD_GLOBALS
 
     return Flow(fn, name, schedule, register=LOAD_GLOBALS.get() is not None)
 
@@ -489,7 +458,7 @@ class Run:
             raise NoSuchRun(self.id)
         fl = _FLOWS.get(row["flow"])
         if fl is None:
-            raise NoSuchFlow(row["flow"])
+            raise NoSuchFlow(row["flow"], _FLOWS)
         a = journal().decode(row["args"]) or {"args": [], "kwargs": {}}
         new = _new_run(fl, tuple(a["args"]), a["kwargs"], forked=(self.id, from_step))
         latest: dict[int, dict[str, Any]] = {}
@@ -701,7 +670,8 @@ def shutdown() -> None:
 # flow_ops.py and flow_schedule.py import this module's names, so they are
 # imported last, once those exist; their names stay reachable from here too.
 
-from . import flow_ops as _ops, flow_schedule as _sched  # noqa: E402
+from . import ops as _ops
+from . import schedule as _sched  # noqa: E402
 
 now, random, uuid4, sleep, map = _ops.now, _ops.random, _ops.uuid4, _ops.sleep, _ops.map
 Callback, callback, wait_for = _ops.Callback, _ops.callback, _ops.wait_for
@@ -709,7 +679,3 @@ deliver_signal, deliver_callback, _CALLBACKS = _ops.deliver_signal, _ops.deliver
 _value, _maybe_async, _sleep, _map_run = _ops._value, _ops._maybe_async, _ops._sleep, _ops._map_run
 _wait, _wait_blocking = _ops._wait, _ops._wait_blocking
 _validate_schedule, _Scheduler, _SCHEDULER = _sched._validate_schedule, _sched._Scheduler, _sched._SCHEDULER
-
-from . import flow_routes  # noqa: E402
-
-flow_routes.register()  # imported before the kernel's endpoint starts: served from the start

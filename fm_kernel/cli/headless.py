@@ -23,9 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from . import errors, location, parameters
-from .kernel import is_history_query
-from .tables import first_line
+from .. import errors
+from ..record import location
+from . import parameters
+from ..record.recorder import is_history_query
+from ..tables import first_line
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -114,7 +116,7 @@ def plan_resume(history: Path, key: str, sources: list[str]) -> Resume | None:
 def _open_read_waiting(history: Path, wait_s: float = 10.0):
     """A killed run's kernel notices its parent is gone within a second or
     two and lets go of the file; wait that out."""
-    from .store import Store
+    from ..record.store import Store
 
     deadline = time.monotonic() + wait_s
     while True:
@@ -134,7 +136,7 @@ def run_notebook(path: Path, out: Path | None = None, history: Path | None = Non
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError
 
-    from .recorder import unflatten_outputs
+    from ..record.recorder import unflatten_outputs
 
     path = path.absolute()
     if not path.exists():

@@ -7,7 +7,7 @@ the diff view behind `%fm timeline`, `%fm inspect [STEP]` and `%fm diff A B`.
     diff_widget(3, 7)          # names added/removed/changed, DataFrame change counts
 
 Everything is read through `Source`, a thin object over the runtime's Store,
-Timeline and `api.History`; nothing here writes SQL. The live namespace
+States and `api.History`; nothing here writes SQL. The live namespace
 changes only through buttons that say so (Rewind here, Fork here), which call
 `navigate` exactly as the magics do.
 
@@ -33,10 +33,13 @@ from typing import Any, Callable
 
 import ipywidgets as W
 
-from . import api, errors, navigate, runtime
-from .recorder import unflatten_outputs
-from .widgets_loader import kernel_loop
-from .widgets_render import (
+from .. import api
+from .. import errors
+from ..state import navigate
+from .. import runtime
+from ..record.recorder import unflatten_outputs
+from .loader import kernel_loop
+from .render import (
     ROW_PX, badge, esc, graph_svg, layout, outputs_for_widget, row_html, size_text,
     status_colour, duration_text, table_html,
 )
@@ -87,7 +90,7 @@ class Source:
 
     @property
     def timeline(self):
-        return self.rt.require_timeline()
+        return self.rt.require_states()
 
     @property
     def head(self) -> int | None:
@@ -113,14 +116,14 @@ class Source:
         return self.store.last_step
 
     def manifest(self, step: int):
-        return self.timeline.manifest(step)
+        return self.states.manifest(step)
 
     def heads(self) -> dict[str, int | None]:
         return self.store.branch_heads()
 
     def history(self) -> api.History:
         if self._history is None:
-            self._history = api.History(self.store, self.rt.frame_path, self.timeline)
+            self._history = api.History(self.store, self.rt.frame_path, self.states)
         return self._history
 
     def state(self, step: int) -> api.PastState:
@@ -383,7 +386,7 @@ class TimelineWidget(LiveView, W.VBox):
 
     def show_diff(self, other: int | None = None) -> None:
         """Diff the selected step against ``other`` (default HEAD) below the details."""
-        from .widgets_inspect import DiffWidget
+        from .inspector import DiffWidget
 
         other = other if other is not None else self.source.head
         if self.selected is None or other is None:
@@ -396,7 +399,7 @@ class TimelineWidget(LiveView, W.VBox):
             self._say(str(exc), ok=False)
 
     def show_inspector(self) -> None:
-        from .widgets_inspect import InspectWidget
+        from .inspector import InspectWidget
 
         if self.selected is None:
             self._say("select a step first", ok=False)
@@ -618,7 +621,7 @@ def inspect_widget(step: int | None = None, *, compare: int | None = None,
     """The state inspector (`%fm inspect [STEP]`): variables after ``step``
     (default HEAD) as a sortable table; click a name to see its value as it
     was, optionally side by side with another step."""
-    from .widgets_inspect import InspectWidget
+    from .inspector import InspectWidget
 
     return InspectWidget(Source(rt), step, compare)
 
@@ -627,6 +630,6 @@ def diff_widget(a: int, b: int, *, rt: runtime.Runtime | None = None):
     """Names added, removed and changed from step ``a`` to step ``b``, with
     row/column change counts for DataFrames (`%fm diff A B` in a notebook).
     Its text/plain form is the same table `%fm diff` prints."""
-    from .widgets_inspect import DiffWidget
+    from .inspector import DiffWidget
 
     return DiffWidget(Source(rt), a, b)

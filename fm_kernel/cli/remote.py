@@ -12,8 +12,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from .endpoint import endpoint_file
-from .errors import HistoryError, UsageError
+from ..endpoint import endpoint_file
+from ..errors import HistoryError, UsageError
 
 
 def live_endpoint(history: Path) -> dict[str, Any] | None:

@@ -19,6 +19,8 @@ from typing import Any
 
 import xxhash
 
+from ..errors import CorruptObject
+
 __all__ = ["ObjectFiles", "CorruptObject", "digest", "chunk_keys"]
 
 Chunks = list[tuple[str, int]]  # (key, length) of consecutive pieces of one buffer
@@ -96,19 +98,6 @@ def _content_cuts(mv: memoryview, chunk_size: int) -> list[int]:
 
 
 _GEAR = None
-
-
-class CorruptObject(Exception):
-    """An object file is missing or its bytes do not hash to its key."""
-
-    def __init__(self, key: str, path: Path, problem: str) -> None:
-        super().__init__(
-            f"object {key} at {path} is {problem}; the state that refers to it "
-            f"cannot be loaded. Restore the history's .objects folder from a backup, "
-            f"or rewind to another step."
-        )
-        self.key = key
-        self.path = path
 
 
 class ObjectFiles:

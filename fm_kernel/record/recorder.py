@@ -24,6 +24,17 @@ OUTPUT_TYPES = {
 RUNNING_ROW_AFTER_S = 1.0  # long cells become visible as 'running' in SQL after this
 
 
+def is_history_query(code: str) -> bool:
+    """Cells that only ask about the history (``%fm log``, ``%%sql``) are not
+    steps: recording them would make every look at the log change the log."""
+    lines = [ln.strip() for ln in code.strip().splitlines() if ln.strip()]
+    if not lines:
+        return False
+    if lines[0].startswith("%%sql"):
+        return " -o" not in lines[0]  # -o NAME writes to the namespace: a step
+    return all(ln.startswith(("%fm", "%sql")) and " -o " not in ln for ln in lines)
+
+
 def flatten_outputs(nb_outputs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """nbformat-like outputs -> rows (position, output_type, mime, content, meta)."""
     rows: list[dict[str, Any]] = []

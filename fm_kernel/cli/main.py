@@ -9,8 +9,9 @@ import json
 import sys
 from pathlib import Path
 
-from . import errors, location
-from .tables import first_line, format_table
+from .. import errors
+from ..record import location
+from ..tables import first_line, format_table
 
 
 def _history_arg(value: str | None) -> Path:
@@ -50,8 +51,9 @@ def cmd_run(a: argparse.Namespace) -> int:
 
 def run_sql(history: Path, query: str, params: list | None = None):
     """Read-only SQL on a history, opened directly or through its live kernel."""
-    from . import querying, remote
-    from .store import Result, Store
+    from ..record import querying
+    from . import remote
+    from ..record.store import Result, Store
 
     try:
         store = Store.open(history, read_only=True)
@@ -64,9 +66,9 @@ def run_sql(history: Path, query: str, params: list | None = None):
         out = remote.call(info, "POST", "/sql", {"query": query, "params": params or []})
         return Result(out["columns"], [tuple(r) for r in out["rows"]])
     try:
-        from .timeline import Timeline
+        from ..state.states import States
 
-        return querying.run(store, query, params or [], Timeline(store, {}).frame_path)
+        return querying.run(store, query, params or [], States(store, {}).frame_path)
     finally:
         store.close()
 
@@ -98,8 +100,8 @@ def cmd_sql(a: argparse.Namespace) -> int:
 
 
 def cmd_export(a: argparse.Namespace) -> int:
-    from .bundle import export, require_history
-    from .store import Store
+    from ..record.bundle import export, require_history
+    from ..record.store import Store
 
     history = _history_arg(a.history)
     require_history(history)
@@ -117,7 +119,7 @@ def cmd_export(a: argparse.Namespace) -> int:
 
 
 def cmd_import(a: argparse.Namespace) -> int:
-    from .bundle import import_bundle
+    from ..record.bundle import import_bundle
 
     target = _history_arg(a.history)
     info = import_bundle(Path(a.bundle), target, trusted=a.trust, force=a.force)
@@ -129,8 +131,8 @@ def cmd_import(a: argparse.Namespace) -> int:
 
 
 def cmd_trust(a: argparse.Namespace) -> int:
-    from .bundle import require_history, trust
-    from .store import Store
+    from ..record.bundle import require_history, trust
+    from ..record.store import Store
 
     history = _history_arg(a.history)
     require_history(history)
@@ -167,9 +169,9 @@ def cmd_signal(a: argparse.Namespace) -> int:
         remote.call(info, "POST", f"/runs/{a.run}/signals/{a.name}", data)
         print(f"signal {a.name!r} delivered to run {a.run}")
         return 0
-    from .bundle import require_history
-    from .journal import signal_offline
-    from .store import Store
+    from ..record.bundle import require_history
+    from ..flows.journal import signal_offline
+    from ..record.store import Store
 
     require_history(history)
     store = Store.open(history)
