@@ -27,8 +27,7 @@ class History:
 
     def steps(self, branch: str | None = None):
         """Steps as a DataFrame, oldest first (all branches unless one is named)."""
-        where, params = ("WHERE branch = ?", [branch]) if branch else ("", [])
-        return self._store.query(f"SELECT * EXCLUDE (seq) FROM steps {where} ORDER BY step", params).to_pandas()
+        return self._store.steps_frame(branch)
 
     def sql(self, query: str, params: list[Any] | None = None):
         """Run read-only SQL over the history views; returns a DataFrame.

@@ -18,7 +18,7 @@ from .record import querying
 from . import runtime
 from .state.states import diff
 from .record.recorder import unflatten_outputs
-from .tables import first_line, format_table, human_bytes
+from .tables import format_table, human_bytes, step_log_table
 
 
 class _Parser(argparse.ArgumentParser):
@@ -116,15 +116,10 @@ class FlowmetalMagics(Magics):
             raise UsageError("%fm log: -n must be at least 1")
         rt = runtime.current()
         res = rt.require_store().steps(branch=None if a.all else rt.branch, limit=a.n)
-        rows = [
-            (("*" if r[0] == rt.head else "") + str(r[0]), r[1], r[2] or "", r[3],
-             f"{r[5]:.0f} ms" if r[5] is not None else "", first_line(r[7]))
-            for r in res.rows
-        ]
-        if not rows:
+        if not res.rows:
             print(f"no steps yet on branch {rt.branch}")
             return
-        print(format_table(["step", "branch", "parent", "status", "duration", "code"], rows))
+        print(step_log_table(res.rows, head=rt.head))
 
     def _show(self, argv: list[str]) -> None:
         p = _parser("show", "code, outputs and duration of one step")
@@ -156,9 +151,7 @@ class FlowmetalMagics(Magics):
         _parser("status", "history path, size, HEAD").parse_args(argv)
         rt = runtime.current()
         store = rt.require_store()
-        (count,) = store.query("SELECT count(*) FROM steps").rows[0]
-        (pending,) = store.query(
-            "SELECT count(*) FROM runs WHERE status IN ('running', 'sleeping', 'waiting')").rows[0]
+        count, pending = store.step_count(), store.pending_run_count()
         rows = [
             ("history", str(store.path)),
             ("size", human_bytes(store.size_bytes())),
@@ -200,8 +193,7 @@ class FlowmetalMagics(Magics):
     def _branches(self, argv: list[str]) -> None:
         _parser("branches", "branches with head step and base").parse_args(argv)
         rt = runtime.current()
-        res = rt.require_store().query(
-            "SELECT name, head, base, created_at FROM branches ORDER BY created_at, name")
+        res = rt.require_store().branches()
         rows = [(("* " if r[0] == rt.branch else "  ") + r[0], r[1] if r[1] is not None else "",
                  r[2] if r[2] is not None else "", r[3]) for r in res.rows]
         print(format_table(["branch", "head", "base", "created"], rows))

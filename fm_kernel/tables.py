@@ -47,3 +47,11 @@ def human_bytes(n: int | None) -> str:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
     return f"{n} B"
+
+
+def step_log_table(rows: Sequence[Sequence[Any]], head: int | None = None) -> str:
+    """The step log as `%fm log` and `fm log` print it; ``rows`` in the
+    column order of ``Store.steps()``; HEAD's step is starred."""
+    cells = [(("*" if r[0] == head else "") + str(r[0]), r[1], r[2] or "", r[3],
+              f"{r[5]:.0f} ms" if r[5] is not None else "", first_line(r[7])) for r in rows]
+    return format_table(["step", "branch", "parent", "status", "duration", "code"], cells)

@@ -83,14 +83,9 @@ def plan_resume(history: Path, key: str, sources: list[str]) -> Resume | None:
         return None
     store = _open_read_waiting(history)
     try:
-        kernels = [r[0] for r in store.query(
-            "SELECT payload->>'kernel_id' FROM fm_events WHERE kind = 'kernel_started'"
-            " AND payload->>'run_key' = ? ORDER BY seq", [key]).rows]
+        kernels, rows = store.session_steps(key)
         if not kernels:
             return None
-        rows = store.query(
-            "SELECT step, parent, code, status, kernel_id FROM steps"
-            " WHERE kernel_id IN (SELECT unnest(?::VARCHAR[]))", [kernels]).rows
         by_step = {r[0]: r for r in rows}
         last_session = [r for r in rows if r[4] == kernels[-1]]
         if not last_session:

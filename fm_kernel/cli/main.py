@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .. import errors
 from ..record import location
-from ..tables import first_line, format_table
+from ..tables import format_table, step_log_table
 
 
 def _history_arg(value: str | None) -> Path:
@@ -74,15 +74,10 @@ def run_sql(history: Path, query: str, params: list | None = None):
 
 
 def cmd_log(a: argparse.Namespace) -> int:
-    where, params = ("WHERE branch = ?", [a.branch]) if a.branch else ("", [])
-    limit = f" LIMIT {int(a.n)}" if a.n else ""
-    res = run_sql(_history_arg(a.history),
-                  "SELECT * FROM (SELECT step, branch, parent, status, execution_count, duration_ms,"
-                  f" started_at, code FROM steps {where} ORDER BY step DESC{limit}) ORDER BY step",
-                  params)
-    rows = [(r[0], r[1], r[2] or "", r[3], f"{r[5]:.0f} ms" if r[5] is not None else "",
-             first_line(r[7])) for r in res.rows]
-    print(format_table(["step", "branch", "parent", "status", "duration", "code"], rows))
+    from ..record.store import step_log_query
+
+    res = run_sql(_history_arg(a.history), *step_log_query(a.branch, a.n))
+    print(step_log_table(res.rows))
     return 0
 
 
@@ -146,9 +141,9 @@ def cmd_trust(a: argparse.Namespace) -> int:
 
 
 def cmd_runs(a: argparse.Namespace) -> int:
-    res = run_sql(_history_arg(a.history),
-                  "SELECT run_id, flow, status, started_at, finished_at FROM runs"
-                  f" ORDER BY started_at DESC LIMIT {int(a.n)}")
+    from ..record.store import runs_query
+
+    res = run_sql(_history_arg(a.history), runs_query(a.n))
     if not res.rows:
         print("no flow runs in this history")
         return 0

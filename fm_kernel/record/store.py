@@ -386,16 +386,38 @@ class Store:
             cur.close()
 
     def steps(self, branch: str | None = None, limit: int | None = None) -> Result:
+        """The step log (columns of ``STEP_LOG_COLUMNS``), oldest first."""
+        return self.query(*step_log_query(branch, limit))
+
+    def steps_frame(self, branch: str | None = None):
+        """Every column of the steps view as a DataFrame, oldest first."""
         where, params = ("WHERE branch = ?", [branch]) if branch else ("", [])
-        sql = (
-            "SELECT step, branch, parent, status, execution_count, duration_ms, started_at,"
-            f" code, error_name FROM steps {where} ORDER BY step DESC"
-        )
-        if limit:
-            sql += f" LIMIT {int(limit)}"
-        res = self.query(sql, params)
-        res.rows.reverse()
-        return res
+        return self.query(f"SELECT * EXCLUDE (seq) FROM steps {where} ORDER BY step",
+                          params).to_pandas()
+
+    def step_count(self) -> int:
+        return self._scalar("SELECT count(*) FROM steps")
+
+    def pending_run_count(self) -> int:
+        return self._scalar("SELECT count(*) FROM runs WHERE status IN ("
+                            + ", ".join(f"'{s}'" for s in PENDING_RUN_STATUSES) + ")")
+
+    def branches(self) -> Result:
+        """name, head, base, created_at of every branch, oldest first."""
+        return self.query("SELECT name, head, base, created_at FROM branches ORDER BY created_at, name")
+
+    def session_steps(self, run_key: str) -> tuple[list[str], list[tuple]]:
+        """The kernels that `fm run` started under ``run_key`` (oldest first)
+        and their steps as (step, parent, code, status, kernel_id)."""
+        kernels = [r[0] for r in self.query(
+            "SELECT payload->>'kernel_id' FROM fm_events WHERE kind = 'kernel_started'"
+            " AND payload->>'run_key' = ? ORDER BY seq", [run_key]).rows]
+        if not kernels:
+            return [], []
+        rows = self.query(
+            "SELECT step, parent, code, status, kernel_id FROM steps"
+            " WHERE kernel_id IN (SELECT unnest(?::VARCHAR[]))", [kernels]).rows
+        return kernels, rows
 
     def step(self, step: int) -> StepRecord | None:
         res = self.query(
@@ -553,3 +575,25 @@ def _owner_only(path: Path) -> None:
             p.chmod(0o600)
         except OSError:
             pass
+
+
+# -- named queries over the public views ------------------------------------------------
+# Plain SELECTs over the spec's views, so that the CLI can also send them to a
+# live kernel's endpoint as user SQL (the read-only door) when it holds the file.
+
+PENDING_RUN_STATUSES = ("running", "sleeping", "waiting")
+STEP_LOG_COLUMNS = ("step", "branch", "parent", "status", "execution_count", "duration_ms",
+                    "started_at", "code", "error_name")
+
+
+def step_log_query(branch: str | None = None, limit: int | None = None) -> tuple[str, list[Any]]:
+    """The last ``limit`` steps (of ``branch``), oldest first."""
+    where, params = ("WHERE branch = ?", [branch]) if branch else ("", [])
+    limit_sql = f" LIMIT {int(limit)}" if limit else ""
+    return (f"SELECT * FROM (SELECT {', '.join(STEP_LOG_COLUMNS)} FROM steps {where}"
+            f" ORDER BY step DESC{limit_sql}) ORDER BY step", params)
+
+
+def runs_query(limit: int) -> str:
+    return ("SELECT run_id, flow, status, started_at, finished_at FROM runs"
+            f" ORDER BY started_at DESC LIMIT {int(limit)}")
