@@ -25,8 +25,10 @@ demo: setup
 	$(FM) run notebooks/01-quickstart.ipynb -o build/01-quickstart.out.ipynb
 	$(FM) log --history notebooks/01-quickstart.ipynb
 
+# Tiers run in order (unit, kernel, faults, browser; see tests/conftest.py);
+# `$(PY) -m pytest -m unit` is the in-process tier alone, in seconds.
 test: setup browser
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider --durations=25
 
 bench: setup
 	$(PY) bench/cell_overhead.py
