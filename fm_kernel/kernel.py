@@ -54,11 +54,12 @@ class FlowmetalKernel(IPythonKernel):
         self.recorder: CellRecorder | None = None
         self._started_up = False
         self.fm.on_open.append(self._attach_recorder)
-        from .flows import core as flows
+        from .flows.runs import on_ready as resume_flow_runs
 
+        self.fm.flows  # flows defined from here on use this kernel's history
         # pending flow runs resume once the namespace (their code) is restored
-        if flows.on_ready not in self.fm.on_ready:
-            self.fm.on_ready.append(flows.on_ready)
+        if resume_flow_runs not in self.fm.on_ready:
+            self.fm.on_ready.append(resume_flow_runs)
         self.fm.open_in_background()
         from .magics import FlowmetalMagics
 
@@ -172,9 +173,7 @@ class FlowmetalKernel(IPythonKernel):
         return reply
 
     def do_shutdown(self, restart):
-        from .flows import core as flows
-
-        flows.shutdown()
+        self.fm.flows.close()
         if self.recorder is not None:
             self.recorder.close()
         self.fm.close(clean=True, restart=restart)

@@ -247,7 +247,7 @@ class FlowmetalMagics(Magics):
         p = _parser("runs", "flow runs and their status, newest first")
         p.add_argument("-n", type=int, default=20)
         a = p.parse_args(argv)
-        from .flows import core as flows
+        from .flows import runs as flow_runs
         from .widgets import timeline as widgets
 
         if widgets.in_widget_frontend():
@@ -255,7 +255,7 @@ class FlowmetalMagics(Magics):
 
             display(widgets_runs.runs_widget(a.n))
             return
-        frame = flows.runs(a.n)
+        frame = flow_runs(a.n)
         if frame.empty:
             print("no flow runs yet; define one with @fm.flow and start it with .start(...)")
             return

@@ -49,6 +49,7 @@ class Runtime:
         self.states: Any = None  # timeline.States, made by the kernel once open
         self.unclean_end = False  # the previous kernel on this history died
         self.started_seq: int | None = None  # where this kernel's part of the history begins
+        self._flows: Any = None  # flows.FlowRegistry, made on first use (see `flows`)
 
     def open_in_background(self) -> None:
         threading.Thread(target=self._open, name="fm-open-history", daemon=True).start()
@@ -97,6 +98,19 @@ class Runtime:
         except Exception as exc:  # cells must run even if no port can be had
             self.endpoint = None
             self.notices.append(f"flowmetal: HTTP endpoint not started: {exc}")
+
+    @property
+    def flows(self) -> Any:
+        """This runtime's FlowRegistry, installed as the process's own: flows
+        reach the history and the endpoint through it, never through here."""
+        if self._flows is None:
+            from .flows.context import FlowRegistry, install
+
+            self._flows = FlowRegistry(
+                store=self.require_store,
+                base_url=lambda: self.endpoint.url if self.endpoint is not None else None)
+            install(self._flows)
+        return self._flows
 
     def frame_path(self, name: str, step: int) -> Path:
         """The Parquet file of DataFrame ``name`` after ``step`` (time travel)."""

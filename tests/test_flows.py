@@ -15,7 +15,7 @@ import pytest
 
 from kernel_driver import Kernel, query, wait_until
 
-PRELUDE = "import time\nimport fm_kernel.flows as fm\nfrom fm_kernel.flows import core as fm_core"
+PRELUDE = "import time\nimport fm_kernel.flows as fm"
 
 
 def check(k: Kernel, code: str, timeout: float = 60) -> str:
@@ -120,7 +120,7 @@ def test_runs_resume_after_kill9_and_completed_steps_never_rerun(tmp_path: Path)
         wait_until(lambda: len(lines(d / "items")) >= 300, what="fan-out progress")
         # The hourly flow's last slot was its baseline; pretend three slots
         # passed while nothing was up: it must run once on return, not thrice.
-        check(k, "fm_core.journal().store.query(\"UPDATE fm_events SET payload = json_object('flow', 'hourly',"
+        check(k, "fm.registry().journal.store.query(\"UPDATE fm_events SET payload = json_object('flow', 'hourly',"
                  " 'slot', epoch(now()) - 3 * 3600 - 60) WHERE kind = 'flow_scheduled'\")")
         before = len(lines(d / "items"))
         assert before < 1000, "fan-out finished before the kill; make items slower"
@@ -232,7 +232,7 @@ r = rf.start(); assert r.result(10) == ("up", "always") or r.result(10) == ["up"
 gap = (tries[2] - tries[1]) / (tries[1] - tries[0])
 assert 1.5 < gap < 4, gap
 """)
-    out = check(fk, "print(fm_core.journal().store.query("
+    out = check(fk, "print(fm.registry().journal.store.query("
                     "\"SELECT name, status, attempt, error->>'type' FROM run_steps WHERE run_id = ?"
                     " ORDER BY position, attempt\", [r.id]).rows)")
     assert "('broken', 'error', 1, 'ValueError')" in out and "('broken', 'failed', 2, 'ValueError')" in out
@@ -257,7 +257,7 @@ def tf():
 t0 = time.time(); out = tf(); assert time.time() - t0 < 3 and out.startswith("timed out"), out
 """)
     out = check(fk, "print(fm.runs().iloc[0].run_id)\n"
-                    "print(fm_core.journal().store.query(\"SELECT rs.status FROM run_steps rs JOIN runs USING (run_id)"
+                    "print(fm.registry().journal.store.query(\"SELECT rs.status FROM run_steps rs JOIN runs USING (run_id)"
                     " WHERE flow = 'tf'\").rows)")
     assert "('failed',)" in out
 
@@ -351,7 +351,7 @@ ran.clear()
 f = orig.fork(from_step=3); assert f.result(10) == [1, 2, 3, 4, 5]
 assert ran == [3, 4, 5], ran
 """)
-    out = check(fk, "print(fm_core.journal().store.query('SELECT forked_from_run, forked_from_step FROM runs"
+    out = check(fk, "print(fm.registry().journal.store.query('SELECT forked_from_run, forked_from_step FROM runs"
                     " WHERE run_id = ?', [f.id]).rows == [(orig.id, 3)])")
     assert out.strip() == "True"
 
@@ -390,6 +390,6 @@ ticks = []
 def tick():
     ticks.append(fm.now())
 time.sleep(3.5)
-tick_flow = fm_core._FLOWS.pop("tick"); fm_core._SCHEDULER.flows.pop("tick"); fm_core._SCHEDULER.next.pop("tick")
+fm.registry().forget("tick")
 assert 2 <= len(ticks) <= 5, ticks
 """)

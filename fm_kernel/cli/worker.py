@@ -33,6 +33,7 @@ def run_worker(history: Path, stop: threading.Event | None = None) -> int:
         print(f"fm worker: {rt.open_error}", file=sys.stderr)
         return 1
     runtime.install(rt)
+    rt.flows  # the flows restored below register with this history's registry
     ns: dict = {"__name__": "__main__"}
     rt.states = States(rt.store, ns)
     try:
@@ -40,16 +41,16 @@ def run_worker(history: Path, stop: threading.Event | None = None) -> int:
         print(f"fm worker: {line or 'no recorded state to restore'}", file=sys.stderr)
     except errors.FlowmetalError as exc:
         print(f"fm worker: could not restore the flows' code: {exc}", file=sys.stderr)
-    from ..flows import core as flows
+    from ..flows.runs import resume_pending
 
     stop = stop or threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    resumed = flows.resume_pending(rt)
+    resumed = resume_pending(rt)
     print(f"fm worker: serving {history} at {rt.endpoint.url if rt.endpoint else '(no endpoint)'}; "
           f"{len(resumed)} pending run(s) resumed; SIGTERM stops", file=sys.stderr, flush=True)
     stop.wait()
     print("fm worker: stopping; journal flushed, history closed", file=sys.stderr)
-    flows.shutdown()
+    rt.flows.close()
     rt.close(clean=True)
     return 0

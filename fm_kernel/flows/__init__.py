@@ -1,15 +1,21 @@
 """Durable flows: ``@fm.flow`` functions whose steps are journaled, so a run
 survives kernel death, sleeps for days, waits for external events and fans
 out work. This module is the public face (``fm.flow``, ``fm.step``, ``Run``…);
-the machinery is behind it:
+the machinery is behind it, each module importing only those below it:
 
-    core       Flow, Step, Run, the per-run context and replay, the registry
+    routes     the endpoint's flow routes (passed to the endpoint by whoever starts it)
     ops        journaled primitives inside a flow: now/random/uuid4, sleep,
-               callback, wait_for, map
+               callback, wait_for, map; callback delivery
     dask_map   fm.map on a Dask cluster
+    runs       Flow, Run, starting, cancelling, forking, signals, resuming
+    steps      Step, attempts, retries, timeouts
+    context    FlowRegistry (one per process, owned by the runtime), the
+               current run and step, replay
     schedule   cron schedules
     journal    run journals: the append-only flow log, checkpointed into DuckDB
-    routes     the endpoint's flow routes (registered by whoever starts it)
+
+``registry()`` is internal but supported: tools and tests reach the journal
+(``registry().journal``) and drop a flow (``registry().forget(name)``) there.
 """
 
 from __future__ import annotations
@@ -18,11 +24,14 @@ from ..errors import (
     Cancelled, FlowError, NoSuchFlow, NondeterminismError, NoSuchRun, NotStorable, StepError,
     Timeout,
 )
-from .core import Flow, Run, Step, StepContext, flow, get_run, runs, step, step_context
+from .context import FlowRegistry, StepContext, configure, registry, step_context
 from .ops import Callback, callback, map, now, random, sleep, uuid4, wait_for
+from .runs import Flow, Run, flow, get_run, runs
+from .steps import Step, step
 
 __all__ = [
-    "Callback", "Cancelled", "Flow", "FlowError", "NoSuchFlow", "NoSuchRun", "NondeterminismError",
-    "NotStorable", "Run", "Step", "StepContext", "StepError", "Timeout", "callback", "flow",
-    "get_run", "map", "now", "random", "runs", "sleep", "step", "step_context", "uuid4", "wait_for",
+    "Callback", "Cancelled", "Flow", "FlowError", "FlowRegistry", "NoSuchFlow", "NoSuchRun",
+    "NondeterminismError", "NotStorable", "Run", "Step", "StepContext", "StepError", "Timeout",
+    "callback", "configure", "flow", "get_run", "map", "now", "random", "registry", "runs", "sleep",
+    "step", "step_context", "uuid4", "wait_for",
 ]

@@ -9,7 +9,7 @@ finished tasks are gathered in one call at most every GATHER_EVERY seconds
 and journaled as they arrive, and as many new items go out in one
 ``client.map``. An attempt
 that fails is journaled here; its retries (after their delays) go through
-the per-item path in flow_ops, as do steps with a timeout.
+the per-item path in ops.py, as do steps with a timeout.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ import functools
 import time
 from typing import Any, Callable
 
-from .core import Step, StepContext, _Ctx, _settle, retry_delay
+from .context import RunContext, StepContext
+from .steps import Step, retry_delay, settle
 
 
 # Results are fetched at most this often (seconds): one gather per finished
@@ -36,7 +37,7 @@ def worker_body() -> Callable[[Callable[..., Any], dict[str, Any], Any], Any]:
     by value: workers need neither fm_kernel nor the notebook."""
     def in_step(fn: Callable[..., Any], sctx: dict[str, Any], x: Any) -> Any:
         try:
-            from fm_kernel.flows import _STEP as var, StepContext
+            from fm_kernel.flows.context import CURRENT_STEP as var, StepContext
         except ImportError:
             return fn(x)
         token = var.set(StepContext(**sctx))
@@ -47,7 +48,7 @@ def worker_body() -> Callable[[Callable[..., Any], dict[str, Any], Any], Any]:
     return in_step
 
 
-def first_attempts(ctx: _Ctx, st: Step, items: list[Any], start: int, todo: list[int],
+def first_attempts(ctx: RunContext, st: Step, items: list[Any], start: int, todo: list[int],
                    concurrency: int, client: Any, results: list[Any],
                    errors: dict[int, BaseException]) -> dict[int, float]:
     """Run one attempt of each item in ``todo`` on ``client``'s cluster.
@@ -76,7 +77,7 @@ def first_attempts(ctx: _Ctx, st: Step, items: list[Any], start: int, todo: list
     pending = as_completed(submit(max(1, concurrency)), loop=client.loop)
     try:
         for done in pending.batches():
-            ctx.run._check_cancel()
+            ctx.run.check_cancel()
             if pending.count():
                 time.sleep(GATHER_EVERY)
                 done += pending.next_batch(block=False)
@@ -91,11 +92,11 @@ def first_attempts(ctx: _Ctx, st: Step, items: list[Any], start: int, todo: list
                 i, attempt, t0 = submitted.pop(f.key)
                 status, value = ("ok", values[f.key]) if f.key in values else ("error", _error(f))
                 try:
-                    if _settle(ctx, start + i, st, attempt, t0, status, value):
+                    if settle(ctx, start + i, st, attempt, t0, status, value):
                         results[i] = ("value", value)
                     else:
                         retry[i] = retry_delay(st, attempt)
-                except Exception as exc:  # failed for good: journaled by _settle
+                except Exception as exc:  # failed for good: journaled by settle
                     errors[i] = exc
             pending.update(submit(len(done)))
     except BaseException:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
+import logging
 import math
 import os
 import reprlib
@@ -37,13 +38,17 @@ from ..errors import NotStorable
 from ..record.objects import ObjectFiles
 from ..record.store import Store
 
+log = logging.getLogger(__name__)
+
 LOG_SUFFIX = ".flowlog"
 # Records are durable in the log at once; DuckDB gets them this often
 # (seconds), or at once when 2,000 are waiting, a run finishes or a map
 # returns. Each checkpoint costs several ms of CPU whatever its size: at 50 ms
 # a fan-out of 200 steps spent 0.75 s of kernel CPU on them, at 0.5 s 0.08 s.
 CHECKPOINT_INTERVAL = 0.5
-PENDING = ("running", "sleeping", "waiting")
+# A run in one of these has not finished: a kernel opening the history resumes it.
+PENDING_STATUSES = ("running", "sleeping", "waiting")
+FINISHED_STATUSES = ("succeeded", "failed", "cancelled")
 _LSN_KEY = "flow_log_lsn"
 
 RUN_COLS = ("run_id", "flow", "status", "args", "result", "error", "started_at", "finished_at",
@@ -95,7 +100,6 @@ class Journal:
         self._wake = threading.Event()
         self._closed = False
         self.interval = checkpoint_interval
-        self._raise_seq()
         self._lsn = self._recover()
         self._fd = os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         self._thread = threading.Thread(target=self._checkpointer, name="fm-flow-journal",
@@ -189,8 +193,9 @@ class Journal:
             self._wake.clear()
             try:
                 self.checkpoint()
-            except Exception:  # keep the records; the next round retries
-                pass
+            except Exception:  # the records stay pending; the next round retries
+                log.exception("flow journal checkpoint into %s failed; retrying in %.1fs",
+                              self.store.path, self.interval)
 
     def checkpoint(self) -> None:
         with self._ckpt_lock:
@@ -247,9 +252,8 @@ class Journal:
 
     def _recover(self) -> int:
         """Insert the log records a dead process did not checkpoint."""
-        done = int(self.store.query("SELECT value FROM fm_meta WHERE key = ?", [_LSN_KEY]).rows[0][0]
-                   if self.store.query("SELECT value FROM fm_meta WHERE key = ?", [_LSN_KEY]).rows
-                   else 0)
+        rows = self.store.query("SELECT value FROM fm_meta WHERE key = ?", [_LSN_KEY]).rows
+        done = int(rows[0][0]) if rows else 0
         batch, last = [], done
         try:
             text = self.log_path.read_bytes().decode("utf-8", "replace")
@@ -268,15 +272,6 @@ class Journal:
         if text:
             os.truncate(self.log_path, 0)
         return last
-
-    def _raise_seq(self) -> None:
-        # Store allocates seqs from the maxima of its own tables at open; the
-        # run tables must not get a seq below one they already hold, or the
-        # views' "latest by seq" would pick an older row.
-        top = self.store.query("SELECT greatest((SELECT max(seq) FROM fm_run_records),"
-                               " (SELECT max(seq) FROM fm_run_step_records))").rows[0][0] or 0
-        while self.store.next_seq() < top:
-            pass
 
     def close(self) -> None:
         if self._closed:
@@ -309,8 +304,8 @@ class Journal:
     def pending_runs(self) -> list[dict[str, Any]]:
         self.flush()
         res = self.store.query(
-            f"SELECT {', '.join(RUN_COLS)} FROM runs WHERE status IN ('running', 'sleeping', 'waiting')"
-            " ORDER BY started_at")
+            f"SELECT {', '.join(RUN_COLS)} FROM runs WHERE list_contains(?, status)"
+            " ORDER BY started_at", [list(PENDING_STATUSES)])
         return [_epoch(r) for r in res.dicts()]
 
     def runs(self, limit: int | None = None):

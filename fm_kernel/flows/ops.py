@@ -1,8 +1,8 @@
 """The journaled primitives used inside flows (spec: "Python API: Flows"):
 now/random/uuid4, sleep, callback, wait_for, map, and the delivery of
-signals and callbacks. Each takes the next position of the run's context
-and replays a recorded result as flows.py's steps do; flows.py re-exports
-every name here.
+callbacks. Each takes the next position of the run's context and replays a
+recorded result as steps do (context.py); the run itself is driven through
+its small API (set_status, pause, wake, wait_wake, check_cancel).
 """
 
 from __future__ import annotations
@@ -18,25 +18,24 @@ import time
 import uuid
 from typing import Any, Callable, Iterable
 
-from .core import (
-    _CTX, _RUNS, _STEP, FlowError, NoSuchRun, Step, Timeout, _attempts, _base_url, _Ctx, _lock,
-    _replay, journal,
-)
-from . import dask_map as flow_dask
+from ..errors import FlowError, Timeout
+from . import dask_map
+from .context import CURRENT_RUN, CURRENT_STEP, RunContext, registry, replay
 from .journal import Journal
+from .steps import Step, attempts
 
 
 def _value(name: str, make: Callable[[], Any], dump: Callable[[Any], Any] = lambda v: v,
            load: Callable[[Any], Any] = lambda v: v) -> Any:
-    ctx = _CTX.get()
+    ctx = CURRENT_RUN.get()
     if ctx is None:
         return make()
     p = ctx.take()
-    done, stored = _replay(ctx.check(p, name))
+    done, stored = replay(ctx.check(p, name))
     if done:
         return load(stored)
     value = make()
-    ctx.record(p, name, "ok", 1, result=journal().encode(dump(value), name))
+    ctx.record(p, name, "ok", 1, result=registry().journal.encode(dump(value), name))
     return value
 
 
@@ -56,7 +55,7 @@ def uuid4() -> uuid.UUID:
     return _value("fm.uuid4", uuid.uuid4, lambda v: v.hex, lambda v: uuid.UUID(v))
 
 
-def _maybe_async(ctx: _Ctx, fn: Callable[..., Any], *args: Any) -> Any:
+def _maybe_async(ctx: RunContext, fn: Callable[..., Any], *args: Any) -> Any:
     # In an async flow the blocking part runs in a thread and the caller
     # awaits it; the position was taken already, in call order.
     if ctx.is_async:
@@ -67,7 +66,7 @@ def _maybe_async(ctx: _Ctx, fn: Callable[..., Any], *args: Any) -> Any:
 def sleep(seconds: float) -> Any:
     """Durable sleep: the wake time is journaled first, so a resumed run
     sleeps only what is left. Awaitable in async flows."""
-    ctx = _CTX.get()
+    ctx = CURRENT_RUN.get()
     if ctx is None:
         return time.sleep(seconds)
     p = ctx.take()
@@ -77,27 +76,27 @@ def sleep(seconds: float) -> Any:
     return _maybe_async(ctx, _sleep, ctx, p, rec, seconds)
 
 
-def _sleep(ctx: _Ctx, p: int, rec: dict[str, Any] | None, seconds: float) -> None:
+def _sleep(ctx: RunContext, p: int, rec: dict[str, Any] | None, seconds: float) -> None:
     if rec is not None and rec["status"] == "sleeping":
         wake = rec["detail"]["wake_at"]
     else:
         wake = time.time() + seconds
         ctx.record(p, "fm.sleep", "sleeping", detail={"wake_at": wake, "seconds": seconds})
-    ctx.run._set_status("sleeping")
-    ctx.run._pause(wake - time.time())
+    ctx.run.set_status("sleeping")
+    ctx.run.pause(wake - time.time())
     ctx.record(p, "fm.sleep", "ok", 1, detail={"wake_at": wake, "seconds": seconds})
-    ctx.run._set_status("running")
+    ctx.run.set_status("running")
 
 
 class Callback:
     """A one-shot capability: whoever POSTs JSON to ``url`` resolves it."""
 
-    def __init__(self, ctx: _Ctx, cb_id: str):
+    def __init__(self, ctx: RunContext, cb_id: str):
         self._ctx, self.id = ctx, cb_id
 
     @property
     def url(self) -> str:
-        return f"{_base_url()}/callbacks/{self.id}"
+        return f"{registry().base_url()}/callbacks/{self.id}"
 
     def wait(self, timeout: float | None = None) -> Any:
         """The JSON body posted to ``url``; Timeout after ``timeout`` seconds."""
@@ -110,17 +109,18 @@ class Callback:
 def callback() -> Callback:
     """A new callback of the current run; its id is journaled, so a resumed
     run waits on the same URL path (the port may change with the kernel)."""
-    ctx = _CTX.get()
+    ctx = CURRENT_RUN.get()
     if ctx is None:
         raise FlowError("fm.callback() works inside a flow only: a callback belongs to a run")
     p = ctx.take()
-    done, stored = _replay(ctx.check(p, "fm.callback"))
+    done, stored = replay(ctx.check(p, "fm.callback"))
     if done:
         return Callback(ctx, stored["id"])
     cb_id = secrets.token_urlsafe(24)  # 192 random bits: the id is the capability
-    ctx.record(p, "fm.callback", "ok", 1, result=journal().encode({"id": cb_id}, "fm.callback"))
-    with _lock:
-        _CALLBACKS[cb_id] = ctx.run.id
+    ctx.record(p, "fm.callback", "ok", 1, result=registry().journal.encode({"id": cb_id}, "fm.callback"))
+    reg = registry()
+    with reg.lock:
+        reg.callbacks[cb_id] = ctx.run.id
     return Callback(ctx, cb_id)
 
 
@@ -128,79 +128,63 @@ def wait_for(name: str, timeout: float | None = None) -> Any:
     """Wait for the signal ``name`` sent to this run (run.signal, or POST
     /runs/<id>/signals/<name>); signals sent earlier are kept and taken
     in order. Awaitable in async flows."""
-    ctx = _CTX.get()
+    ctx = CURRENT_RUN.get()
     if ctx is None:
         raise FlowError(f"fm.wait_for({name!r}) works inside a flow only: signals go to a run")
     return _wait(ctx, f"fm.wait_for({name})", ("signal", name), timeout)
 
 
-def _wait(ctx: _Ctx, opname: str, source: tuple[str, str], timeout: float | None) -> Any:
+def _wait(ctx: RunContext, opname: str, source: tuple[str, str], timeout: float | None) -> Any:
     p = ctx.take()
     rec = ctx.check(p, opname)
-    done, value = _replay(rec)
+    done, value = replay(rec)
     if done:
         return _maybe_async(ctx, lambda: value)
     return _maybe_async(ctx, _wait_blocking, ctx, p, rec, opname, source, timeout)
 
 
-def _wait_blocking(ctx: _Ctx, p: int, rec: dict[str, Any] | None, opname: str,
+def _wait_blocking(ctx: RunContext, p: int, rec: dict[str, Any] | None, opname: str,
                    source: tuple[str, str], timeout: float | None) -> Any:
-    run, j = ctx.run, journal()
+    run, j = ctx.run, registry().journal
     if rec is not None and rec["status"] == "waiting":
         deadline = rec["detail"].get("deadline")
     else:
         deadline = time.time() + timeout if timeout is not None else None
         ctx.record(p, opname, "waiting", detail={"deadline": deadline, source[0]: source[1]})
-    run._set_status("waiting")
+    run.set_status("waiting")
     while True:
-        with run._cv:
-            gen = run._gen
+        wakes = run.wakes
         found = j.signals(run.id, source[1]) if source[0] == "signal" else j.callback_events(source[1])
         fresh = [(seq, data) for seq, data in found if seq not in ctx.consumed]
         if fresh:
             seq, data = fresh[0]
             ctx.record(p, opname, "ok", 1, result=j.encode(data, opname),
                        detail={"event_seq": seq, source[0]: source[1]})
-            run._set_status("running")
+            run.set_status("running")
             return data
-        run._check_cancel()
+        run.check_cancel()
         left = None if deadline is None else deadline - time.time()
         if left is not None and left <= 0:
             what = f"signal {source[1]!r}" if source[0] == "signal" else f"callback {source[1]}"
             err = Timeout(f"run {run.id} of {run.flow_name!r} waited {timeout}s for {what} "
                           f"at position {p} and none came")
             ctx.record(p, opname, "failed", 1, error=Journal.encode_error(err))
-            run._set_status("running")
+            run.set_status("running")
             raise err
-        with run._cv:
-            if run._gen == gen:
-                run._cv.wait(5.0 if left is None else min(left, 5.0))
-
-
-def deliver_signal(run_id: str, name: str, data: Any = None) -> int:
-    """Store a signal for a run durably and wake the run if it waits here."""
-    run = _RUNS.get(run_id)
-    if run is None and journal().run_row(run_id) is None:
-        raise NoSuchRun(run_id)
-    seq = journal().add_signal(run_id, name, data)
-    if run is not None:
-        run._wake()
-    return seq
+        run.wait_wake(wakes, 5.0 if left is None else min(left, 5.0))
 
 
 def deliver_callback(cb_id: str, data: Any = None) -> bool:
     """Resolve a callback durably; False if it had been resolved already."""
-    run_id = _CALLBACKS.get(cb_id) or journal().callback_run(cb_id)
+    reg = registry()
+    run_id = reg.callbacks.get(cb_id) or reg.journal.callback_run(cb_id)
     if run_id is None:
         raise FlowError(f"no callback {cb_id!r} in this history")
-    stored = journal().add_callback(cb_id, run_id, data) is not None
-    run = _RUNS.get(run_id)
+    stored = reg.journal.add_callback(cb_id, run_id, data) is not None
+    run = reg.runs.get(run_id)
     if run is not None:
-        run._wake()
+        run.wake()
     return stored
-
-
-_CALLBACKS: dict[str, str] = {}  # callback id -> run id, for those made in this process
 
 
 def map(fn: Callable[..., Any], items: Iterable[Any], concurrency: int = 8,
@@ -211,7 +195,7 @@ def map(fn: Callable[..., Any], items: Iterable[Any], concurrency: int = 8,
     bodies; results are journaled here. Awaitable in async flows."""
     st = fn if isinstance(fn, Step) else Step(fn)
     items = list(items)
-    ctx = _CTX.get()
+    ctx = CURRENT_RUN.get()
     if ctx is None:  # outside a flow: a plain parallel map, nothing journaled
         if executor is not None and hasattr(executor, "get_executor"):  # a distributed.Client
             return executor.gather(executor.map(st.fn, items, pure=False))
@@ -232,25 +216,25 @@ def map(fn: Callable[..., Any], items: Iterable[Any], concurrency: int = 8,
     return _maybe_async(ctx, _map_run, ctx, st, items, start, results, todo, concurrency, executor)
 
 
-def _map_run(ctx: _Ctx, st: Step, items: list[Any], start: int, results: list[Any],
+def _map_run(ctx: RunContext, st: Step, items: list[Any], start: int, results: list[Any],
              todo: list[int], concurrency: int, executor: Any) -> list[Any]:
     errors: dict[int, BaseException] = {}
     delay: dict[int, float] = {}  # items whose first attempt failed here: wait first
     is_dask = executor is not None and hasattr(executor, "get_executor")  # a distributed.Client
     if is_dask:
         if st.timeout is None:  # a timeout needs a thread per attempt: the path below
-            delay = flow_dask.first_attempts(ctx, st, items, start, todo, concurrency, executor,
+            delay = dask_map.first_attempts(ctx, st, items, start, todo, concurrency, executor,
                                              results, errors)
             todo = sorted(delay)
         # pure=False: every attempt is a task of its own. With dask's default
         # (pure=True) equal items share one task, so a step runs once for all
         # of them, and a retry is handed the failed attempt's erred future.
         executor = executor.get_executor(pure=False)
-        in_step = flow_dask.worker_body()
+        in_step = dask_map.worker_body()
 
     def body_for(x: Any) -> Callable[[], Any]:
         if is_dask:  # (a ProcessPoolExecutor could not pickle in_step)
-            return lambda: executor.submit(in_step, st.fn, dataclasses.asdict(_STEP.get()), x).result()
+            return lambda: executor.submit(in_step, st.fn, dataclasses.asdict(CURRENT_STEP.get()), x).result()
         if executor is not None:
             return lambda: executor.submit(st.fn, x).result()
         if st.is_async:
@@ -259,8 +243,8 @@ def _map_run(ctx: _Ctx, st: Step, items: list[Any], start: int, results: list[An
 
     def one(i: int) -> Any:
         if i in delay:
-            ctx.run._pause(delay[i])
-        return _attempts(ctx, start + i, st, body_for(items[i]))
+            ctx.run.pause(delay[i])
+        return attempts(ctx, start + i, st, body_for(items[i]))
 
     with cf.ThreadPoolExecutor(max(1, concurrency), thread_name_prefix="fm-map") as pool:
         run_ctx = contextvars.copy_context
@@ -274,7 +258,7 @@ def _map_run(ctx: _Ctx, st: Step, items: list[Any], start: int, results: list[An
     # Each result is durable already (the flow log); checkpointing here also
     # puts the whole fan-out in DuckDB, in a few batched commits, before the
     # flow uses it, so SQL over run_steps agrees with what the flow saw.
-    journal().flush()
+    registry().journal.flush()
     out = []
     for i, r in enumerate(results):
         if i in errors:
@@ -282,5 +266,5 @@ def _map_run(ctx: _Ctx, st: Step, items: list[Any], start: int, results: list[An
         if isinstance(r, tuple):
             out.append(r[1])
         else:  # a recorded rec
-            out.append(_replay(r)[1])
+            out.append(replay(r)[1])
     return out

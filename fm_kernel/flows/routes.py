@@ -1,7 +1,7 @@
 """The flow routes of the loopback HTTP API (spec: "HTTP endpoint"):
-callbacks, signals, starting runs and reading them. Registered with the
-endpoint at import time; the work is done by flows.py on a worker thread, so
-the endpoint's loop never waits on the history."""
+callbacks, signals, starting runs and reading them. Whoever starts the
+endpoint passes ROUTES to it; the work is done on a worker thread, so the
+endpoint's loop never waits on the history."""
 
 from __future__ import annotations
 
@@ -10,8 +10,11 @@ from typing import Any, Callable
 
 import tornado.web
 
-from . import core as flows
 from ..endpoint import ApiHandler
+from ..errors import FlowError, NoSuchFlow, NoSuchRun
+from .context import registry
+from .ops import deliver_callback
+from .runs import deliver_signal
 
 _ID = r"([A-Za-z0-9_\-]{1,128})"
 
@@ -19,9 +22,9 @@ _ID = r"([A-Za-z0-9_\-]{1,128})"
 async def _off_loop(fn: Callable[[], Any]) -> Any:
     try:
         return await asyncio.get_running_loop().run_in_executor(None, fn)
-    except flows.NoSuchRun as exc:
+    except NoSuchRun as exc:
         raise tornado.web.HTTPError(404, reason=str(exc)) from None
-    except flows.NoSuchFlow as exc:
+    except NoSuchFlow as exc:
         raise tornado.web.HTTPError(404, reason=str(exc)) from None
 
 
@@ -33,8 +36,8 @@ class CallbackHandler(ApiHandler):
 
         def deliver() -> bool:
             try:
-                return flows.deliver_callback(cb_id, body)
-            except flows.FlowError:
+                return deliver_callback(cb_id, body)
+            except FlowError:
                 raise tornado.web.HTTPError(404, reason="no such callback") from None
 
         stored = await _off_loop(deliver)
@@ -44,7 +47,7 @@ class CallbackHandler(ApiHandler):
 class SignalHandler(ApiHandler):
     async def post(self, run_id: str, name: str) -> None:
         body = self.json_body()
-        seq = await _off_loop(lambda: flows.deliver_signal(run_id, name, body))
+        seq = await _off_loop(lambda: deliver_signal(run_id, name, body))
         self.send_json({"ok": True, "run_id": run_id, "signal": name, "seq": seq})
 
 
@@ -58,9 +61,10 @@ class StartRunHandler(ApiHandler):
             raise tornado.web.HTTPError(400, reason='expected {"args": [...], "kwargs": {...}}')
 
         def start() -> str:
-            fl = flows._FLOWS.get(name)
+            reg = registry()
+            fl = reg.flows.get(name)
             if fl is None:
-                raise flows.NoSuchFlow(name)
+                raise NoSuchFlow(name, reg.flows)
             return fl.start(*body.get("args", []), **body.get("kwargs", {})).id
 
         run_id = await _off_loop(start)
@@ -76,10 +80,9 @@ def run_info(run_id: str) -> dict[str, Any]:
     """What GET /runs/<id> answers (and `fm runs` can show)."""
     import json
 
-    j = flows.journal()
-    row = j.run_row(run_id)
+    row = registry().journal.run_row(run_id)
     if row is None:
-        raise flows.NoSuchRun(run_id)
+        raise NoSuchRun(run_id)
     info: dict[str, Any] = {"run_id": run_id, "flow": row["flow"], "status": row["status"],
                             "started_at": row["started_at"], "finished_at": row["finished_at"],
                             "forked_from_run": row["forked_from_run"],

@@ -1,16 +1,24 @@
 """Cron schedules of flows (``@flow(schedule=...)``): validation and the
-thread that starts scheduled runs; flows.py re-exports every name here.
+thread that starts scheduled runs. The scheduler knows a flow only by its
+``name``, ``schedule`` and ``start()``, so it sits below the run machinery.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
+from typing import TYPE_CHECKING, Any, Callable
 
-from .core import Flow, FlowError, _new_run, journal
+from ..errors import FlowError
+
+if TYPE_CHECKING:
+    from .journal import Journal
+
+log = logging.getLogger(__name__)
 
 
-def _validate_schedule(expr: str, name: str) -> None:
+def validate_schedule(expr: str, name: str) -> None:
     try:
         from croniter import croniter
     except ImportError:  # pragma: no cover
@@ -21,21 +29,23 @@ def _validate_schedule(expr: str, name: str) -> None:
                         "with seconds last, e.g. '*/15 * * * *')")
 
 
-class _Scheduler:
+class Scheduler:
     """Starts scheduled flows at their cron slots while this process is up.
     The last slot run is journaled per flow (events kind 'flow_scheduled'),
     so slots missed while nothing was up run once, not once each."""
 
-    def __init__(self) -> None:
-        self.flows: dict[str, Flow] = {}
+    def __init__(self, journal: Callable[[], "Journal"]) -> None:
+        self.journal = journal
+        self.flows: dict[str, Any] = {}
         self.next: dict[str, float] = {}
         self.cv = threading.Condition()
         self.thread: threading.Thread | None = None
+        self.generation = 0  # a thread runs while this is the value it started with
 
-    def add(self, fl: Flow) -> None:
+    def add(self, fl: Any) -> None:
         from croniter import croniter
 
-        j = journal()
+        j = self.journal()
         last = j.last_slot(fl.name)
         t = time.time()
         if last is None:  # first sight: a baseline, so later absences are detected
@@ -47,33 +57,50 @@ class _Scheduler:
             # a missed slot: run now, once
             self.next[fl.name] = min(nxt, t) if nxt <= t else nxt
             if self.thread is None:
-                self.thread = threading.Thread(target=self._loop, name="fm-scheduler", daemon=True)
+                self.thread = threading.Thread(target=self._loop, args=(self.generation,),
+                                               name="fm-scheduler", daemon=True)
                 self.thread.start()
             self.cv.notify_all()
 
-    def _loop(self) -> None:
+    def remove(self, name: str) -> None:
+        with self.cv:
+            self.flows.pop(name, None)
+            self.next.pop(name, None)
+
+    def stop(self) -> None:
+        with self.cv:
+            self.generation, self.thread = self.generation + 1, None
+            self.flows.clear()
+            self.next.clear()
+            self.cv.notify_all()
+
+    def _due(self) -> tuple[Any, float] | None:
+        """The flow whose slot has come and that slot, or None after waiting a while."""
         from croniter import croniter
 
-        while True:
-            with self.cv:
-                if not self.next:
-                    self.cv.wait(1.0)
-                    continue
-                name = min(self.next, key=self.next.get)
-                left = self.next[name] - time.time()
-                if left > 0:
-                    self.cv.wait(min(left, 1.0))
-                    continue
-                fl = self.flows[name]
-                t = time.time()
-                slot = croniter(fl.schedule, t + 1e-3).get_prev(float)
-                self.next[name] = croniter(fl.schedule, max(slot, t)).get_next(float)
+        with self.cv:
+            if not self.next:
+                self.cv.wait(1.0)
+                return None
+            name = min(self.next, key=self.next.__getitem__)
+            left = self.next[name] - time.time()
+            if left > 0:
+                self.cv.wait(min(left, 1.0))
+                return None
+            fl = self.flows[name]
+            t = time.time()
+            slot = croniter(fl.schedule, t + 1e-3).get_prev(float)
+            self.next[name] = croniter(fl.schedule, max(slot, t)).get_next(float)
+            return fl, slot
+
+    def _loop(self, generation: int) -> None:
+        while generation == self.generation:
+            due = self._due()
+            if due is None:
+                continue
+            fl, slot = due
             try:
-                run = _new_run(fl, (), {})
-                journal().record_slot(fl.name, slot, run.id)
-                run._start()
+                run = fl.start()
+                self.journal().record_slot(fl.name, slot, run.id)
             except Exception:  # the next slot tries again
-                pass
-
-
-_SCHEDULER = _Scheduler()
+                log.exception("scheduled run of flow %r for slot %s failed to start", fl.name, slot)
