@@ -59,7 +59,7 @@ def test_parameters_are_injected_as_papermill_does(tmp_path: Path) -> None:
     from papermill.iorw import load_notebook_node
     from papermill.parameterize import parameterize_notebook
 
-    from fm_kernel import parameters
+    from fm_kernel.cli import parameters
 
     src = tmp_path / "p.ipynb"
     make_notebook(src)
