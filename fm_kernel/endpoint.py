@@ -15,6 +15,7 @@ import json
 import os
 import secrets
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -26,6 +27,8 @@ from .record import querying
 from .errors import FlowmetalError
 
 MAX_BODY = 1 << 20  # spec default: 1 MiB
+SQL_WORKERS = 2  # user queries run at once; DuckDB gives each up to 2 threads
+SQL_QUEUE = 16   # running plus waiting; more are answered 429
 
 def endpoint_file(history: Path) -> Path:
     return Path(str(history) + ".endpoint.json")
@@ -90,6 +93,12 @@ class ApiHandler(tornado.web.RequestHandler):
 
 
 class SqlHandler(ApiHandler):
+    """POST /sql on the endpoint's own bounded pool of SQL workers, so slow
+    queries never hold up callbacks and signals (they use the loop's default
+    executor); cancelled when the client goes away, capped in rows."""
+
+    cancel: querying.Cancel | None = None
+
     async def post(self) -> None:
         body = self.json_body()
         if not isinstance(body, dict) or not isinstance(body.get("query"), str):
@@ -97,13 +106,29 @@ class SqlHandler(ApiHandler):
         params = body.get("params") or []
         if not isinstance(params, list):
             raise tornado.web.HTTPError(400, reason="params must be a list")
-        loop = asyncio.get_running_loop()
+        if not self.api.sql_slots.acquire(blocking=False):
+            raise tornado.web.HTTPError(429, reason=f"{SQL_QUEUE} queries are already running or "
+                                        "waiting; retry when one has answered")
+        self.cancel = querying.Cancel()
         try:
-            res = await loop.run_in_executor(
-                None, lambda: querying.run(self.api.store(), body["query"], params, self.api.frames))
+            res = await asyncio.get_running_loop().run_in_executor(
+                self.api.sql_pool, lambda: querying.run(
+                    self.api.store(), body["query"], params, self.api.frames,
+                    limit_rows=querying.max_rows(), cancel=self.cancel))
         except FlowmetalError as exc:
             raise tornado.web.HTTPError(400, reason=str(exc)) from None
-        self.send_json({"columns": res.columns, "rows": [list(r) for r in res.rows]})
+        except KeyboardInterrupt:
+            raise tornado.web.HTTPError(400, reason="query interrupted") from None
+        finally:
+            self.api.sql_slots.release()
+        out: dict[str, Any] = {"columns": res.columns, "rows": [list(r) for r in res.rows]}
+        if res.truncated:
+            out.update(truncated=True, note=querying.truncated_note(res))
+        self.send_json(out)
+
+    def on_connection_close(self) -> None:
+        if self.cancel is not None:
+            self.cancel.cancel("the client closed the connection")
 
 
 class NotFound(ApiHandler):
@@ -132,6 +157,8 @@ class Endpoint:
         self.token = secrets.token_urlsafe(32)
         self.routes: list[tuple[str, type[ApiHandler]]] = [(r"/sql", SqlHandler), *routes]
         self.port: int | None = None
+        self.sql_pool = ThreadPoolExecutor(SQL_WORKERS, thread_name_prefix="fm-sql")
+        self.sql_slots = threading.BoundedSemaphore(SQL_QUEUE)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started = threading.Event()
 
@@ -177,3 +204,4 @@ class Endpoint:
             pass
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._loop.stop)
+        self.sql_pool.shutdown(wait=False, cancel_futures=True)

@@ -93,9 +93,13 @@ class FlowmetalMagics(Magics):
             raise UsageError(f"%%sql -o: {name!r} is not a valid Python name")
         rt = runtime.current()
         try:
-            res = querying.run(rt.require_store(), query, (), rt.frame_path)
+            # What is only shown is capped; `-o NAME` keeps every row, like fm.history().sql.
+            res = querying.run(rt.require_store(), query, (), rt.frame_path,
+                               limit_rows=querying.max_rows() if name is None else None)
         except errors.FlowmetalError as exc:
             raise UsageError(str(exc)) from None
+        if res.truncated:
+            print(querying.truncated_note(res))
         try:
             frame = res.to_pandas()
         except ImportError:

@@ -64,7 +64,9 @@ def run_sql(history: Path, query: str, params: list | None = None):
                 f"history {history} is held by a process with no endpoint; try again when it is done"
             ) from None
         out = remote.call(info, "POST", "/sql", {"query": query, "params": params or []})
-        return Result(out["columns"], [tuple(r) for r in out["rows"]])
+        if out.get("truncated"):
+            print(out.get("note", "truncated"), file=sys.stderr)
+        return Result(out["columns"], [tuple(r) for r in out["rows"]], bool(out.get("truncated")))
     try:
         from ..state.states import States
 

@@ -1,108 +1,290 @@
-"""User SQL over the history: what it may do, `frame(name, step)`, and
-errors as one line. Shared by `%%sql`, `fm.history().sql()`, the endpoint's
-POST /sql and `fm sql`, so all four accept and refuse the same things."""
+"""User SQL over the history: what it may do, `frame(name, step)`, its time
+limit and row cap, and errors as one line. Shared by `%%sql`,
+`fm.history().sql()`, the endpoint's POST /sql and `fm sql`, so all four
+accept and refuse the same things.
+
+Two walls, each enough on its own for what it guards:
+1. check(): DuckDB's own parser must see exactly one SELECT (WITH, set
+   operations and subqueries included) that it can serialise, and every
+   function, table function and table it names must be on an allow-list:
+   the functions in sql_allowed, the table functions in TABLE_FUNCTIONS,
+   the history's VIEWS and the query's own CTEs.
+2. store.run_isolated(): the query runs on a separate DuckDB instance with
+   external access off and its configuration locked, in a read-only
+   transaction, over Arrow copies of the views it names; it never touches
+   the history's connection, whatever the first wall let through.
+"""
 
 from __future__ import annotations
 
+import os
 import re
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from ..errors import QueryFailed, SQLError, UsageError
-from .store import Result, Store, parse_tree, statement_types
+from ..errors import QueryFailed, SQLError
+from .sql_allowed import FUNCTIONS
+from .store import Result, Store, parse_tree, run_isolated, statement_types
 
-# Read-only transactions refuse writes to the history; these are refused
-# before that because they reach outside it (files, other databases, settings).
-ALLOWED = {"SELECT", "EXPLAIN", "PRAGMA", "CALL"}
-READ_PRAGMAS = {"table_info", "show_tables", "show_tables_expanded", "database_size",
-                "version", "storage_info", "show", "functions", "database_list"}
-# Functions that read files or the environment, or run SQL from a string: a
-# token for the history's endpoint must not be a token for the filesystem.
-OUTSIDE = {"glob", "getenv", "sniff_csv", "query", "query_table", "parquet_metadata",
-           "parquet_schema", "parquet_file_metadata", "parquet_kv_metadata",
-           "parquet_bloom_probe", "iceberg_metadata", "iceberg_snapshots"}
+# The views of migrations.py: the stable interface, and all a query may read.
+VIEWS = frozenset({"steps", "outputs", "variables", "branches", "events", "runs", "run_steps"})
+# Table functions that only make rows from their arguments; `frame` is ours
+# and is replaced by a table the kernel hands over before the query runs.
+TABLE_FUNCTIONS = frozenset({"range", "generate_series", "unnest"})
+# FROM-clause shapes that name nothing beyond what is checked inside them
+# (SHOW_REF, for DESCRIBE/SUMMARIZE/SHOW, lists the instance's catalog).
+TABLE_REFS = frozenset({"BASE_TABLE", "TABLE_FUNCTION", "JOIN", "SUBQUERY", "EXPRESSION_LIST",
+                        "EMPTY", "PIVOT"})
+DEFAULT_TIMEOUT = 30.0
+DEFAULT_MAX_ROWS = 10_000
 
 FRAME_CALL = re.compile(r"\bframe\s*\(\s*'((?:[^']|'')+)'\s*,\s*(\d+)\s*\)", re.IGNORECASE)
 
 FrameResolver = Callable[[str, int], Path]
 
+_VIEW_LIST = ", ".join(sorted(VIEWS))
+_WRITE = f"write one SELECT (or WITH … SELECT) over the views ({_VIEW_LIST})"
+# What to do instead, by DuckDB statement type; the rest get the generic line.
+_INSTEAD = {
+    "COPY": "take results out with `%%sql -o NAME` or `fm sql … --format csv > file.csv`",
+    "EXPORT": "copy the whole history with `fm export`",
+    "SET": "settings belong to the kernel's own connection",
+    "VARIABLE_SET": "settings belong to the kernel's own connection",
+    "PRAGMA": "settings belong to the kernel; for a view's columns: SELECT * FROM steps LIMIT 0",
+    "EXPLAIN": "time a query with %%time instead of EXPLAIN ANALYZE",
+    "CALL": "call a table function in FROM: SELECT * FROM range(10)",
+    "ATTACH": "a query sees this history's views only; open another with fm.history(PATH)",
+    "DETACH": "a query sees this history's views only",
+    "LOAD": "extensions cannot be loaded from a query",
+    "EXTENSION": "extensions cannot be installed from a query",
+    "MULTI": "PIVOT/UNPIVOT statements cannot be checked; use aggregates with FILTER",
+}
 
 
+@dataclass
+class Checked:
+    """What an accepted query reads: the views it names and its frame() calls."""
 
-def check(sql: str) -> None:
+    views: set[str] = field(default_factory=set)
+    frames: int = 0
+
+
+def check(sql: str, extra_tables: frozenset[str] = frozenset()) -> Checked:
+    """Accept one SELECT over the views or raise SQLError naming what was refused."""
     try:
-        statements = statement_types(sql)
+        kinds = statement_types(sql)
     except QueryFailed as exc:
         raise SQLError(exc.message) from None
-    if not statements:
-        raise SQLError("empty query; write a SELECT over steps, outputs, events or branches")
-    if len(statements) > 1:
-        raise SQLError(f"one statement at a time please ({len(statements)} given)")
-    kind = statements[0]
-    if kind not in ALLOWED:
-        raise SQLError(
-            f"the history is read-only: {kind} statements are refused; "
-            "query it with SELECT (copy results out with `%%sql -o NAME`)"
-        )
-    if kind == "PRAGMA":
-        name = sql.strip().split(None, 1)[1].split("(")[0].split("=")[0].strip().lower() \
-            if len(sql.split()) > 1 else ""
-        if name not in READ_PRAGMAS:
-            raise SQLError(f"PRAGMA {name} is refused: only PRAGMAs that describe the history are "
-                           f"allowed ({', '.join(sorted(READ_PRAGMAS))})")
-    else:
-        if kind == "CALL" and re.search(r"\b(read_\w+|\w+_scan|glob|getenv|query)\s*\(", sql, re.I):
-            raise SQLError("CALL of a function that reads outside the history is refused")
-        for what in _references(sql):
-            if what in OUTSIDE or what.startswith("read_") or what.endswith("_scan"):
-                raise SQLError(f"{what}() is refused: queries see the history's views, not files "
-                               "or the environment; frame('df', STEP) reads past DataFrames")
-            if what.startswith("table:") and not what[6:].replace("_", "").isalnum():
-                raise SQLError(f"{what[6:]!r} is refused: it is not a view of the history and files cannot be read "
-                               "from here (views: steps, outputs, variables, branches, events, "
-                               "runs, run_steps)")
-
-
-def _references(sql: str) -> set[str]:
-    """Function and table names a query uses, from DuckDB's own parse tree."""
+    if not kinds:
+        raise SQLError(f"empty query; {_WRITE}")
+    if len(kinds) > 1:
+        raise SQLError(f"one statement at a time please ({len(kinds)} given); {_WRITE}")
+    if kinds[0] != "SELECT":
+        instead = _INSTEAD.get(kinds[0], "the history is the record of what happened")
+        raise SQLError(f"the history is read-only: {kinds[0]} statements are refused; "
+                       f"{_WRITE}; {instead}")
     tree = parse_tree(sql)
-    if tree is None:
-        return set()
-    found: set[str] = set()
-
-    def walk(node: object) -> None:
-        if isinstance(node, dict):
-            if isinstance(node.get("function_name"), str):
-                found.add(node["function_name"].lower())
-            if node.get("type") == "BASE_TABLE" and isinstance(node.get("table_name"), str):
-                found.add("table:" + node["table_name"])
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
-            for value in node:
-                walk(value)
-
-    walk(tree)
+    if tree is None or len(tree.get("statements", ())) != 1:
+        raise SQLError(f"this query cannot be checked (DuckDB cannot serialise it); {_WRITE}")
+    found = Checked()
+    _walk(tree["statements"][0], frozenset(), found, VIEWS | extra_tables)
     return found
 
 
-def rewrite_frames(sql: str, resolve: FrameResolver | None) -> str:
-    """frame('df', 12) -> read_parquet('<file of df after step 12>')."""
+def _walk(node: Any, ctes: frozenset[str], found: Checked, tables: frozenset[str]) -> None:
+    if isinstance(node, list):
+        for item in node:
+            _walk(item, ctes, found, tables)
+        return
+    if not isinstance(node, dict):
+        return
+    cte_map = node.get("cte_map")
+    if isinstance(cte_map, dict) and cte_map.get("map"):
+        # A CTE's name is in scope in its own query node, its body included
+        # (WITH RECURSIVE), and nowhere else.
+        ctes = ctes | {str(e["key"]).lower() for e in cte_map["map"]}
+    if node.get("class") in ("FUNCTION", "WINDOW"):
+        _check_function(node)
+    elif "class" not in node and "sample" in node and not str(node.get("type")).endswith("_NODE"):
+        _check_table_ref(node, ctes, found, tables)
+    for key, value in node.items():
+        if key != "function" or node.get("type") != "TABLE_FUNCTION":
+            _walk(value, ctes, found, tables)
+        else:
+            _walk(value.get("arguments"), ctes, found, tables)
+
+
+def _check_function(node: dict[str, Any]) -> None:
+    name = str(node.get("function_name", "")).lower()
+    if node.get("catalog") or node.get("schema"):
+        raise SQLError(f"{_qualified(node)}() is refused: call functions by their plain name")
+    if name not in FUNCTIONS:
+        raise SQLError(f"{name}() is refused: queries may call DuckDB's functions that compute "
+                       "from their arguments, not ones that read files, settings, the "
+                       f"environment or other SQL; {_WRITE}")
+
+
+def _check_table_ref(node: dict[str, Any], ctes: frozenset[str], found: Checked,
+                     tables: frozenset[str]) -> None:
+    kind = node.get("type")
+    if kind not in TABLE_REFS:
+        what = "DESCRIBE, SUMMARIZE and SHOW are" if kind == "SHOW_REF" else f"{kind} is"
+        raise SQLError(f"{what} refused; for a view's columns: SELECT * FROM steps LIMIT 0")
+    if kind == "BASE_TABLE":
+        name = str(node.get("table_name", "")).lower()
+        if node.get("catalog_name") or node.get("schema_name") or node.get("at_clause"):
+            raise SQLError(f"{'.'.join(node['qualified_name']['path'])!r} is refused: "
+                           f"name a view by its plain name; {_WRITE}")
+        if name in ctes:
+            return
+        if name not in tables:
+            raise SQLError(f"{node.get('table_name')!r} is refused: it is not a view of the "
+                           f"history, and files cannot be read from here; {_WRITE}; "
+                           "frame('df', STEP) reads a past DataFrame")
+        if name in VIEWS:
+            found.views.add(name)
+    elif kind == "TABLE_FUNCTION":
+        fn = node.get("function") or {}
+        name = str(fn.get("function_name", "")).lower()
+        if fn.get("catalog") or fn.get("schema"):
+            raise SQLError(f"{_qualified(fn)}() is refused: call table functions by their plain name")
+        if name == "frame":
+            _check_frame_args(fn)
+            found.frames += 1
+        elif name not in TABLE_FUNCTIONS:
+            raise SQLError(f"{name}() is refused: queries see the history's views, not files, "
+                           "settings or the catalog; table functions allowed: frame('df', STEP), "
+                           f"{', '.join(sorted(TABLE_FUNCTIONS))}")
+
+
+def _check_frame_args(fn: dict[str, Any]) -> None:
+    args = [a.get("expression", {}) for a in fn.get("arguments", [])]
+    kinds = [(a.get("literal") or {}).get("kind") for a in args]
+    if kinds != ["STRING", "INTEGER"] and kinds != ["STRING", "BIGINT"]:
+        raise SQLError("frame() takes a quoted name and a step number, as in frame('df', 12)")
+
+
+def _qualified(node: dict[str, Any]) -> str:
+    path = (node.get("qualified_name") or {}).get("path")
+    return ".".join(path) if path else str(node.get("function_name"))
+
+
+class Cancel:
+    """A handle on one running query: cancel() interrupts whichever DuckDB
+    connection works for it (the history's cursor while views are handed
+    over, then the isolated cursor), from a timer, an interrupt or a server
+    whose client went away."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._conn: Any = None
+        self.reason: str | None = None
+
+    def attach(self, conn: Any) -> None:
+        with self._lock:
+            self._conn = conn
+            stop = self.reason is not None
+        if stop:
+            conn.interrupt()
+
+    def detach(self) -> None:
+        with self._lock:
+            self._conn = None
+
+    def cancel(self, reason: str) -> None:
+        with self._lock:
+            if self.reason is None:
+                self.reason = reason
+            conn = self._conn
+        if conn is not None:
+            conn.interrupt()
+
+
+def timeout_s() -> float:
+    """FM_SQL_TIMEOUT (seconds, default 30; 0 turns the limit off)."""
+    return _env_number("FM_SQL_TIMEOUT", DEFAULT_TIMEOUT)
+
+
+def max_rows() -> int:
+    """FM_SQL_MAX_ROWS: rows a query returns to a frontend or a client (default 10,000)."""
+    return int(_env_number("FM_SQL_MAX_ROWS", DEFAULT_MAX_ROWS))
+
+
+def _env_number(name: str, default: float) -> float:
+    raw = os.environ.get(name, "").strip()
+    try:
+        value = float(raw) if raw else default
+    except ValueError:
+        raise SQLError(f"{name}={raw!r} is not a number; unset it or give e.g. {default:g}") from None
+    if value < 0:
+        raise SQLError(f"{name}={raw!r} is negative; give a number of at least 0")
+    return value
+
+
+def truncated_note(res: Result) -> str:
+    return (f"truncated: showing the first {len(res.rows):,} rows; narrow the query (WHERE, "
+            "LIMIT, GROUP BY) or raise FM_SQL_MAX_ROWS")
+
+
+def run(store: Store, sql: str, params: Sequence[Any] = (), frames: FrameResolver | None = None,
+        limit_rows: int | None = None, cancel: Cancel | None = None,
+        timeout: float | None = None) -> Result:
+    """Check and run one user query. ``limit_rows`` caps the rows returned
+    (Result.truncated says when more were found); ``timeout`` (default
+    FM_SQL_TIMEOUT) interrupts it; ``cancel`` lets the caller stop it."""
+    checked = check(sql)
+    tables = {}
+    if checked.frames:
+        sql, tables = _hand_over_frames(sql, frames)
+        checked = check(sql, frozenset(tables))  # the rewrite is checked like the original
+        if checked.frames:
+            raise SQLError("frame() takes a quoted name and a step number, as in frame('df', 12)")
+    cancel = cancel or Cancel()
+    limit = timeout_s() if timeout is None else timeout
+    timer = threading.Timer(limit, cancel.cancel, ["timeout"]) if limit > 0 else None
+    if timer is not None:
+        timer.daemon = True
+        timer.start()
+    try:
+        views = store.views_as_arrow(sorted(checked.views), cancel)
+        return run_isolated(sql, params, views, tables, limit_rows, cancel)
+    except QueryFailed as exc:
+        raise _sql_error(exc, cancel, limit) from None
+    finally:
+        if timer is not None:
+            timer.cancel()
+
+
+def _sql_error(exc: QueryFailed, cancel: Cancel, limit: float) -> BaseException:
+    if cancel.reason == "timeout":
+        return SQLError(f"query cancelled after {limit:g} s (FM_SQL_TIMEOUT); narrow it "
+                        "(WHERE, LIMIT) or raise FM_SQL_TIMEOUT")
+    if cancel.reason is not None:
+        return SQLError(f"query cancelled: {cancel.reason}")
+    if exc.message == "interrupted":
+        return KeyboardInterrupt()
+    if exc.wrote:
+        return SQLError("the history is read-only: this query tried to write")
+    return SQLError(exc.message)
+
+
+def _hand_over_frames(sql: str, resolve: FrameResolver | None) -> tuple[str, dict[str, Any]]:
+    """frame('df', 12) -> fm_frame_N, an Arrow table the kernel read from
+    the Parquet file of df after step 12: the query names no path."""
+    import pyarrow.parquet as pq
+
+    tables: dict[str, Any] = {}
+    seen: dict[tuple[str, int], str] = {}
+
     def sub(m: re.Match[str]) -> str:
         if resolve is None:
             raise SQLError("frame() needs the state history, which this history does not have")
-        path = resolve(m.group(1).replace("''", "'"), int(m.group(2)))
-        return "read_parquet('" + str(path).replace("'", "''") + "')"
-    return FRAME_CALL.sub(sub, sql)
+        key = (m.group(1).replace("''", "'"), int(m.group(2)))
+        if key not in seen:
+            seen[key] = f"fm_frame_{len(seen)}"
+            tables[seen[key]] = pq.read_table(resolve(*key))
+        return seen[key]
 
-
-def run(store: Store, sql: str, params: Sequence[Any] = (),
-        frames: FrameResolver | None = None) -> Result:
-    check(sql)
-    sql = rewrite_frames(sql, frames)
-    try:
-        return store.read_query(sql, params)
-    except QueryFailed as exc:
-        if exc.wrote:
-            raise SQLError("the history is read-only: this query tried to write to it") from None
-        raise SQLError(exc.message) from None
+    return FRAME_CALL.sub(sub, sql), tables

@@ -71,6 +71,7 @@ class Result:
 
     columns: list[str]
     rows: list[tuple]
+    truncated: bool = False  # user SQL: more rows than the cap were found
 
     def to_pandas(self):  # pandas is optional for the kernel itself
         import pandas as pd
@@ -86,6 +87,10 @@ _STEP_INSERT = (
     " code, status, started_at, finished_at, duration_ms, error_name, error_value, traceback,"
     " outputs, state_id, changed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
+# Row counts of the history's tables, committed ones only. They only grow,
+# so an unchanged list means views handed to user SQL earlier are current.
+_VIEWS_KEY = ("SELECT list(estimated_size ORDER BY table_name) FROM duckdb_tables()"
+              " WHERE starts_with(table_name, 'fm_')")
 _ENTRY_COLUMNS = ("id", "name", "type", "size_bytes", "summary", "value", "restorable", "reason")
 
 
@@ -101,9 +106,10 @@ class Store:
         # Writers that buffer records outside DuckDB (the flow journal's log)
         # register a flush here, so a copy of the history holds them too.
         self.before_copy: list[Callable[[], None]] = []
+        self._view_cache: dict[str, tuple[Any, Any, list[str]]] = {}  # views_as_arrow
         # DuckDB wakes its thread pool for every statement; for the small
         # writes on the per-cell path one thread is ~0.7 ms faster (bench/).
-        # Heavy user queries raise it for their own duration (see query()).
+        # User SQL runs on its own instance with its own threads (run_isolated).
         self._conn.execute("SET threads = 1")
         self._migrate()
         # Appends go through their own cursor with the optimizer off: there is
@@ -362,27 +368,38 @@ class Store:
             cols = [d[0] for d in cur.description] if cur.description else []
             return Result(cols, cur.fetchall() if cols else [])
 
-    def read_query(self, sql: str, params: Sequence[Any] = (), threads: int = 2) -> Result:
-        """Run a user's query in a read-only transaction on its own cursor, so
-        it can neither change the history nor wait on the cell-recording path."""
+    def views_as_arrow(self, names: Sequence[str],
+                       cancel: Any = None) -> dict[str, tuple[Any, list[str]]]:
+        """The named views as Arrow tables with the names of their JSON
+        columns, for user SQL on its isolated instance (run_isolated), which
+        never sees this connection. Read in one read-only snapshot on a
+        cursor of its own, so cell recording does not wait for it; kept until
+        a table's committed row count changes (they are append-only)."""
         with self._lock:
             cur = self._conn.cursor()
         try:
-            cur.execute(f"SET threads = {int(threads)}")
+            if cancel is not None:
+                cancel.attach(cur)
+            # Read before the snapshot: a write landing in between makes the
+            # key older than the data, so the next query reads again.
+            key = cur.execute(_VIEWS_KEY).fetchall()[0]
             cur.execute("BEGIN TRANSACTION READ ONLY")
-            try:
-                cur.execute(sql, params)
-                cols = [d[0] for d in cur.description] if cur.description else []
-                rows = cur.fetchall() if cols else []
-            except duckdb.TransactionException as exc:
-                raise QueryFailed(_first_line(exc), wrote="read-only" in str(exc)) from None
-            except duckdb.Error as exc:
-                raise QueryFailed(_first_line(exc)) from None
-            finally:
-                cur.execute("ROLLBACK")
-                cur.execute("SET threads = 1")
-            return Result(cols, rows)
+            out = {}
+            for name in names:
+                hit = self._view_cache.get(name)
+                if hit is None or hit[0] != key:
+                    rel = cur.sql(f'SELECT * FROM "{name}"')
+                    json_cols = [c for c, t in zip(rel.columns, rel.types) if str(t) == "JSON"]
+                    hit = (key, rel.to_arrow_table(), json_cols)
+                    self._view_cache[name] = hit
+                out[name] = (hit[1], hit[2])
+            cur.execute("ROLLBACK")
+            return out
+        except duckdb.Error as exc:
+            raise QueryFailed(_first_line(exc)) from None
         finally:
+            if cancel is not None:
+                cancel.detach()
             cur.close()
 
     def steps(self, branch: str | None = None, limit: int | None = None) -> Result:
@@ -534,6 +551,68 @@ def _first_line(exc: BaseException) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
+# -- user SQL's own instance --------------------------------------------------
+# User SQL never runs on a history's connection. It runs on a cursor of a
+# separate in-memory instance made with external access off (no file, ATTACH,
+# COPY or extension loading) and its configuration locked (no SET, RESET or
+# PRAGMA can change a setting), inside a read-only transaction. It holds no
+# data of its own: the kernel hands it the views a query names as Arrow
+# tables (Store.views_as_arrow) and each past DataFrame `frame()` names as an
+# Arrow table, so a query sees what it was given and nothing else, whatever
+# the parser check (record/querying.py) might miss.
+_ISOLATED_CONFIG = {
+    "enable_external_access": False, "autoload_known_extensions": False,
+    "autoinstall_known_extensions": False, "allow_community_extensions": False,
+    "allow_unsigned_extensions": False, "threads": 2, "memory_limit": "1GB",
+    "lock_configuration": True,
+}
+_isolated: duckdb.DuckDBPyConnection | None = None
+_isolated_lock = threading.Lock()
+
+
+def _isolated_cursor() -> duckdb.DuckDBPyConnection:
+    global _isolated
+    with _isolated_lock:
+        if _isolated is None:
+            _isolated = duckdb.connect(":memory:", config=dict(_ISOLATED_CONFIG))
+        return _isolated.cursor()
+
+
+def run_isolated(sql: str, params: Sequence[Any], views: dict[str, tuple[Any, list[str]]],
+                 frames: dict[str, Any], max_rows: int | None, cancel: Any) -> Result:
+    """Run one checked user query on a fresh cursor of the isolated instance.
+    ``views``: view name -> (Arrow table, its JSON columns); ``frames``:
+    table name -> Arrow table; ``cancel.attach(cursor)`` lets a timer, an
+    interrupt or a gone client stop it. Raises QueryFailed."""
+    cur = _isolated_cursor()
+    try:
+        for name, (table, json_cols) in views.items():
+            cur.register(f"fm_arrow_{name}", table)
+            # Arrow carries JSON as text; give the views back their JSON type.
+            casts = ", ".join(f'"{c}"::JSON AS "{c}"' for c in json_cols)
+            cur.execute(f'CREATE TEMP VIEW "{name}" AS SELECT *'
+                        f'{f" REPLACE ({casts})" if casts else ""} FROM fm_arrow_{name}')
+        for name, table in frames.items():
+            cur.register(name, table)
+        cur.execute("BEGIN TRANSACTION READ ONLY")
+        cancel.attach(cur)
+        try:
+            cur.execute(sql, list(params))
+            cols = [d[0] for d in cur.description] if cur.description else []
+            rows = [] if not cols else cur.fetchall() if max_rows is None \
+                else cur.fetchmany(max_rows + 1)
+        except (duckdb.Error, RuntimeError) as exc:  # Ctrl-C arrives as RuntimeError
+            interrupted = isinstance(exc, duckdb.InterruptException) or "interrupted" in str(exc)
+            raise QueryFailed("interrupted" if interrupted else _first_line(exc),
+                              wrote="read-only" in str(exc)) from None
+        finally:
+            cancel.detach()
+        cut = max_rows is not None and len(rows) > max_rows
+        return Result(cols, rows[:max_rows] if cut else rows, truncated=cut)
+    finally:
+        cur.close()
+
+
 def statement_types(sql: str) -> list[str]:
     """The statement types DuckDB parses ``sql`` into (SELECT, INSERT, ...)."""
     try:
@@ -547,15 +626,17 @@ _parser_lock = threading.Lock()
 
 
 def parse_tree(sql: str) -> Any:
-    """DuckDB's own parse tree of a query (json_serialize_sql), or None."""
+    """DuckDB's own parse tree of a query (json_serialize_sql), or None when
+    it cannot serialise it: it serialises nothing but SELECT."""
     global _parser
     with _parser_lock:
         if _parser is None:
-            _parser = duckdb.connect()
+            _parser = duckdb.connect(":memory:", config=dict(_ISOLATED_CONFIG))
         try:
-            return json.loads(_parser.execute("SELECT json_serialize_sql(?)", [sql]).fetchone()[0])
+            tree = json.loads(_parser.execute("SELECT json_serialize_sql(?)", [sql]).fetchone()[0])
         except duckdb.Error:
             return None
+    return None if tree.get("error") else tree
 
 
 def _state_id(state: dict[str, Any]) -> str:
