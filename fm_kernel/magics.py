@@ -12,7 +12,7 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 from IPython.display import display, publish_display_data
 
-from . import errors
+from . import errors, magic_help
 from .state import navigate
 from .record import querying
 from . import runtime
@@ -21,13 +21,34 @@ from .record.recorder import unflatten_outputs
 from .tables import format_table, human_bytes, step_log_table
 
 
+class _HelpShown(Exception):
+    """`-h` printed a command's help: nothing else to do."""
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # argparse would print usage and exit
-        raise UsageError(f"%fm {self.prog.split()[-1]}: {message} (usage: {self.format_usage().strip()[7:]})")
+        raise UsageError(f"{self.prog}: {message} (usage: {self.format_usage().strip()[7:]})")
+
+    def exit(self, status: int = 0, message: str | None = None):  # after -h: no SystemExit
+        raise _HelpShown()
 
 
-def _parser(name: str, help_: str) -> _Parser:
-    return _Parser(prog=f"%fm {name}", description=help_, add_help=False)
+def _parser(name: str) -> _Parser:
+    prog = "%%sql" if name == "sql" else f"%fm {name}"
+    return _Parser(prog=prog, description=magic_help.SUMMARY.get(name))
+
+
+_INERT = ("text/plain", "image/png", "image/jpeg", "image/gif")  # no markup, no script
+
+
+def _inert(data: dict[str, Any], history: Any) -> dict[str, Any]:
+    """The parts of a stored output a frontend cannot run; one line for the rest."""
+    kept = {k: v for k, v in data.items() if k in _INERT}
+    held = sorted(k for k in data if k not in _INERT)
+    if held:
+        print(f"({', '.join(held)} not shown: this history is not trusted here; "
+              f"`fm trust {history}` shows it)")
+    return kept
 
 
 @magics_class
@@ -49,7 +70,10 @@ class FlowmetalMagics(Magics):
             "timeline": self._timeline,
             "inspect": self._inspect,
             "runs": self._runs,
+            "sql": self._sql,
         }
+        shell.set_hook("complete_command", magic_help.completer([*self._commands, "help"], runtime.current),
+                       str_key="%fm")
 
     @line_magic
     def fm(self, line: str) -> None:
@@ -59,7 +83,7 @@ class FlowmetalMagics(Magics):
         except ValueError as exc:
             raise UsageError(f"%fm: cannot parse arguments: {exc}") from None
         if not args or args[0] in ("help", "-h", "--help"):
-            print("usage: %fm " + " | ".join(sorted(self._commands)))
+            self._help(args[1:])
             return
         command = self._commands.get(args[0])
         if command is None:
@@ -68,8 +92,22 @@ class FlowmetalMagics(Magics):
             )
         try:
             command(args[1:])
+        except _HelpShown:
+            pass
         except errors.FlowmetalError as exc:
             raise UsageError(str(exc)) from None
+
+    def _help(self, argv: list[str]) -> None:
+        if not argv:
+            print(magic_help.overview([*self._commands, "help"]))
+            return
+        command = self._commands.get(argv[0])
+        if command is None:
+            raise UsageError(f"%fm help: no command {argv[0]!r}; `%fm help` lists them")
+        try:
+            command(["-h"])
+        except _HelpShown:
+            pass
 
     @line_cell_magic
     def sql(self, line: str, cell: str | None = None):
@@ -85,9 +123,12 @@ class FlowmetalMagics(Magics):
             if len(m) >= 2 and m[0] == "-o":
                 name, query = m[1], (m[2] if len(m) > 2 else "")
         else:
-            p = _parser("sql", "SQL over the history")
-            p.add_argument("-o", dest="name", metavar="NAME")
-            name = p.parse_args(args).name
+            p = _parser("sql")
+            p.add_argument("-o", dest="name", metavar="NAME", help="keep every row as a DataFrame in NAME")
+            try:
+                name = p.parse_args(args).name
+            except _HelpShown:
+                return None
             query = cell
         if name is not None and not name.isidentifier():
             raise UsageError(f"%%sql -o: {name!r} is not a valid Python name")
@@ -109,10 +150,23 @@ class FlowmetalMagics(Magics):
             self.shell.user_ns[name] = frame
         return frame
 
+    @line_cell_magic
+    def fmsql(self, line: str, cell: str | None = None):
+        """%%fmsql: the same as %%sql, for when another extension (jupysql) owns %%sql."""
+        return self.sql(line, cell)
+
     # -- commands ------------------------------------------------------------
 
+    def _sql(self, argv: list[str]) -> None:
+        if argv[:1] in (["-h"], ["--help"]):
+            _parser("sql").print_help()
+            return
+        frame = self.sql(" ".join(argv))
+        if frame is not None:
+            display(frame)
+
     def _log(self, argv: list[str]) -> None:
-        p = _parser("log", "steps of the current branch, newest last")
+        p = _parser("log")
         p.add_argument("-n", type=int, default=20, help="how many steps")
         p.add_argument("--all", action="store_true", help="all branches")
         a = p.parse_args(argv)
@@ -126,7 +180,7 @@ class FlowmetalMagics(Magics):
         print(step_log_table(res.rows, head=rt.head))
 
     def _show(self, argv: list[str]) -> None:
-        p = _parser("show", "code, outputs and duration of one step")
+        p = _parser("show")
         p.add_argument("step", type=int)
         a = p.parse_args(argv)
         rec = runtime.current().require_store().step(a.step)
@@ -142,17 +196,25 @@ class FlowmetalMagics(Magics):
         outs = unflatten_outputs(rec.outputs)
         if outs:
             print(f"outputs ({len(outs)}):")
+        # The frontend runs what it is handed as trusted output: a history
+        # not trusted here gets its markup and scripts shown as text only.
+        from .record import trust
+
+        store = runtime.current().require_store()
+        trusted = trust.gate(store).trusted
         for out in outs:
             kind = out["output_type"]
             if kind == "stream":
                 print(out["text"], end="" if out["text"].endswith("\n") else "\n")
             elif kind in ("display_data", "execute_result", "update_display_data"):
-                publish_display_data(out["data"], out.get("metadata") or {})
+                data = out["data"] if trusted else _inert(out["data"], store.path)
+                if data:
+                    publish_display_data(data, (out.get("metadata") or {}) if trusted else {})
             elif kind == "error":
                 print(f"{out['ename']}: {out['evalue']}")
 
     def _status(self, argv: list[str]) -> None:
-        _parser("status", "history path, size, HEAD").parse_args(argv)
+        _parser("status").parse_args(argv)
         rt = runtime.current()
         store = rt.require_store()
         count, pending = store.step_count(), store.pending_run_count()
@@ -168,34 +230,34 @@ class FlowmetalMagics(Magics):
         print("\n".join(f"{k.ljust(width)}  {v}" for k, v in rows))
 
     def _rewind(self, argv: list[str]) -> None:
-        p = _parser("rewind", "namespace becomes the state after STEP")
+        p = _parser("rewind")
         p.add_argument("step", type=int)
         print(navigate.rewind(runtime.current(), p.parse_args(argv).step))
 
     def _undo(self, argv: list[str]) -> None:
-        p = _parser("undo", "rewind N steps back on this branch")
+        p = _parser("undo")
         p.add_argument("n", type=int, nargs="?", default=1)
         print(navigate.undo(runtime.current(), p.parse_args(argv).n))
 
     def _fork(self, argv: list[str]) -> None:
-        p = _parser("fork", "new branch at STEP (default HEAD), and switch to it")
+        p = _parser("fork")
         p.add_argument("name")
         p.add_argument("--from", dest="from_step", type=int, default=None, metavar="STEP")
         a = p.parse_args(argv)
         print(navigate.fork(runtime.current(), a.name, a.from_step))
 
     def _checkout(self, argv: list[str]) -> None:
-        p = _parser("checkout", "switch HEAD to a branch or step, restoring its state")
+        p = _parser("checkout")
         p.add_argument("ref", metavar="BRANCH|STEP")
         print(navigate.checkout(runtime.current(), p.parse_args(argv).ref))
 
     def _resume(self, argv: list[str]) -> None:
-        _parser("resume", "restore the last recorded state").parse_args(argv)
+        _parser("resume").parse_args(argv)
         line = navigate.resume(runtime.current())
         print(line or "nothing to resume: this history has no recorded state yet")
 
     def _branches(self, argv: list[str]) -> None:
-        _parser("branches", "branches with head step and base").parse_args(argv)
+        _parser("branches").parse_args(argv)
         rt = runtime.current()
         res = rt.require_store().branches()
         rows = [(("* " if r[0] == rt.branch else "  ") + r[0], r[1] if r[1] is not None else "",
@@ -203,13 +265,13 @@ class FlowmetalMagics(Magics):
         print(format_table(["branch", "head", "base", "created"], rows))
 
     def _diff(self, argv: list[str]) -> None:
-        p = _parser("diff", "variables added, removed and changed between two steps")
+        p = _parser("diff")
         p.add_argument("a", type=int)
         p.add_argument("b", type=int)
         a = p.parse_args(argv)
         tl = runtime.current().require_states()
         d = diff(tl.manifest(a.a), tl.manifest(a.b))
-        from .widgets import timeline as widgets
+        from . import widgets
 
         if widgets.in_widget_frontend():
             display(widgets.diff_widget(a.a, a.b))
@@ -222,7 +284,7 @@ class FlowmetalMagics(Magics):
         print(format_table(["", "name", f"after step {a.a}", f"after step {a.b}"], rows))
 
     def _export(self, argv: list[str]) -> None:
-        p = _parser("export", "write a self-contained bundle of this history")
+        p = _parser("export")
         p.add_argument("path")
         from pathlib import Path
 
@@ -232,32 +294,30 @@ class FlowmetalMagics(Magics):
         print(f"exported this history to {out}; on another machine: fm import {out.name} --trust")
 
     def _timeline(self, argv: list[str]) -> None:
-        p = _parser("timeline", "the time-travel widget: steps, outputs, branches")
+        p = _parser("timeline")
         p.add_argument("--all", action="store_true", help="all branches")
         a = p.parse_args(argv)
-        from .widgets import timeline as widgets
+        from . import widgets
 
         display(widgets.timeline_widget(all_branches=a.all))
 
     def _inspect(self, argv: list[str]) -> None:
-        p = _parser("inspect", "the variables of a step, and their values as they were")
+        p = _parser("inspect")
         p.add_argument("step", type=int, nargs="?", default=None)
         a = p.parse_args(argv)
-        from .widgets import timeline as widgets
+        from . import widgets
 
         display(widgets.inspect_widget(a.step))
 
     def _runs(self, argv: list[str]) -> None:
-        p = _parser("runs", "flow runs and their status, newest first")
+        p = _parser("runs")
         p.add_argument("-n", type=int, default=20)
         a = p.parse_args(argv)
         from .flows import runs as flow_runs
-        from .widgets import timeline as widgets
+        from . import widgets
 
         if widgets.in_widget_frontend():
-            from .widgets import runs as widgets_runs
-
-            display(widgets_runs.runs_widget(a.n))
+            display(widgets.runs_widget(a.n))
             return
         frame = flow_runs(a.n)
         if frame.empty:

@@ -30,7 +30,7 @@ def is_history_query(code: str) -> bool:
     lines = [ln.strip() for ln in code.strip().splitlines() if ln.strip()]
     if not lines:
         return False
-    if lines[0].startswith("%%sql"):
+    if lines[0].startswith(("%%sql", "%%fmsql")):
         return " -o" not in lines[0]  # -o NAME writes to the namespace: a step
     return all(ln.startswith(("%fm", "%sql")) and " -o " not in ln for ln in lines)
 
