@@ -12,6 +12,7 @@ import asyncio
 import hmac
 import ipaddress
 import json
+import logging
 import os
 import secrets
 import threading
@@ -25,6 +26,16 @@ import tornado.web
 
 from .record import querying
 from .errors import FlowmetalError
+
+log = logging.getLogger(__name__)
+
+
+def _log_request(handler: tornado.web.RequestHandler) -> None:
+    """Requests go to the kernel's log, never to tornado.access: a root-level
+    handler would print '404 POST ...' into whichever cell is running."""
+    status = handler.get_status()
+    log.log(logging.WARNING if status >= 500 else logging.DEBUG, "%d %s %.1f ms", status,
+            handler._request_summary(), 1000.0 * handler.request.request_time())
 
 MAX_BODY = 1 << 20  # spec default: 1 MiB
 SQL_WORKERS = 2  # user queries run at once; DuckDB gives each up to 2 threads
@@ -177,6 +188,7 @@ class Endpoint:
         app = tornado.web.Application(
             [(pattern, handler, {"api": self}) for pattern, handler in self.routes],
             default_handler_class=NotFound, default_handler_args={"api": self},
+            log_function=_log_request,
         )
         # Tornado drops the connection without a reply past max_body_size;
         # leave headroom so our own check answers 413 instead.
@@ -189,13 +201,21 @@ class Endpoint:
         loop.run_forever()
 
     def _write_file(self) -> None:
+        # The token goes to a file made new under a name nobody can guess in
+        # advance (O_EXCL|O_NOFOLLOW: a link planted there is never followed),
+        # then renamed over the final name, which replaces a link, not its target.
         path = endpoint_file(self.history)
-        tmp = path.with_name(path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump({"url": self.url, "port": self.port, "token": self.token,
-                       "pid": os.getpid(), "kernel_id": self.kernel_id}, f)
-        os.replace(tmp, path)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(8)}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        try:
+            os.fchmod(fd, 0o600)
+            with os.fdopen(fd, "w") as f:
+                json.dump({"url": self.url, "port": self.port, "token": self.token,
+                           "pid": os.getpid(), "kernel_id": self.kernel_id}, f)
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
     def stop(self) -> None:
         try:

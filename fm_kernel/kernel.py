@@ -32,6 +32,22 @@ def _kernel_id_from_connection_file() -> str | None:
     return None
 
 
+def _log_to_kernel_log() -> None:
+    """The package's loggers (background threads: journal, scheduler, endpoint,
+    widget loader) write to the kernel process's own stderr, which Jupyter
+    keeps as the kernel log. Through the root logger they would land in the
+    output of whatever cell is running."""
+    import logging
+
+    root = logging.getLogger("fm_kernel")
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.__stderr__)
+        handler.setFormatter(logging.Formatter("[flowmetal %(levelname)s %(name)s] %(message)s"))
+        root.addHandler(handler)
+        root.setLevel(os.environ.get("FM_LOG_LEVEL", "INFO").upper())
+        root.propagate = False
+
+
 def _flush_pending(*streams: Any) -> None:
     """Flush streams that hold output. ipykernel flushes again after we
     return, but the record needs every output first; an idle OutStream's
@@ -49,6 +65,7 @@ class FlowmetalKernel(IPythonKernel):
 
     def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)
+        _log_to_kernel_log()
         self.fm = runtime.Runtime(kernel_id=_kernel_id_from_connection_file())
         runtime.install(self.fm)
         self.recorder: CellRecorder | None = None
