@@ -41,6 +41,6 @@ def step_record(step: int, code: str = "x = 1", status: str = "ok", *, parent: i
         duration_ms=250.0 if done else None, outputs=outputs or [], state=state, **extra)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def make_step() -> Callable[..., StepRecord]:
     return step_record
