@@ -31,7 +31,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("runtime",),
     ("api",),
     ("widgets",),
-    ("magics",),
+    ("magics", "magic_help"),
     ("kernel",),
     ("cli", "__main__"),
 ]
