@@ -38,7 +38,9 @@ class Runtime:
         self.requested_path = history or location.history_path()
         self.store: Store | None = None
         self.branch = "main"
-        self.head: int | None = None  # the step whose state the namespace holds
+        # HEAD: the step new cells grow from. The namespace holds its state,
+        # except after a clean restart, until `%fm resume` (docs/time-travel.md)
+        self.head: int | None = None
         self.notices: list[str] = []
         self.interrupted: list[int] = []
         self.ready = threading.Event()
@@ -63,11 +65,9 @@ class Runtime:
             self.unclean_end = last is not None and last["kind"] == "kernel_started"
             self.interrupted = recover_interrupted(store, InflightMarker(store.path))
             self.unclean_end = self.unclean_end or bool(self.interrupted)
-            last = store.query(
-                "SELECT branch FROM steps ORDER BY step DESC LIMIT 1"
-            ).rows
-            if last:
-                self.branch = last[0][0]
+            # HEAD comes from the record, not from the last step: a rewind,
+            # fork or checkout may have moved it since (docs/time-travel.md)
+            self.branch, self.head = store.head() or ("main", None)
             from .record.bundle import ensure_origin
 
             ensure_origin(store)

@@ -197,8 +197,9 @@ def test_step_numbers_continue_across_kernels_and_are_never_reused(history: Path
             k.execute(code + " + 0")
     rows = steps(history)
     assert [r[0] for r in rows] == [1, 2, 3, 4]
-    # a fresh kernel starts from an empty namespace: its first step has no parent
-    assert [r[1] for r in rows] == [None, 1, None, 3]
+    # a fresh kernel starts from an empty namespace, but on HEAD: its first
+    # step's parent is the step HEAD was on (docs/time-travel.md)
+    assert [r[1] for r in rows] == [None, 1, 2, 3]
     kinds = [r[0] for r in query(history, "SELECT kind FROM events ORDER BY seq")]
     assert kinds.count("kernel_started") == 2 and kinds.count("kernel_stopped") == 2
 

@@ -227,6 +227,46 @@ def test_paging_and_the_all_branches_toggle(wk):
     assert paged[0] == 2 and len(paged[1]) <= 2
 
 
+LOG_CAPTURE = (
+    "import logging\n_records = []\n"
+    "class _Keep(logging.Handler):\n    def emit(self, r):\n        _records.append(r)\n"
+    "logging.getLogger('fm_kernel.widgets').addHandler(_Keep())\n")
+
+
+def test_a_failed_refresh_is_logged_and_named_in_the_timeline(wk):
+    run(wk, LOG_CAPTURE + "w = timeline_widget()\n"
+            "def _broken(branch=None):\n    raise ZeroDivisionError('the store went away')\n"
+            "w.source.steps = _broken")
+    run(wk, "y = 'a cell after which the timeline refreshes'")
+    wait_until(lambda: "ZeroDivisionError" in peek(wk, "w.message"), what="the failure line")
+    assert peek(wk, "w.message") == ("refreshing the timeline after the cell failed: "
+                                     "ZeroDivisionError: the store went away "
+                                     "(traceback in the kernel's log)")
+    logged = peek(wk, "[(r.name, r.levelname, r.exc_info[0].__name__) for r in _records]")
+    # once per cell since the break (the breaking cell's own refresh included)
+    assert logged and set(logged) == {("fm_kernel.widgets.timeline", "ERROR", "ZeroDivisionError")}
+
+
+def test_panels_are_named_by_whoever_builds_the_timeline_and_built_when_opened(wk):
+    out = run(wk, "import ipywidgets, json\n_made = []\n"
+                  "def _mine(source):\n    _made.append(source)\n    return ipywidgets.HTML('mine')\n"
+                  "t = timeline_widget(panels={'Mine': _mine})\nbefore = len(_made)\n"
+                  "t.panels.selected_index = 0\n"
+                  "print(json.dumps([t.panels.get_title(0), before, len(_made),"
+                  " t.panels.children[0].children[0].value,"
+                  " timeline_widget(panels={}).panels is None,"
+                  " (lambda d: [d.get_title(i) for i in range(len(d.children))])"
+                  "(timeline_widget().panels)]))")
+    res = json.loads(out.strip().splitlines()[-1])
+    assert res == ["Mine", 0, 1, "mine", True, ["Flow runs"]]
+    # a panel that fails to build says so in its section and in the log
+    run(wk, LOG_CAPTURE + "t = timeline_widget(panels={'Broken': lambda s: 1 / 0})\n"
+                          "t.panels.selected_index = 0")
+    assert "building the &#x27;Broken&#x27; section failed: ZeroDivisionError" in \
+        peek(wk, "t.panels.children[0].children[0].value")
+    assert peek(wk, "[r.levelname for r in _records]") == ["ERROR"]
+
+
 def test_diff_widget_falls_back_to_the_text_table():
     """Frontends without widgets show the same table `%fm diff` prints."""
     from fm_kernel.widgets.inspector import DiffWidget

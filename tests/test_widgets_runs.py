@@ -17,6 +17,7 @@ SETUP = """
 import json, time
 import fm_kernel.flows as fm
 from fm_kernel.widgets.runs import runs_widget
+from fm_kernel.widgets.runs_data import flows_journal
 
 @fm.step
 def first(x):
@@ -93,7 +94,7 @@ def test_runs_view_signal_fork_cancel_and_refresh(history):
         # bad JSON: one line in the widget, nothing sent
         msg = probe(k, "w.signal_name.value = 'go'\nw.signal_data.value = '{ok: tru'\n"
                        "w.signal_button.click()\nprint(json.dumps([w.message, run.status,"
-                       " fm.journal().signals(run.id, 'go')]))")
+                       " flows_journal().signals(run.id, 'go')]))")
         assert msg[0].startswith("data is not valid JSON") and "\n" not in msg[0], msg
         assert msg[1] == "waiting" and msg[2] == []
 
@@ -101,7 +102,7 @@ def test_runs_view_signal_fork_cancel_and_refresh(history):
         res = probe(k, "w.signal_data.value = '{\"ok\": true}'\nw.signal_button.click()\n"
                        "msg = w.message\nresult = run.result(timeout=10)\nw.refresh()\n"
                        "print(json.dumps({'msg': msg, 'result': result, 'status': run.status,"
-                       " 'signals': [d for _, d in fm.journal().signals(run.id, 'go')],"
+                       " 'signals': [d for _, d in flows_journal().signals(run.id, 'go')],"
                        " 'steps': shown(w), 'listed': w.runs[0].status}))")
         assert res["msg"] == f"sent signal 'go' to run {rid[:8]} with {{\"ok\": true}}"
         assert res["result"] == {"got": [2, {"ok": True}]}
@@ -115,7 +116,7 @@ def test_runs_view_signal_fork_cancel_and_refresh(history):
         res = probe(k, "next(r for r in w._step_rows if r.key == 2).button.click()\n"
                        "label = w.fork_button.description\nw.fork_button.click()\n"
                        "new = fm.get_run(w.last_fork)\nsettle(new, 'waiting')\nw.refresh()\n"
-                       "row = fm.journal().run_row(new.id)\n"
+                       "row = flows_journal().run_row(new.id)\n"
                        "print(json.dumps({'label': label, 'msg': w.message, 'new': new.id,"
                        " 'from': [row['forked_from_run'], row['forked_from_step']],"
                        " 'top': [w.runs[0].run_id, w.runs[0].forked_from_run]}))")
@@ -133,7 +134,7 @@ def test_runs_view_signal_fork_cancel_and_refresh(history):
                        "except Exception as exc:\n    err = type(exc).__name__\n"
                        "w.refresh()\n"
                        "print(json.dumps({'before': before, 'msg': msg, 'err': err,"
-                       " 'status': new.status, 'row': fm.journal().run_row(new.id)['status'],"
+                       " 'status': new.status, 'row': flows_journal().run_row(new.id)['status'],"
                        " 'cancel': w.cancel_button.disabled, 'header': w.header.value}))")
         assert [s[:3] for s in res["before"]] == [[1, "first", "ok"], [2, "fm.wait_for(go)", "waiting"]]
         assert res["msg"] == f"cancelled run {new[:8]}"
@@ -149,33 +150,50 @@ def test_runs_view_signal_fork_cancel_and_refresh(history):
             assert time.monotonic() < deadline, peek(k, "[(r.run_id, r.status) for r in w.runs]")
             time.sleep(0.1)
 
-        # frontends without widgets get a line of text; the timeline gets a section
+        # frontends without widgets get a line of text; the timeline gets a
+        # "Flow runs" section by default, built when it is first opened
         res = probe(k, "from fm_kernel import widgets as W\n"
-                       "t = W.timeline_widget()\nacc = t.children[-1]\n"
-                       "i = list(W.PANELS).index('Flow runs')\nacc.selected_index = i\n"
+                       "t = W.timeline_widget()\nacc = t.panels\n"
+                       "titles = [acc.get_title(j) for j in range(len(acc.children))]\n"
+                       "i = titles.index('Flow runs')\nbefore = len(acc.children[i].children)\n"
+                       "acc.selected_index = i\n"
                        "b = w._repr_mimebundle_()\nb = b[0] if isinstance(b, tuple) else b\n"
-                       "print(json.dumps([b['text/plain'],"
+                       "print(json.dumps([b['text/plain'], titles, before,"
                        " type(acc.children[i].children[0]).__name__]))")
-        assert res[0].startswith("flowmetal runs: 3 flow runs") and res[1] == "RunsWidget"
+        assert res[0].startswith("flowmetal runs: 3 flow runs")
+        assert res[1] == ["Flow runs"] and res[2] == 0 and res[3] == "RunsWidget"
         run_cell(k, "third.cancel()")
+
+        # a reload that fails is logged and named in the view, not swallowed
+        res = probe(k, "import logging\nimport fm_kernel.widgets.runs as R\n_records = []\n"
+                       "class _Keep(logging.Handler):\n    def emit(self, r):\n"
+                       "        _records.append(r)\n"
+                       "logging.getLogger('fm_kernel.widgets').addHandler(_Keep())\n"
+                       "_read = R.read_runs\n"
+                       "def _broken(limit):\n    raise OSError('the journal is unreadable')\n"
+                       "R.read_runs = _broken\nw.refresh_button.click()\nR.read_runs = _read\n"
+                       "print(json.dumps([w.message, [(r.name, r.levelname) for r in _records]]))")
+        assert res[0] == ("reloading the flow runs failed: OSError: the journal is unreadable "
+                          "(traceback in the kernel's log)")
+        assert res[1] == [["fm_kernel.widgets.runs", "ERROR"]]
 
 
 # -- pure parts, in process ------------------------------------------------------------
 
 
 def test_row_text_for_values_errors_and_pending_operations():
-    from fm_kernel.widgets.runs import _error_text, _pending_text, _value_text
+    from fm_kernel.widgets.runs_data import error_text, pending_text, value_text
 
-    assert _value_text('{"a": [1, 2]}') == '{"a": [1, 2]}'
-    assert _value_text('{"$fm": "pickle", "key": "k", "type": "tuple", "repr": "(1, 2)"}') \
+    assert value_text('{"a": [1, 2]}') == '{"a": [1, 2]}'
+    assert value_text('{"$fm": "pickle", "key": "k", "type": "tuple", "repr": "(1, 2)"}') \
         == "tuple: (1, 2)"
-    assert _value_text("x" * 500).endswith("…") and len(_value_text("x" * 500)) == 120
-    assert _error_text('{"type": "ValueError", "message": "bad\\nthing"}') == "ValueError: bad thing"
+    assert value_text("x" * 500).endswith("…") and len(value_text("x" * 500)) == 120
+    assert error_text('{"type": "ValueError", "message": "bad\\nthing"}') == "ValueError: bad thing"
     now = time.time()
-    assert _pending_text("sleeping", {"wake_at": now + 90}).endswith("(in 1.5 min)")
-    assert _pending_text("waiting", {"signal": "approve", "deadline": None}) \
+    assert pending_text("sleeping", {"wake_at": now + 90}).endswith("(in 1.5 min)")
+    assert pending_text("waiting", {"signal": "approve", "deadline": None}) \
         == "waits for signal 'approve', no timeout"
-    assert _pending_text("waiting", {"callback": "abc", "deadline": None}) \
+    assert pending_text("waiting", {"callback": "abc", "deadline": None}) \
         .startswith("waits for a POST to ") and "/callbacks/abc" in \
-        _pending_text("waiting", {"callback": "abc", "deadline": None})
-    assert _pending_text("ok", {"wake_at": now}) == ""
+        pending_text("waiting", {"callback": "abc", "deadline": None})
+    assert pending_text("ok", {"wake_at": now}) == ""

@@ -474,16 +474,17 @@ class Store:
             self._conn.execute("INSERT INTO fm_branch_records VALUES (?, ?, ?, ?, ?)",
                                [self.next_seq(), name, head, base, utcnow()])
 
-    def last_state_step(self, before_seq: int | None = None) -> tuple[int, str] | None:
-        """(step, branch) of the state the history was last in (before
-        ``before_seq``): the latest cell with a recorded state, or a later
-        HEAD move."""
+    def head(self, before_seq: int | None = None) -> tuple[str, int | None] | None:
+        """HEAD (branch, step) before ``before_seq``: the later, in seq order, of
+        the last cell's final record and the last HEAD-move event. A killed
+        cell's record (written by the next kernel) has no finished_at: it
+        never moved HEAD. None before anything did."""
         res = self.query(
-            "SELECT step, branch FROM ("
-            "  SELECT seq, step, branch FROM fm_step_records WHERE state_id IS NOT NULL"
+            "SELECT branch, step FROM ("
+            "  SELECT seq, branch, step FROM fm_step_records WHERE finished_at IS NOT NULL"
             "  UNION ALL"
-            "  SELECT seq, step, payload->>'branch' FROM fm_events"
-            "  WHERE kind IN ('rewind', 'checkout', 'resume', 'fork') AND step IS NOT NULL"
+            "  SELECT seq, payload->>'branch', step FROM fm_events"
+            "  WHERE kind IN ('rewind', 'checkout', 'resume', 'fork')"
             ") WHERE seq < ? ORDER BY seq DESC LIMIT 1", [before_seq or (1 << 62)])
         return (res.rows[0][0], res.rows[0][1]) if res.rows else None
 

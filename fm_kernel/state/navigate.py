@@ -1,6 +1,7 @@
 """HEAD moves: rewind, undo, fork, checkout, resume. Each restores the
 namespace through the timeline, records the move as an event (and as a
-branch record, so `branches` shows the new head), and returns one line."""
+branch record, so `branches` shows the new head), and returns one line.
+The events are what a next kernel derives HEAD from (Store.head)."""
 
 from __future__ import annotations
 
@@ -72,6 +73,10 @@ def checkout(rt: "Runtime", ref: str) -> str:
     if ref in heads:
         head = heads[ref]
         if head is None:
+            # nothing to restore, but recorded like any move: the next
+            # kernel must be on this branch too, with the same HEAD step
+            tl.store.append_event("checkout", step=rt.head, payload={
+                "from_branch": rt.branch, "from_step": rt.head, "branch": ref})
             rt.branch = ref
             return f"on branch {ref} (no steps yet)"
         return _move(rt, head, ref, "checkout", "checked out")
@@ -84,11 +89,18 @@ def checkout(rt: "Runtime", ref: str) -> str:
 
 
 def resume(rt: "Runtime") -> str | None:
-    """Restore the state the previous kernel left the history in (None if
-    there is none): what a restart set aside, whatever ran since."""
+    """Restore HEAD as the previous kernel left it (None if it had none):
+    what a restart set aside, whatever ran since. A HEAD step whose state
+    was not recorded brings back its nearest ancestor's state instead."""
     tl = rt.require_states()
-    last = tl.store.last_state_step(before_seq=rt.started_seq)
-    if last is None:
+    head = tl.store.head(before_seq=rt.started_seq)
+    if head is None or head[1] is None:
         return None
-    step, branch = last
-    return _move(rt, step, branch, "resume", "resumed")
+    branch, step = head
+    target: int | None = step
+    while target is not None and (rec := tl.store.step(target)) is not None and rec.state is None:
+        target = rec.parent
+    if target is None:
+        return None
+    line = _move(rt, target, branch, "resume", "resumed")
+    return line if target == step else line + f" (step {step} has no recorded state)"

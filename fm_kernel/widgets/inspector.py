@@ -11,8 +11,9 @@ import ipywidgets as W
 from .. import errors
 from ..tables import format_table
 from ..state.states import diff
-from .timeline import Source, _message, _section, with_text
+from .base import message_html, section, with_text
 from .loader import load
+from .source import Source
 from .render import (
     badge, describe_frame_change, esc, frame_change_counts, size_text, table_html, value_html,
 )
@@ -48,7 +49,14 @@ class InspectWidget(W.VBox):
         self._states: dict[int, Any] = {}
         self._manifest: Any = {}
         self._changed: set[str] = set()
+        self._row_pool: list[tuple[W.HBox, W.Button, W.HTML]] = []
+        self.children = [self._build_controls(step, last, compare), self._build_header(),
+                         self.table, section("Value"), *self._build_values()]
+        self.step = step
+        self.compare = compare
+        self._load(step)
 
+    def _build_controls(self, step: int, last: int, compare: int | None) -> W.HBox:
         self.step_picker = W.BoundedIntText(value=step, min=1, max=max(last, step),
                                             description="step", continuous_update=False,
                                             layout=W.Layout(width="140px"),
@@ -65,7 +73,11 @@ class InspectWidget(W.VBox):
         self.compare_picker.observe(lambda c: self.set_compare(c["new"] or None), names="value")
         self.filter.observe(lambda _c: self._render_table(), names="value")
         self.info = W.HTML()
+        return W.HBox([self.step_picker, self.compare_picker, self.filter, self.info],
+                      layout=W.Layout(flex_flow="row wrap", align_items="center"))
 
+    def _build_header(self) -> W.HBox:
+        self.table = W.VBox(layout=W.Layout(max_height="360px", overflow="auto", width="100%"))
         self.sort_buttons = {}
         for key in SORT_KEYS:
             b = W.Button(description=key, tooltip=f"sort by {key}",
@@ -75,10 +87,9 @@ class InspectWidget(W.VBox):
             b.add_class(f"fm-sort-{key}")
             b.on_click(lambda _b, k=key: self.sort_by(k))
             self.sort_buttons[key] = b
-        header = W.HBox([self.sort_buttons[k] for k in SORT_KEYS], layout=W.Layout(width="100%"))
-        self._row_pool: list[tuple[W.HBox, W.Button, W.HTML]] = []
-        self.table = W.VBox(layout=W.Layout(max_height="360px", overflow="auto", width="100%"))
+        return W.HBox([self.sort_buttons[k] for k in SORT_KEYS], layout=W.Layout(width="100%"))
 
+    def _build_values(self) -> tuple[W.HTML, W.HBox]:
         self.badge = W.HTML()
         self.badge.add_class("fm-badge")
         self.left_title, self.right_title = W.HTML(), W.HTML()
@@ -89,12 +100,7 @@ class InspectWidget(W.VBox):
         self.values = W.HBox([W.VBox([self.left_title, self.left], layout=W.Layout(flex="1 1 0", min_width="0")),
                               W.VBox([self.right_title, self.right], layout=W.Layout(flex="1 1 0", min_width="0", padding="0 0 0 12px"))],
                              layout=W.Layout(width="100%"))
-        self.children = [W.HBox([self.step_picker, self.compare_picker, self.filter, self.info],
-                                layout=W.Layout(flex_flow="row wrap", align_items="center")),
-                         header, self.table, _section("Value"), self.badge, self.values]
-        self.step = step
-        self.compare = compare
-        self._load(step)
+        return self.badge, self.values
 
     # -- public ----------------------------------------------------------------------
 
@@ -152,8 +158,8 @@ class InspectWidget(W.VBox):
         # the step records come from DuckDB, which stays on this thread
         states = [self._state_or_error(s) for s in ((step, other) if other else (step,))]
         self._token = token = object()
-        self.left.value = _message(f"loading {name} after step {step} …")
-        self.right.value = _message("loading …") if other else ""
+        self.left.value = message_html(f"loading {name} after step {step} …")
+        self.right.value = message_html("loading …") if other else ""
         load(lambda: self._values_html(name, step, other, states), self._put_values,
              wanted=lambda: self._token is token)
 
@@ -163,18 +169,18 @@ class InspectWidget(W.VBox):
         b = self._value(states[1], other, name) if other else None
         equal_shape = b is not None and a[0] and b[0]
         left = (value_html(a[1], b[1] if equal_shape else None, mark_changes=bool(equal_shape))
-                if a[0] else _message(a[1], ok=False))
+                if a[0] else message_html(a[1], ok=False))
         if b is None:
             return left, ""
         right = (value_html(b[1], a[1] if equal_shape else None, mark_changes=bool(equal_shape))
-                 if b[0] else _message(b[1], ok=False))
+                 if b[0] else message_html(b[1], ok=False))
         return left, right
 
     def _put_values(self, ok: bool, result: Any) -> None:
         if ok:
             self.left.value, self.right.value = result
         else:  # value_html itself failed: say so instead of leaving "loading"
-            self.left.value = _message(f"cannot show {self.selected_name!r}: "
+            self.left.value = message_html(f"cannot show {self.selected_name!r}: "
                                        f"{type(result).__name__}: {result}", ok=False)
             self.right.value = ""
 
@@ -198,7 +204,7 @@ class InspectWidget(W.VBox):
                                f'{len(self._changed)} changed by it</span>')
         except errors.FlowmetalError as exc:
             self._manifest, self._changed = {}, set()
-            self.info.value = _message(str(exc), ok=False)
+            self.info.value = message_html(str(exc), ok=False)
         self._render_table()
         if self.selected_name in self._manifest:
             self.show(self.selected_name)

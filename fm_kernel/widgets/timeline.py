@@ -1,249 +1,66 @@
-"""Time-travel widgets (ipywidgets 8): the timeline, the state inspector and
-the diff view behind `%fm timeline`, `%fm inspect [STEP]` and `%fm diff A B`.
+"""The timeline widget (ipywidgets 8) behind `%fm timeline`: the steps as a
+paged list with a branch graph; a selected step's code, outputs and
+variables; Rewind here, Fork here, Diff with HEAD, Inspect values; and
+collapsed sections (panels) below, the flow runs view by default.
 
-    from fm_kernel.widgets import timeline_widget, inspect_widget, diff_widget
-    timeline_widget()          # steps, branch graph, outputs, Rewind/Fork/Diff
-    inspect_widget(12)         # variables after step 12, values side by side
-    diff_widget(3, 7)          # names added/removed/changed, DataFrame change counts
+    from fm_kernel.widgets import timeline_widget
+    w = timeline_widget()       # steps, branch graph, outputs, Rewind/Fork/Diff
+    w.select(3)                 # what clicking step 3 does
+    w.rewind_button.click()     # or w.rewind(); w.message is the result line
 
-Everything is read through `Source`, a thin object over the runtime's Store,
-States and `api.History`; nothing here writes SQL. The live namespace
-changes only through buttons that say so (Rewind here, Fork here), which call
-`navigate` exactly as the magics do.
+Everything is read through `Source`; the live namespace changes only
+through the buttons that say so (Rewind here, Fork here). Widgets read
+lazily: a page of 50 steps at a time, a step's record and variable list on
+click. Callbacks run on the kernel's main thread between cells, never inside
+one, and update widgets through comm messages only: nothing they do is
+recorded as a cell output.
 
-Widgets read lazily: a page of 50 steps at a time, a step's record and
-variable list on click, a variable's value only when its name is clicked.
-Callbacks run on the kernel's main thread between cells, never inside one,
-and update widgets through comm messages only: nothing they do is recorded
-as a cell output. Values and DataFrame comparisons load on a loader thread
-(widgets_loader), so a click never holds up the next queued cell.
-
-Hook for more panels (the flow-runs view is not built here): another module
-calls ``register_panel("Flow runs", factory)`` where ``factory(source)``
-returns a widget; the timeline shows it in a collapsed section, built the
-first time it is opened.
+Panels are named by whoever builds the timeline (``panels=``, a title →
+``factory(source)`` mapping; default: "Flow runs", the runs view); each is
+built the first time its section is opened.
 """
 
 from __future__ import annotations
 
-import os
-import weakref
-from dataclasses import dataclass
-from typing import Any, Callable
+import logging
+from typing import Any, Callable, Mapping
 
 import ipywidgets as W
 
-from .. import api
 from .. import errors
-from ..state import navigate
-from .. import runtime
 from ..record.recorder import unflatten_outputs
-from .loader import kernel_loop
-from .render import (
-    ROW_PX, badge, esc, graph_svg, layout, outputs_for_widget, row_html, size_text,
-    status_colour, duration_text, table_html,
+from .base import (
+    ROW_PX, ListRow, LiveView, fill_rows, follow_cells, kernel_loop, message_html, plain_text,
+    report_failure, section,
 )
+from .inspector import DiffWidget, InspectWidget
+from .render import (
+    badge, duration_text, esc, graph_svg, layout, outputs_for_widget, row_html, size_text,
+    status_colour, table_html,
+)
+from .runs import RunsWidget
+from .source import Source, StepRow
 
-__all__ = ["timeline_widget", "inspect_widget", "diff_widget", "in_widget_frontend",
-           "register_panel", "Source", "TimelineWidget", "with_text"]
+__all__ = ["DEFAULT_PANELS", "PAGE_SIZE", "Panels", "TimelineWidget"]
+
+log = logging.getLogger(__name__)
 
 PAGE_SIZE = 50
-PANELS: dict[str, Callable[["Source"], W.Widget]] = {}
+Panels = Mapping[str, Callable[[Source], W.Widget]]
 
 
-def register_panel(title: str, factory: Callable[["Source"], W.Widget]) -> None:
-    """Add a collapsed section to every timeline widget made from now on."""
-    PANELS[title] = factory
+def flow_runs_panel(source: Source) -> W.Widget:
+    """The timeline's "Flow runs" section: the runs view of this history."""
+    return RunsWidget()
 
 
-def in_widget_frontend() -> bool:
-    """Whether this kernel was started by a Jupyter server for a notebook
-    (JupyterLab, Notebook, VS Code), which renders widgets. Headless runs
-    (`fm run`, nbval, nbconvert) and consoles get text instead."""
-    return bool(os.environ.get("JPY_SESSION_NAME"))
+DEFAULT_PANELS: Panels = {"Flow runs": flow_runs_panel}
 
 
-# -- reading and moving, through the package's API ---------------------------------
-
-
-@dataclass
-class StepRow:
-    step: int
-    branch: str
-    parent: int | None
-    status: str
-    duration_ms: float | None
-    code: str
-
-
-class Source:
-    """The widgets' one door to the history: store, timeline and navigate
-    calls for one runtime (the running kernel's by default)."""
-
-    def __init__(self, rt: runtime.Runtime | None = None):
-        self.rt = rt if rt is not None else runtime.current()
-        self._history: api.History | None = None
-
-    @property
-    def store(self):
-        return self.rt.require_store()
-
-    @property
-    def timeline(self):
-        return self.rt.require_states()
-
-    @property
-    def head(self) -> int | None:
-        return self.rt.head
-
-    @property
-    def branch(self) -> str:
-        return self.rt.branch
-
-    def steps(self, branch: str | None = None) -> list[StepRow]:
-        res = self.store.steps(branch=branch)
-        cols = {c: i for i, c in enumerate(res.columns)}
-        return [StepRow(r[cols["step"]], r[cols["branch"]], r[cols["parent"]], r[cols["status"]],
-                        r[cols["duration_ms"]], r[cols["code"]]) for r in res.rows]
-
-    def record(self, step: int):
-        rec = self.store.step(step)
-        if rec is None:
-            raise errors.NoSuchStep(step)
-        return rec
-
-    def last_step(self) -> int:
-        return self.store.last_step
-
-    def manifest(self, step: int):
-        return self.states.manifest(step)
-
-    def heads(self) -> dict[str, int | None]:
-        return self.store.branch_heads()
-
-    def history(self) -> api.History:
-        if self._history is None:
-            self._history = api.History(self.store, self.rt.frame_path, self.states)
-        return self._history
-
-    def state(self, step: int) -> api.PastState:
-        return self.history().state(step)
-
-    def rewind(self, step: int) -> str:
-        return navigate.rewind(self.rt, step)
-
-    def fork(self, name: str, step: int) -> str:
-        return navigate.fork(self.rt, name, step)
-
-    def version(self) -> tuple[Any, ...]:
-        """Changes whenever a cell is recorded or HEAD moves."""
-        return (self.store.last_step, self.rt.head, self.rt.branch)
-
-
-def with_text(bundle: Any, text: str) -> Any:
-    """A widget's mime bundle with ``text`` as its text/plain: what consoles,
-    nbconvert and `fm run` show where widgets cannot be rendered."""
-    data = bundle[0] if isinstance(bundle, tuple) else bundle
-    if isinstance(data, dict):
-        data["text/plain"] = text
-    return bundle
-
-
-def _message(text: str, ok: bool = True) -> str:
-    colour = "#2e7d32" if ok else "#c62828"
-    return f'<div style="color:{colour};font-size:12px;padding:2px 0">{esc(text)}</div>'
-
-
-def _section(title: str) -> W.HTML:
-    return W.HTML(f'<div style="font-weight:600;font-size:12px;margin-top:6px;'
-                  f'border-bottom:1px solid #ddd">{esc(title)}</div>')
-
-
-# -- refresh after cells: one IPython hook shared by all live widgets ---------------
-
-_LIVE: "weakref.WeakSet[W.Widget]" = weakref.WeakSet()  # each has after_cell()
-_HOOKED: set[int] = set()
-
-
-def follow_cells(widget: W.Widget) -> None:
-    """Call ``widget.after_cell()`` after every cell, once its reply is out."""
-    _LIVE.add(widget)
-    _ensure_hook()
-
-
-def unfollow_cells(widget: W.Widget) -> None:
-    _LIVE.discard(widget)
-
-
-class LiveView:
-    """Mixed into a view that follows cells (follow_cells) and has a text()
-    for frontends that cannot show widgets."""
-
-    def close(self) -> None:
-        unfollow_cells(self)
-        super().close()  # type: ignore[misc]
-
-    def _repr_mimebundle_(self, **kwargs: Any):
-        return with_text(super()._repr_mimebundle_(**kwargs), self.text())  # type: ignore[misc,attr-defined]
-
-
-def _ensure_hook() -> None:
-    try:
-        from IPython import get_ipython
-    except ImportError:
-        return
-    ip = get_ipython()
-    if ip is None or id(ip) in _HOOKED:
-        return
-    ip.events.register("post_run_cell", _after_cell)
-    _HOOKED.add(id(ip))
-
-
-def _after_cell(result: Any = None) -> None:
-    """post_run_cell runs inside the cell, before its record is committed; so
-    only schedule a look for after the reply, on the kernel's loop."""
-    if not _LIVE:
-        return
-    loop = kernel_loop()
-    for w in list(_LIVE):
-        if loop is None:
-            w.after_cell()
-        else:
-            loop.call_later(0.05, w.after_cell)
-
-
-# -- the timeline -----------------------------------------------------------------
-
-
-class _Row:
-    """One reusable row of the step list: the step's button, then one HTML
-    with the row's slice of the branch graph and the step's text."""
-
-    def __init__(self, on_click: Callable[[int], None], button_layout: W.Layout,
-                 info_layout: W.Layout):
-        self.step: int | None = None
-        # Layouts are shared by all rows: a page is ~150 widgets instead of ~250,
-        # which is most of what building the timeline costs.
-        self.button = W.Button(layout=button_layout, tooltip="show this step")
-        self.info = W.HTML(layout=info_layout)
-        self.box = W.HBox([self.button, self.info],
-                          layout=W.Layout(height=f"{ROW_PX}px", margin="0", overflow="hidden",
-                                          align_items="center"))
-        self.button.on_click(lambda _b: self.step is not None and on_click(self.step))
-
-    def show(self, step: int, svg: str, text: str, selected: bool) -> None:
-        self.step = step
-        self.info.value = (f'<div style="display:flex;align-items:center;height:{ROW_PX}px">'
-                           f'<div style="flex:none">{svg}</div>'
-                           f'<div style="flex:1 1 auto;min-width:0;padding-left:4px">{text}</div></div>')
-        self.button.description = str(step)
-        self.button.button_style = "info" if selected else ""
-        self.button._dom_classes = ("fm-step-button", f"fm-step-{step}")
-        self.box.layout.display = None
-
-    def hide(self) -> None:
-        self.step = None
-        self.box.layout.display = "none"
+def _row_html(svg: str, text: str) -> str:
+    return (f'<div style="display:flex;align-items:center;height:{ROW_PX}px">'
+            f'<div style="flex:none">{svg}</div>'
+            f'<div style="flex:1 1 auto;min-width:0;padding-left:4px">{text}</div></div>')
 
 
 class TimelineWidget(LiveView, W.VBox):
@@ -251,7 +68,8 @@ class TimelineWidget(LiveView, W.VBox):
     outputs and variables; Rewind here, Fork here, Diff with HEAD."""
 
     def __init__(self, source: Source | None = None, all_branches: bool = False,
-                 page_size: int = PAGE_SIZE, select: int | None = None):
+                 page_size: int = PAGE_SIZE, select: int | None = None,
+                 panels: Panels | None = None):
         super().__init__(layout=W.Layout(width="100%"))
         self.add_class("fm-timeline")
         self.source = source or Source()
@@ -261,9 +79,26 @@ class TimelineWidget(LiveView, W.VBox):
         self._rows_data: list[StepRow] = []
         self._index: dict[int, int] = {}
         self._graph: list[Any] = []
+        self._heads: dict[str, int | None] = {}
         self._version: tuple[Any, ...] | None = None
+        self._rows: list[ListRow] = []  # grown to a page's length as needed, then reused
+        self.panel_factories: dict[str, Callable[[Source], W.Widget]] = dict(
+            DEFAULT_PANELS if panels is None else panels)
+        toolbar = self._build_toolbar(all_branches)
+        self.step_list = W.VBox(layout=W.Layout(width="48%", min_width="360px", overflow="hidden"))
+        self.step_list.add_class("fm-step-list")
+        body = W.HBox([self.step_list, self._build_detail()],
+                      layout=W.Layout(width="100%", align_items="flex-start"))
+        self.panels = self._build_panels()
+        self.children = [toolbar, body] + ([self.panels] if self.panels is not None else [])
 
-        # toolbar
+        self.refresh(follow=True)
+        target = select if select is not None else (self.source.head or self._last())
+        if target is not None:
+            self.select(target)
+        follow_cells(self)
+
+    def _build_toolbar(self, all_branches: bool) -> W.HBox:
         self.scope = W.ToggleButtons(options=[("this branch", "branch"), ("all branches", "all")],
                                      value="all" if all_branches else "branch",
                                      style={"button_width": "104px"})
@@ -277,22 +112,17 @@ class TimelineWidget(LiveView, W.VBox):
         self.prev_button.on_click(lambda _b: self.show_page(self.page - 1))
         self.next_button.on_click(lambda _b: self.show_page(self.page + 1))
         self.goto.observe(lambda c: self._goto(c["new"]), names="value")
-        toolbar = W.HBox([self.scope, self.prev_button, self.page_label, self.next_button,
-                          self.goto, self.head_label],
-                         layout=W.Layout(flex_flow="row wrap", align_items="center"))
+        # Layouts are shared by all rows: a page is ~150 widgets instead of ~250,
+        # which is most of what building the timeline costs.
+        self._row_layouts = (
+            W.Layout(width="58px", height=f"{ROW_PX - 2}px", margin="1px 4px 1px 0", padding="0"),
+            W.Layout(margin="0", height=f"{ROW_PX}px", overflow="hidden", flex="1 1 auto",
+                     min_width="0"))
+        return W.HBox([self.scope, self.prev_button, self.page_label, self.next_button,
+                       self.goto, self.head_label],
+                      layout=W.Layout(flex_flow="row wrap", align_items="center"))
 
-        # step list (left)
-        button_layout = W.Layout(width="58px", height=f"{ROW_PX - 2}px",
-                                 margin="1px 4px 1px 0", padding="0")
-        info_layout = W.Layout(margin="0", height=f"{ROW_PX}px", overflow="hidden",
-                               flex="1 1 auto", min_width="0")
-        self._row_layouts = (button_layout, info_layout)
-        self._rows: list[_Row] = []  # grown to a page's length as needed, then reused
-        self.step_list = W.VBox(layout=W.Layout(width="48%", min_width="360px", overflow="hidden"))
-        self.step_list.add_class("fm-step-list")
-
-        # details (right)
-        self.header = W.HTML()
+    def _build_actions(self) -> W.HBox:
         self.rewind_button = W.Button(description="Rewind here", icon="undo",
                                       tooltip="make the namespace the state after this step")
         self.fork_button = W.Button(description="Fork here", icon="code-fork",
@@ -315,6 +145,12 @@ class TimelineWidget(LiveView, W.VBox):
         self.fork_cancel.on_click(lambda _b: self._hide_fork())
         self.fork_box = W.HBox([self.fork_name, self.fork_confirm, self.fork_cancel],
                                layout=W.Layout(display="none"))
+        return W.HBox([self.rewind_button, self.fork_button, self.diff_button,
+                       self.inspect_button], layout=W.Layout(flex_flow="row wrap"))
+
+    def _build_detail(self) -> W.VBox:
+        self.header = W.HTML()
+        actions = self._build_actions()
         self.status = W.HTML()
         self.status.add_class("fm-status")
         self.code = W.HTML()
@@ -322,42 +158,28 @@ class TimelineWidget(LiveView, W.VBox):
         self.outputs.add_class("fm-outputs")
         self.variables = W.HTML()
         self.extra = W.VBox()  # diff or inspector, on demand
-        actions = W.HBox([self.rewind_button, self.fork_button, self.diff_button,
-                          self.inspect_button], layout=W.Layout(flex_flow="row wrap"))
         self.detail = W.VBox([self.header, actions, self.fork_box, self.status,
-                              _section("Code"), self.code, _section("Outputs"), self.outputs,
-                              _section("Variables"), self.variables, self.extra],
+                              section("Code"), self.code, section("Outputs"), self.outputs,
+                              section("Variables"), self.variables, self.extra],
                              layout=W.Layout(flex="1 1 0", min_width="320px",
                                              padding="0 0 0 12px"))
         self.detail.add_class("fm-detail")
-        panels = self._panels()
-        body = W.HBox([self.step_list, self.detail],
-                      layout=W.Layout(width="100%", align_items="flex-start"))
-        self.children = [toolbar, body] + ([panels] if panels is not None else [])
-
-        self.refresh(follow=True)
-        target = select if select is not None else (self.source.head or self._last())
-        if target is not None:
-            self.select(target)
-        follow_cells(self)
+        return self.detail
 
     # -- public actions (what the buttons do) ----------------------------------------
 
     @property
     def message(self) -> str:
         """The last result line shown under the buttons (plain text)."""
-        import html
-        import re
-
-        return html.unescape(re.sub(r"<[^>]+>", "", self.status.value))
+        return plain_text(self.status.value)
 
     def select(self, step: int) -> None:
         """Show ``step``: move to its page, load its code, outputs, variables."""
         if step not in self._index:
-            if self.scope.value == "branch" and self._exists(step):
+            if self.scope.value == "branch" and self.source.exists(step):
                 self.scope.value = "all"  # the step is on another branch: show all
             if step not in self._index:
-                self.status.value = _message(f"no step {step} in this history", ok=False)
+                self.status.value = message_html(f"no step {step} in this history", ok=False)
                 return
         self.selected = step
         self.show_page(self._index[step] // self.page_size)
@@ -386,26 +208,22 @@ class TimelineWidget(LiveView, W.VBox):
 
     def show_diff(self, other: int | None = None) -> None:
         """Diff the selected step against ``other`` (default HEAD) below the details."""
-        from .inspector import DiffWidget
-
         other = other if other is not None else self.source.head
         if self.selected is None or other is None:
             self._say("select a step first (and run a cell so HEAD exists)", ok=False)
             return
         try:
-            self.extra.children = [_section(f"Diff: step {self.selected} → HEAD (step {other})"),
+            self.extra.children = [section(f"Diff: step {self.selected} → HEAD (step {other})"),
                                    DiffWidget(self.source, self.selected, other)]
         except errors.FlowmetalError as exc:
             self._say(str(exc), ok=False)
 
     def show_inspector(self) -> None:
-        from .inspector import InspectWidget
-
         if self.selected is None:
             self._say("select a step first", ok=False)
             return
         try:
-            self.extra.children = [_section(f"Values after step {self.selected}"),
+            self.extra.children = [section(f"Values after step {self.selected}"),
                                    InspectWidget(self.source, self.selected)]
         except errors.FlowmetalError as exc:
             self._say(str(exc), ok=False)
@@ -446,8 +264,8 @@ class TimelineWidget(LiveView, W.VBox):
             self.refresh()
             if self.selected is not None and self.selected in self._index:
                 self._load_detail(self.selected)
-        except Exception:  # a refresh must never disturb the notebook
-            pass
+        except Exception as exc:  # a callback has no cell to raise into
+            report_failure(log, self.status, "refreshing the timeline after the cell", exc)
 
     def show_page(self, page: int) -> None:
         page = max(0, min(page, self._pages() - 1))
@@ -462,18 +280,14 @@ class TimelineWidget(LiveView, W.VBox):
             if h is not None:
                 labels.setdefault(h, []).append(name)
         head = self.source.head
-        if len(self._rows) < len(chunk):
-            self._rows += [_Row(self.select, *self._row_layouts)
-                           for _ in range(len(chunk) - len(self._rows))]
-            self.step_list.children = [r.box for r in self._rows]
-        for row, data, g in zip(self._rows, chunk, graph):
-            is_head = data.step == head
-            row.show(data.step, graph_svg(g, lanes, data.status, is_head),
-                     row_html(data.status, data.duration_ms, data.code,
-                              labels.get(data.step, ()), is_head),
-                     data.step == self.selected)
-        for row in self._rows[len(chunk):]:
-            row.hide()
+        items = [(d.step, str(d.step),
+                  _row_html(graph_svg(g, lanes, d.status, d.step == head),
+                            row_html(d.status, d.duration_ms, d.code, labels.get(d.step, ()),
+                                     d.step == head)),
+                  d.step == self.selected, ("fm-step-button", f"fm-step-{d.step}"))
+                 for d, g in zip(chunk, graph)]
+        fill_rows(self._rows, self.step_list, items,
+                  lambda: ListRow(self.select, *self._row_layouts))
         total = len(self._rows_data)
         self.page_label.value = ('<span style="font-size:12px;padding:0 6px">'
                                  + (f"steps {start + 1:,}–{start + len(chunk):,} of {total:,}"
@@ -496,19 +310,13 @@ class TimelineWidget(LiveView, W.VBox):
     def _last(self) -> int | None:
         return self._rows_data[-1].step if self._rows_data else None
 
-    def _exists(self, step: int) -> bool:
-        try:
-            return self.source.store.step(step) is not None
-        except errors.FlowmetalError:
-            return False
-
     def _scope_changed(self) -> None:
         self.refresh()
         if self.selected in self._index:
             self.show_page(self._index[self.selected] // self.page_size)
 
     def _say(self, text: str, ok: bool = True) -> str:
-        self.status.value = _message(text, ok)
+        self.status.value = message_html(text, ok)
         return text if ok else f"error: {text}"
 
     def _do(self, action: Callable[[], str]) -> str:
@@ -517,7 +325,7 @@ class TimelineWidget(LiveView, W.VBox):
         except errors.FlowmetalError as exc:
             return self._say(str(exc), ok=False)
         except Exception as exc:  # report in the widget: a comm callback has no cell
-            return self._say(f"{type(exc).__name__}: {exc}", ok=False)
+            return "error: " + report_failure(log, self.status, "the action", exc)
         self.refresh()
         if self.selected is not None:
             self.select(self.selected)
@@ -569,11 +377,11 @@ class TimelineWidget(LiveView, W.VBox):
 
     def _variables_html(self, rec: Any) -> str:
         if rec.state is None:
-            return _message(f"no state recorded for step {rec.step} ({rec.status})", ok=False)
+            return message_html(f"no state recorded for step {rec.step} ({rec.status})", ok=False)
         try:
             m = self.source.manifest(rec.step)
         except errors.FlowmetalError as exc:
-            return _message(str(exc), ok=False)
+            return message_html(str(exc), ok=False)
         changed = set(rec.state.get("changed") or ())
         names = sorted(m, key=lambda n: (n not in changed, n))
         rows = [(f"<b>{esc(n)}</b>" if n in changed else esc(n), esc(m[n].type),
@@ -585,51 +393,25 @@ class TimelineWidget(LiveView, W.VBox):
             return '<div style="font-size:12px;color:#757575">no variables</div>'
         return table_html(["name", "type", "size", "summary", "changed"], rows, raw=True) + more
 
-    def _panels(self) -> W.Accordion | None:
-        if not PANELS:
+    def _build_panels(self) -> W.Accordion | None:
+        """One collapsed section per panel; a panel is built when first opened."""
+        titles = list(self.panel_factories)
+        if not titles:
             return None
-        titles = list(PANELS)
         acc = W.Accordion(children=[W.VBox() for _ in titles], selected_index=None)
+        acc.add_class("fm-panels")
         for i, t in enumerate(titles):
             acc.set_title(i, t)
-
-        def opened(change: dict) -> None:
-            i = change["new"]
-            if i is not None and not acc.children[i].children:
-                try:
-                    acc.children[i].children = [PANELS[titles[i]](self.source)]
-                except Exception as exc:
-                    acc.children[i].children = [W.HTML(_message(str(exc), ok=False))]
-
-        acc.observe(opened, names="selected_index")
+        acc.observe(lambda change: self._open_panel(titles, change["new"]), names="selected_index")
         return acc
 
-
-# -- entry points for the magics ----------------------------------------------------------
-
-
-def timeline_widget(all_branches: bool = False, *, select: int | None = None,
-                    rt: runtime.Runtime | None = None) -> TimelineWidget:
-    """The time-travel widget (`%fm timeline`): steps of the current branch
-    (or all), paged, with the branch graph; select a step to see its code,
-    outputs and variables; Rewind here, Fork here, Diff with HEAD."""
-    return TimelineWidget(Source(rt), all_branches=all_branches, select=select)
-
-
-def inspect_widget(step: int | None = None, *, compare: int | None = None,
-                   rt: runtime.Runtime | None = None):
-    """The state inspector (`%fm inspect [STEP]`): variables after ``step``
-    (default HEAD) as a sortable table; click a name to see its value as it
-    was, optionally side by side with another step."""
-    from .inspector import InspectWidget
-
-    return InspectWidget(Source(rt), step, compare)
-
-
-def diff_widget(a: int, b: int, *, rt: runtime.Runtime | None = None):
-    """Names added, removed and changed from step ``a`` to step ``b``, with
-    row/column change counts for DataFrames (`%fm diff A B` in a notebook).
-    Its text/plain form is the same table `%fm diff` prints."""
-    from .inspector import DiffWidget
-
-    return DiffWidget(Source(rt), a, b)
+    def _open_panel(self, titles: list[str], i: int | None) -> None:
+        if i is None or self.panels is None or self.panels.children[i].children:
+            return
+        box = self.panels.children[i]
+        try:
+            box.children = [self.panel_factories[titles[i]](self.source)]
+        except Exception as exc:  # a callback has no cell to raise into
+            note = W.HTML()
+            report_failure(log, note, f"building the {titles[i]!r} section", exc)
+            box.children = [note]

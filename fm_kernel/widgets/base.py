@@ -1,0 +1,172 @@
+"""What every view of the package shares: the frontend test, the text
+fallback, the one-line status messages and section titles, the reusable
+list row, the hook that refreshes live views after each cell, and how a
+failed callback is reported.
+
+Nothing here reads the history or flows; views import this module, never
+each other's private names.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import os
+import re
+import weakref
+from typing import Any, Callable
+
+import ipywidgets as W
+
+from .loader import kernel_loop
+from .render import ROW_PX, esc
+
+__all__ = [
+    "LiveView", "ListRow", "ROW_PX", "fill_rows", "follow_cells", "in_widget_frontend",
+    "kernel_loop", "message_html", "plain_text", "report_failure", "section", "unfollow_cells",
+    "with_text",
+]
+
+
+def in_widget_frontend() -> bool:
+    """Whether this kernel was started by a Jupyter server for a notebook
+    (JupyterLab, Notebook, VS Code), which renders widgets. Headless runs
+    (`fm run`, nbval, nbconvert) and consoles get text instead."""
+    return bool(os.environ.get("JPY_SESSION_NAME"))
+
+
+def with_text(bundle: Any, text: str) -> Any:
+    """A widget's mime bundle with ``text`` as its text/plain: what consoles,
+    nbconvert and `fm run` show where widgets cannot be rendered."""
+    data = bundle[0] if isinstance(bundle, tuple) else bundle
+    if isinstance(data, dict):
+        data["text/plain"] = text
+    return bundle
+
+
+def message_html(text: str, ok: bool = True) -> str:
+    """One result line under a view's buttons, green or red."""
+    colour = "#2e7d32" if ok else "#c62828"
+    return f'<div style="color:{colour};font-size:12px;padding:2px 0">{esc(text)}</div>'
+
+
+def plain_text(fragment: str) -> str:
+    """An HTML fragment as the text a person reads in it."""
+    return html.unescape(re.sub(r"<[^>]+>", "", fragment))
+
+
+def section(title: str) -> W.HTML:
+    return W.HTML(f'<div style="font-weight:600;font-size:12px;margin-top:6px;'
+                  f'border-bottom:1px solid #ddd">{esc(title)}</div>')
+
+
+def report_failure(log: logging.Logger, status: W.HTML, what: str, exc: BaseException) -> str:
+    """Log a failed callback with its traceback and show one line about it
+    in ``status``: a comm callback has no cell whose output could show it."""
+    log.error("%s failed", what, exc_info=exc)
+    first = (str(exc).splitlines() or [""])[0]
+    line = f"{what} failed: {type(exc).__name__}" + (f": {first}" if first else "")
+    status.value = message_html(line + " (traceback in the kernel's log)", ok=False)
+    return line
+
+
+# -- rows of a list, reused from page to page -------------------------------------------
+
+
+class ListRow:
+    """One reusable row of a list: a button (what a click selects) and one
+    HTML with the row's text. Rows are built once and re-filled, because
+    making widgets is most of what showing a page costs."""
+
+    def __init__(self, on_click: Callable[[Any], None], button_layout: W.Layout,
+                 info_layout: W.Layout, box_layout: W.Layout | None = None):
+        self.key: Any = None
+        self.button = W.Button(layout=button_layout)
+        self.info = W.HTML(layout=info_layout)
+        self.box = W.HBox([self.button, self.info], layout=box_layout or W.Layout(
+            height=f"{ROW_PX}px", margin="0", overflow="hidden", align_items="center"))
+        self.button.on_click(lambda _b: self.key is not None and on_click(self.key))
+
+    @property
+    def step(self) -> Any:
+        """The key under its timeline name: the step this row shows."""
+        return self.key
+
+    def show(self, key: Any, label: str, text_html: str, selected: bool,
+             classes: tuple[str, ...]) -> None:
+        self.key = key
+        self.button.description = label
+        self.button.button_style = "info" if selected else ""
+        self.button._dom_classes = classes
+        self.info.value = text_html
+        self.box.layout.display = None
+
+    def hide(self) -> None:
+        self.key = None
+        self.box.layout.display = "none"
+
+
+def fill_rows(rows: list[ListRow], container: W.Box, items: list[tuple[Any, ...]],
+              make: Callable[[], ListRow]) -> None:
+    """Show ``items`` (ListRow.show arguments) in ``rows``, growing the pool
+    with ``make`` when a page is longer than any before and hiding the rest."""
+    if len(rows) < len(items):
+        rows += [make() for _ in range(len(items) - len(rows))]
+        container.children = [r.box for r in rows]
+    for row, item in zip(rows, items):
+        row.show(*item)
+    for row in rows[len(items):]:
+        row.hide()
+
+
+# -- refresh after cells: one IPython hook shared by all live views ---------------------
+
+_LIVE: "weakref.WeakSet[Any]" = weakref.WeakSet()  # each has after_cell()
+_HOOKED: set[int] = set()
+
+
+def follow_cells(view: Any) -> None:
+    """Call ``view.after_cell()`` after every cell, once its reply is out."""
+    _LIVE.add(view)
+    _ensure_hook()
+
+
+def unfollow_cells(view: Any) -> None:
+    _LIVE.discard(view)
+
+
+class LiveView:
+    """Mixed into a view that follows cells (follow_cells) and has a text()
+    for frontends that cannot show widgets."""
+
+    def close(self) -> None:
+        unfollow_cells(self)
+        super().close()  # type: ignore[misc]
+
+    def _repr_mimebundle_(self, **kwargs: Any):
+        return with_text(super()._repr_mimebundle_(**kwargs), self.text())  # type: ignore[misc,attr-defined]
+
+
+def _ensure_hook() -> None:
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    ip = get_ipython()
+    if ip is None or id(ip) in _HOOKED:
+        return
+    ip.events.register("post_run_cell", _after_cell)
+    _HOOKED.add(id(ip))
+
+
+def _after_cell(result: Any = None) -> None:
+    """post_run_cell runs inside the cell, before its record is committed; so
+    only schedule a look for after the reply, on the kernel's loop."""
+    if not _LIVE:
+        return
+    loop = kernel_loop()
+    for view in list(_LIVE):
+        if loop is None:
+            view.after_cell()
+        else:
+            loop.call_later(0.05, view.after_cell)
