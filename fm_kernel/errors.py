@@ -19,6 +19,7 @@ in one line.
         ├── StepError              a recorded step error whose exception cannot be rebuilt
         ├── NotStorable            a value is neither plain JSON nor picklable
         ├── NoSuchRun              a run id this history does not have
+        ├── RunFinished            a signal (or other control) sent to a run that has finished
         └── NoSuchFlow             a flow name no cell of this kernel defined
 
 ``Timeout`` is also a ``TimeoutError`` so that ``except TimeoutError`` keeps
@@ -140,6 +141,13 @@ class NoSuchRun(FlowError):
     def __init__(self, run_id: str):
         self.run_id = run_id
         super().__init__(f"no flow run {run_id!r} in this history; `fm.runs()` (or `fm runs`) lists them")
+
+
+class RunFinished(FlowError):
+    def __init__(self, run_id: str, status: str, what: str):
+        self.run_id, self.status = run_id, status
+        super().__init__(f"run {run_id} has finished ({status}), so {what} would never be taken; "
+                         "start a new run (or fork this one) to continue")
 
 
 class NoSuchFlow(FlowError):

@@ -143,3 +143,14 @@ def test_journal_checkpointer_logs_a_failed_checkpoint(tmp_path: Path,
     j.close()  # the record kept in the log goes in now
     assert store.query("SELECT count(*) FROM fm_events WHERE kind = 'probe'").rows == [(1,)]
     store.close()
+
+
+def test_the_flow_docs_say_what_users_write_and_what_the_code_does() -> None:
+    from fm_kernel.flows.journal import CHECKPOINT_INTERVAL
+
+    docs = FLOWS.parent.parent / "docs"
+    flows_md = (docs / "flows.md").read_text()
+    assert "import fm_kernel.flows as fm" not in flows_md
+    assert "import fm_kernel as fm" in flows_md
+    bench = (docs / "bench-flows.md").read_text()
+    assert f"{CHECKPOINT_INTERVAL} s" in bench and "~50 ms" not in bench

@@ -115,19 +115,21 @@ class Journal:
 
     # -- encoding ----------------------------------------------------------
 
-    def encode(self, value: Any, what: str) -> str:
+    def encode(self, value: Any, what: str,
+               fix: str = "return plain data (dict, list, str, numbers) or an object "
+                          "cloudpickle can serialise") -> str:
         """JSON text for a journal column: the value itself when it is plain
         JSON (so SQL sees it), else a marker naming a cloudpickle in the
-        history's objects folder."""
+        history's objects folder. ``what`` names the value ("the result of
+        step 'fetch' ..."), ``fix`` what to do if it cannot be stored."""
         if _plain(value):
             return json.dumps(value)
         try:
             data = cloudpickle.dumps(value)
         except Exception as exc:
             raise NotStorable(
-                f"{what} returned a {_qualname(type(value))}, which is neither JSON nor picklable "
-                f"({type(exc).__name__}: {exc}); return plain data (dict, list, str, numbers) "
-                "or an object cloudpickle can serialise") from None
+                f"{what} is a {_qualname(type(value))}, which is neither JSON nor picklable "
+                f"({type(exc).__name__}: {exc}); {fix}") from None
         key = self.objects.put(data)
         return json.dumps({"$fm": "pickle", "key": key, "type": _qualname(type(value)),
                            "repr": reprlib.repr(value)})
@@ -146,7 +148,7 @@ class Journal:
             pickled = base64.b64encode(cloudpickle.dumps(exc)).decode() if len(str(exc)) < 65536 else None
         except Exception:
             pickled = None
-        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-8000:]
+        tb = _user_traceback(exc)[-8000:]
         return json.dumps({"type": _qualname(type(exc)), "message": str(exc), "traceback": tb,
                            "pickle": pickled}, default=str)
 
@@ -368,6 +370,19 @@ def signal_offline(store: Store, run_id: str, name: str, data: Any = None) -> in
         if not (log.exists() and run_id.encode() in log.read_bytes()):
             raise KeyError(f"no flow run {run_id!r} in {store.path}; `fm runs` lists them")
     return store.append_event("signal", run_id=run_id, payload={"name": name, "data": data})
+
+
+_PACKAGE = str(Path(__file__).resolve().parent.parent)
+
+
+def _user_traceback(exc: BaseException) -> str:
+    """The traceback without fm_kernel's own frames: what is stored is for
+    the flow's author, who needs their lines, not our replay machinery."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__)
+              if not str(Path(f.filename).resolve()).startswith(_PACKAGE)]
+    head = "Traceback (most recent call last):\n" if frames else ""
+    return head + "".join(traceback.format_list(frames)) + \
+        "".join(traceback.format_exception_only(type(exc), exc))
 
 
 def _epoch(row: dict[str, Any]) -> dict[str, Any]:

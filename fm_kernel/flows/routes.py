@@ -11,7 +11,7 @@ from typing import Any, Callable
 import tornado.web
 
 from ..endpoint import ApiHandler
-from ..errors import FlowError, NoSuchFlow, NoSuchRun
+from ..errors import FlowError, NoSuchFlow, NoSuchRun, RunFinished
 from .context import registry
 from .ops import deliver_callback
 from .runs import deliver_signal
@@ -26,6 +26,8 @@ async def _off_loop(fn: Callable[[], Any]) -> Any:
         raise tornado.web.HTTPError(404, reason=str(exc)) from None
     except NoSuchFlow as exc:
         raise tornado.web.HTTPError(404, reason=str(exc)) from None
+    except RunFinished as exc:  # the request was fine; the run is past taking it
+        raise tornado.web.HTTPError(409, reason=str(exc)) from None
 
 
 class CallbackHandler(ApiHandler):

@@ -13,7 +13,7 @@ import time
 import uuid
 from typing import Any, Callable
 
-from ..errors import Cancelled, NoSuchFlow, NoSuchRun, StepError, Timeout
+from ..errors import Cancelled, NoSuchFlow, NoSuchRun, NotStorable, RunFinished, StepError, Timeout
 from .context import CURRENT_RUN, RunContext, registry
 from .journal import FINISHED_STATUSES, PENDING_STATUSES, Journal
 from .schedule import validate_schedule
@@ -83,13 +83,25 @@ def new_run(fl: Flow, args: tuple, kwargs: dict, forked: tuple[str, int] | None 
     j = reg.journal
     run = Run(uuid.uuid4().hex, fl.name)
     run._flow, run._args, run._kwargs = fl, args, kwargs
-    run._args_json = j.encode({"args": list(args), "kwargs": kwargs}, f"the arguments of flow {fl.name!r}")
+    run._args_json = _encode_args(fl, args, kwargs)
     run._forked = forked
     with reg.lock:
         reg.runs[run.id] = run
     run._write("running")
     j.event("run_started", run.id, {"flow": fl.name, "forked_from": forked})
     return run
+
+
+def _encode_args(fl: Flow, args: tuple, kwargs: dict) -> str:
+    j = registry().journal
+    try:
+        return j.encode({"args": list(args), "kwargs": kwargs}, f"the arguments of flow {fl.name!r}")
+    except NotStorable:  # name the argument, not the dict we wrap them in
+        named = [(str(i + 1), v) for i, v in enumerate(args)] + list(kwargs.items())
+        for label, v in named:
+            j.encode(v, f"argument {label} of flow {fl.name!r}", fix="pass plain data (dict, "
+                     "list, str, numbers) or an object cloudpickle can serialise")
+        raise
 
 
 class Run:
@@ -109,6 +121,8 @@ class Run:
         self._error: BaseException | None = None
         self._executing = False
         self._cancelled = False
+        self._finished = False  # its final status is written (here, or as recorded)
+        self._end = threading.Lock()  # cancel() against the final write
         self._done = threading.Event()
         self._cv = threading.Condition()
         self._wakes = 0  # bumped on every wake-up (signal, callback, cancel)
@@ -189,18 +203,31 @@ class Run:
     # -- control --
 
     def signal(self, name: str, data: Any = None) -> None:
-        """Deliver a named signal (kept until a ``wait_for(name)`` takes it)."""
+        """Deliver a named signal (kept until a ``wait_for(name)`` takes it).
+        Raises RunFinished if the run has finished."""
         deliver_signal(self.id, name, data)
 
-    def cancel(self) -> None:
-        """Stop at the next durable operation; a running step body finishes."""
-        if self._done.is_set():
-            return
-        self._cancelled = True
-        self._status = self._status and "cancelled"
-        self._write("cancelled", error=Journal.encode_error(Cancelled(f"run {self.id} was cancelled")))
+    def cancel(self) -> bool:
+        """Stop at the next durable operation; a running step body finishes,
+        and the run ends ``cancelled`` even if that was its last step. True
+        if this call cancelled it; False, changing nothing, if it had
+        finished (or been cancelled) already."""
+        with self._end:
+            if self._finished or self._cancelled or self._done.is_set():
+                return False
+            if not self._executing:  # a handle on a recorded run: ask the record
+                row = registry().journal.run_row(self.id)
+                if row is None:
+                    raise NoSuchRun(self.id)
+                if row["status"] in FINISHED_STATUSES:
+                    self._finished = True
+                    return False
+            self._cancelled = True
+            self._status = self._status and "cancelled"
+            self._write("cancelled", error=Journal.encode_error(Cancelled(f"run {self.id} was cancelled")))
         registry().journal.event("run_cancelled", self.id, {})
         self.wake()
+        return True
 
     def fork(self, from_step: int) -> "Run":
         """A new run of the current code: positions < from_step are copied
@@ -277,6 +304,11 @@ class Run:
     def executing(self) -> bool:
         return self._executing
 
+    @property
+    def finished(self) -> bool:
+        """True once this process has written or read a final status."""
+        return self._finished or self._done.is_set()
+
     def start_thread(self) -> None:
         """Execute on a background thread (output goes to the cell that started it)."""
         self._executing = True
@@ -298,11 +330,8 @@ class Run:
                 value = asyncio.run(self._flow.fn(*self._args, **self._kwargs))
             else:
                 value = self._flow.fn(*self._args, **self._kwargs)
-            text = j.encode(value, f"flow {self.flow_name!r} (run {self.id})")
-            self._result = value
-            self._status = "succeeded"
-            self._write("succeeded", result=text)
-            j.event("run_finished", self.id, {})
+            text = j.encode(value, f"the result of flow {self.flow_name!r} (run {self.id})")
+            self._succeeded(value, text)
         except BaseException as exc:
             self._failed(exc)
             if not isinstance(exc, Exception) and threading.current_thread() is threading.main_thread():
@@ -315,13 +344,27 @@ class Run:
                 self._executing = False
                 self._done.set()
 
+    def _succeeded(self, value: Any, text: str) -> None:
+        with self._end:
+            if not self._cancelled:  # else cancel() wrote the final status while the body ran
+                self._result, self._status, self._finished = value, "succeeded", True
+                self._write("succeeded", result=text)
+        if not self._cancelled:
+            registry().journal.event("run_finished", self.id, {})
+            return
+        self._status = "cancelled"
+        self._error = Cancelled(f"run {self.id} of {self.flow_name!r} was cancelled during its "
+                                "last step; the step's result is journaled, the run's is not")
+
     def _failed(self, exc: BaseException) -> None:
         self._error = exc
-        if self._cancelled:
-            self._status = "cancelled"
-            return
-        self._status = "failed"
-        self._write("failed", error=Journal.encode_error(exc))
+        with self._end:
+            self._finished = True
+            if self._cancelled:
+                self._status = "cancelled"
+                return
+            self._status = "failed"
+            self._write("failed", error=Journal.encode_error(exc))
         registry().journal.event("run_failed", self.id, {"error": f"{type(exc).__name__}: {exc}"})
 
 
@@ -357,8 +400,15 @@ def deliver_signal(run_id: str, name: str, data: Any = None) -> int:
     """Store a signal for a run durably and wake the run if it waits here."""
     reg = registry()
     run = reg.runs.get(run_id)
-    if run is None and reg.journal.run_row(run_id) is None:
-        raise NoSuchRun(run_id)
+    if run is None or not run.executing:
+        row = reg.journal.run_row(run_id)
+        if row is None:
+            raise NoSuchRun(run_id)
+        status = row["status"]
+    else:
+        status = run.status
+    if status in FINISHED_STATUSES or (run is not None and run.finished):
+        raise RunFinished(run_id, status, f"signal {name!r}")
     seq = reg.journal.add_signal(run_id, name, data)
     if run is not None:
         run.wake()
@@ -415,12 +465,28 @@ def resume_pending(rt: Any = None) -> list[str]:
         if fl.schedule is not None:
             reg.scheduler.add(fl)
     if rt is not None and (resumed or waiting):
-        line = f"flowmetal: resumed {len(resumed)} flow run(s)"
-        line += f" ({', '.join(resumed)})" if resumed else ""
+        line = f"flowmetal: resumed {len(resumed)} flow run(s){_which(resumed)}"
         if waiting:
-            line += f"; {len(waiting)} wait for their flow to be defined ({', '.join(waiting)})"
+            line += f"; {len(waiting)} wait for their flow to be defined{_which(waiting)}"
         rt.notices.append(line)
     return resumed
+
+
+def _which(runs: list[str], ids_up_to: int = 3) -> str:
+    """' (a/1b4bb98d, b/a69e841a)' for a few runs; ' (job 298, fan 2)' for many:
+    a kernel resuming hundreds of runs must not print hundreds of ids."""
+    if not runs:
+        return ""
+    if len(runs) <= ids_up_to:
+        return f" ({', '.join(runs)})"
+    counts: dict[str, int] = {}
+    for r in runs:
+        name = r.rsplit("/", 1)[0]
+        counts[name] = counts.get(name, 0) + 1
+    top = sorted(counts.items(), key=lambda kv: -kv[1])
+    shown = ", ".join(f"{name} {n}" for name, n in top[:3])
+    more = f", {len(top) - 3} other flows" if len(top) > 3 else ""
+    return f" ({shown}{more}; `%fm runs` lists them)"
 
 
 def on_ready(rt: Any) -> None:

@@ -11,7 +11,7 @@ import threading
 import time
 from typing import Any, Callable
 
-from ..errors import NotStorable, Timeout
+from ..errors import NotStorable, Timeout, UsageError
 from .context import CURRENT_RUN, CURRENT_STEP, RunContext, StepContext, registry, replay
 from .journal import Journal
 
@@ -26,6 +26,7 @@ class Step:
         self.fn, self.retries, self.backoff, self.timeout = fn, retries, backoff, timeout
         self.retry_delay = retry_delay
         self.name = name or fn.__qualname__
+        _validate(self)
         self.is_async = inspect.iscoroutinefunction(fn)
 
     def __reduce__(self):  # the namespace snapshot stores the function, not our locks
@@ -59,6 +60,27 @@ class Step:
             return asyncio.run_coroutine_threadsafe(self.fn(*args, **kwargs), loop).result()
 
         return await asyncio.to_thread(attempts, ctx, p, self, body)
+
+
+def _validate(st: Step) -> None:
+    """Refuse options that cannot mean what they say, when decorating rather
+    than on the first failure of a run days later."""
+    def bad(option: str, value: Any, want: str) -> UsageError:
+        return UsageError(f"step {st.name!r}: {option}={value!r} is not allowed; {option} must be "
+                          f"{want}")
+
+    if isinstance(st.retries, bool) or not isinstance(st.retries, int) or st.retries < 0:
+        raise bad("retries", st.retries, "a whole number >= 0 (0: no retries)")
+    if st.timeout is not None and (not _number(st.timeout) or st.timeout <= 0):
+        raise bad("timeout", st.timeout, "a number of seconds > 0, or None for no timeout")
+    if not _number(st.backoff) or st.backoff < 0:
+        raise bad("backoff", st.backoff, "a number >= 0 (each retry waits backoff times longer)")
+    if not _number(st.retry_delay) or st.retry_delay < 0:
+        raise bad("retry_delay", st.retry_delay, "a number of seconds >= 0")
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v  # not NaN
 
 
 def step(fn: Callable[..., Any] | None = None, *, retries: int = 0, backoff: float = 2.0,
@@ -100,7 +122,7 @@ def settle(ctx: RunContext, p: int, st: Step, attempt: int, started: float, stat
     if status == "ok":
         try:
             text = registry().journal.encode(
-                value, f"step {st.name!r} (position {p} of run {ctx.run.id})")
+                value, f"the result of step {st.name!r} (position {p} of run {ctx.run.id})")
         except NotStorable as exc:
             status, value, attempt = "failed", exc, max(attempt, st.retries + 1)
         else:

