@@ -80,7 +80,7 @@ def check(sql: str, extra_tables: frozenset[str] = frozenset()) -> Checked:
     if not kinds:
         raise SQLError(f"empty query; {_WRITE}")
     if len(kinds) > 1:
-        raise SQLError(f"one statement at a time please ({len(kinds)} given); {_WRITE}")
+        raise SQLError(f"{len(kinds)} statements refused: one at a time please; {_WRITE}")
     if kinds[0] != "SELECT":
         instead = _INSTEAD.get(kinds[0], "the history is the record of what happened")
         raise SQLError(f"the history is read-only: {kinds[0]} statements are refused; "
@@ -163,7 +163,8 @@ def _check_frame_args(fn: dict[str, Any]) -> None:
     args = [a.get("expression", {}) for a in fn.get("arguments", [])]
     kinds = [(a.get("literal") or {}).get("kind") for a in args]
     if kinds != ["STRING", "INTEGER"] and kinds != ["STRING", "BIGINT"]:
-        raise SQLError("frame() takes a quoted name and a step number, as in frame('df', 12)")
+        raise SQLError("frame() is refused with these arguments: it takes a quoted name and a step "
+                       "number, as in frame('df', 12)")
 
 
 def _qualified(node: dict[str, Any]) -> str:
@@ -240,16 +241,22 @@ def run(store: Store, sql: str, params: Sequence[Any] = (), frames: FrameResolve
         sql, tables = _hand_over_frames(sql, frames)
         checked = check(sql, frozenset(tables))  # the rewrite is checked like the original
         if checked.frames:
-            raise SQLError("frame() takes a quoted name and a step number, as in frame('df', 12)")
+            raise SQLError("frame() is refused with these arguments: it takes a quoted name "
+                           "and a step number, as in frame('df', 12)")
     cancel = cancel or Cancel()
     limit = timeout_s() if timeout is None else timeout
     timer = threading.Timer(limit, cancel.cancel, ["timeout"]) if limit > 0 else None
     if timer is not None:
         timer.daemon = True
         timer.start()
-    try:
+    def execute() -> Result:
         views = store.views_as_arrow(sorted(checked.views), cancel)
         return run_isolated(sql, params, views, tables, limit_rows, cancel)
+
+    try:
+        if threading.current_thread() is threading.main_thread():
+            return _interruptible(execute, cancel)
+        return execute()
     except QueryFailed as exc:
         raise _sql_error(exc, cancel, limit) from None
     finally:
@@ -257,14 +264,40 @@ def run(store: Store, sql: str, params: Sequence[Any] = (), frames: FrameResolve
             timer.cancel()
 
 
+def _interruptible(execute: Callable[[], Result], cancel: Cancel) -> Result:
+    """Run on a helper thread while the main thread waits in short joins, so
+    Ctrl-C (a kernel interrupt) lands here at once and stops the query
+    instead of waiting for DuckDB to notice the signal."""
+    box: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            box["result"] = execute()
+        except BaseException as exc:  # handed to the waiting thread
+            box["error"] = exc
+
+    worker = threading.Thread(target=work, name="fm-sql-query", daemon=True)
+    worker.start()
+    try:
+        while worker.is_alive():
+            worker.join(0.05)
+    except KeyboardInterrupt:
+        cancel.cancel("interrupted")
+        worker.join()
+        raise
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
+
+
 def _sql_error(exc: QueryFailed, cancel: Cancel, limit: float) -> BaseException:
     if cancel.reason == "timeout":
         return SQLError(f"query cancelled after {limit:g} s (FM_SQL_TIMEOUT); narrow it "
                         "(WHERE, LIMIT) or raise FM_SQL_TIMEOUT")
+    if cancel.reason == "interrupted" or (cancel.reason is None and exc.message == "interrupted"):
+        return KeyboardInterrupt()
     if cancel.reason is not None:
         return SQLError(f"query cancelled: {cancel.reason}")
-    if exc.message == "interrupted":
-        return KeyboardInterrupt()
     if exc.wrote:
         return SQLError("the history is read-only: this query tried to write")
     return SQLError(exc.message)
