@@ -10,7 +10,8 @@ browser tests last.
     faults   kill points, storage faults, fuzzing        tests/faults/
     browser  JupyterLab in headless Chromium             tests/test_browser.py
 
-`pytest -m unit` runs only the fast tier. A file may name its tier itself
+`pytest -m unit` runs only the fast tier. The end of a run prints the time
+spent in each tier. A file may name its tier itself
 (`pytestmark = pytest.mark.unit`); otherwise a file that imports the kernel
 driver, jupyter_client or subprocess, or a test that asks for the `kernel`
 fixture, is `kernel`, and anything else outside tests/unit/ is `unit`.
@@ -86,3 +87,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(getattr(pytest.mark, tier))
     # Stable: within a tier, files and tests keep their collection order.
     items.sort(key=lambda it: tiers[it.nodeid])
+
+
+_spent: dict[str, list[float]] = {}  # tier -> [tests, seconds]
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    tier = next((t for t in TIERS if t in report.keywords), None)
+    if tier is not None:
+        entry = _spent.setdefault(tier, [0, 0.0])
+        entry[0] += report.when == "call"
+        entry[1] += report.duration
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if _spent:
+        terminalreporter.write_line("time by tier: " + ", ".join(
+            f"{t} {int(_spent[t][0])} tests {_spent[t][1]:.1f} s" for t in TIERS if t in _spent))
