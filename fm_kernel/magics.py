@@ -276,7 +276,7 @@ class FlowmetalMagics(Magics):
         if widgets.in_widget_frontend():
             display(widgets.diff_widget(a.a, a.b))
             return
-        rows = [(kind, name, before, after) for kind in ("added", "removed", "changed")
+        rows = [(kind, name, before, after) for kind in d  # added, removed, changed, not tracked
                 for name, before, after in d[kind]]
         if not rows:
             print(f"no differences between step {a.a} and step {a.b}")

@@ -283,10 +283,11 @@ def test_unpicklable_objects(nb: Notebook, tmp_path: Path):
             e = c.manifest[name]
             assert not e.restorable and needle in e.reason and e.reason.startswith("cannot pickle"), e
         assert c.manifest["mm"].restorable and c.manifest["mm"].summary == "module math"
-        # Same live objects: an incremental restore leaves them alone.
+        # Same live objects: an incremental restore leaves them alone, and says
+        # it cannot know whether they changed (they are not tracked).
         nb.run("ok = 2")
         r = nb.rewind(1)
-        assert "fh" in r.unchanged and nb.ns["fh"] is nb.ns["holder"]["fh"]
+        assert "fh" in r.untracked and nb.ns["fh"] is nb.ns["holder"]["fh"]
         fresh: dict = {"__name__": "__main__"}
         r = nb.snap.restore(c.manifest, fresh, None)
         assert set(r.not_restored) == {"fh", "lock", "gen", "sock", "holder"}
@@ -512,3 +513,122 @@ def test_changed_is_precise(nb: Notebook):
     assert nb.run("f()").changed == {"d"}
     assert nb.run("arr[0] = 1\nxs = xs").changed == {"arr"}
     assert nb.run("xs = [1]").changed == {"xs"}  # rebound to an equal value
+
+
+# --------------------------------------------------------------------------
+# Objects pickle refuses: tracked through the state they expose, or named
+# as not tracked; restores that cannot replace a value keep the live one.
+# --------------------------------------------------------------------------
+def test_objects_with_no_state_to_look_at_are_not_tracked(nb: Notebook, tmp_path: Path):
+    p = tmp_path / "f.txt"
+    p.write_text("hello")
+    nb.ns.update(fh=open(p), sock=socket.socket())
+    try:
+        c = nb.run("import threading\nsem = threading.Semaphore(1)\nlock = threading.Lock()\n"
+                   "ev = threading.Event()\ngen = (i for i in range(3))\nn = 1")
+        for name in ("sem", "lock", "ev", "gen", "fh", "sock"):
+            assert c.manifest[name].tracked is False and not c.manifest[name].restorable, name
+        assert c.manifest["n"].tracked and c.manifest["threading"].tracked
+        nb.run("sem.acquire()")
+        r = nb.rewind(1)
+        # nothing can tell whether sem changed: it is kept, and named, never "unchanged"
+        assert "sem" in r.untracked and "sem" not in r.unchanged and nb.ns["sem"]._value == 0
+        assert r.untracked == ["ev", "fh", "gen", "lock", "sem", "sock"]
+        roundtrip = Manifest.from_json(c.manifest.to_json())
+        assert roundtrip["sem"].tracked is False and roundtrip["n"].tracked is True
+    finally:
+        nb.ns["fh"].close()
+        nb.ns["sock"].close()
+
+
+def test_old_entries_without_tracked_read_as_identity_only():
+    old = {"name": "s", "type": "threading.Semaphore", "size_bytes": 48, "summary": "",
+           "restorable": False, "reason": "cannot pickle", "ref": "", "fp": "!7f00"}
+    assert VarEntry.from_json(old).tracked is False
+    assert VarEntry.from_json({**old, "restorable": True, "fp": "ab12"}).tracked is True
+
+
+def test_unpicklable_objects_with_exposed_state_are_fingerprinted(nb: Notebook):
+    c = nb.run("import hashlib, threading\nm = hashlib.sha256(b'a')\nb2 = hashlib.blake2b()\n"
+               "shake = hashlib.shake_128()\n"
+               "class Holder:\n    def __init__(self):\n        self.h = hashlib.md5()\n"
+               "        self.n = 0\nholder = Holder()\npair = [hashlib.sha1(), 1]")
+    for name in ("m", "b2", "shake", "holder", "pair"):
+        e = c.manifest[name]
+        assert e.tracked and not e.restorable and e.fp.startswith("~"), e
+    assert nb.run("x = 1").changed == {"x"}  # fingerprints are stable while nothing changes
+    assert nb.run("m.update(b'x')").changed == {"m"}
+    assert nb.run("b2.update(b'x')\nshake.update(b'x')").changed == {"b2", "shake"}
+    assert nb.run("holder.n = 1").changed == {"holder"}
+    assert nb.run("holder.h.update(b'x')").changed == {"holder"}
+    assert nb.run("pair[0].update(b'x')").changed == {"pair"}
+    digest_now = nb.ns["m"].hexdigest()
+    r = nb.rewind(1)
+    # m cannot be stored, and its live state differs from step 1's: kept, and said so
+    assert "m" in r.not_restored and "m" in r.kept and nb.ns["m"].hexdigest() == digest_now
+    assert "state now differs" in r.not_restored["m"]
+    assert "x" in r.deleted and "m" not in r.unchanged
+    # going back returns the very objects the rewind set aside
+    r = nb.snap.restore(nb.steps[-2].manifest, nb.ns, r.manifest)
+    assert nb.ns["m"].hexdigest() == digest_now and not r.not_restored and "x" in r.restored
+
+
+def test_ipywidget_is_fingerprinted_by_its_traits(nb: Notebook):
+    # Outside a kernel a widget has no comm and pickles; in one it does not
+    # (tests/test_untracked.py), and its traits are what capture looks at.
+    from fm_kernel.state.surrogate import state_fingerprint
+
+    import ipywidgets as W
+
+    def key(obj):
+        return state_fingerprint(obj, lambda v: nb.snap.content_fp(v, nb.ns))
+
+    w = W.IntSlider(value=0)
+    first = key(w)
+    assert first is not None and first == key(W.IntSlider(value=0))  # model ids do not count
+    w.value = 100
+    assert key(w) != first
+    w.value = 0
+    w.layout.width = "50%"  # a trait of the layout widget it holds
+    assert key(w) != first
+    w.close()
+
+
+def test_unloadable_group_keeps_the_live_objects(nb: Notebook):
+    nb.run("class Bad:\n    def __setstate__(self, state):\n        raise ValueError('no')\n"
+           "b = Bad()\nb.v = 2")
+    one = nb.head
+    nb.run("b = Bad()\nextra = 1")  # the user rebinds b: the old one is gone for good
+    before_b, before_cls = nb.ns["b"], nb.ns["Bad"]
+    r = nb.snap.restore(one, nb.ns, nb.head)
+    # the group {Bad, b} cannot be loaded: nothing of it is lost, b is named
+    assert nb.ns["b"] is before_b and nb.ns["Bad"] is before_cls
+    assert "b" in r.not_restored and "cannot load" in r.not_restored["b"] and r.kept == ["b"]
+    assert "Bad" in r.unchanged  # the live class is the class step 1 holds
+    # the rest of the state is restored all the same
+    assert r.deleted == ["extra"] and "extra" not in nb.ns
+    # the state now held describes the kept b, so the next capture compares with the truth
+    assert r.manifest["b"] is nb.head["b"] and r.manifest["b"] is not one["b"]
+
+
+def test_rewind_then_forward_returns_objects_whose_pickle_cannot_load(nb: Notebook):
+    nb.run("class Bad:\n    def __setstate__(self, state):\n        raise ValueError('no')\nb = Bad()")
+    nb.run("b.v = 2")
+    two = nb.head
+    live_b = nb.ns["b"]
+    r = nb.rewind(1)  # b has no state at step 1: its pickle never calls __setstate__
+    assert not hasattr(nb.ns["b"], "v") and r.restored == ["Bad", "b"]
+    r = nb.snap.restore(two, nb.ns, nb.head)
+    # step 2's pickle of b cannot be loaded; the object the rewind set aside is b
+    assert nb.ns["b"] is live_b and nb.ns["b"].v == 2 and not r.not_restored
+
+
+def test_restore_changes_nothing_when_loading_fails(nb: Notebook):
+    nb.run("import numpy as np\narr = np.arange(10.0)\nkeep = [1]")
+    first = nb.head
+    nb.run("arr = arr * 2\nkeep.append(2)\nlater = 3")
+    key = json.loads(nb.objects.get(first["arr"].ref))["buffers"][0][0][0]
+    nb.objects.path(key).unlink()
+    r = nb.rewind(1)
+    assert "arr" in r.not_restored and nb.ns["arr"][1] == 2.0 and "arr" in r.kept
+    assert nb.ns["keep"] == [1] and "later" not in nb.ns

@@ -230,4 +230,27 @@ SELECT run_id, position, name, status, attempt, started_at, finished_at, duratio
 FROM fm_run_step_records;
 """
 
-MIGRATIONS: list[str] = [_V1, _V2, _V3, _V4_STATES, _V5_FLOWS]
+# `tracked`: whether a change of the name's object can be seen at all. An
+# object pickle refuses is fingerprinted from the state it exposes (a hash's
+# digest, a widget's traits); one that exposes none (a lock, an open file) is
+# not tracked. Entries written before this carry no flag: theirs was
+# identity-only exactly when they were not restorable.
+_V6_TRACKED = r"""
+CREATE OR REPLACE VIEW variables AS
+WITH latest AS (
+    SELECT step, state_id, changed FROM fm_step_records
+    QUALIFY row_number() OVER (PARTITION BY step ORDER BY seq DESC) = 1
+), state_rows AS (
+    SELECT id AS state_id, unnest(names) AS name, unnest(ids) AS entry_id FROM fm_states
+), entries AS (
+    SELECT * FROM fm_var_entries QUALIFY row_number() OVER (PARTITION BY id) = 1
+)
+SELECT l.step, r.name, e.type, e.size_bytes, e.summary, e.value,
+       coalesce(list_contains(l.changed, r.name), false) AS changed, e.restorable, e.reason,
+       coalesce(TRY_CAST(e.entry->>'tracked' AS BOOLEAN), e.restorable) AS tracked
+FROM latest l
+JOIN state_rows r ON r.state_id = l.state_id
+JOIN entries e ON e.id = r.entry_id;
+"""
+
+MIGRATIONS: list[str] = [_V1, _V2, _V3, _V4_STATES, _V5_FLOWS, _V6_TRACKED]

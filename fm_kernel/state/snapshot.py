@@ -33,6 +33,8 @@ from typing import Any
 from .analysis import DYNAMIC_ATTRS, DYNAMIC_NAMES, WALK_LIMIT, code_names, ObjectWalk, analyse_code
 from ..record.objects import ObjectFiles, chunk_keys, digest
 from .pickling import LOAD_GLOBALS, array_roots, IsolatedUnpickler, Payload, SnapshotPickler, qualname
+from .restoring import Aside, Restore
+from .surrogate import state_fingerprint
 
 __all__ = ["Snapshotter", "Manifest", "VarEntry", "Capture", "RestoreReport", "analyse_code"]
 
@@ -61,7 +63,9 @@ class VarEntry:
     restorable: bool = True
     reason: str | None = None  # why not restorable
     ref: str = ""              # key of the stored group header ("" if not stored)
-    fp: str = ""               # content fingerprint: equal fp <=> equal pickled content
+    fp: str = ""               # content fingerprint: equal fp <=> equal pickled content;
+                               # "~…" the state an unpicklable object exposes, "!…" its identity
+    tracked: bool = True       # False: nothing shows whether the object changed (fp is its identity)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -71,7 +75,10 @@ class VarEntry:
         if isinstance(data, str):
             data = json.loads(data)
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        entry = cls(**{k: v for k, v in data.items() if k in known})
+        if "tracked" not in data:  # written before `tracked`: an identity fp was all there was
+            entry.tracked = not entry.fp.startswith("!")
+        return entry
 
 
 class Manifest(Mapping[str, VarEntry]):
@@ -134,7 +141,11 @@ class RestoreReport:
     restored: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
-    not_restored: dict[str, str] = field(default_factory=dict)
+    not_restored: dict[str, str] = field(default_factory=dict)  # name -> why
+    kept: list[str] = field(default_factory=list)       # of not_restored: the live object stays bound
+    untracked: list[str] = field(default_factory=list)  # kept as they are now, not tracked
+    rebuilt: list[str] = field(default_factory=list)    # of restored: by re-running their statement
+    manifest: Manifest | None = None  # the state the namespace now holds (kept objects included)
 
 
 # --------------------------------------------------------------------------
@@ -204,6 +215,7 @@ class Snapshotter:
         self._ids_sig: str | None = None
         self._cost: dict[str, float] = {}  # seconds the last check of each name took
         self._turn = 0  # where the next cell's round of small re-checks starts
+        self.aside = Aside()  # unreplaceable objects restores took out of the namespace
 
     def visible(self, ns: Mapping[str, Any]) -> list[str]:
         return [n for n in ns if not n.startswith("_") and n not in SKIP_NAMES and n not in self.hidden]
@@ -302,12 +314,12 @@ class Snapshotter:
                     for n in ok:
                         r, w = self._store([n], payloads[n])
                         written += w
-                        entries[n] = self._entry(n, ns[n], payloads[n], r)
+                        entries[n] = self._entry(n, ns[n], payloads[n], r, ns)
                     ok = []
             for n in comp:
                 p = payloads[n]
                 if n not in entries:
-                    entries[n] = self._entry(n, ns[n], p, ref if n in ok else "")
+                    entries[n] = self._entry(n, ns[n], p, ref if n in ok else "", ns)
                 if prev is None or n not in prev or prev[n].fp != entries[n].fp or n in rebound:
                     changed.add(n)
         for n in live:
@@ -431,13 +443,25 @@ class Snapshotter:
         ref, w = self.objects.put_new(header)
         return ref, written + w
 
-    def _entry(self, n: str, obj: Any, p: Payload | str, ref: str) -> VarEntry:
+    def _entry(self, n: str, obj: Any, p: Payload | str, ref: str, ns: dict) -> VarEntry:
         if isinstance(p, Payload):
             return VarEntry(n, qualname(type(obj)), p.nbytes, _summary(obj), _json_value(obj),
                             True, None, ref, p.fp)
-        # Unpicklable: identity is the best fingerprint we have.
+        key = self.object_key(obj, ns)
         return VarEntry(n, qualname(type(obj)), _sizeof(obj), _summary(obj), None, False, p, "",
-                        f"!{id(obj):x}")
+                        key, tracked=key.startswith("~"))
+
+    def content_fp(self, obj: Any, ns: dict) -> str | None:
+        """The fingerprint capture gives a picklable object (None if it does not pickle)."""
+        p = self._pickle((obj,), ns, {}, [0], array_roots(ObjectWalk(obj, ns, [WALK_LIMIT]).arrays))
+        return p.fp if isinstance(p, Payload) else None
+
+    def object_key(self, obj: Any, ns: dict) -> str:
+        """The fingerprint of an object pickle refuses: "~" and a digest of the
+        state it exposes (surrogate.py), or "!" and its identity when it
+        exposes none — then it is not tracked."""
+        state = state_fingerprint(obj, lambda v: self.content_fp(v, ns))
+        return f"~{state}" if state is not None else f"!{id(obj):x}"
 
     def _remember(self, ns: dict, live: list[str], manifest: Manifest) -> None:
         self._ids = {n: id(ns[n]) for n in live if n in ns}
@@ -450,57 +474,11 @@ class Snapshotter:
         """Make ``ns`` hold the state ``target``.  Names whose entry equals the
         live manifest's (same group ref and fingerprint, same object still
         bound) are left alone; ``verify=True`` also re-fingerprints those, for
-        when ``ns`` may have changed since ``live`` was captured."""
+        when ``ns`` may have changed since ``live`` was captured. Nothing in
+        ``ns`` changes until every group to restore is loaded; what cannot be
+        replaced keeps its live object (restoring.py)."""
         report = RestoreReport()
-        ids_known = live is not None and self._ids_sig == live.signature()
-        for n in self.visible(ns):
-            if n not in target:
-                del ns[n]
-                report.deleted.append(n)
-        load_refs: set[str] = set()
-        memo: dict = {}
-        for n, e in target.items():
-            le = live.get(n) if live is not None else None
-            same = (le is not None and n in ns and le.ref == e.ref and le.fp == e.fp
-                    and (not ids_known or self._ids.get(n) == id(ns[n])))
-            if same and verify and e.restorable:
-                p = self._pickle((ns[n],), ns, memo, [0], array_roots(ObjectWalk(ns[n], ns, [WALK_LIMIT]).arrays))
-                same = isinstance(p, Payload) and p.fp == e.fp
-            if not e.restorable:
-                if same:
-                    report.unchanged.append(n)
-                else:
-                    ns.pop(n, None)
-                    report.not_restored[n] = e.reason or "not restorable"
-            elif not same:
-                load_refs.add(e.ref)
-        groups = target.groups()
-        headers: dict[str, dict] = {}
-        for ref in sorted(load_refs):
-            try:
-                headers[ref] = json.loads(self.objects.get(ref))
-            except Exception as exc:
-                for n in groups[ref]:
-                    ns.pop(n, None)
-                    report.not_restored[n] = f"cannot load: {exc}"
-        total = sum(n for h in headers.values() for _, n in h["main"] + [x for b in h["buffers"] for x in b])
-        done = [0, total, progress]
-        for ref, h in headers.items():
-            try:
-                objs = self._load(h, ns, done)
-            except Exception as exc:
-                for n in groups[ref]:
-                    ns.pop(n, None)
-                    report.not_restored[n] = f"cannot load: {type(exc).__name__}: {exc}"
-                continue
-            for n in groups[ref]:
-                ns[n] = objs[n]
-                report.restored.append(n)
-        report.unchanged = sorted(n for n in target if n not in report.restored
-                                  and n not in report.not_restored)
-        report.restored.sort()
-        report.deleted.sort()
-        self._remember(ns, [n for n in target if n in ns], target)
+        Restore(self, target, ns, live, report).run(progress, verify)
         return report
 
     def _load(self, header: dict, globals_: dict | None, done: list | None = None,

@@ -52,9 +52,19 @@ class Moved:
         if r.deleted:
             parts.append(f"{len(r.deleted)} removed")
         text = ", ".join(parts) + f" ({self.seconds * 1000:.0f} ms)"
-        if r.not_restored:
+        # Whatever is not exactly the target's is named: never a silent difference.
+        if r.untracked:
+            text += "; kept as they are now, not tracked: " + ", ".join(r.untracked)
+        if r.rebuilt:
+            text += "; rebuilt by re-running the statement that made them: " + ", ".join(r.rebuilt)
+        kept = {n: why for n, why in r.not_restored.items() if n in r.kept}
+        gone = {n: why for n, why in r.not_restored.items() if n not in r.kept}
+        if kept:
+            text += "; not restored, kept as they are now: " + ", ".join(
+                f"{n} ({why})" for n, why in sorted(kept.items()))
+        if gone:
             text += "; not restored: " + ", ".join(
-                f"{n} ({why})" for n, why in sorted(r.not_restored.items()))
+                f"{n} ({why})" for n, why in sorted(gone.items()))
         return text
 
 
@@ -141,33 +151,18 @@ class States:
         target = self.manifest(step)
         report = self.snap.restore(target, self.ns, self.live, progress)
         self.rebuild(step, report, target)
-        self.live = target
+        self.live = report.manifest if report.manifest is not None else target
         return Moved(step, "", report, time.perf_counter() - t0)
 
     def rebuild(self, step: int, report: RestoreReport, target: Manifest) -> None:
-        """Re-create unpicklable objects by re-running the statements that
-        bound them in the cell that last changed them — only those statements,
-        in a scratch copy of the namespace: re-running the whole cell would
-        repeat its other effects (a write, a request) and clobber restored names."""
-        for name in list(report.not_restored):
-            if name in target and target[name].restorable:
-                continue  # stored but unreadable (corrupt, missing): say so, never substitute
-            code = self._producer(step, name)
-            source = _binding_source(code, name, self.ns) if code is not None else None
-            if source is None:
-                continue
-            scratch = dict(self.ns)
-            try:
-                exec(compile(source, f"<rebuild {name}>", "exec"), scratch)
-            except Exception as exc:
-                report.not_restored[name] += f"; re-running `{source.strip()[:60]}` failed: {exc}"
-                continue
-            if name in scratch:
-                self.ns[name] = scratch[name]
-                del report.not_restored[name]
-                report.restored.append(name)
+        """Re-create objects no store holds by re-running the statements that
+        bound them in the cell that last changed them (rebuild.py)."""
+        from .rebuild import rebuild
 
-    def _producer(self, step: int, name: str) -> str | None:
+        rebuild(self, step, report, target)
+
+    def producer(self, step: int, name: str) -> tuple[int, str] | None:
+        """The step (and its code) that last changed ``name`` on the way to ``step``."""
         seen = set()
         current: int | None = step
         while current is not None and current not in seen:
@@ -176,7 +171,7 @@ class States:
             if rec is None:
                 return None
             if rec.state and name in rec.state.get("changed", []):
-                return rec.code
+                return rec.step, rec.code
             current = rec.parent
         return None
 
@@ -191,61 +186,18 @@ class States:
         return current
 
 
-def _binding_source(code: str, name: str, ns: dict | None = None) -> str | None:
-    """The top-level statements of a cell that bind ``name`` by assignment or
-    import. Names bound by `with ... as` or loops are not rebuilt: the object
-    was closed or exhausted when its cell ended, or depends on the loop. Nor
-    are statements that start flow runs (``r = job.start(x)``, ``res =
-    job(x)``): re-running them would start the work again."""
-    import ast
-
-    try:
-        from IPython import get_ipython
-
-        ip = get_ipython()
-        tree = ast.parse(ip.transform_cell(code) if ip is not None else code)
-    except SyntaxError:
-        return None
-    picked = []
-    for stmt in tree.body:
-        if isinstance(stmt, (ast.Assign, ast.AnnAssign)):
-            targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]
-            bound = {n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)}
-        elif isinstance(stmt, (ast.Import, ast.ImportFrom)):
-            bound = {(a.asname or a.name).split(".")[0] for a in stmt.names}
-        else:
-            continue
-        if name in bound:
-            if _starts_work(stmt, ns or {}):
-                return None
-            picked.append(stmt)
-    if not picked:
-        return None
-    return ast.unparse(ast.Module(body=picked, type_ignores=[]))
-
-
-def _starts_work(stmt, ns: dict) -> bool:
-    import ast
-
-    for node in ast.walk(stmt):
-        if not isinstance(node, ast.Call):
-            continue
-        func = node.func
-        if isinstance(func, ast.Attribute) and func.attr in ("start", "fork", "signal"):
-            return True
-        base = func.value if isinstance(func, ast.Attribute) else func
-        if isinstance(base, ast.Name) and type(ns.get(base.id)).__name__ in ("Flow", "Step", "Run"):
-            return True
-    return False
-
-
 def diff(a: Manifest, b: Manifest) -> dict[str, list[tuple[str, str, str]]]:
-    """Names added, removed and changed going from state a to state b."""
+    """Names added, removed and changed going from state a to state b, and
+    "not tracked": names in both bound to the same object that shows no
+    state, so whether it changed cannot be known."""
     added = [(n, "", b[n].summary) for n in sorted(set(b) - set(a))]
     removed = [(n, a[n].summary, "") for n in sorted(set(a) - set(b))]
-    changed = [(n, a[n].summary, b[n].summary) for n in sorted(set(a) & set(b))
+    both = sorted(set(a) & set(b))
+    changed = [(n, a[n].summary, b[n].summary) for n in both
                if (a[n].ref, a[n].fp) != (b[n].ref, b[n].fp)]
-    return {"added": added, "removed": removed, "changed": changed}
+    untracked = [(n, a[n].summary, b[n].summary) for n in both
+                 if (a[n].ref, a[n].fp) == (b[n].ref, b[n].fp) and not b[n].tracked]
+    return {"added": added, "removed": removed, "changed": changed, "not tracked": untracked}
 
 
 def check_branch_name(name: str, existing: Mapping[str, Any]) -> None:

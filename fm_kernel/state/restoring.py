@@ -1,0 +1,188 @@
+"""Making a namespace hold a past state without destroying what cannot be
+replaced.
+
+Everything that can fail happens before the namespace changes: every group
+to load is read and unpickled first, and only then are names rebound and
+removed. A value that cannot be loaded keeps the live object bound to its
+name (named in the report), and never takes the rest of its group with it.
+
+Objects a restore takes out of the namespace and no store can give back
+(they do not pickle, or their pickle may not load) are *set aside* in memory,
+keyed by fingerprint, so that going back to the step that held them returns
+the very same objects: a rewind followed by a checkout of the tip returns
+the semaphore, the open file, the widget the user had.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from .analysis import WALK_LIMIT, ObjectWalk
+from .pickling import Payload, array_roots
+
+if TYPE_CHECKING:
+    from .snapshot import Manifest, RestoreReport, Snapshotter, VarEntry
+
+ASIDE_MAX = 256               # objects set aside at most (oldest dropped first)
+ASIDE_SMALL = 256 * 1024      # picklable objects up to this size are set aside too
+
+
+class Aside:
+    """Objects restores displaced, by name and fingerprint ("!id", "~state" or
+    a pickle fp): an object only ever goes back to the name it was taken from."""
+
+    def __init__(self) -> None:
+        self._items: OrderedDict[tuple[str, str], Any] = OrderedDict()
+
+    def put(self, name: str, fp: str, obj: Any) -> None:
+        key = (name, fp)
+        self._items[key] = obj
+        self._items.move_to_end(key)
+        while len(self._items) > ASIDE_MAX:
+            self._items.popitem(last=False)
+
+    def take(self, name: str, fp: str, still: Callable[[Any], bool]) -> tuple[bool, Any]:
+        """The object set aside for ``name`` with ``fp`` if ``still(obj)``
+        confirms it holds that state now (something else may have mutated it since)."""
+        key = (name, fp)
+        if key not in self._items:
+            return False, None
+        obj = self._items[key]
+        if not still(obj):
+            return False, None
+        del self._items[key]
+        return True, obj
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+class Restore:
+    """One restore of ``target`` into ``ns`` (see Snapshotter.restore)."""
+
+    def __init__(self, snap: Snapshotter, target: Manifest, ns: dict, live: Manifest | None,
+                 report: RestoreReport) -> None:
+        self.snap, self.target, self.ns, self.live, self.report = snap, target, ns, live, report
+        self.ids_known = live is not None and snap._ids_sig == live.signature()
+        self.put: dict[str, Any] = {}   # name -> object to bind once nothing can fail any more
+
+    def live_is(self, n: str, e: VarEntry, ref_too: bool = True) -> bool:
+        """Whether ``ns[n]`` is the object the live manifest describes and
+        that entry equals ``e`` (same content; same stored group if ``ref_too``)."""
+        le = self.live.get(n) if self.live is not None else None
+        return (le is not None and n in self.ns and le.fp == e.fp and (le.ref == e.ref or not ref_too)
+                and (not self.ids_known or self.snap._ids.get(n) == id(self.ns[n])))
+
+    def run(self, progress: Callable[[int, int], None] | None, verify: bool) -> None:
+        load_refs: set[str] = set()
+        for n, e in self.target.items():
+            same = self.live_is(n, e)
+            if same and verify and e.restorable:
+                obj = self.ns[n]
+                p = self.snap._pickle((obj,), self.ns, {}, [0],
+                                      array_roots(ObjectWalk(obj, self.ns, [WALK_LIMIT]).arrays))
+                same = isinstance(p, Payload) and p.fp == e.fp
+            if not e.restorable:
+                self._unstored(n, e)
+            elif not same:
+                load_refs.add(e.ref)
+        self._load(load_refs, progress)
+        self._apply()
+
+    def _unstored(self, n: str, e: VarEntry) -> None:
+        """A name whose object no store holds: keep, take back from aside, or name it."""
+        ns, snap = self.ns, self.snap
+        if n in ns:
+            if e.fp == f"!{id(ns[n]):x}":
+                self.report.untracked.append(n)  # the same object: whether it changed is unknowable
+                return
+            if e.tracked and snap.object_key(ns[n], ns) == e.fp:
+                return  # its exposed state is the target's: unchanged
+        found, obj = snap.aside.take(n, e.fp, lambda o: snap.object_key(o, ns) == e.fp)
+        if found:
+            self.put[n] = obj
+            return
+        why = e.reason or "cannot be stored"
+        if n in ns:
+            why += ("; its state now differs from the state restored to" if e.tracked
+                    else "; a different object is bound now")
+        self.report.not_restored[n] = why
+
+    def _load(self, refs: set[str], progress: Callable[[int, int], None] | None) -> None:
+        groups = self.target.groups()
+        headers: dict[str, dict] = {}
+        for ref in sorted(refs):
+            try:
+                headers[ref] = json.loads(self.snap.objects.get(ref))
+            except Exception as exc:
+                self._failed(groups[ref], f"cannot load: {exc}")
+        total = sum(n for h in headers.values()
+                    for _, n in h["main"] + [x for b in h["buffers"] for x in b])
+        done = [0, total, progress]
+        for ref, h in headers.items():
+            try:
+                objs = self.snap._load(h, self.ns, done)
+            except Exception as exc:
+                self._failed(groups[ref], f"cannot load: {type(exc).__name__}: {exc}")
+                continue
+            self.put.update((n, objs[n]) for n in groups[ref])
+
+    def _failed(self, names: list[str], why: str) -> None:
+        """A group that cannot be loaded: each member keeps its live object if
+        that already holds the target's content, or comes back from aside."""
+        ns, snap = self.ns, self.snap
+        for n in names:
+            e = self.target[n]
+            if self.live_is(n, e, ref_too=False):
+                continue
+            found, obj = snap.aside.take(n, e.fp, lambda o: snap.content_fp(o, ns) == e.fp)
+            if found:
+                self.put[n] = obj
+            else:
+                self.report.not_restored[n] = why
+
+    def _set_aside(self, n: str) -> None:
+        le = self.live.get(n) if self.live is not None else None
+        if le is None or (self.ids_known and self.snap._ids.get(n) != id(self.ns[n])):
+            return  # not the object the live state describes: its fingerprint is unknown
+        if not le.restorable:
+            self.snap.aside.put(n, self.snap.object_key(self.ns[n], self.ns), self.ns[n])
+        elif le.size_bytes <= ASIDE_SMALL:
+            self.snap.aside.put(n, le.fp, self.ns[n])
+
+    def _apply(self) -> None:
+        """Only now is the namespace changed: everything that could fail has."""
+        ns, report, target = self.ns, self.report, self.target
+        for n in self.snap.visible(ns):
+            if n not in target:
+                self._set_aside(n)
+                del ns[n]
+                report.deleted.append(n)
+        for n, obj in self.put.items():
+            if n in ns and ns[n] is not obj:
+                self._set_aside(n)
+            ns[n] = obj
+            report.restored.append(n)
+        skip = set(report.restored) | set(report.not_restored) | set(report.untracked)
+        report.unchanged = sorted(n for n in target if n not in skip)
+        report.kept = sorted(n for n in report.not_restored if n in ns)
+        report.restored.sort()
+        report.deleted.sort()
+        report.untracked.sort()
+        # The state the namespace now holds: a kept object is described by the
+        # live entry it had, so the next capture compares against the truth.
+        held = {}
+        for n in target:
+            if n in report.kept:
+                le = self.live.get(n) if self.live is not None else None
+                if le is not None:
+                    held[n] = le
+            elif n in ns:
+                held[n] = target[n]
+        from .snapshot import Manifest
+
+        report.manifest = Manifest(held)
+        self.snap._remember(ns, list(held), report.manifest)
