@@ -184,3 +184,39 @@ def query_sleeping(k: Kernel) -> list[str]:
     out = check(k, "print(json.dumps([r[0] for r in flows.registry().journal.store.query("
                    "\"SELECT run_id FROM runs WHERE status = 'sleeping'\").rows]))")
     return json.loads(out)
+
+
+def test_retry_backoff_survives_kill9(tmp_path: Path) -> None:
+    env = {"FM_HISTORY": str(tmp_path / "history.duckdb")}
+    marks = tmp_path / "attempts"
+    k = Kernel(env=env)
+    try:
+        check(k, PRELUDE + f"""
+M = {str(marks)!r}
+@fm.step(retries=1, retry_delay=8)
+def flaky():
+    with open(M, "a") as f:
+        f.write(f"{{time.time()}}\\n")
+    if len(open(M).read().splitlines()) == 1:
+        raise ConnectionError("down")
+    return "up"
+@fm.flow
+def patient():
+    return flaky()
+run_id = patient.start().id
+""")
+        run_id = check(k, "print(run_id)").strip()
+        wait_until(lambda: len(lines(marks)) == 1, what="the first attempt")
+        time.sleep(1.0)  # inside the 8 s backoff; its wake time is journaled by now
+        k.kill9()
+    finally:
+        if k.km.is_alive():
+            k.shutdown()
+    with Kernel(env=env) as k2:
+        out = check(k2, f"import fm_kernel as fm\nprint(fm.get_run({run_id!r}).result(60))", timeout=90)
+        assert "up" in out.splitlines(), out
+    t1, t2 = (float(x) for x in lines(marks))
+    assert t2 - t1 >= 7.5, f"the second attempt came {t2 - t1:.1f}s after the first, not after 8 s"
+    rows = query(tmp_path / "history.duckdb", "SELECT status, detail->>'retry_at' FROM run_steps "
+                 "WHERE run_id = ? ORDER BY attempt", [run_id])
+    assert rows[0][0] == "error" and float(rows[0][1]) >= t1 + 7.5 and rows[-1][0] == "ok", rows

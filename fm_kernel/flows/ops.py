@@ -219,13 +219,12 @@ def map(fn: Callable[..., Any], items: Iterable[Any], concurrency: int = 8,
 def _map_run(ctx: RunContext, st: Step, items: list[Any], start: int, results: list[Any],
              todo: list[int], concurrency: int, executor: Any) -> list[Any]:
     errors: dict[int, BaseException] = {}
-    delay: dict[int, float] = {}  # items whose first attempt failed here: wait first
     is_dask = executor is not None and hasattr(executor, "get_executor")  # a distributed.Client
     if is_dask:
         if st.timeout is None:  # a timeout needs a thread per attempt: the path below
-            delay = dask_map.first_attempts(ctx, st, items, start, todo, concurrency, executor,
+            retry = dask_map.first_attempts(ctx, st, items, start, todo, concurrency, executor,
                                              results, errors)
-            todo = sorted(delay)
+            todo = sorted(retry)
         # pure=False: every attempt is a task of its own. With dask's default
         # (pure=True) equal items share one task, so a step runs once for all
         # of them, and a retry is handed the failed attempt's erred future.
@@ -241,9 +240,7 @@ def _map_run(ctx: RunContext, st: Step, items: list[Any], start: int, results: l
             return lambda: asyncio.run(st.fn(x))
         return lambda: st.fn(x)
 
-    def one(i: int) -> Any:
-        if i in delay:
-            ctx.run.pause(delay[i])
+    def one(i: int) -> Any:  # waits out a failed first attempt's journaled retry time
         return attempts(ctx, start + i, st, body_for(items[i]))
 
     with cf.ThreadPoolExecutor(max(1, concurrency), thread_name_prefix="fm-map") as pool:

@@ -97,6 +97,7 @@ def attempts(ctx: RunContext, p: int, st: Step, body: Callable[[], Any]) -> Any:
     every attempt; the result is durable before this returns."""
     attempt = ctx.attempts.get(p, 0)
     while True:
+        _wait_for_retry(ctx, p)
         attempt += 1
         ctx.run.check_cancel()
         sctx = StepContext(ctx.run.id, p, st.name, attempt)
@@ -111,7 +112,17 @@ def attempts(ctx: RunContext, p: int, st: Step, body: Callable[[], Any]) -> Any:
             status, value = "error", exc
         if settle(ctx, p, st, attempt, started, status, value):
             return value
-        ctx.run.pause(retry_delay(st, attempt))
+
+
+def _wait_for_retry(ctx: RunContext, p: int) -> None:
+    """Wait until the retry time journaled with the last failed attempt at
+    ``p`` (none: go at once). It was journaled before waiting, like a sleep's
+    wake time, so a run resumed mid-backoff waits only what is left."""
+    rec = ctx.latest.get(p)
+    if rec is not None and rec["status"] in ("error", "timeout"):
+        retry_at = (rec.get("detail") or {}).get("retry_at")
+        if retry_at is not None:
+            ctx.run.pause(retry_at - time.time())
 
 
 def settle(ctx: RunContext, p: int, st: Step, attempt: int, started: float, status: str,
@@ -129,8 +140,9 @@ def settle(ctx: RunContext, p: int, st: Step, attempt: int, started: float, stat
             ctx.record(p, st.name, "ok", attempt, started, result=text)
             return True
     final = attempt > st.retries
+    detail = None if final else {"retry_at": time.time() + retry_delay(st, attempt)}
     ctx.record(p, st.name, "failed" if final else status, attempt, started,
-               error=Journal.encode_error(value))
+               error=Journal.encode_error(value), detail=detail)
     if final:
         raise value
     return False
