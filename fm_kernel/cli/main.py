@@ -8,6 +8,7 @@ import csv
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from .. import errors
 from ..record import location
@@ -153,6 +154,37 @@ def cmd_runs(a: argparse.Namespace) -> int:
     return 0
 
 
+def resolve_run(history: Path, given: str, live: bool) -> str:
+    """A run id from the id itself or a unique prefix of it (the widgets show
+    the first 8 characters). Runs whose records only reached the flow log
+    (a kernel killed before its checkpoint) count too when no kernel is live."""
+    import re
+    import time
+
+    from ..flows.journal import CHECKPOINT_INTERVAL, LOG_SUFFIX
+
+    def matching() -> set[str]:
+        sql = "SELECT DISTINCT run_id FROM runs WHERE starts_with(run_id, ?)"
+        return {r[0] for r in run_sql(history, sql, [given]).rows}
+
+    found = matching()
+    if live and not found:  # a run just started reaches the runs view at the next checkpoint
+        time.sleep(CHECKPOINT_INTERVAL + 0.3)
+        found = matching()
+    log_file = Path(str(history) + LOG_SUFFIX)
+    if not live and log_file.exists():
+        pattern = rb'"run_id": "(' + re.escape(given.encode()) + rb'[A-Za-z0-9_\-]*)"'
+        found |= {m.decode() for m in re.findall(pattern, log_file.read_bytes())}
+    if given in found or len(found) == 1:
+        return given if given in found else found.pop()
+    if not found:
+        raise errors.UsageError(f"no flow run {given!r} in {history}, nor one whose id starts "
+                                "with it; `fm runs` lists them")
+    shown = ", ".join(sorted(found)[:3]) + (", ..." if len(found) > 3 else "")
+    raise errors.UsageError(f"run id prefix {given!r} matches {len(found)} runs ({shown}); "
+                            "give more of the id (`fm runs` lists them)")
+
+
 def cmd_signal(a: argparse.Namespace) -> int:
     from . import remote
 
@@ -160,25 +192,28 @@ def cmd_signal(a: argparse.Namespace) -> int:
         data = json.loads(a.data) if a.data is not None else None
     except ValueError as exc:
         raise errors.UsageError(f"--data is not valid JSON: {exc}") from None
+    from ..record.bundle import require_history
+
     history = _history_arg(a.history)
     info = remote.live_endpoint(history)
+    if info is None:
+        require_history(history)
+    run = resolve_run(history, a.run, live=info is not None)
     if info is not None:
-        remote.call(info, "POST", f"/runs/{a.run}/signals/{a.name}", data)
-        print(f"signal {a.name!r} delivered to run {a.run}")
+        remote.call(info, "POST", f"/runs/{run}/signals/{a.name}", data)
+        print(f"signal {a.name!r} delivered to run {run}")
         return 0
-    from ..record.bundle import require_history
     from ..flows.journal import signal_offline
     from ..record.store import Store
 
-    require_history(history)
     store = Store.open(history)
     try:
-        signal_offline(store, a.run, a.name, data)
+        signal_offline(store, run, a.name, data)
     except KeyError as exc:
         raise errors.UsageError(str(exc.args[0])) from None
     finally:
         store.close()
-    print(f"signal {a.name!r} kept for run {a.run}; it is delivered when a kernel or "
+    print(f"signal {a.name!r} kept for run {run}; it is delivered when a kernel or "
           "`fm worker` resumes the run")
     return 0
 
@@ -187,6 +222,21 @@ def cmd_worker(a: argparse.Namespace) -> int:
     from .worker import run_worker
 
     return run_worker(_history_arg(a.history))
+
+
+def _add_run_parser(sub: Any) -> None:
+    s = sub.add_parser("run", help="run a notebook headless with the flowmetal kernel")
+    s.add_argument("notebook")
+    s.add_argument("-o", "--output", metavar="OUT", help="where to write the executed notebook "
+                   "(default: NAME.out.ipynb beside NAME.ipynb; the input is never overwritten)")
+    s.add_argument("--history", metavar="H", help="history file (default: beside the notebook)")
+    s.add_argument("-p", "--parameters", dest="param", nargs=2, action="append",
+                   metavar=("NAME", "VALUE"), help="a parameter; VALUE read as a Python literal")
+    s.add_argument("-r", "--parameters_raw", dest="raw_param", nargs=2, action="append",
+                   metavar=("NAME", "VALUE"), help="a parameter kept as a string")
+    s.add_argument("--fresh", action="store_true",
+                   help="run every cell, ignoring an unfinished (failed or interrupted) earlier run")
+    s.set_defaults(func=cmd_run)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -200,18 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--prefix", metavar="P", help="under prefix P")
     s.set_defaults(func=cmd_install)
 
-    s = sub.add_parser("run", help="run a notebook headless with the flowmetal kernel")
-    s.add_argument("notebook")
-    s.add_argument("-o", "--output", metavar="OUT", help="where to write the executed notebook "
-                   "(default: the notebook itself)")
-    s.add_argument("--history", metavar="H", help="history file (default: beside the notebook)")
-    s.add_argument("-p", "--parameters", dest="param", nargs=2, action="append",
-                   metavar=("NAME", "VALUE"), help="a parameter; VALUE read as a Python literal")
-    s.add_argument("-r", "--parameters_raw", dest="raw_param", nargs=2, action="append",
-                   metavar=("NAME", "VALUE"), help="a parameter kept as a string")
-    s.add_argument("--fresh", action="store_true",
-                   help="run every cell, ignoring an interrupted earlier run")
-    s.set_defaults(func=cmd_run)
+    _add_run_parser(sub)
 
     s = sub.add_parser("log", help="steps of a history")
     s.add_argument("--history", metavar="H", help="history file or notebook")
