@@ -37,7 +37,7 @@ USER_INTS = ("sorted((k, v) for k, v in globals().items()"
              " if not k.startswith('_') and type(v) is int)")
 LAST_STEP = ("__import__('fm_kernel').history().sql('SELECT step, branch, coalesce(parent, -1)"
              " FROM steps ORDER BY step DESC LIMIT 1').values.tolist()[0]")
-TIMELINE_HEAD = "__import__('fm_kernel.widgets.timeline').widgets.timeline.timeline_widget().head_label.value"
+TIMELINE_HEAD = "__import__('fm_kernel.widgets').widgets.timeline_widget().head_label.value"
 
 
 def run(k: Kernel, code: str) -> str:
