@@ -212,3 +212,21 @@ def test_signal_takes_a_unique_run_id_prefix(tmp_path: Path) -> None:
     assert none.returncode == 1 and none.stderr.count("\n") == 1, none.stderr
     assert "no flow run 'zz'" in none.stderr and "`fm runs`" in none.stderr, none.stderr
     assert "fm.runs()" not in many.stderr + none.stderr
+
+
+def test_the_kernel_s_answers_reach_the_shell_in_cli_words(tmp_path: Path) -> None:
+    from fm_kernel.cli import remote
+    from fm_kernel.errors import UsageError
+
+    history = tmp_path / "h.duckdb"
+    with Kernel(env={"FM_HISTORY": str(history)}) as k:
+        assert k.execute("import fm_kernel").status == "ok"
+        info = remote.live_endpoint(history)
+        assert info is not None
+        try:
+            remote.call(info, "POST", "/runs/nope/signals/go", None)
+        except UsageError as exc:
+            said = str(exc)
+        else:
+            raise AssertionError("an unknown run was accepted")
+    assert "no flow run 'nope'" in said and "`fm runs`" in said and "fm.runs()" not in said, said

@@ -25,6 +25,17 @@ def live_endpoint(history: Path) -> dict[str, Any] | None:
     return info
 
 
+# The kernel's messages name the Python calls a notebook user would type;
+# from a shell, the CLI command is what to type.
+_CLI_WORDS = (("`fm.runs()` (or `fm runs`)", "`fm runs`"), ("`fm.runs()`", "`fm runs`"))
+
+
+def cli_wording(message: str) -> str:
+    for python, cli in _CLI_WORDS:
+        message = message.replace(python, cli)
+    return message
+
+
 def call(info: dict[str, Any], method: str, path: str, body: Any = None, timeout: float = 60) -> Any:
     data = None if body is None else json.dumps(body).encode()
     req = urllib.request.Request(info["url"] + path, data=data, method=method, headers={
@@ -37,6 +48,6 @@ def call(info: dict[str, Any], method: str, path: str, body: Any = None, timeout
             message = json.loads(exc.read()).get("error", exc.reason)
         except ValueError:
             message = exc.reason
-        raise UsageError(str(message)) from None
+        raise UsageError(cli_wording(str(message))) from None
     except (urllib.error.URLError, OSError) as exc:
         raise HistoryError(f"the kernel holding this history did not answer at {info['url']}: {exc}") from None
