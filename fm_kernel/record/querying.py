@@ -65,10 +65,20 @@ _INSTEAD = {
 
 @dataclass
 class Checked:
-    """What an accepted query reads: the views it names and its frame() calls."""
+    """What an accepted query reads: the views it names, its frame() calls,
+    and the names its column references use (None: it may need every column,
+    as `*`, a NATURAL join, PIVOT or a whole-row reference do)."""
 
     views: set[str] = field(default_factory=set)
     frames: int = 0
+    names: set[str] | None = field(default_factory=set)
+    relations: set[str] = field(default_factory=set)  # table names and aliases
+
+    def columns(self) -> set[str] | None:
+        """Names of the columns to hand over, or None for all of them."""
+        if self.names is None or self.names & self.relations:
+            return None
+        return self.names
 
 
 def check(sql: str, extra_tables: frozenset[str] = frozenset()) -> Checked:
@@ -107,6 +117,11 @@ def _walk(node: Any, ctes: frozenset[str], found: Checked, tables: frozenset[str
         ctes = ctes | {str(e["key"]).lower() for e in cte_map["map"]}
     if node.get("class") in ("FUNCTION", "WINDOW"):
         _check_function(node)
+    elif node.get("class") == "COLUMN_REF" and found.names is not None:
+        found.names.update(str(n).lower() for n in node.get("column_names", ()))
+    elif node.get("class") == "STAR" or node.get("ref_type") == "NATURAL" \
+            or node.get("type") == "PIVOT":
+        found.names = None
     elif "class" not in node and "sample" in node and not str(node.get("type")).endswith("_NODE"):
         _check_table_ref(node, ctes, found, tables)
     for key, value in node.items():
@@ -129,6 +144,9 @@ def _check_function(node: dict[str, Any]) -> None:
 def _check_table_ref(node: dict[str, Any], ctes: frozenset[str], found: Checked,
                      tables: frozenset[str]) -> None:
     kind = node.get("type")
+    found.relations.update(str(node[k]).lower() for k in ("alias", "table_name") if node.get(k))
+    if found.names is not None:
+        found.names.update(str(c).lower() for c in node.get("using_columns") or ())
     if kind not in TABLE_REFS:
         what = "DESCRIBE, SUMMARIZE and SHOW are" if kind == "SHOW_REF" else f"{kind} is"
         raise SQLError(f"{what} refused; for a view's columns: SELECT * FROM steps LIMIT 0")
@@ -250,7 +268,7 @@ def run(store: Store, sql: str, params: Sequence[Any] = (), frames: FrameResolve
         timer.daemon = True
         timer.start()
     def execute() -> Result:
-        views = store.views_as_arrow(sorted(checked.views), cancel)
+        views = store.views_as_arrow(sorted(checked.views), cancel, checked.columns())
         return run_isolated(sql, params, views, tables, limit_rows, cancel)
 
     try:

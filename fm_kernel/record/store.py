@@ -106,7 +106,8 @@ class Store:
         # Writers that buffer records outside DuckDB (the flow journal's log)
         # register a flush here, so a copy of the history holds them too.
         self.before_copy: list[Callable[[], None]] = []
-        self._view_cache: dict[str, tuple[Any, Any, list[str]]] = {}  # views_as_arrow
+        self._view_cache: dict[tuple, tuple[Any, Any, list[str]]] = {}  # views_as_arrow
+        self._view_cols: dict[str, list[str]] = {}
         # DuckDB wakes its thread pool for every statement; for the small
         # writes on the per-cell path one thread is ~0.7 ms faster (bench/).
         # User SQL runs on its own instance with its own threads (run_isolated).
@@ -368,13 +369,14 @@ class Store:
             cols = [d[0] for d in cur.description] if cur.description else []
             return Result(cols, cur.fetchall() if cols else [])
 
-    def views_as_arrow(self, names: Sequence[str],
-                       cancel: Any = None) -> dict[str, tuple[Any, list[str]]]:
+    def views_as_arrow(self, names: Sequence[str], cancel: Any = None,
+                       columns: set[str] | None = None) -> dict[str, tuple[Any, list[str]]]:
         """The named views as Arrow tables with the names of their JSON
         columns, for user SQL on its isolated instance (run_isolated), which
-        never sees this connection. Read in one read-only snapshot on a
-        cursor of its own, so cell recording does not wait for it; kept until
-        a table's committed row count changes (they are append-only)."""
+        never sees this connection. Only ``columns`` are copied when given
+        (at least one per view). Read in one read-only snapshot on a cursor
+        of its own, so cell recording does not wait for it; kept until a
+        table's committed row count changes (they are append-only)."""
         with self._lock:
             cur = self._conn.cursor()
         try:
@@ -386,12 +388,17 @@ class Store:
             cur.execute("BEGIN TRANSACTION READ ONLY")
             out = {}
             for name in names:
-                hit = self._view_cache.get(name)
+                cols = self._view_columns(cur, name)
+                wanted = [c for c in cols if columns is None or c.lower() in columns] or cols[:1]
+                slot = (name, tuple(wanted))
+                hit = self._view_cache.get(slot)
                 if hit is None or hit[0] != key:
-                    rel = cur.sql(f'SELECT * FROM "{name}"')
+                    rel = cur.sql(f"SELECT {', '.join(_ident(c) for c in wanted)} FROM {_ident(name)}")
                     json_cols = [c for c, t in zip(rel.columns, rel.types) if str(t) == "JSON"]
                     hit = (key, rel.to_arrow_table(), json_cols)
-                    self._view_cache[name] = hit
+                    if len(self._view_cache) >= 32:  # a few shapes per view; drop the oldest
+                        self._view_cache.pop(next(iter(self._view_cache)))
+                    self._view_cache[slot] = hit
                 out[name] = (hit[1], hit[2])
             cur.execute("ROLLBACK")
             return out
@@ -401,6 +408,11 @@ class Store:
             if cancel is not None:
                 cancel.detach()
             cur.close()
+
+    def _view_columns(self, cur: duckdb.DuckDBPyConnection, name: str) -> list[str]:
+        if name not in self._view_cols:
+            self._view_cols[name] = list(cur.sql(f"SELECT * FROM {_ident(name)} LIMIT 0").columns)
+        return self._view_cols[name]
 
     def steps(self, branch: str | None = None, limit: int | None = None) -> Result:
         """The step log (columns of ``STEP_LOG_COLUMNS``), oldest first."""
@@ -645,6 +657,10 @@ def _state_id(state: dict[str, Any]) -> str:
 
     blob = "\x1f".join(state["names"]) + "\x1e" + "\x1f".join(state["ids"])
     return hashlib.blake2b(blob.encode(), digest_size=16).hexdigest()
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
 
 
 def _sql_str(path: Path) -> str:

@@ -256,6 +256,26 @@ def test_views_and_frames_still_answer_in_process(store: Store, tmp_path: Path) 
     assert len(capped.rows) == 7 and capped.truncated and "truncated" in querying.truncated_note(capped)
 
 
+def test_only_named_columns_are_handed_over_and_every_shape_still_answers(store: Store) -> None:
+    n = querying.run(store, "SELECT count(*) FROM events").rows[0][0]
+    assert n >= 1
+    assert querying.check("SELECT count(*) FROM events").columns() == set()
+    assert querying.check("SELECT kind FROM events WHERE step IS NULL").columns() == {"kind", "step"}
+    for sql in ("SELECT * FROM events", "SELECT e FROM events e", "SELECT events FROM events",
+                "SELECT kind FROM events NATURAL JOIN events"):
+        assert querying.check(sql).columns() is None, sql
+    row = querying.run(store, "SELECT e FROM events e ORDER BY seq LIMIT 1").rows[0][0]
+    assert {"seq", "at", "kind", "step", "run_id", "payload"} <= set(row), row
+    assert querying.run(store, "SELECT count(*) FROM (SELECT seq, kind FROM events) NATURAL JOIN "
+                        "events").rows[0][0] == n
+    assert querying.run(store, "SELECT count(a.kind) FROM events a JOIN events b USING (seq)"
+                        ).rows[0][0] == n
+    assert querying.run(store, "SELECT events.kind FROM events ORDER BY seq LIMIT 1").rows[0][0] \
+        == "kernel_started"
+    assert querying.run(store, "SELECT * EXCLUDE (payload) FROM events LIMIT 1").columns == \
+        ["seq", "at", "kind", "step", "run_id"]
+
+
 # -- the real kernel's doors ---------------------------------------------------
 
 
