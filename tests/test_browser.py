@@ -330,3 +330,74 @@ def test_diff_and_runs_widgets_render_from_the_magics(lab, page):
     expect(runs).to_contain_text("waiting", timeout=20_000)
     nb.cell(4).scroll_into_view_if_needed()
     nb.shot("runs-widget.png", nb.cell(4))
+
+
+# -- themes ---------------------------------------------------------------------------
+
+CONTRAST_JS = """(el) => {
+    // WCAG contrast of el's text against what is painted behind it: the
+    // backgrounds of el and its ancestors, composited from the page up.
+    const rgba = (c) => {
+        const m = c.match(/rgba?\\(([^)]+)\\)/);
+        if (!m) return [0, 0, 0, 0];
+        const p = m[1].split(/[ ,\\/]+/).filter(Boolean).map(Number);
+        return [p[0], p[1], p[2], p.length > 3 ? p[3] : 1];
+    };
+    const layers = [];
+    for (let n = el; n; n = n.parentElement) {
+        const b = rgba(getComputedStyle(n).backgroundColor);
+        if (b[3] > 0) { layers.push(b); if (b[3] >= 1) break; }
+    }
+    let bg = [255, 255, 255];
+    for (const l of layers.reverse()) bg = bg.map((v, i) => l[i] * l[3] + v * (1 - l[3]));
+    const f = rgba(getComputedStyle(el).color);
+    const fg = [0, 1, 2].map((i) => f[i] * f[3] + bg[i] * (1 - f[3]));
+    const lum = (c) => {
+        const s = c.map((v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; });
+        return 0.2126 * s[0] + 0.7152 * s[1] + 0.0722 * s[2];
+    };
+    const [a, b] = [lum(fg), lum(bg)];
+    return {ratio: (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05),
+            fg: getComputedStyle(el).color, bg: 'rgb(' + bg.map(Math.round).join(',') + ')'};
+}"""
+
+THEMES = {"light": "JupyterLab Light", "dark": "JupyterLab Dark"}
+
+
+def set_theme(page: Page, theme: str) -> None:
+    page.evaluate("(t) => window.jupyterapp.commands.execute('apputils:change-theme', {theme: t})",
+                  THEMES[theme])
+    page.wait_for_function("(light) => document.body.dataset.jpThemeLight === light",
+                           arg="true" if theme == "light" else "false", timeout=20_000)
+    page.wait_for_timeout(500)  # the theme's stylesheet is swapped in after the flag
+
+
+def test_timeline_is_readable_in_the_light_and_the_dark_theme(lab, page, tmp_path):
+    write_notebook(lab["root"], "themes.ipynb", _history_cells(["timeline_widget()"]))
+    nb = Notebook(page, lab, "themes.ipynb")
+    for i, text in enumerate(["x is now 1", "x is now 2", "30"]):
+        nb.run(i, text)
+    nb.run(3)
+    timeline = nb.cell(3).locator(".fm-timeline")
+    expect(timeline).to_be_visible(timeout=30_000)
+    timeline.locator(".fm-step-3").click()
+    expect(timeline.locator(".fm-code")).to_contain_text("pd.DataFrame")
+    targets = {"code": timeline.locator(".fm-code"),
+               "HEAD badge": timeline.locator(".fm-step-list .fm-tag", has_text="HEAD"),
+               "duration": timeline.locator(".fm-step-list .fm-duration").first}
+    try:
+        for theme in ("light", "dark"):
+            set_theme(page, theme)
+            nb.cell(3).scroll_into_view_if_needed()
+            for name, path in ((f"timeline-{theme}.png", tmp_path), (f"timeline-{theme}.png", IMG)):
+                path.mkdir(parents=True, exist_ok=True)
+                timeline.screenshot(path=str(path / name))
+            for what, loc in targets.items():
+                c = loc.evaluate(CONTRAST_JS)
+                assert c["ratio"] >= 4.5, f"{what} in the {theme} theme: {c}"
+            if theme == "dark":  # the code block itself went dark, not just its text light
+                bg = targets["code"].evaluate(CONTRAST_JS)["bg"]
+                assert sum(int(v) for v in bg[4:-1].split(",")) < 3 * 96, bg
+    finally:
+        set_theme(page, "light")  # the lab's settings outlive this test
+    print(f"screenshots: {tmp_path}")

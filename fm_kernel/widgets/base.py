@@ -20,11 +20,12 @@ import ipywidgets as W
 
 from .loader import kernel_loop
 from .render import ROW_PX, esc
+from .style import BORDER, ERR, OK, style_widget
 
 __all__ = [
     "LiveView", "ListRow", "ROW_PX", "fill_rows", "follow_cells", "in_widget_frontend",
-    "kernel_loop", "message_html", "plain_text", "report_failure", "section", "unfollow_cells",
-    "with_text",
+    "kernel_loop", "message_html", "plain_text", "report_failure", "section", "themed",
+    "unfollow_cells", "with_text",
 ]
 
 
@@ -46,7 +47,7 @@ def with_text(bundle: Any, text: str) -> Any:
 
 def message_html(text: str, ok: bool = True) -> str:
     """One result line under a view's buttons, green or red."""
-    colour = "#2e7d32" if ok else "#c62828"
+    colour = OK if ok else ERR
     return f'<div style="color:{colour};font-size:12px;padding:2px 0">{esc(text)}</div>'
 
 
@@ -57,7 +58,14 @@ def plain_text(fragment: str) -> str:
 
 def section(title: str) -> W.HTML:
     return W.HTML(f'<div style="font-weight:600;font-size:12px;margin-top:6px;'
-                  f'border-bottom:1px solid #ddd">{esc(title)}</div>')
+                  f'border-bottom:1px solid {BORDER}">{esc(title)}</div>')
+
+
+def themed(view: W.Box) -> None:
+    """Mark ``view`` as one of ours and give it the stylesheet, so its
+    colours follow JupyterLab's theme (see `style`)."""
+    view.add_class("fm-view")
+    view.children = (style_widget(), *view.children)
 
 
 def report_failure(log: logging.Logger, status: W.HTML, what: str, exc: BaseException) -> str:

@@ -11,9 +11,10 @@ import ipywidgets as W
 from .. import errors
 from ..tables import format_table
 from ..state.states import diff
-from .base import message_html, section, with_text
+from .base import message_html, section, themed, with_text
 from .loader import load
 from .source import Source
+from .style import BG, ERR, MUTED, OK, WARN, dot
 from .render import (
     badge, describe_frame_change, esc, frame_change_counts, size_text, table_html, value_html,
 )
@@ -52,6 +53,7 @@ class InspectWidget(W.VBox):
         self._row_pool: list[tuple[W.HBox, W.Button, W.HTML]] = []
         self.children = [self._build_controls(step, last, compare), self._build_header(),
                          self.table, section("Value"), *self._build_values()]
+        themed(self)
         self.step = step
         self.compare = compare
         self._load(step)
@@ -232,14 +234,14 @@ class InspectWidget(W.VBox):
                 f'<div style="display:flex;font-size:12px;line-height:24px;white-space:nowrap">'
                 f'<span style="width:150px;flex:none;overflow:hidden;text-overflow:ellipsis">{esc(e.type)}</span>'
                 f'<span style="width:80px;flex:none;text-align:right;padding-right:8px">{esc(size_text(e.size_bytes))}</span>'
-                f'<span style="width:84px;flex:none;text-align:center;color:#ef6c00">{"●" if name in changed else ""}</span>'
+                f'<span style="width:84px;flex:none;text-align:center">{dot(WARN) if name in changed else ""}</span>'
                 f'<span style="overflow:hidden;text-overflow:ellipsis">{esc(e.summary)}</span></div>')
         rows = [box for box, _, _ in self._row_pool[:len(shown)]]
         if len(names) > MAX_ROWS:
-            rows.append(W.HTML(f'<div style="font-size:11px;color:#757575">… {len(names) - MAX_ROWS} '
+            rows.append(W.HTML(f'<div style="font-size:11px;color:{MUTED}">… {len(names) - MAX_ROWS} '
                                f'more; type in the filter to narrow</div>'))
         if not names:
-            rows.append(W.HTML('<div style="font-size:12px;color:#757575">no variables</div>'))
+            rows.append(W.HTML(f'<div style="font-size:12px;color:{MUTED}">no variables</div>'))
         self.table.children = rows
 
     def _make_row(self) -> tuple[W.HBox, W.Button, W.HTML]:
@@ -276,14 +278,14 @@ class InspectWidget(W.VBox):
         try:
             mo = self.source.manifest(other)
         except errors.FlowmetalError as exc:
-            return badge(str(exc), "#757575")
+            return badge(str(exc))
         if name not in mo:
-            return badge(f"absent after step {other}", "#757575")
+            return badge(f"absent after step {other}")
         a, b = self._manifest[name], mo[name]
         if (a.ref, a.fp) == (b.ref, b.fp) or (a.fp and a.fp == b.fp):
-            return badge("equal", "#2e7d32")
-        return badge("differs", "#ef6c00") + (
-            '<span style="font-size:11px;color:#757575;margin-left:6px">changed cells highlighted'
+            return badge("equal", OK, BG)
+        return badge("differs", WARN, BG) + (
+            f'<span style="font-size:11px;color:{MUTED};margin-left:6px">changed cells highlighted'
             '</span>' if _is_frame_type(a.type) else "")
 
 
@@ -321,6 +323,7 @@ class DiffWidget(W.VBox):
             self.notes[name] = "comparing …"
         self.html = W.HTML()
         self.children = [self.html]
+        themed(self)
         self._render()
         if compare:
             # the step records come from DuckDB, which stays on this thread
@@ -343,14 +346,14 @@ class DiffWidget(W.VBox):
 
     def _render(self) -> None:
         a, b = self.a, self.b
-        colours = {"added": "#2e7d32", "removed": "#c62828", "changed": "#ef6c00"}
-        rows = [(badge(kind, colours[kind]), f"<b>{esc(name)}</b>", esc(before), esc(after),
+        colours = {"added": OK, "removed": ERR, "changed": WARN}
+        rows = [(badge(kind, colours[kind], BG), f"<b>{esc(name)}</b>", esc(before), esc(after),
                  esc(self.notes.get(name, "")))
                 for kind in ("added", "removed", "changed") for name, before, after in self.result[kind]]
         counts = ", ".join(f"{len(self.result[k])} {k}" for k in ("added", "removed", "changed"))
         head = (f'<div style="font-size:12px;margin:2px 0">step {a} → step {b}: {counts}</div>')
         body = (table_html(["", "name", f"after step {a}", f"after step {b}", "detail"], rows, raw=True)
-                if rows else '<div style="font-size:12px;color:#757575">no differences</div>')
+                if rows else f'<div style="font-size:12px;color:{MUTED}">no differences</div>')
         self.html.value = head + body
 
     def text(self) -> str:

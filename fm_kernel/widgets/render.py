@@ -11,14 +11,19 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
 from ..tables import first_line, human_bytes
+from .style import (
+    BORDER_STRONG, ERR, HEAD_BG, HEAD_FG, HOT_BG, HOT_FG, INFO, LABEL_BG, LABEL_FG, LANES, MUTED,
+    OK, WARN, FG,
+)
 
-STATUS_COLOURS = {"ok": "#2e7d32", "error": "#c62828", "interrupted": "#ef6c00",
-                  "running": "#1565c0"}
-BRANCH_PALETTE = ("#546e7a", "#6a1b9a", "#00838f", "#ad1457", "#283593", "#558b2f",
-                  "#8d6e63", "#f9a825")
+STATUS_COLOURS = {"ok": OK, "error": ERR, "interrupted": WARN, "running": INFO}
+BRANCH_PALETTE = LANES
 ROW_PX = 26      # height of one timeline row; the graph slices of adjacent rows abut
 LANE_PX = 14     # horizontal distance between two lanes of the graph
 MAX_LANES = 8    # wider graphs are clipped: beyond this the lanes share the last column
+PLOT_LINE = "#1e88e5"  # mid-tone blue: 3:1 or more on white and on #111
+PLOT_GREY = "#8a8a8a"  # axes and ticks, readable on both backgrounds
+HOT_CLASS = ' class="fm-changed"'  # a table cell that differs from the other step
 
 
 def esc(text: Any) -> str:
@@ -26,7 +31,7 @@ def esc(text: Any) -> str:
 
 
 def status_colour(status: str | None) -> str:
-    return STATUS_COLOURS.get(status or "", "#757575")
+    return STATUS_COLOURS.get(status or "", MUTED)
 
 
 def branch_colour(name: str | None, order: dict[str, int] | None = None) -> str:
@@ -140,7 +145,7 @@ def graph_svg(row: GraphRow, lanes: int, status: str | None, head: bool = False)
 
     def line(x1: float, y1: float, x2: float, y2: float, colour: str, dashed: bool) -> None:
         dash = ' stroke-dasharray="3,3"' if dashed else ""
-        parts.append(f'<line x1="{x1}" y1="{y1}" x2="{x2}" y2="{y2}" stroke="{colour}" '
+        parts.append(f'<line x1="{x1}" y1="{y1}" x2="{x2}" y2="{y2}" style="stroke:{colour}" '
                      f'stroke-width="2"{dash}/>')
 
     for lane, colour, dashed in row.through:
@@ -155,33 +160,33 @@ def graph_svg(row: GraphRow, lanes: int, status: str | None, head: bool = False)
             x2 = _x(lane)
             dash = ' stroke-dasharray="3,3"' if dashed else ""
             parts.append(f'<path d="M {x} {mid} C {x} {h}, {x2} {mid}, {x2} {h}" fill="none" '
-                         f'stroke="{colour}" stroke-width="2"{dash}/>')
+                         f'style="stroke:{colour}" stroke-width="2"{dash}/>')
     if head:
-        parts.append(f'<circle cx="{x}" cy="{mid}" r="7.5" fill="none" stroke="#212121" '
+        parts.append(f'<circle cx="{x}" cy="{mid}" r="7.5" fill="none" style="stroke:{FG}" '
                      f'stroke-width="1.5"/>')
-    parts.append(f'<circle cx="{x}" cy="{mid}" r="5" fill="{status_colour(status)}" '
-                 f'stroke="{row.colour}" stroke-width="1.5"><title>step {row.step}: '
+    parts.append(f'<circle cx="{x}" cy="{mid}" r="5" style="fill:{status_colour(status)};'
+                 f'stroke:{row.colour}" stroke-width="1.5"><title>step {row.step}: '
                  f'{esc(status)}</title></circle></svg>')
     return "".join(parts)
 
 
-def badge(text: str, colour: str, fg: str = "white") -> str:
-    return (f'<span style="background:{colour};color:{fg};border-radius:8px;padding:0 6px;'
-            f'font-size:11px;margin-left:4px;white-space:nowrap">{esc(text)}</span>')
+def badge(text: str, colour: str = LABEL_BG, fg: str = LABEL_FG) -> str:
+    return (f'<span class="fm-tag" style="background:{colour};color:{fg};border-radius:8px;'
+            f'padding:0 6px;font-size:11px;margin-left:4px;white-space:nowrap">{esc(text)}</span>')
 
 
 def row_html(status: str | None, duration_ms: float | None, code: str | None,
              labels: Iterable[str] = (), head: bool = False) -> str:
     """The text part of one timeline row: status, duration, first line of code."""
-    tags = "".join(badge(name, "#455a64") for name in labels)
+    tags = "".join(badge(name) for name in labels)
     if head:
-        tags = badge("HEAD", "#212121") + tags
+        tags = badge("HEAD", HEAD_BG, HEAD_FG) + tags
     return (f'<div style="white-space:nowrap;overflow:hidden;text-overflow:ellipsis;'
             f'line-height:{ROW_PX}px;height:{ROW_PX}px;font-size:12px">'
             f'<span style="color:{status_colour(status)};font-weight:600;display:inline-block;'
             f'width:74px">{esc(status)}</span>'
-            f'<span style="color:#616161;display:inline-block;width:58px;text-align:right;'
-            f'margin-right:8px">{esc(duration_text(duration_ms))}</span>'
+            f'<span class="fm-duration" style="color:{MUTED};display:inline-block;width:58px;'
+            f'text-align:right;margin-right:8px">{esc(duration_text(duration_ms))}</span>'
             f'{tags} <code style="font-size:12px">{esc(short_code(code))}</code></div>')
 
 
@@ -191,15 +196,16 @@ def row_html(status: str | None, duration_ms: float | None, code: str | None,
 def table_html(columns: Sequence[str], rows: Sequence[Sequence[Any]],
                marks: Sequence[Sequence[bool]] | None = None, raw: bool = False) -> str:
     """A compact HTML table; cells whose mark is true are highlighted."""
-    th = "".join(f'<th style="text-align:left;padding:2px 8px;border-bottom:1px solid #bbb">'
+    th = "".join(f'<th style="text-align:left;padding:2px 8px;border-bottom:1px solid {BORDER_STRONG}">'
                  f'{esc(c)}</th>' for c in columns)
     body = []
     for i, row in enumerate(rows):
         tds = []
         for j, v in enumerate(row):
             hot = bool(marks and marks[i][j])
-            style = "padding:2px 8px;" + ("background:#ffe082;font-weight:600;" if hot else "")
-            tds.append(f'<td style="{style}">{v if raw else esc(v)}</td>')
+            style = "padding:2px 8px;" + (f"background:{HOT_BG};color:{HOT_FG};font-weight:600;"
+                                          if hot else "")
+            tds.append(f'<td{HOT_CLASS if hot else ""} style="{style}">{v if raw else esc(v)}</td>')
         body.append("<tr>" + "".join(tds) + "</tr>")
     return (f'<table style="border-collapse:collapse;font-size:12px"><thead><tr>{th}</tr>'
             f'</thead><tbody>{"".join(body)}</tbody></table>')
@@ -255,9 +261,9 @@ def frame_html(df: Any, rows: int = 10, mask: Any = None, only_changed: bool = F
         marks = [[False, *m[:20]] for m in marks]
     dtypes = ", ".join(f"{c}: {t}" for c, t in list(df.dtypes.astype(str).items())[:12])
     more = " …" if n_cols > 12 else ""
-    return (f'<div style="font-size:12px">{head} <span style="color:#757575">({note})</span>'
+    return (f'<div style="font-size:12px">{head} <span style="color:{MUTED}">({note})</span>'
             f'</div>{table_html(cols, body, marks)}'
-            f'<div style="color:#757575;font-size:11px">{esc(dtypes)}{more}</div>')
+            f'<div style="color:{MUTED};font-size:11px">{esc(dtypes)}{more}</div>')
 
 
 def array_stats(a: Any) -> dict[str, Any]:
@@ -290,21 +296,28 @@ def array_plot_png(a: Any, width_in: float = 4.0, height_in: float = 2.2) -> byt
         from matplotlib.figure import Figure
     except ImportError:
         return None
-    fig = Figure(figsize=(width_in, height_in), dpi=80)
+    # Transparent, with mid-grey axes and a mid-tone line: one picture that
+    # reads on a light and on a dark notebook background alike.
+    fig = Figure(figsize=(width_in, height_in), dpi=80, facecolor="none")
     FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
+    ax = fig.add_subplot(1, 1, 1, facecolor="none")
+    colorbar = None
     if a.ndim == 1:
         step = max(1, a.size // 2000)  # a plot wider than its pixels shows nothing more
         xs = np.arange(0, a.size, step)
-        ax.plot(xs, a[::step].astype(float), linewidth=1)
+        ax.plot(xs, a[::step].astype(float), linewidth=1, color=PLOT_LINE)
     else:
         sy, sx = max(1, a.shape[0] // 400), max(1, a.shape[1] // 400)
         im = ax.imshow(a[::sy, ::sx].astype(float), aspect="auto", interpolation="nearest")
-        fig.colorbar(im, ax=ax)
-    ax.tick_params(labelsize=7)
+        colorbar = fig.colorbar(im, ax=ax)
+    for axis in (ax, colorbar.ax if colorbar is not None else None):
+        if axis is not None:
+            axis.tick_params(labelsize=7, colors=PLOT_GREY)
+            for spine in axis.spines.values():
+                spine.set_color(PLOT_GREY)
     fig.tight_layout()
     buf = io.BytesIO()
-    fig.savefig(buf, format="png")
+    fig.savefig(buf, format="png", transparent=True)
     return buf.getvalue()
 
 
@@ -320,7 +333,7 @@ def array_html(a: Any, plot: bool = True, other: Any = None) -> str:
         try:
             differ = ~((a == other) | (_isnan(a) & _isnan(other)))
             bits.append(f"{int(np.count_nonzero(differ)):,} of {a.size:,} elements differ")
-        except Exception:
+        except (TypeError, ValueError):  # structured or object dtypes: no element count
             pass
     out = "".join(f'<div style="font-size:12px">{b}</div>' for b in bits)
     png = array_plot_png(a) if plot else None

@@ -29,9 +29,10 @@ import ipywidgets as W
 from .. import errors
 from .base import (
     ROW_PX, ListRow, LiveView, fill_rows, follow_cells, kernel_loop, message_html, plain_text,
-    report_failure,
+    report_failure, themed,
 )
 from .render import badge, duration_text, esc
+from .style import ERR, INFO, MUTED, OK, PURPLE, WARN, dot, icon
 from .runs_data import (
     PENDING, RUN_LIMIT, RunRow, StepView, clock, get_run, read_run, read_runs, read_steps,
 )
@@ -40,14 +41,14 @@ __all__ = ["runs_widget", "RunsWidget", "RunRow", "StepView"]
 
 log = logging.getLogger(__name__)
 
-RUN_STATUS_COLOURS = {"running": "#1565c0", "sleeping": "#6a1b9a", "waiting": "#ef6c00",
-                      "succeeded": "#2e7d32", "failed": "#c62828", "cancelled": "#757575"}
-STEP_STATUS_COLOURS = {"ok": "#2e7d32", "failed": "#c62828", "error": "#e53935",
-                       "timeout": "#e53935", "sleeping": "#6a1b9a", "waiting": "#ef6c00"}
+RUN_STATUS_COLOURS = {"running": INFO, "sleeping": PURPLE, "waiting": WARN, "succeeded": OK,
+                      "failed": ERR, "cancelled": MUTED}
+STEP_STATUS_COLOURS = {"ok": OK, "failed": ERR, "error": ERR, "timeout": ERR, "sleeping": PURPLE,
+                       "waiting": WARN}
 
 
 def _colour(status: str | None, table: dict[str, str]) -> str:
-    return table.get(status or "", "#757575")
+    return table.get(status or "", MUTED)
 
 
 def _row_maker(on_click: Callable[[Any], None], width: str) -> Callable[[], ListRow]:
@@ -61,38 +62,46 @@ def _row_maker(on_click: Callable[[Any], None], width: str) -> Callable[[], List
 
 
 def run_row_html(r: RunRow) -> str:
-    forked = (badge(f"fork of {r.forked_from_run[:8]}@{r.forked_from_step}", "#455a64")
+    forked = (badge(f"fork of {r.forked_from_run[:8]}@{r.forked_from_step}")
               if r.forked_from_run else "")
     return (f'<div style="white-space:nowrap;overflow:hidden;text-overflow:ellipsis;'
             f'font-size:12px;line-height:{ROW_PX}px">'
             f'<b style="display:inline-block;min-width:110px">{esc(r.flow)}</b> '
             f'<span style="color:{_colour(r.status, RUN_STATUS_COLOURS)};font-weight:600;'
-            f'display:inline-block;width:78px">● {esc(r.status)}</span>'
-            f'<span style="color:#616161">{esc(clock(r.started_at))}</span>'
-            f'<span style="color:#616161;display:inline-block;width:70px;text-align:right">'
+            f'display:inline-block;width:78px">{dot(_colour(r.status, RUN_STATUS_COLOURS))}'
+            f'{esc(r.status)}</span>'
+            f'<span style="color:{MUTED}">{esc(clock(r.started_at))}</span>'
+            f'<span style="color:{MUTED};display:inline-block;width:70px;text-align:right">'
             f'{esc(duration_text(r.duration_ms))}</span>{forked}</div>')
 
 
 def step_row_html(s: StepView) -> str:
     colour = _colour(s.status, STEP_STATUS_COLOURS)
     if s.error:
-        outcome = f'<span style="color:#c62828">{esc(s.error)}</span>'
+        outcome = f'<span style="color:{ERR}">{esc(s.error)}</span>'
     elif s.pending:
-        outcome = f'<span style="color:#ef6c00">{esc(s.pending)}</span>'
+        outcome = f'<span style="color:{WARN}">{esc(s.pending)}</span>'
     else:
         outcome = f'<code style="font-size:12px">{esc(s.result)}</code>'
-    retries = (f' <span style="color:#e53935">({s.failed_attempts} failed '
+    retries = (f' <span style="color:{ERR}">({s.failed_attempts} failed '
                f'attempt{"s" * (s.failed_attempts != 1)})</span>' if s.failed_attempts else "")
     return (f'<div style="font-size:12px;line-height:{ROW_PX}px;white-space:nowrap;'
             f'overflow:hidden;text-overflow:ellipsis">'
             f'<b style="display:inline-block;min-width:130px">{esc(s.name)}</b> '
             f'<span style="color:{colour};font-weight:600;display:inline-block;'
             f'width:70px">{esc(s.status)}</span>'
-            f'<span style="color:#616161;display:inline-block;width:64px">attempt '
+            f'<span style="color:{MUTED};display:inline-block;width:64px">attempt '
             f'{s.attempt}</span>'
-            f'<span style="color:#616161;display:inline-block;width:64px;text-align:right;'
+            f'<span style="color:{MUTED};display:inline-block;width:64px;text-align:right;'
             f'margin-right:8px">{esc(duration_text(s.duration_ms))}</span>'
             f'{outcome}{retries}</div>')
+
+
+def pending_html(s: StepView) -> str:
+    """One line of what a pending step waits for, behind an SVG icon."""
+    kind = "sleeping" if s.status == "sleeping" else "waiting"
+    return (f'<div class="fm-pending" style="font-size:12px;color:{WARN}">'
+            f'{icon(kind)}{esc(s.pending)}</div>')
 
 
 def run_header_html(run: RunRow) -> str:
@@ -100,7 +109,8 @@ def run_header_html(run: RunRow) -> str:
               f'{run.forked_from_step}' if run.forked_from_run else "")
     return (f'<div style="font-size:13px"><b>{esc(run.flow)}</b> run '
             f'<code>{esc(run.run_id)}</code> · <span style="color:'
-            f'{_colour(run.status, RUN_STATUS_COLOURS)};font-weight:600">● {esc(run.status)}</span>'
+            f'{_colour(run.status, RUN_STATUS_COLOURS)};font-weight:600">'
+            f'{dot(_colour(run.status, RUN_STATUS_COLOURS))}{esc(run.status)}</span>'
             f' · started {esc(clock(run.started_at))} · {esc(duration_text(run.duration_ms))}'
             f'{forked}</div>')
 
@@ -127,6 +137,7 @@ class RunsWidget(LiveView, W.VBox):
         body = W.HBox([self.run_list, self._build_detail()],
                       layout=W.Layout(width="100%", align_items="flex-start"))
         self.children = [toolbar, body]
+        themed(self)
 
         self.refresh()
         target = select or (self._runs[0].run_id if self._runs else None)
@@ -348,8 +359,8 @@ class RunsWidget(LiveView, W.VBox):
     def _show_detail(self) -> None:
         run = self._selected_run()
         if run is None:
-            self.header.value = ('<div style="font-size:12px;color:#757575">select a run to see '
-                                 'its steps</div>')
+            self.header.value = (f'<div style="font-size:12px;color:{MUTED}">select a run to '
+                                 'see its steps</div>')
             self.pending.value = ""
             self._steps = []
             self._show_steps()
@@ -360,9 +371,8 @@ class RunsWidget(LiveView, W.VBox):
         if self.selected_step not in {s.position for s in self._steps}:
             self.selected_step = None
         self.header.value = run_header_html(run)
-        waits = [s.pending for s in self._steps if s.pending]
-        self.pending.value = ("".join(f'<div style="font-size:12px;color:#ef6c00">⏳ {esc(w)}</div>'
-                                      for w in waits) if run.status in PENDING else "")
+        self.pending.value = ("".join(pending_html(s) for s in self._steps if s.pending)
+                              if run.status in PENDING else "")
         signal = next((s.detail.get("signal") for s in self._steps
                        if s.status == "waiting" and s.detail.get("signal")), None)
         if signal and not self.signal_name.value:
@@ -377,7 +387,7 @@ class RunsWidget(LiveView, W.VBox):
 
     def _show_steps(self) -> None:
         if not self._steps:
-            self.step_list.children = [W.HTML('<div style="font-size:12px;color:#757575">'
+            self.step_list.children = [W.HTML(f'<div style="font-size:12px;color:{MUTED}">'
                                               'no steps recorded yet</div>')]
             self._step_rows = []
             return

@@ -31,7 +31,7 @@ from .. import errors
 from ..record.recorder import unflatten_outputs
 from .base import (
     ROW_PX, ListRow, LiveView, fill_rows, follow_cells, kernel_loop, message_html, plain_text,
-    report_failure, section,
+    report_failure, section, themed,
 )
 from .inspector import DiffWidget, InspectWidget
 from .render import (
@@ -39,6 +39,7 @@ from .render import (
     status_colour, table_html,
 )
 from .runs import RunsWidget
+from .style import CODE_BG, CODE_FONT, FG, HEAD_BG, HEAD_FG, MUTED, WARN, dot
 from .source import Source, StepRow
 
 __all__ = ["DEFAULT_PANELS", "PAGE_SIZE", "Panels", "TimelineWidget"]
@@ -55,6 +56,13 @@ def flow_runs_panel(source: Source) -> W.Widget:
 
 
 DEFAULT_PANELS: Panels = {"Flow runs": flow_runs_panel}
+
+
+def code_html(code: str | None) -> str:
+    """A cell's code in the theme's code font, on its editor background."""
+    return (f'<pre class="fm-code" style="font-family:{CODE_FONT};font-size:12px;'
+            f'background:{CODE_BG};color:{FG};padding:4px 6px;margin:2px 0;max-height:200px;'
+            f'overflow:auto;white-space:pre-wrap">{esc(code)}</pre>')
 
 
 def _row_html(svg: str, text: str) -> str:
@@ -91,6 +99,7 @@ class TimelineWidget(LiveView, W.VBox):
                       layout=W.Layout(width="100%", align_items="flex-start"))
         self.panels = self._build_panels()
         self.children = [toolbar, body] + ([self.panels] if self.panels is not None else [])
+        themed(self)
 
         self.refresh(follow=True)
         target = select if select is not None else (self.source.head or self._last())
@@ -102,8 +111,10 @@ class TimelineWidget(LiveView, W.VBox):
         self.scope = W.ToggleButtons(options=[("this branch", "branch"), ("all branches", "all")],
                                      value="all" if all_branches else "branch",
                                      style={"button_width": "104px"})
-        self.prev_button = W.Button(description="◀ older", layout=W.Layout(width="80px"))
-        self.next_button = W.Button(description="newer ▶", layout=W.Layout(width="80px"))
+        self.prev_button = W.Button(description="older", icon="chevron-left",
+                                    layout=W.Layout(width="84px"))
+        self.next_button = W.Button(description="newer", icon="chevron-right",
+                                    layout=W.Layout(width="84px"))
         self.page_label = W.HTML()
         self.goto = W.Text(placeholder="go to step", continuous_update=False,
                            layout=W.Layout(width="100px"))
@@ -360,13 +371,13 @@ class TimelineWidget(LiveView, W.VBox):
         self.header.value = (
             f'<div style="font-size:13px"><b>Step {rec.step}</b> on <b>{esc(rec.branch)}</b>'
             f' · parent {rec.parent if rec.parent is not None else "–"}'
-            f' · <span style="color:{status_colour(rec.status)};font-weight:600">● '
-            f'{esc(rec.status)}</span> · {duration_text(rec.duration_ms)} · {started}'
-            + (badge("HEAD", "#212121") if step == head else "") + "</div>")
+            f' · <span style="color:{status_colour(rec.status)};font-weight:600">'
+            f'{dot(status_colour(rec.status))}{esc(rec.status)}</span>'
+            f' · {duration_text(rec.duration_ms)} · {started}'
+            + (badge("HEAD", HEAD_BG, HEAD_FG) if step == head else "") + "</div>")
         self.rewind_button.description = f"Rewind here ({step})"
         self.rewind_button.disabled = rec.state is None
-        self.code.value = (f'<pre style="font-size:12px;background:#f5f5f5;padding:4px;margin:2px 0;'
-                           f'max-height:200px;overflow:auto;white-space:pre-wrap">{esc(rec.code)}</pre>')
+        self.code.value = code_html(rec.code)
         self.outputs.outputs = outputs_for_widget(unflatten_outputs(rec.outputs))
         if rec.error_name and not any(o.get("output_type") == "error" for o in self.outputs.outputs):
             self.outputs.outputs += ({"output_type": "stream", "name": "stderr",
@@ -386,11 +397,11 @@ class TimelineWidget(LiveView, W.VBox):
         names = sorted(m, key=lambda n: (n not in changed, n))
         rows = [(f"<b>{esc(n)}</b>" if n in changed else esc(n), esc(m[n].type),
                  esc(size_text(m[n].size_bytes)), esc(m[n].summary[:80]),
-                 "●" if n in changed else "") for n in names[:100]]
-        more = (f'<div style="font-size:11px;color:#757575">… {len(names) - 100} more: '
+                 dot(WARN) if n in changed else "") for n in names[:100]]
+        more = (f'<div style="font-size:11px;color:{MUTED}">… {len(names) - 100} more: '
                 f'Inspect values lists all</div>' if len(names) > 100 else "")
         if not rows:
-            return '<div style="font-size:12px;color:#757575">no variables</div>'
+            return f'<div style="font-size:12px;color:{MUTED}">no variables</div>'
         return table_html(["name", "type", "size", "summary", "changed"], rows, raw=True) + more
 
     def _build_panels(self) -> W.Accordion | None:
