@@ -11,6 +11,8 @@ in one line.
     │   ├── HistoryUnwritable      its folder or file cannot be written
     │   ├── SchemaTooNew           written by a newer fm_kernel
     │   ├── CorruptObject          an object file is missing or does not match its hash
+    │   ├── Untrusted              its objects would be unpickled, but it is not trusted here
+    │   ├── UnsafeBundle           a bundle member is a link, device, outside the folder or too big
     │   └── QueryFailed            DuckDB refused a query (internal; surfaces as SQLError)
     └── FlowError                  durable flows
         ├── NondeterminismError    replay met a different step than the journal recorded
@@ -34,7 +36,8 @@ from pathlib import Path
 __all__ = [
     "Cancelled", "CorruptObject", "FlowError", "FlowmetalError", "HistoryError", "HistoryLocked",
     "HistoryUnwritable", "NoSuchFlow", "NoSuchRun", "NoSuchStep", "NondeterminismError",
-    "NotStorable", "QueryFailed", "SQLError", "SchemaTooNew", "StepError", "Timeout", "UsageError",
+    "NotStorable", "QueryFailed", "SQLError", "SchemaTooNew", "StepError", "Timeout", "UnsafeBundle",
+    "Untrusted", "UsageError",
 ]
 
 
@@ -101,6 +104,15 @@ class CorruptObject(HistoryError):
         )
         self.key = key
         self.path = path
+
+
+class Untrusted(HistoryError):
+    """Loading would unpickle objects of a history not trusted on this machine."""
+
+
+class UnsafeBundle(HistoryError):
+    """A bundle member that would write outside its folder, is not a plain
+    file or folder, or is larger than the import allows."""
 
 
 class QueryFailed(HistoryError):

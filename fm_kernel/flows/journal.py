@@ -35,6 +35,7 @@ from typing import Any
 import cloudpickle
 
 from ..errors import NotStorable
+from ..record import trust
 from ..record.objects import ObjectFiles
 from ..record.store import Store
 
@@ -139,7 +140,7 @@ class Journal:
             return None
         value = json.loads(text)
         if isinstance(value, dict) and value.get("$fm") == "pickle":
-            return cloudpickle.loads(self.objects.get(value["key"]))
+            return trust.unpickle(trust.gate(self.store), self.objects.get(value["key"]))
         return value
 
     @staticmethod
@@ -152,14 +153,16 @@ class Journal:
         return json.dumps({"type": _qualname(type(exc)), "message": str(exc), "traceback": tb,
                            "pickle": pickled}, default=str)
 
-    @staticmethod
-    def decode_error(text: str | None) -> tuple[BaseException | None, dict[str, Any]]:
-        """(the recorded exception rebuilt, or None if it cannot be; the record)."""
+    def decode_error(self, text: str | None) -> tuple[BaseException | None, dict[str, Any]]:
+        """(the recorded exception rebuilt, or None if it cannot be; the record).
+        Raises Untrusted rather than run an untrusted history's pickle."""
         info = json.loads(text) if text else {}
         exc = None
         if info.get("pickle"):
+            gate = trust.gate(self.store)
+            gate.require()  # outside the try: refusing is not "cannot be rebuilt"
             try:
-                exc = cloudpickle.loads(base64.b64decode(info["pickle"]))
+                exc = trust.unpickle(gate, base64.b64decode(info["pickle"]))
             except Exception:
                 exc = None
         return exc, info

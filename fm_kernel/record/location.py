@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import tempfile
 import time
 from pathlib import Path
@@ -51,7 +52,8 @@ def open_history(path: Path, kernel_id: str) -> tuple[Store, str | None]:
     substitute. Returns the store and a one-line notice (None if all is well).
     """
     try:
-        return _open_waiting(path), None
+        store = _open_waiting(path)
+        return store, _private_folder(path)
     except errors.HistoryLocked as exc:
         alt = path.with_name(f"{path.stem}.{kernel_id[:8]}{path.suffix}")
         store = Store.open(alt)
@@ -65,11 +67,47 @@ def open_history(path: Path, kernel_id: str) -> tuple[Store, str | None]:
         digest = hashlib.sha256(str(path).encode()).hexdigest()[:12]
         alt = Path(tempfile.gettempdir()) / f"flowmetal-{os.getuid()}" / digest / path.name
         try:
+            _own_dir(alt.parent.parent)  # in a shared /tmp: made by us, 0700, or not used
             store = Store.open(alt)
-        except errors.HistoryError:
+        except (errors.HistoryError, OSError):
             store = Store.open(Path(":memory:"))
             alt = Path(":memory:")
         return store, f"flowmetal: cannot write {path} ({_short(exc.cause)}); this kernel records to {alt}"
+
+
+def _private_folder(path: Path) -> str | None:
+    """Keep the history's files owner-only; say so once when its folder lets
+    other users in. DuckDB makes the write-ahead log with the umask's mode
+    (and anew after each checkpoint), so only the folder can keep it private."""
+    if str(path) == ":memory:":
+        return None
+    folder = path.parent
+    try:
+        st = folder.stat()
+        for p in (path, Path(str(path) + ".wal")):
+            if p.exists() and p.stat().st_uid == os.getuid():
+                p.chmod(0o600)
+        if st.st_mode & 0o077 and folder.name == ".flowmetal" and st.st_uid == os.getuid():
+            folder.chmod(0o700)  # our own folder: tighten it rather than warn
+            return None
+    except OSError:
+        return None
+    if st.st_mode & 0o022:
+        return (f"flowmetal: the folder of {path} is writable by other users "
+                f"(mode {stat.filemode(st.st_mode)}): they can plant files beside the history; "
+                "keep it in a folder only you can write (the default .flowmetal/ is)")
+    if st.st_mode & 0o011:
+        return (f"flowmetal: the folder of {path} is open to other users "
+                f"(mode {stat.filemode(st.st_mode)}): they can read its write-ahead log (your "
+                "code and outputs); keep it in a private folder (the default .flowmetal/ is)")
+    return None
+
+
+def _own_dir(folder: Path) -> None:
+    folder.mkdir(mode=0o700, exist_ok=True)
+    st = os.lstat(folder)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+        raise OSError(f"{folder} is not a private folder of this user")
 
 
 def _open_waiting(path: Path) -> Store:

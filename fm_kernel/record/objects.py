@@ -6,8 +6,8 @@ stored anywhere, so the database and its ``.objects`` folder can move together.
 
 xxh3-128 rather than a cryptographic hash: the same digest is the change
 fingerprint of a chunk (snapshot.py hashes every chunk of a candidate buffer on
-each cell), so it must run at memory speed.  Objects are never trusted across
-machines anyway: loading pickles from elsewhere needs ``fm import --trust``.
+each cell), so it must run at memory speed.  The hash detects damage, not
+tampering: what may be unpickled is decided by trust.py, per history.
 """
 from __future__ import annotations
 
@@ -110,7 +110,8 @@ class ObjectFiles:
         # fsync makes a write survive power loss before the manifest that names
         # it is committed; tests and benchmarks may switch it off.
         self.fsync = fsync
-        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # Made on the first write, not here: a read (``fm sql``) creates nothing.
+        self._root_made = False
         # Keys known present: saves a stat per chunk when a big buffer is
         # re-checked every cell.  Objects are never deleted behind our back
         # except by corruption, which get() detects.
@@ -152,6 +153,9 @@ class ObjectFiles:
 
     def _write(self, key: str, data: bytes | bytearray | memoryview) -> None:
         target = self.path(key)
+        if not self._root_made:
+            self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self._root_made = True
         target.parent.mkdir(mode=0o700, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=target.parent)
         try:

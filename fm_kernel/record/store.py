@@ -100,6 +100,7 @@ class Store:
     def __init__(self, path: Path, conn: duckdb.DuckDBPyConnection, read_only: bool = False):
         self.path = path
         self.read_only = read_only
+        self.created = False  # set by open() when this process made the file
         self._conn = conn
         self._lock = threading.RLock()
         self._in_txn = False
@@ -157,7 +158,9 @@ class Store:
             raise errors.HistoryUnwritable(path, exc) from None
         if fresh:
             _owner_only(path)
-        return cls(path, conn, read_only)
+        store = cls(path, conn, read_only)
+        store.created = fresh and not read_only  # trust: only a new history gets our origin
+        return store
 
     def _migrate(self) -> None:
         has_meta = self._scalar(
@@ -519,6 +522,10 @@ class Store:
     def set_meta(self, key: str, value: str) -> None:
         with self._lock:
             self._conn.execute("INSERT OR REPLACE INTO fm_meta VALUES (?, ?)", [key, value])
+
+    def delete_meta(self, key: str) -> None:
+        with self._lock:
+            self._conn.execute("DELETE FROM fm_meta WHERE key = ?", [key])
 
     def unfinished_steps(self) -> list[StepRecord]:
         """Steps whose latest record says 'running': their kernel died."""

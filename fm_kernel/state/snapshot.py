@@ -31,6 +31,7 @@ from typing import Any
 
 
 from .analysis import DYNAMIC_ATTRS, DYNAMIC_NAMES, WALK_LIMIT, code_names, ObjectWalk, analyse_code
+from ..record import trust
 from ..record.objects import ObjectFiles, chunk_keys, digest
 from .pickling import LOAD_GLOBALS, array_roots, IsolatedUnpickler, Payload, SnapshotPickler, qualname
 from .restoring import Aside, Restore
@@ -207,8 +208,9 @@ class Snapshotter:
     makes the next capture a full check, which is always correct."""
 
     def __init__(self, objects: ObjectFiles, hidden: set[str] | None = None, *,
-                 chunk_size: int = CHUNK) -> None:
+                 chunk_size: int = CHUNK, gate: trust.Gate = trust.OWN) -> None:
         self.objects = objects
+        self.gate = gate  # a history's objects load only through its trust gate
         self.hidden = hidden if hidden is not None else set()
         self.chunk_size = chunk_size
         self._ids: dict[str, int] = {}
@@ -493,7 +495,7 @@ class Snapshotter:
         token = LOAD_GLOBALS.set(globals_)
         try:
             loader = IsolatedUnpickler if isolated else pickle.Unpickler
-            objs = loader(io.BytesIO(main), buffers=buffers).load()
+            objs = trust.unpickle(self.gate, main, buffers, loader)
         finally:
             LOAD_GLOBALS.reset(token)
         return dict(zip(header["names"], objs))

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from .. import errors
+from ..record import trust
 from ..record.objects import ObjectFiles, digest
 from .snapshot import Capture, Manifest, RestoreReport, Snapshotter, VarEntry
 from ..record.store import Store
@@ -72,13 +73,15 @@ class States:
     def __init__(self, store: Store, ns: dict, hidden: set[str] | None = None):
         self.store = store
         self.ns = ns
-        self.snap = Snapshotter(ObjectFiles(objects_dir(store.path)), hidden)
+        self.gate = trust.gate(store)
+        self.snap = Snapshotter(ObjectFiles(objects_dir(store.path)), hidden, gate=self.gate)
         self.live: Manifest | None = None  # state of ns as last captured or restored
         self._known = store.known_entry_ids()
         self._entry_ids: dict[int, tuple[VarEntry, str]] = {}
-        from ..record.bundle import is_trusted
 
-        self.trusted = is_trusted(store)
+    @property
+    def trusted(self) -> bool:
+        return self.gate.trusted
 
     # -- capture -------------------------------------------------------------
 
@@ -107,10 +110,7 @@ class States:
     # -- reading states --------------------------------------------------------
 
     def _require_trust(self) -> None:
-        if not self.trusted:
-            from ..record.bundle import untrusted_message
-
-            raise errors.UsageError(untrusted_message(self.store.path))
+        self.gate.require()
 
     def manifest(self, step: int) -> Manifest:
         rec = self.store.step(step)
@@ -157,6 +157,7 @@ class States:
     def rebuild(self, step: int, report: RestoreReport, target: Manifest) -> None:
         """Re-create objects no store holds by re-running the statements that
         bound them in the cell that last changed them (rebuild.py)."""
+        self.gate.require()  # the recorded code runs: as much trust as unpickling
         from .rebuild import rebuild
 
         rebuild(self, step, report, target)

@@ -1,0 +1,160 @@
+"""Trust: whether this process may unpickle what a history holds.
+
+Loading a stored object or a journal pickle runs code chosen by whoever made
+the pickle, so trust is positive evidence, never the absence of a warning:
+a history is trusted when its fm_meta ``origin`` is recorded and is this
+machine's id (the history was created here), or when this machine's id is
+in its fm_meta ``trusted`` list (``fm trust``, ``fm import --trust``). A
+missing or unreadable origin is untrusted, and nothing stamps an origin on
+a history that exists already: only a history this process created gets
+one (``stamp_origin``).
+
+Every unpickling of history content goes through ``unpickle`` (the one
+gate); ``Gate.require`` lets a caller refuse before it starts changing a
+namespace. tests/faults/test_security.py greps the package for other
+unpickling calls.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import pickle
+import threading
+import uuid
+import weakref
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+from ..errors import Untrusted
+
+if TYPE_CHECKING:
+    from .store import Store
+
+log = logging.getLogger(__name__)
+
+_lock = threading.Lock()
+_memory_id: str | None = None  # this process's id when none could be stored
+
+
+def machine_id_path() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "flowmetal" / "machine-id"
+
+
+def machine_id(create: bool = True) -> str | None:
+    """A random id for this machine and user. With ``create=False`` (read
+    paths) nothing is written, and None means no id exists yet: then no
+    history can have been made here. When the id cannot be stored, this
+    process keeps one in memory, so the histories it creates stay its own."""
+    global _memory_id
+    if os.environ.get("FM_MACHINE_ID"):
+        return os.environ["FM_MACHINE_ID"]
+    path = machine_id_path()
+    try:
+        stored = path.read_text().strip()
+        if stored:
+            return stored
+    except OSError:
+        pass
+    with _lock:
+        if _memory_id is not None or not create:
+            return _memory_id
+        new = uuid.uuid4().hex
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(new)
+            return new
+        except FileExistsError:  # another process made it meanwhile
+            return path.read_text().strip() or new
+        except OSError as exc:
+            log.warning("cannot store the machine id at %s (%s); histories this process "
+                        "creates are trusted by it only; set FM_MACHINE_ID to keep one", path, exc)
+            _memory_id = new
+            return new
+
+
+def stamp_origin(store: "Store") -> None:
+    """Record this machine as the origin of a history this process just
+    created. An existing history is never stamped: one without an origin
+    came from somewhere we cannot vouch for."""
+    if getattr(store, "created", False) and not store.read_only and store.meta("origin") is None:
+        store.set_meta("origin", machine_id() or "")
+
+
+def _trusted_here(store: "Store") -> bool:
+    me = machine_id(create=False)
+    if not me:
+        return False
+    try:
+        origin = store.meta("origin")
+        trusted = json.loads(store.meta("trusted") or "[]")
+    except Exception as exc:  # an unreadable record of trust is no trust
+        log.warning("cannot read the trust record of %s: %s", store.path, exc)
+        return False
+    return origin == me or (isinstance(trusted, list) and me in trusted)
+
+
+def trust(store: "Store") -> None:
+    """Trust the history for this machine (``fm trust``)."""
+    try:
+        known = json.loads(store.meta("trusted") or "[]")
+    except ValueError:
+        known = []
+    trusted = {t for t in known if isinstance(t, str)} | {machine_id()}
+    store.set_meta("trusted", json.dumps(sorted(trusted)))
+    gate(store).refresh()
+
+
+def untrusted_message(path: Path | str) -> str:
+    return (f"the objects in {path} were not made on this machine and loading them means "
+            "unpickling, which runs code; if you trust where it came from, run "
+            f"`fm trust {path}` (or import the bundle with `fm import BUNDLE --trust`)")
+
+
+class Gate:
+    """The trust decision for one open history, made once: while a process
+    holds a history read-write nobody else can change its trust record."""
+
+    def __init__(self, store: "Store | None") -> None:
+        self.store = store
+        self._trusted: bool | None = None
+
+    @property
+    def trusted(self) -> bool:
+        if self.store is None:
+            return True  # objects this process wrote itself, with no history behind them
+        if self._trusted is None:
+            self._trusted = _trusted_here(self.store)
+        return self._trusted
+
+    def refresh(self) -> None:
+        self._trusted = None
+
+    def require(self) -> None:
+        if not self.trusted:
+            raise Untrusted(untrusted_message(self.store.path if self.store else "?"))
+
+
+_GATES: "weakref.WeakKeyDictionary[Store, Gate]" = weakref.WeakKeyDictionary()
+OWN = Gate(None)  # for a Snapshotter over a scratch folder (tests, benchmarks)
+
+
+def gate(store: "Store") -> Gate:
+    """The one Gate of ``store``."""
+    with _lock:
+        g = _GATES.get(store)
+        if g is None:
+            g = _GATES[store] = Gate(store)
+        return g
+
+
+def unpickle(g: Gate, data: Any, buffers: Sequence[Any] = (),
+             unpickler: type[pickle.Unpickler] = pickle.Unpickler) -> Any:
+    """THE place history content is unpickled: refused unless ``g`` trusts it."""
+    g.require()
+    return unpickler(io.BytesIO(data), buffers=buffers).load()
