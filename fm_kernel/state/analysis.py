@@ -153,8 +153,9 @@ class ObjectWalk:
         self.functions: list[types.FunctionType] = []
         self.arrays: list[Any] = []
         self.truncated = False
+        self._ns = ns
+        self._np = sys.modules.get("numpy")
         stack = [obj]
-        np = sys.modules.get("numpy")
         while stack:
             o = stack.pop()
             t = type(o)
@@ -167,68 +168,74 @@ class ObjectWalk:
                 break
             budget[0] -= 1
             try:
-                if t in (list, tuple, set, frozenset):
-                    if o:
-                        self.ids.add(id(o))
-                        # set(map(type, ...)) runs in C: a million-int list
-                        # costs milliseconds instead of a Python-level visit each.
-                        if not set(map(type, o)) <= ATOM_TYPES:
-                            stack.extend(o)
-                elif t is dict:
-                    self.ids.add(id(o))
-                    if not set(map(type, o.values())) <= ATOM_TYPES:
-                        stack.extend(o.values())
-                    if not set(map(type, o)) <= ATOM_TYPES:
-                        stack.extend(o)
-                elif t is bytearray:
-                    self.ids.add(id(o))
-                elif t is types.FunctionType:
-                    if o.__globals__ is ns or o.__module__ == "__main__":
-                        self.ids.add(id(o))
-                        self.functions.append(o)
-                        stack.extend(cell_value(c) for c in o.__closure__ or ())
-                        stack.extend(o.__defaults__ or ())
-                        stack.extend((o.__kwdefaults__ or {}).values())
-                        stack.extend(o.__dict__.values())
-                elif t is types.MethodType:
-                    stack += [o.__func__, o.__self__]
-                elif t is functools.partial:
-                    stack += [o.func, *o.args, *o.keywords.values()]
-                elif isinstance(o, (staticmethod, classmethod)):
-                    stack.append(o.__func__)
-                elif isinstance(o, property):
-                    stack += [o.fget, o.fset, o.fdel]
-                elif isinstance(o, type):
-                    if _is_notebook_class(o):
-                        self.ids.add(id(o))
-                        stack.extend(o.__dict__.values())
-                        stack.extend(o.__bases__)
-                elif np is not None and isinstance(o, np.ndarray):
-                    self.ids.add(id(o))
-                    self.arrays.append(o)
-                    if o.base is not None:
-                        self.ids.add(id(o.base))  # two views of one buffer share it
-                        stack.append(o.base)
-                    if o.dtype == object and o.size <= 100_000:
-                        stack.extend(o.ravel().tolist())
-                elif qualname(t).startswith("pandas."):
-                    self.ids.add(id(o))
-                else:
-                    d = getattr(o, "__dict__", None) if hasattr(t, "__dict__") else None
-                    slots = [s for c in t.__mro__ for s in c.__dict__.get("__slots__", ())]
-                    if isinstance(d, dict) or slots:
-                        self.ids.add(id(o))
-                        if isinstance(d, dict):
-                            stack.append(d)
-                        for s in slots:
-                            v = getattr(o, s, None) if isinstance(s, str) else None
-                            if v is not None:
-                                stack.append(v)
-                    if _is_notebook_class(t):
-                        stack.append(t)
+                self._visit(o, t, stack)
             except Exception:
                 # A hostile __getattr__/__dict__ must not break capture; the
                 # object is then treated as a leaf (see docs: hidden sharing).
                 continue
 
+    def _visit(self, o: Any, t: type, stack: list[Any]) -> None:
+        """Record ``o`` if it can be shared and push what it holds."""
+        np = self._np
+        if t in (list, tuple, set, frozenset):
+            if o:
+                self.ids.add(id(o))
+                # set(map(type, ...)) runs in C: a million-int list
+                # costs milliseconds instead of a Python-level visit each.
+                if not set(map(type, o)) <= ATOM_TYPES:
+                    stack.extend(o)
+        elif t is dict:
+            self.ids.add(id(o))
+            if not set(map(type, o.values())) <= ATOM_TYPES:
+                stack.extend(o.values())
+            if not set(map(type, o)) <= ATOM_TYPES:
+                stack.extend(o)
+        elif t is bytearray:
+            self.ids.add(id(o))
+        elif t is types.FunctionType:
+            if o.__globals__ is self._ns or o.__module__ == "__main__":
+                self.ids.add(id(o))
+                self.functions.append(o)
+                stack.extend(cell_value(c) for c in o.__closure__ or ())
+                stack.extend(o.__defaults__ or ())
+                stack.extend((o.__kwdefaults__ or {}).values())
+                stack.extend(o.__dict__.values())
+        elif t is types.MethodType:
+            stack += [o.__func__, o.__self__]
+        elif t is functools.partial:
+            stack += [o.func, *o.args, *o.keywords.values()]
+        elif isinstance(o, (staticmethod, classmethod)):
+            stack.append(o.__func__)
+        elif isinstance(o, property):
+            stack += [o.fget, o.fset, o.fdel]
+        elif isinstance(o, type):
+            if _is_notebook_class(o):
+                self.ids.add(id(o))
+                stack.extend(o.__dict__.values())
+                stack.extend(o.__bases__)
+        elif np is not None and isinstance(o, np.ndarray):
+            self.ids.add(id(o))
+            self.arrays.append(o)
+            if o.base is not None:
+                self.ids.add(id(o.base))  # two views of one buffer share it
+                stack.append(o.base)
+            if o.dtype == object and o.size <= 100_000:
+                stack.extend(o.ravel().tolist())
+        elif qualname(t).startswith("pandas."):
+            self.ids.add(id(o))
+        else:
+            self._visit_instance(o, t, stack)
 
+    def _visit_instance(self, o: Any, t: type, stack: list[Any]) -> None:
+        d = getattr(o, "__dict__", None) if hasattr(t, "__dict__") else None
+        slots = [s for c in t.__mro__ for s in c.__dict__.get("__slots__", ())]
+        if isinstance(d, dict) or slots:
+            self.ids.add(id(o))
+            if isinstance(d, dict):
+                stack.append(d)
+            for s in slots:
+                v = getattr(o, s, None) if isinstance(s, str) else None
+                if v is not None:
+                    stack.append(v)
+        if _is_notebook_class(t):
+            stack.append(t)

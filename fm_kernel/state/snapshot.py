@@ -22,7 +22,6 @@ import pickle
 import reprlib
 import sys
 import tempfile
-import time
 import types
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, fields
@@ -34,6 +33,7 @@ from .analysis import DYNAMIC_ATTRS, DYNAMIC_NAMES, WALK_LIMIT, code_names, Obje
 from ..record import trust
 from ..record.objects import ObjectFiles, chunk_keys, digest
 from .pickling import LOAD_GLOBALS, array_roots, IsolatedUnpickler, Payload, SnapshotPickler, qualname
+from .capturing import CaptureRun
 from .restoring import Aside, Restore
 from .surrogate import state_fingerprint
 
@@ -224,116 +224,8 @@ class Snapshotter:
 
     # -- capture ---------------------------------------------------------
     def capture(self, ns: dict, code: str, prev: Manifest | None) -> Capture:
-        t0 = time.perf_counter()
-        live = self.visible(ns)
-        live_set = set(live)
-        hashed = [0]
-        hash_memo: dict[tuple[int, int], list[tuple[str, int]]] = {}
-        walks: dict[str, ObjectWalk] = {}
-        budget = [WALK_LIMIT]
-
-        cost: dict[str, float] = {}
-
-        def walk(n: str) -> ObjectWalk:
-            if n not in walks:
-                t = time.perf_counter()
-                walks[n] = ObjectWalk(ns[n], ns, budget)
-                cost[n] = cost.get(n, 0.0) + time.perf_counter() - t
-            return walks[n]
-
-        ids_known = prev is not None and self._ids_sig == prev.signature()
-        reason: str | None = None
-        if prev is None:
-            reason = "no previous state"
-        elif not ids_known:
-            reason = "the previous state was not captured by this process"
-        else:
-            names, reason = analyse_code(code)
-        if reason is not None:
-            cands = set(live)
-        else:
-            cands, reason = self._touched(ns, names & live_set, walk)
-            cands &= live_set
-            if reason is not None:
-                cands = set(live)
-            else:
-                cands |= {n for n in live if n not in prev}
-                cands |= {n for n in live if self._ids.get(n) != id(ns[n])}
-                cands |= self._small(prev, live_set)
-        rebound = {n for n in live if ids_known and n in self._ids and self._ids[n] != id(ns[n])}
-
-        # Names sharing a stored group with a candidate are walked too, so a
-        # group is never split by looking at only part of it.
-        prev_groups = prev.groups() if prev is not None else {}
-        walkset = set(cands)
-        for n in cands:
-            if prev is not None and n in prev and prev[n].ref:
-                walkset.update(m for m in prev_groups[prev[n].ref] if m in live_set)
-        comps = self._components(sorted(walkset), walk)
-
-        payloads: dict[str, Payload | str] = {}  # name -> payload, or why it cannot be pickled
-
-        def fingerprint(n: str) -> Payload | str:
-            if n not in payloads:
-                roots = array_roots(walk(n).arrays)
-                t = time.perf_counter()
-                payloads[n] = self._pickle((ns[n],), ns, hash_memo, hashed, roots)
-                cost[n] = cost.get(n, 0.0) + time.perf_counter() - t
-            return payloads[n]
-
-        for n in sorted(cands):
-            fingerprint(n)
-
-        entries: dict[str, VarEntry] = {}
-        changed: set[str] = set()
-        written = 0
-        for comp in comps:
-            prev_refs = {prev[n].ref for n in comp if prev is not None and n in prev}
-            fresh = [n for n in comp if n in payloads]
-            if prev is not None and len(prev_refs) == 1 and all(n in prev for n in comp):
-                ref = next(iter(prev_refs))
-                same = ref and sorted(prev_groups.get(ref, [])) == comp
-                if same and all(isinstance(payloads[n], Payload) and payloads[n].fp == prev[n].fp
-                                for n in fresh):
-                    entries.update({n: prev[n] for n in comp})
-                    changed.update(n for n in comp if n in rebound)
-                    continue
-            # The group is new or changed: every member must be pickled to store it.
-            for n in comp:
-                fingerprint(n)
-            ok = [n for n in comp if isinstance(payloads[n], Payload)]
-            ref = ""
-            if ok:
-                if len(ok) == 1:
-                    group = payloads[ok[0]]
-                else:
-                    roots = array_roots([a for n in ok for a in walk(n).arrays])
-                    group = self._pickle(tuple(ns[n] for n in ok), ns, hash_memo, hashed, roots)
-                if isinstance(group, Payload):
-                    ref, w = self._store(ok, group)
-                    written += w
-                else:  # together they fail though each pickles alone: store singly
-                    for n in ok:
-                        r, w = self._store([n], payloads[n])
-                        written += w
-                        entries[n] = self._entry(n, ns[n], payloads[n], r, ns)
-                    ok = []
-            for n in comp:
-                p = payloads[n]
-                if n not in entries:
-                    entries[n] = self._entry(n, ns[n], p, ref if n in ok else "", ns)
-                if prev is None or n not in prev or prev[n].fp != entries[n].fp or n in rebound:
-                    changed.add(n)
-        for n in live:
-            if n not in entries:
-                entries[n] = prev[n]  # type: ignore[index]  # untouched: prev holds it
-        manifest = Manifest({n: entries[n] for n in live})
-        deleted = set(prev) - live_set if prev is not None else set()
-        self._cost.update(cost)
-        self._remember(ns, live, manifest)
-        return Capture(manifest=manifest, changed=changed, deleted=deleted, bytes_written=written,
-                       bytes_hashed=hashed[0], candidates=cands, full_scan_reason=reason,
-                       seconds=time.perf_counter() - t0)
+        """The state of ``ns`` after a cell ran ``code``, given the state before (capturing.py)."""
+        return CaptureRun(self, ns, prev).run(code)
 
     def _touched(self, ns: dict, start: set[str], walk: Callable[[str], ObjectWalk]) -> tuple[set[str], str | None]:
         """Close ``start`` over the code it can run: notebook functions (their

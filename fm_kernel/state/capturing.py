@@ -1,0 +1,143 @@
+"""One capture of a namespace after a cell (see Snapshotter.capture and the
+module docstring of snapshot.py): which names to look at, their fingerprints,
+and which groups must be stored again."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from .analysis import WALK_LIMIT, ObjectWalk, analyse_code
+from .pickling import Payload, array_roots
+
+if TYPE_CHECKING:
+    from .snapshot import Capture, Manifest, Snapshotter, VarEntry
+
+
+class CaptureRun:
+    def __init__(self, snap: Snapshotter, ns: dict, prev: Manifest | None) -> None:
+        self.snap, self.ns, self.prev = snap, ns, prev
+        self.live = snap.visible(ns)
+        self.live_set = set(self.live)
+        self.hashed = [0]
+        self.hash_memo: dict[tuple[int, int], tuple] = {}
+        self.walks: dict[str, ObjectWalk] = {}
+        self.budget = [WALK_LIMIT]
+        self.cost: dict[str, float] = {}
+        self.payloads: dict[str, Payload | str] = {}  # name -> payload, or why it cannot be pickled
+        self.ids_known = prev is not None and snap._ids_sig == prev.signature()
+        self.prev_groups = prev.groups() if prev is not None else {}
+
+    def walk(self, n: str) -> ObjectWalk:
+        if n not in self.walks:
+            t = time.perf_counter()
+            self.walks[n] = ObjectWalk(self.ns[n], self.ns, self.budget)
+            self.cost[n] = self.cost.get(n, 0.0) + time.perf_counter() - t
+        return self.walks[n]
+
+    def fingerprint(self, n: str) -> Payload | str:
+        if n not in self.payloads:
+            roots = array_roots(self.walk(n).arrays)
+            t = time.perf_counter()
+            self.payloads[n] = self.snap._pickle((self.ns[n],), self.ns, self.hash_memo, self.hashed,
+                                                 roots)
+            self.cost[n] = self.cost.get(n, 0.0) + time.perf_counter() - t
+        return self.payloads[n]
+
+    def candidates(self, code: str) -> tuple[set[str], str | None]:
+        """The names the cell could have touched, or all of them and why."""
+        prev, live, ns, snap = self.prev, self.live, self.ns, self.snap
+        if prev is None:
+            return set(live), "no previous state"
+        if not self.ids_known:
+            return set(live), "the previous state was not captured by this process"
+        names, reason = analyse_code(code)
+        if reason is not None:
+            return set(live), reason
+        cands, reason = snap._touched(ns, names & self.live_set, self.walk)
+        if reason is not None:
+            return set(live), reason
+        cands &= self.live_set
+        cands |= {n for n in live if n not in prev}
+        cands |= {n for n in live if snap._ids.get(n) != id(ns[n])}
+        cands |= snap._small(prev, self.live_set)
+        return cands, None
+
+    def run(self, code: str) -> Capture:
+        from .snapshot import Capture, Manifest
+
+        t0 = time.perf_counter()
+        prev, ns, snap, live = self.prev, self.ns, self.snap, self.live
+        cands, reason = self.candidates(code)
+        rebound = {n for n in live if self.ids_known and n in snap._ids and snap._ids[n] != id(ns[n])}
+        # Names sharing a stored group with a candidate are walked too, so a
+        # group is never split by looking at only part of it.
+        walkset = set(cands)
+        for n in cands:
+            if prev is not None and n in prev and prev[n].ref:
+                walkset.update(m for m in self.prev_groups[prev[n].ref] if m in self.live_set)
+        comps = snap._components(sorted(walkset), self.walk)
+        for n in sorted(cands):
+            self.fingerprint(n)
+        entries: dict[str, VarEntry] = {}
+        changed: set[str] = set()
+        written = 0
+        for comp in comps:
+            if self._unchanged(comp):
+                entries.update({n: prev[n] for n in comp})  # type: ignore[index]
+                changed.update(n for n in comp if n in rebound)
+                continue
+            written += self._store_group(comp, entries)
+            changed.update(n for n in comp if prev is None or n not in prev
+                           or prev[n].fp != entries[n].fp or n in rebound)
+        for n in live:
+            if n not in entries:
+                entries[n] = prev[n]  # type: ignore[index]  # untouched: prev holds it
+        manifest = Manifest({n: entries[n] for n in live})
+        deleted = set(prev) - self.live_set if prev is not None else set()
+        snap._cost.update(self.cost)
+        snap._remember(ns, live, manifest)
+        return Capture(manifest=manifest, changed=changed, deleted=deleted, bytes_written=written,
+                       bytes_hashed=self.hashed[0], candidates=cands, full_scan_reason=reason,
+                       seconds=time.perf_counter() - t0)
+
+    def _unchanged(self, comp: list[str]) -> bool:
+        """Whether ``comp`` is exactly one stored group whose fingerprinted members are as stored."""
+        prev = self.prev
+        if prev is None or not all(n in prev for n in comp):
+            return False
+        refs = {prev[n].ref for n in comp}
+        if len(refs) != 1:
+            return False
+        ref = next(iter(refs))
+        if not ref or sorted(self.prev_groups.get(ref, [])) != comp:
+            return False
+        return all(isinstance(self.payloads[n], Payload) and self.payloads[n].fp == prev[n].fp  # type: ignore[union-attr]
+                   for n in comp if n in self.payloads)
+
+    def _store_group(self, comp: list[str], entries: dict[str, VarEntry]) -> int:
+        """Store a new or changed group (every member must be pickled for it);
+        the bytes written."""
+        ns, snap, payloads = self.ns, self.snap, self.payloads
+        for n in comp:
+            self.fingerprint(n)
+        ok = [n for n in comp if isinstance(payloads[n], Payload)]
+        ref, written = "", 0
+        if ok:
+            if len(ok) == 1:
+                group = payloads[ok[0]]
+            else:
+                roots = array_roots([a for n in ok for a in self.walk(n).arrays])
+                group = snap._pickle(tuple(ns[n] for n in ok), ns, self.hash_memo, self.hashed, roots)
+            if isinstance(group, Payload):
+                ref, written = snap._store(ok, group)
+            else:  # together they fail though each pickles alone: store singly
+                for n in ok:
+                    r, w = snap._store([n], payloads[n])
+                    written += w
+                    entries[n] = snap._entry(n, ns[n], payloads[n], r, ns)
+                ok = []
+        for n in comp:
+            if n not in entries:
+                entries[n] = snap._entry(n, ns[n], payloads[n], ref if n in ok else "", ns)
+        return written
