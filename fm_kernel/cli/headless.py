@@ -326,7 +326,7 @@ class Job:
                 self.progress.finish(n, cell.source, "stopped" if self.interrupted else "error")
                 raise
             except BaseException:
-                self.progress.finish(n, cell.source, "stopped")
+                self.progress.finish(n, cell.source, "stopped" if self.interrupted else "died")
                 raise
             self.progress.finish(n, cell.source, "ok")
 
@@ -382,18 +382,21 @@ class Job:
         return 1
 
     def _resume_hint(self) -> str:
-        after = f"after cell {self.reached}" if self.reached > 0 else "from the start"
-        return f"run the same command again to resume {after} (--fresh starts over)"
+        if self.reached <= 0:
+            return "run the same command again"
+        return f"run the same command again to resume after cell {self.reached} (--fresh starts over)"
 
     def _report_stop(self, how: str, death: str) -> int:
-        n = self.reached
-        where = (f"during cell {n + 1} of {len(self.code_cells)} "
-                 f"({first_line(self.nb.cells[self.code_cells[n]].source)[:40]!r})") if n >= 0 else \
-            "before the first cell"
+        n, code = self.reached, 130 if how == "interrupted" else 1
         what = "interrupted" if how == "interrupted" else f"the kernel died{death}"
-        print(f"fm run: {what} {where}; executed notebook written to {self.target}", file=self.stream)
+        if n < 0:
+            print(f"fm run: {what} before the first cell; nothing ran", file=self.stream)
+            return code
+        source = first_line(self.nb.cells[self.code_cells[n]].source)[:40]
+        print(f"fm run: {what} during cell {n + 1} of {len(self.code_cells)} ({source!r}); "
+              f"executed notebook written to {self.target}", file=self.stream)
         print(f"fm run: the cells before it are recorded; {self._resume_hint()}", file=self.stream)
-        return 130 if how == "interrupted" else 1
+        return code
 
     def _trap_signals(self, km: Any) -> None:
         """Ctrl-C (or SIGTERM) interrupts the running cell, as in a notebook;
