@@ -220,3 +220,76 @@ run_id = patient.start().id
     rows = query(tmp_path / "history.duckdb", "SELECT status, detail->>'retry_at' FROM run_steps "
                  "WHERE run_id = ? ORDER BY attempt", [run_id])
     assert rows[0][0] == "error" and float(rows[0][1]) >= t1 + 7.5 and rows[-1][0] == "ok", rows
+
+
+# -- effects of a flow body happen once across kill -9 -------------------------------------
+
+EFFECTS = r'''
+D = {d!r}
+def mark(name):
+    with open(os.path.join(D, name), "a") as f:
+        f.write("x\n")
+def hold(name):   # plain code between durable operations: the kill comes here
+    mark(name)
+    while not os.path.exists(os.path.join(D, "go")):
+        time.sleep(0.02)
+
+@fm.flow
+def child(tag):
+    mark("child." + tag)
+    return tag.upper()
+
+@fm.flow
+def parent():
+    c = child.start("x")
+    hold("parent.holding")
+    return [c.id, c.result(60)]
+
+@fm.flow
+def receiver():
+    first = fm.wait_for("ping", timeout=120)
+    fm.wait_for("end", timeout=120)
+    return first
+
+@fm.flow
+def sender(target_id):
+    fm.get_run(target_id).signal("ping", {{"n": 1}})
+    hold("sender.holding")
+    return "sent"
+'''
+
+
+def _kill_while_holding(tmp_path: Path, start: str, holding: str) -> tuple[dict[str, str], str]:
+    env = {"FM_HISTORY": str(tmp_path / "history.duckdb")}
+    d = tmp_path / "marks"
+    d.mkdir()
+    k = Kernel(env=env)
+    try:
+        check(k, PRELUDE + EFFECTS.format(d=str(d)))
+        ids = check(k, start + "\nprint(json.dumps(ids))").strip().splitlines()[-1]
+        wait_until(lambda: lines(d / holding), what=holding)
+        time.sleep(0.3)
+        k.kill9()
+    finally:
+        if k.km.is_alive():
+            k.shutdown()
+    (d / "go").touch()
+    return env, ids
+
+
+def test_a_child_started_in_a_flow_is_started_once_across_kill9(tmp_path: Path) -> None:
+    env, ids = _kill_while_holding(tmp_path, "p = parent.start(); ids = {'parent': p.id}",
+                                   "parent.holding")
+    parent_id = json.loads(ids)["parent"]
+    with Kernel(env=env) as k2:
+        out = check(k2, f"import fm_kernel as fm, json\nprint(json.dumps(fm.get_run({parent_id!r})"
+                        ".result(60)))", timeout=90)
+    child_id, value = json.loads([x for x in out.splitlines() if x.startswith("[")][-1])
+    assert value == "X"
+    assert lines(tmp_path / "marks" / "child.x") == ["x"], "the child ran twice"
+    rows = query(tmp_path / "history.duckdb",
+                 "SELECT run_id, parent_run, parent_position FROM runs WHERE flow = 'child'")
+    assert rows == [(child_id, parent_id, 1)], rows
+    steps = query(tmp_path / "history.duckdb", "SELECT name, status, result->>'run_id' FROM "
+                  "run_steps WHERE run_id = ? ORDER BY position", [parent_id])
+    assert steps == [("fm.start(child)", "ok", child_id)], steps

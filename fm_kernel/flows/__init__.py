@@ -7,7 +7,8 @@ the machinery is behind it, each module importing only those below it:
     ops        journaled primitives inside a flow: now/random/uuid4, sleep,
                callback, wait_for, map; callback delivery
     dask_map   fm.map on a Dask cluster
-    runs       Flow, Run, starting, cancelling, forking, signals, resuming
+    runs       Flow, starting runs (child runs once), registration and resume
+    run        Run: its record, execution, result, cancel, fork, signals
     steps      Step, attempts, retries, timeouts
     context    FlowRegistry (one per process, owned by the runtime), the
                current run and step, replay
@@ -26,7 +27,8 @@ from ..errors import (
 )
 from .context import FlowRegistry, StepContext, configure, registry, step_context
 from .ops import Callback, callback, map, now, random, sleep, uuid4, wait_for
-from .runs import Flow, Run, flow, get_run, runs
+from .runs import Flow, flow  # before .run's runs(): importing the module .runs sets that name
+from .run import Run, get_run, runs
 from .steps import Step, step
 
 __all__ = [

@@ -6,7 +6,8 @@ live in now.
 
 from __future__ import annotations
 
-from .runs import Flow, Run, restore_flow, run_handle
+from .run import Run, run_handle
+from .runs import Flow, restore_flow
 from .steps import Step
 
 _restore_flow = restore_flow

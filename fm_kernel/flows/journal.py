@@ -53,13 +53,14 @@ FINISHED_STATUSES = ("succeeded", "failed", "cancelled")
 _LSN_KEY = "flow_log_lsn"
 
 RUN_COLS = ("run_id", "flow", "status", "args", "result", "error", "started_at", "finished_at",
-            "forked_from_run", "forked_from_step")
+            "forked_from_run", "forked_from_step", "parent_run", "parent_position")
 STEP_COLS = ("run_id", "position", "name", "status", "attempt", "started_at", "finished_at",
              "duration_ms", "result", "error", "detail")
 EVENT_COLS = ("at", "kind", "run_id", "payload")
 _TIME_COLS = {"started_at", "finished_at"}
 _TYPES = {"started_at": "TIME", "finished_at": "TIME", "at": "TIME", "position": "INTEGER",
-          "attempt": "INTEGER", "forked_from_step": "INTEGER", "duration_ms": "DOUBLE",
+          "attempt": "INTEGER", "forked_from_step": "INTEGER", "parent_position": "INTEGER",
+          "duration_ms": "DOUBLE",
           "args": "JSON", "result": "JSON", "error": "JSON", "detail": "JSON", "payload": "JSON"}
 
 

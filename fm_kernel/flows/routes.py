@@ -14,7 +14,7 @@ from ..endpoint import ApiHandler
 from ..errors import FlowError, NoSuchFlow, NoSuchRun, RunFinished
 from .context import registry
 from .ops import deliver_callback
-from .runs import deliver_signal
+from .run import deliver_signal
 
 _ID = r"([A-Za-z0-9_\-]{1,128})"
 
@@ -88,7 +88,8 @@ def run_info(run_id: str) -> dict[str, Any]:
     info: dict[str, Any] = {"run_id": run_id, "flow": row["flow"], "status": row["status"],
                             "started_at": row["started_at"], "finished_at": row["finished_at"],
                             "forked_from_run": row["forked_from_run"],
-                            "forked_from_step": row["forked_from_step"]}
+                            "forked_from_step": row["forked_from_step"],
+                            "parent_run": row["parent_run"], "parent_position": row["parent_position"]}
     # The result as stored: plain JSON, or a marker for a pickled value.
     info["result"] = json.loads(row["result"]) if row["result"] else None
     if row["error"]:

@@ -1,21 +1,17 @@
-"""Flows and their runs: ``@flow``, Run handles, starting, cancelling,
-forking, signalling, and resuming pending runs when a kernel opens the
-history (spec: "Python API: Flows")."""
+"""Flows (spec: "Python API: Flows"): ``@flow``, starting runs (a child
+run once, when a flow body starts one), and the registration that resumes
+pending runs when their flow is defined or a kernel opens the history."""
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
 import functools
 import inspect
-import threading
-import time
 import uuid
 from typing import Any, Callable
 
-from ..errors import Cancelled, NoSuchFlow, NoSuchRun, NotStorable, RunFinished, StepError, Timeout
-from .context import CURRENT_RUN, RunContext, registry
-from .journal import FINISHED_STATUSES, PENDING_STATUSES, Journal
+from .context import CURRENT_RUN, RunContext, registry, replay
+from .journal import PENDING_STATUSES
+from .run import Run, new_run, run_handle
 from .schedule import validate_schedule
 
 
@@ -52,10 +48,35 @@ class Flow:
         return run.result(0)
 
     def start(self, *args: Any, **kwargs: Any) -> "Run":
-        """Start a run on a background thread and return its handle at once."""
+        """Start a run on a background thread and return its handle at once.
+        Inside a flow the new run is a child of the running one, started
+        once: replay returns the recorded child instead of starting another."""
+        ctx = CURRENT_RUN.get()
+        if ctx is not None:
+            return _start_child(ctx, self, args, kwargs)
         run = new_run(self, args, kwargs)
         run.start_thread()
         return run
+
+
+def _start_child(ctx: RunContext, fl: Flow, args: tuple, kwargs: dict) -> "Run":
+    p = ctx.take()
+    opname = f"fm.start({fl.name})"
+    done, stored = replay(ctx.check(p, opname))
+    if done:
+        return run_handle(stored["run_id"])  # it resumes by itself if still pending
+    # The child's id is a function of (parent, position), so a kill between
+    # starting it and journaling this position finds it on replay rather
+    # than starting a second child.
+    child_id = uuid.uuid5(uuid.NAMESPACE_URL, f"fm-child:{ctx.run.id}:{p}").hex
+    reg = registry()
+    if child_id in reg.runs or reg.journal.run_row(child_id) is not None:
+        child = run_handle(child_id)
+    else:
+        child = new_run(fl, args, kwargs, run_id=child_id, parent=(ctx.run.id, p))
+        child.start_thread()
+    ctx.record(p, opname, "ok", 1, result=reg.journal.encode({"run_id": child_id}, opname))
+    return child
 
 
 def restore_flow(fn: Callable[..., Any], name: str, schedule: str | None) -> Flow:
@@ -75,344 +96,6 @@ def flow(fn: Callable[..., Any] | None = None, *, schedule: str | None = None,
     if fn is None:
         return lambda f: Flow(f, name, schedule)
     return Flow(fn, name, schedule)
-
-
-def new_run(fl: Flow, args: tuple, kwargs: dict, forked: tuple[str, int] | None = None) -> "Run":
-    """A new run of ``fl``, recorded as running (not started yet)."""
-    reg = registry()
-    j = reg.journal
-    run = Run(uuid.uuid4().hex, fl.name)
-    run._flow, run._args, run._kwargs = fl, args, kwargs
-    run._args_json = _encode_args(fl, args, kwargs)
-    run._forked = forked
-    with reg.lock:
-        reg.runs[run.id] = run
-    run._write("running")
-    j.event("run_started", run.id, {"flow": fl.name, "forked_from": forked})
-    return run
-
-
-def _encode_args(fl: Flow, args: tuple, kwargs: dict) -> str:
-    j = registry().journal
-    try:
-        return j.encode({"args": list(args), "kwargs": kwargs}, f"the arguments of flow {fl.name!r}")
-    except NotStorable:  # name the argument, not the dict we wrap them in
-        named = [(str(i + 1), v) for i, v in enumerate(args)] + list(kwargs.items())
-        for label, v in named:
-            j.encode(v, f"argument {label} of flow {fl.name!r}", fix="pass plain data (dict, "
-                     "list, str, numbers) or an object cloudpickle can serialise")
-        raise
-
-
-class Run:
-    """A handle on one run; pickles as its id (it survives namespace restore)."""
-
-    def __init__(self, run_id: str, flow_name: str | None = None):
-        self.id, self.flow_name = run_id, flow_name
-        self._flow: Flow | None = None
-        self._args: tuple = ()
-        self._kwargs: dict = {}
-        self._args_json: str | None = None
-        self._started_at = time.time()
-        self._forked: tuple[str, int] | None = None
-        self._resumed = False
-        self._status: str | None = None  # while this process executes it
-        self._result: Any = None
-        self._error: BaseException | None = None
-        self._executing = False
-        self._cancelled = False
-        self._finished = False  # its final status is written (here, or as recorded)
-        self._end = threading.Lock()  # cancel() against the final write
-        self._done = threading.Event()
-        self._cv = threading.Condition()
-        self._wakes = 0  # bumped on every wake-up (signal, callback, cancel)
-        self._thread: threading.Thread | None = None
-
-    @classmethod
-    def from_row(cls, row: dict[str, Any], fl: Flow | None = None) -> "Run":
-        """A handle carrying what was recorded for a run, so a status it
-        writes (cancel) does not blank its arguments or start; with ``fl``,
-        ready to execute (resume)."""
-        run = cls(row["run_id"], row["flow"])
-        run._load(row, fl)
-        return run
-
-    def _load(self, row: dict[str, Any], fl: Flow | None) -> None:
-        self.flow_name, self._args_json = row["flow"], row["args"]
-        self._started_at = row["started_at"] or self._started_at
-        if row["forked_from_run"]:
-            self._forked = (row["forked_from_run"], row["forked_from_step"])
-        if fl is not None:
-            a = registry().journal.decode(row["args"]) or {"args": [], "kwargs": {}}
-            self._flow, self._args, self._kwargs = fl, tuple(a["args"]), a["kwargs"]
-
-    def __reduce__(self):
-        return (run_handle, (self.id,))
-
-    def __repr__(self) -> str:
-        return f"<fm run {self.id} of {self.flow_name}: {self.status}>"
-
-    def __await__(self):
-        return self.wait_async().__await__()
-
-    # -- status --
-
-    @property
-    def status(self) -> str:
-        if self._status is not None:
-            return self._status
-        row = registry().journal.run_row(self.id)
-        if row is None:
-            raise NoSuchRun(self.id)
-        return row["status"]
-
-    def result(self, timeout: float | None = None) -> Any:
-        """The flow's return value; raises its error, or Timeout."""
-        if self._executing or self._done.is_set():
-            if not self._done.wait(timeout):
-                raise Timeout(f"run {self.id} of {self.flow_name!r} is still {self._status} after "
-                              f"{timeout}s; call result() again or check run.status")
-            if self._error is not None:
-                raise self._error
-            return self._result
-        return self._recorded_result(timeout)
-
-    def _recorded_result(self, timeout: float | None) -> Any:
-        """result() of a run this process is not executing: read its record."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        j = registry().journal
-        while True:
-            row = j.run_row(self.id)
-            if row is None:
-                raise NoSuchRun(self.id)
-            if row["status"] == "succeeded":
-                return j.decode(row["result"])
-            if row["status"] in ("failed", "cancelled"):
-                exc, info = j.decode_error(row["error"])
-                raise exc if exc is not None else StepError(f"run {self.id}: {info.get('message')}")
-            if self._executing:
-                return self.result(None if deadline is None else max(0, deadline - time.monotonic()))
-            if deadline is not None and time.monotonic() > deadline:
-                raise Timeout(f"run {self.id} is still {row['status']} after {timeout}s")
-            time.sleep(0.1)
-
-    async def wait_async(self) -> Any:
-        await asyncio.get_running_loop().run_in_executor(None, self._done.wait)
-        return self.result(0)
-
-    # -- control --
-
-    def signal(self, name: str, data: Any = None) -> None:
-        """Deliver a named signal (kept until a ``wait_for(name)`` takes it).
-        Raises RunFinished if the run has finished."""
-        deliver_signal(self.id, name, data)
-
-    def cancel(self) -> bool:
-        """Stop at the next durable operation; a running step body finishes,
-        and the run ends ``cancelled`` even if that was its last step. True
-        if this call cancelled it; False, changing nothing, if it had
-        finished (or been cancelled) already."""
-        with self._end:
-            if self._finished or self._cancelled or self._done.is_set():
-                return False
-            if not self._executing:  # a handle on a recorded run: ask the record
-                row = registry().journal.run_row(self.id)
-                if row is None:
-                    raise NoSuchRun(self.id)
-                if row["status"] in FINISHED_STATUSES:
-                    self._finished = True
-                    return False
-            self._cancelled = True
-            self._status = self._status and "cancelled"
-            self._write("cancelled", error=Journal.encode_error(Cancelled(f"run {self.id} was cancelled")))
-        registry().journal.event("run_cancelled", self.id, {})
-        self.wake()
-        return True
-
-    def fork(self, from_step: int) -> "Run":
-        """A new run of the current code: positions < from_step are copied
-        from this run's journal, the rest execute."""
-        reg = registry()
-        j = reg.journal
-        row = j.run_row(self.id)
-        if row is None:
-            raise NoSuchRun(self.id)
-        fl = reg.flows.get(row["flow"])
-        if fl is None:
-            raise NoSuchFlow(row["flow"], reg.flows)
-        a = j.decode(row["args"]) or {"args": [], "kwargs": {}}
-        new = new_run(fl, tuple(a["args"]), a["kwargs"], forked=(self.id, from_step))
-        latest: dict[int, dict[str, Any]] = {}
-        for r in j.step_rows(self.id):
-            if r["position"] < from_step:
-                latest[r["position"]] = r
-        for p in sorted(latest):
-            j.append("step", {**latest[p], "run_id": new.id})
-        new.start_thread()
-        return new
-
-    # -- for the primitives (ops.py) --
-
-    def set_status(self, status: str) -> None:
-        """Record ``status`` ("sleeping", "waiting", "running") unless cancelled."""
-        if self._status != status and not self._cancelled:
-            self._status = status
-            self._write(status)
-
-    def check_cancel(self) -> None:
-        if self._cancelled:
-            raise Cancelled(f"run {self.id} of {self.flow_name!r} was cancelled")
-
-    @property
-    def wakes(self) -> int:
-        """How many wake-ups so far: pass it to wait_wake to miss none."""
-        with self._cv:
-            return self._wakes
-
-    def wake(self) -> None:
-        with self._cv:
-            self._wakes += 1
-            self._cv.notify_all()
-
-    def wait_wake(self, since: int, timeout: float) -> None:
-        """Block until a wake-up after the count ``since``, or ``timeout``."""
-        with self._cv:
-            if self._wakes == since:
-                self._cv.wait(timeout)
-
-    def pause(self, seconds: float) -> None:
-        """Sleep, waking early only to honour cancel()."""
-        end = time.monotonic() + seconds
-        while (left := end - time.monotonic()) > 0:
-            self.check_cancel()
-            with self._cv:
-                self._cv.wait(min(left, 1.0))
-        self.check_cancel()
-
-    # -- execution --
-
-    def _write(self, status: str, result: str | None = None, error: str | None = None) -> None:
-        done = status in FINISHED_STATUSES
-        registry().journal.append("run", {
-            "run_id": self.id, "flow": self.flow_name, "status": status, "args": self._args_json,
-            "result": result, "error": error, "started_at": self._started_at,
-            "finished_at": time.time() if done else None,
-            "forked_from_run": self._forked[0] if self._forked else None,
-            "forked_from_step": self._forked[1] if self._forked else None})
-
-    @property
-    def executing(self) -> bool:
-        return self._executing
-
-    @property
-    def finished(self) -> bool:
-        """True once this process has written or read a final status."""
-        return self._finished or self._done.is_set()
-
-    def start_thread(self) -> None:
-        """Execute on a background thread (output goes to the cell that started it)."""
-        self._executing = True
-        run = contextvars.copy_context().run
-        self._thread = threading.Thread(target=run, args=(self.execute,), daemon=True,
-                                        name=f"fm-run-{self.id[:8]}")
-        self._thread.start()
-
-    def execute(self) -> None:
-        """Run the flow function to its end on this thread, journaling it."""
-        assert self._flow is not None
-        self._executing = True
-        self._status = "running"
-        j = registry().journal
-        rows = j.step_rows(self.id) if self._forked or self._resumed else []
-        token = CURRENT_RUN.set(RunContext(self, rows, self._flow.is_async))
-        try:
-            if self._flow.is_async:
-                value = asyncio.run(self._flow.fn(*self._args, **self._kwargs))
-            else:
-                value = self._flow.fn(*self._args, **self._kwargs)
-            text = j.encode(value, f"the result of flow {self.flow_name!r} (run {self.id})")
-            self._succeeded(value, text)
-        except BaseException as exc:
-            self._failed(exc)
-            if not isinstance(exc, Exception) and threading.current_thread() is threading.main_thread():
-                raise
-        finally:
-            CURRENT_RUN.reset(token)
-            try:
-                j.flush()  # the SQL views show the finished run at once
-            finally:
-                self._executing = False
-                self._done.set()
-
-    def _succeeded(self, value: Any, text: str) -> None:
-        with self._end:
-            if not self._cancelled:  # else cancel() wrote the final status while the body ran
-                self._result, self._status, self._finished = value, "succeeded", True
-                self._write("succeeded", result=text)
-        if not self._cancelled:
-            registry().journal.event("run_finished", self.id, {})
-            return
-        self._status = "cancelled"
-        self._error = Cancelled(f"run {self.id} of {self.flow_name!r} was cancelled during its "
-                                "last step; the step's result is journaled, the run's is not")
-
-    def _failed(self, exc: BaseException) -> None:
-        self._error = exc
-        with self._end:
-            self._finished = True
-            if self._cancelled:
-                self._status = "cancelled"
-                return
-            self._status = "failed"
-            self._write("failed", error=Journal.encode_error(exc))
-        registry().journal.event("run_failed", self.id, {"error": f"{type(exc).__name__}: {exc}"})
-
-
-def run_handle(run_id: str) -> Run:
-    """The one Run handle of this process for ``run_id`` (made from its record)."""
-    reg = registry()
-    with reg.lock:
-        run = reg.runs.get(run_id)
-        if run is None:
-            row = reg.journal.run_row(run_id)
-            run = Run.from_row(row) if row is not None else Run(run_id)
-            reg.runs[run_id] = run
-        return run
-
-
-def get_run(run_id: str) -> Run:
-    """The handle of a run of this history, by id."""
-    reg = registry()
-    run = reg.runs.get(run_id)
-    if run is not None:
-        return run
-    if reg.journal.run_row(run_id) is None:
-        raise NoSuchRun(run_id)
-    return run_handle(run_id)
-
-
-def runs(limit: int | None = None):
-    """The runs of this history, newest first, as a DataFrame."""
-    return registry().journal.runs(limit).to_pandas()
-
-
-def deliver_signal(run_id: str, name: str, data: Any = None) -> int:
-    """Store a signal for a run durably and wake the run if it waits here."""
-    reg = registry()
-    run = reg.runs.get(run_id)
-    if run is None or not run.executing:
-        row = reg.journal.run_row(run_id)
-        if row is None:
-            raise NoSuchRun(run_id)
-        status = row["status"]
-    else:
-        status = run.status
-    if status in FINISHED_STATUSES or (run is not None and run.finished):
-        raise RunFinished(run_id, status, f"signal {name!r}")
-    seq = reg.journal.add_signal(run_id, name, data)
-    if run is not None:
-        run.wake()
-    return seq
 
 
 # -- registration and resume ------------------------------------------------------------

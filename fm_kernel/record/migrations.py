@@ -253,4 +253,17 @@ JOIN state_rows r ON r.state_id = l.state_id
 JOIN entries e ON e.id = r.entry_id;
 """
 
-MIGRATIONS: list[str] = [_V1, _V2, _V3, _V4_STATES, _V5_FLOWS, _V6_TRACKED]
+# Child runs: a run started by a flow body records its parent run and the
+# position in the parent's journal that started it.
+_V7_CHILD_RUNS = r"""
+ALTER TABLE fm_run_records ADD COLUMN parent_run VARCHAR;
+ALTER TABLE fm_run_records ADD COLUMN parent_position INTEGER;
+
+CREATE OR REPLACE VIEW runs AS
+SELECT run_id, flow, status, args, result, error, started_at, finished_at,
+       forked_from_run, forked_from_step, parent_run, parent_position
+FROM fm_run_records
+QUALIFY row_number() OVER (PARTITION BY run_id ORDER BY seq DESC) = 1;
+"""
+
+MIGRATIONS: list[str] = [_V1, _V2, _V3, _V4_STATES, _V5_FLOWS, _V6_TRACKED, _V7_CHILD_RUNS]
