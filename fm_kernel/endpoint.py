@@ -139,7 +139,7 @@ class SqlHandler(ApiHandler):
 
     def on_connection_close(self) -> None:
         if self.cancel is not None:
-            self.cancel.cancel("the client closed the connection")
+            self.cancel.cancel_soon("the client closed the connection")
 
 
 class NotFound(ApiHandler):

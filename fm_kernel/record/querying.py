@@ -17,6 +17,7 @@ Two walls, each enough on its own for what it guards:
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import threading
@@ -37,6 +38,8 @@ TABLE_FUNCTIONS = frozenset({"range", "generate_series", "unnest"})
 # (SHOW_REF, for DESCRIBE/SUMMARIZE/SHOW, lists the instance's catalog).
 TABLE_REFS = frozenset({"BASE_TABLE", "TABLE_FUNCTION", "JOIN", "SUBQUERY", "EXPRESSION_LIST",
                         "EMPTY", "PIVOT"})
+log = logging.getLogger(__name__)
+
 DEFAULT_TIMEOUT = 30.0
 DEFAULT_MAX_ROWS = 10_000
 
@@ -194,12 +197,14 @@ class Cancel:
     """A handle on one running query: cancel() interrupts whichever DuckDB
     connection works for it (the history's cursor while views are handed
     over, then the isolated cursor), from a timer, an interrupt or a server
-    whose client went away."""
+    whose client went away. DuckDB forgets an interrupt that arrives before
+    a statement starts, so cancel() keeps interrupting until run() is done."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._conn: Any = None
         self.reason: str | None = None
+        self.done = threading.Event()
 
     def attach(self, conn: Any) -> None:
         with self._lock:
@@ -213,12 +218,24 @@ class Cancel:
             self._conn = None
 
     def cancel(self, reason: str) -> None:
+        """Blocks until the query has stopped: call it from a thread of its own."""
         with self._lock:
             if self.reason is None:
                 self.reason = reason
-            conn = self._conn
-        if conn is not None:
-            conn.interrupt()
+        while not self.done.is_set():
+            with self._lock:
+                conn = self._conn
+            if conn is not None:
+                try:
+                    conn.interrupt()
+                except Exception:  # closed as the query ended; nothing left to stop
+                    log.debug("interrupting a finished query", exc_info=True)
+            self.done.wait(0.1)
+
+    def cancel_soon(self, reason: str) -> None:
+        """cancel() without waiting, for an event loop's thread."""
+        threading.Thread(target=self.cancel, args=(reason,), name="fm-sql-cancel",
+                         daemon=True).start()
 
 
 def timeout_s() -> float:
@@ -278,6 +295,7 @@ def run(store: Store, sql: str, params: Sequence[Any] = (), frames: FrameResolve
     except QueryFailed as exc:
         raise _sql_error(exc, cancel, limit) from None
     finally:
+        cancel.done.set()
         if timer is not None:
             timer.cancel()
 
@@ -300,7 +318,7 @@ def _interruptible(execute: Callable[[], Result], cancel: Cancel) -> Result:
         while worker.is_alive():
             worker.join(0.05)
     except KeyboardInterrupt:
-        cancel.cancel("interrupted")
+        cancel.cancel_soon("interrupted")
         worker.join()
         raise
     if "error" in box:

@@ -276,6 +276,18 @@ def test_only_named_columns_are_handed_over_and_every_shape_still_answers(store:
         ["seq", "at", "kind", "step", "run_id"]
 
 
+@pytest.mark.parametrize("limit", [0.001, 0.05, 0.5])
+def test_the_time_limit_holds_even_when_it_fires_before_duckdb_starts(store: Store, limit: float) -> None:
+    # DuckDB forgets an interrupt that comes before a statement starts; a
+    # 1 ms limit fires while the views are still being handed over.
+    t0 = time.monotonic()
+    with pytest.raises(SQLError) as err:
+        querying.run(store, "SELECT count(*) FROM events, " + SLOW.split("FROM ", 1)[1], timeout=limit)
+    assert f"cancelled after {limit:g} s (FM_SQL_TIMEOUT)" in str(err.value)
+    assert time.monotonic() - t0 < limit + 2.0
+    assert querying.run(store, "SELECT 1").rows == [(1,)]
+
+
 # -- the real kernel's doors ---------------------------------------------------
 
 
