@@ -293,3 +293,19 @@ def test_a_child_started_in_a_flow_is_started_once_across_kill9(tmp_path: Path) 
     steps = query(tmp_path / "history.duckdb", "SELECT name, status, result->>'run_id' FROM "
                   "run_steps WHERE run_id = ? ORDER BY position", [parent_id])
     assert steps == [("fm.start(child)", "ok", child_id)], steps
+
+
+def test_a_signal_sent_from_a_flow_is_sent_once_across_kill9(tmp_path: Path) -> None:
+    env, ids = _kill_while_holding(
+        tmp_path, "r = receiver.start(); s = sender.start(r.id); ids = {'r': r.id, 's': s.id}",
+        "sender.holding")
+    got = json.loads(ids)
+    with Kernel(env=env) as k2:
+        out = check(k2, "import fm_kernel as fm, fm_kernel.flows as flows, json\n"
+                        f"assert fm.get_run({got['s']!r}).result(60) == 'sent'\n"
+                        f"print(json.dumps([d for _, d in flows.registry().journal.signals("
+                        f"{got['r']!r}, 'ping')]))\n"
+                        f"fm.get_run({got['r']!r}).signal('end')\n"
+                        f"assert fm.get_run({got['r']!r}).result(60) == {{'n': 1}}", timeout=90)
+    pings = json.loads([x for x in out.splitlines() if x.startswith("[")][-1])
+    assert pings == [{"n": 1}], f"the receiver got {len(pings)} pings"

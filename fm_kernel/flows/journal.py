@@ -323,8 +323,18 @@ class Journal:
 
     # -- external events -----------------------------------------------------
 
-    def add_signal(self, run_id: str, name: str, data: Any) -> int:
-        return self.store.append_event("signal", run_id=run_id, payload={"name": name, "data": data})
+    def add_signal(self, run_id: str, name: str, data: Any, key: str | None = None) -> int:
+        """Store a signal; with ``key`` (a sending run's "run_id:position"),
+        once: a signal already stored under that key is not stored again."""
+        if key is None:
+            return self.store.append_event("signal", run_id=run_id, payload={"name": name, "data": data})
+        with self.store.transaction():
+            res = self.store.query("SELECT seq FROM fm_events WHERE kind = 'signal'"
+                                   " AND payload->>'key' = ? LIMIT 1", [key])
+            if res.rows:
+                return res.rows[0][0]
+            return self.store.append_event("signal", run_id=run_id,
+                                           payload={"name": name, "data": data, "key": key})
 
     def signals(self, run_id: str, name: str) -> list[tuple[int, Any]]:
         res = self.store.query(

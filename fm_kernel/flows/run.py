@@ -13,7 +13,7 @@ import uuid
 from typing import Any
 
 from ..errors import Cancelled, NoSuchFlow, NoSuchRun, NotStorable, RunFinished, StepError, Timeout
-from .context import CURRENT_RUN, RunContext, registry
+from .context import CURRENT_RUN, RunContext, registry, replay
 from .journal import FINISHED_STATUSES, Journal
 
 # A run's flow is a runs.Flow (not imported: runs.py sits above this module);
@@ -152,8 +152,22 @@ class Run:
 
     def signal(self, name: str, data: Any = None) -> None:
         """Deliver a named signal (kept until a ``wait_for(name)`` takes it).
-        Raises RunFinished if the run has finished."""
-        deliver_signal(self.id, name, data)
+        Raises RunFinished if the run has finished. Inside a flow the sending
+        is journaled: a replay does not send it again."""
+        ctx = CURRENT_RUN.get()
+        if ctx is None:
+            deliver_signal(self.id, name, data)
+            return
+        p = ctx.take()
+        opname = f"fm.signal({name})"
+        done, _ = replay(ctx.check(p, opname))
+        if done:
+            return
+        # The key makes the store itself refuse a second copy, should the
+        # kill come after the signal was stored but before this position was.
+        seq = deliver_signal(self.id, name, data, key=f"{ctx.run.id}:{p}")
+        ctx.record(p, opname, "ok", 1,
+                   result=registry().journal.encode({"run_id": self.id, "seq": seq}, opname))
 
     def cancel(self) -> bool:
         """Stop at the next durable operation; a running step body finishes,
@@ -346,8 +360,9 @@ def runs(limit: int | None = None):
     return registry().journal.runs(limit).to_pandas()
 
 
-def deliver_signal(run_id: str, name: str, data: Any = None) -> int:
-    """Store a signal for a run durably and wake the run if it waits here."""
+def deliver_signal(run_id: str, name: str, data: Any = None, key: str | None = None) -> int:
+    """Store a signal for a run durably and wake the run if it waits here
+    (``key``: see Journal.add_signal)."""
     reg = registry()
     run = reg.runs.get(run_id)
     if run is None or not run.executing:
@@ -359,7 +374,7 @@ def deliver_signal(run_id: str, name: str, data: Any = None) -> int:
         status = run.status
     if status in FINISHED_STATUSES or (run is not None and run.finished):
         raise RunFinished(run_id, status, f"signal {name!r}")
-    seq = reg.journal.add_signal(run_id, name, data)
+    seq = reg.journal.add_signal(run_id, name, data, key)
     if run is not None:
         run.wake()
     return seq
