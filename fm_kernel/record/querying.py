@@ -284,6 +284,7 @@ def run(store: Store, sql: str, params: Sequence[Any] = (), frames: FrameResolve
     if timer is not None:
         timer.daemon = True
         timer.start()
+
     def execute() -> Result:
         views = store.views_as_arrow(sorted(checked.views), cancel, checked.columns())
         return run_isolated(sql, params, views, tables, limit_rows, cancel)
@@ -352,8 +353,14 @@ def _hand_over_frames(sql: str, resolve: FrameResolver | None) -> tuple[str, dic
             raise SQLError("frame() needs the state history, which this history does not have")
         key = (m.group(1).replace("''", "'"), int(m.group(2)))
         if key not in seen:
+            path = resolve(*key)
+            try:
+                tables[f"fm_frame_{len(seen)}"] = pq.read_table(path)
+            except (OSError, ValueError) as exc:  # pyarrow's IO and format errors
+                raise SQLError(f"frame{key!r}: cannot read {path}: {str(exc).splitlines()[0]}; "
+                               f"fm.history().value({key[0]!r}, {key[1]}) loads it as an object"
+                               ) from None
             seen[key] = f"fm_frame_{len(seen)}"
-            tables[seen[key]] = pq.read_table(resolve(*key))
         return seen[key]
 
     return FRAME_CALL.sub(sub, sql), tables
