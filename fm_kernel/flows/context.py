@@ -85,13 +85,19 @@ class FlowRegistry:
         if self._journal is not None:
             self._journal.flush()
 
-    def close(self) -> None:
-        """A clean end: the log's records into the history, the log closed."""
-        self.scheduler.stop()
+    def close_journal(self) -> None:
+        """Checkpoint and close the journal, keeping the defined flows: the
+        next use opens one on whatever history the store source gives then
+        (a runtime that swaps its history)."""
         with self.lock:
             j, self._journal = self._journal, None
         if j is not None:
             j.close()
+
+    def close(self) -> None:
+        """A clean end: the log's records into the history, the log closed."""
+        self.scheduler.stop()
+        self.close_journal()
 
 
 _registry: FlowRegistry | None = None
