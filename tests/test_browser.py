@@ -293,6 +293,16 @@ def test_inspector_shows_a_past_dataframe_beside_the_present(lab, page):
     expect(right.locator("td", has_text="999")).to_have_count(1)   # beside the later one
     expect(inspector.locator(".fm-badge")).to_contain_text("differs")
 
+    # the rows line up under the header: name buttons under "name", types under "type"
+    lefts = inspector.evaluate("""(i) => {
+        const x = (el) => Math.round(el.getBoundingClientRect().left);
+        return {name: x(i.querySelector('.fm-sort-name')), type: x(i.querySelector('.fm-sort-type')),
+                buttons: [...i.querySelectorAll('.fm-var')].map(x),
+                types: [...i.querySelectorAll('.fm-row-text')].map((r) => x(r.children[0]))};
+    }""")
+    assert set(lefts["buttons"]) == {lefts["name"]}, lefts
+    assert set(lefts["types"]) == {lefts["type"]}, lefts
+    assert inspector.evaluate(OVERFLOW_JS) == []
     nb.run(3, "live value: 999")  # looking at the past changed nothing
     nb.cell(2).scroll_into_view_if_needed()
     nb.shot("inspector-dataframe.png", page.locator(".jp-NotebookPanel"))
@@ -328,6 +338,8 @@ def test_diff_and_runs_widgets_render_from_the_magics(lab, page):
     expect(runs).to_be_visible(timeout=30_000)
     expect(runs).to_contain_text("approval", timeout=20_000)
     expect(runs).to_contain_text("waiting", timeout=20_000)
+    expect(runs.locator(".fm-run-steps .fm-row-text")).to_have_count(2)
+    assert runs.evaluate(OVERFLOW_JS) == []   # no column runs into the next
     nb.cell(4).scroll_into_view_if_needed()
     nb.shot("runs-widget.png", nb.cell(4))
 
@@ -401,3 +413,111 @@ def test_timeline_is_readable_in_the_light_and_the_dark_theme(lab, page, tmp_pat
     finally:
         set_theme(page, "light")  # the lab's settings outlive this test
     print(f"screenshots: {tmp_path}")
+
+
+# -- layout ---------------------------------------------------------------------------
+
+BRANCHY_CELLS = [
+    "import fm_kernel as fm\nfrom fm_kernel.widgets import timeline_widget\nx = 0",
+    "x = 1; note = '" + "a first line far longer than any column could show, " * 6 + "'",
+    "x = 2",
+    "x = 3",
+    "%fm fork experiment --from 2",
+    "y = 'on experiment'",
+    "y = 2",
+    "%fm fork third --from 1",
+    "z = 'on third'",
+    "z = 2",
+    "%fm checkout main",
+    "x = 4",
+    "timeline_widget(all_branches=True)",
+]
+
+BRANCHY_STEPS = len(BRANCHY_CELLS) - 3
+
+GRAPH_JS = """(list) => {
+    // Every line of a row's graph slice that reaches the row's bottom edge
+    // must meet one that leaves the next row's top edge at the same point.
+    const rows = [...list.querySelectorAll('svg.fm-graph')].filter((s) => s.getClientRects().length);
+    const ends = (svg) => {
+        const r = svg.getBoundingClientRect(), h = Number(svg.getAttribute('height'));
+        const top = [], bottom = [];
+        for (const el of svg.querySelectorAll('line, path')) {
+            let pts;
+            if (el.tagName === 'line') {
+                pts = [[+el.getAttribute('x1'), +el.getAttribute('y1')],
+                       [+el.getAttribute('x2'), +el.getAttribute('y2')]];
+            } else {
+                const n = el.getAttribute('d').match(/-?[\\d.]+/g).map(Number);
+                pts = [[n[0], n[1]], [n[n.length - 2], n[n.length - 1]]];
+            }
+            for (const [x, y] of pts) {
+                if (y === 0) top.push(Math.round((r.left + x) * 2) / 2);
+                if (y === h) bottom.push(Math.round((r.left + x) * 2) / 2);
+            }
+        }
+        return {top: [...new Set(top)].sort(), bottom: [...new Set(bottom)].sort(),
+                left: r.left, width: r.width, y0: r.top, y1: r.bottom};
+    };
+    return rows.map(ends);
+}"""
+
+OVERFLOW_JS = """(root) => {
+    // A column's box must stay inside its row, and before the next column.
+    const bad = [];
+    for (const row of root.querySelectorAll('.fm-row-text')) {
+        if (!row.getClientRects().length) continue;
+        const outer = row.getBoundingClientRect();
+        const box = row.closest('.widget-html').getBoundingClientRect();
+        if (outer.right > box.right + 0.5) bad.push(['row past its widget', row.className, row.textContent]);
+        const cols = [...row.children];
+        cols.forEach((c, i) => {
+            const r = c.getBoundingClientRect();
+            if (r.right > outer.right + 0.5) bad.push(['past the row', c.className, c.textContent]);
+            const next = cols[i + 1] && cols[i + 1].getBoundingClientRect();
+            if (next && r.right > next.left + 0.5) bad.push(['over the next', c.className, c.textContent]);
+            if (c.scrollWidth > c.clientWidth + 1 && !c.title) bad.push(['clipped, no title', c.className, c.textContent]);
+        });
+    }
+    return bad;
+}"""
+
+
+@pytest.mark.parametrize("width", [1440, 900])
+def test_timeline_layout_holds_with_long_lines_badges_and_branches(lab, page, width, tmp_path):
+    page.set_viewport_size({"width": width, "height": 1250})
+    name = f"layout{width}.ipynb"
+    write_notebook(lab["root"], name, BRANCHY_CELLS)
+    nb = Notebook(page, lab, name)
+    for i in range(len(BRANCHY_CELLS)):
+        nb.run(i)
+    last = len(BRANCHY_CELLS) - 1
+    timeline = nb.cell(last).locator(".fm-timeline")
+    expect(timeline).to_be_visible(timeout=30_000)
+    steps = timeline.locator(".fm-step-list")
+    # every cell is a step but the three that move HEAD (fork, fork, checkout)
+    expect(steps.locator(".fm-step-button")).to_have_count(BRANCHY_STEPS)
+    timeline.locator(".fm-step-2").click()
+    expect(timeline.locator(".fm-detail")).to_contain_text("Step 2 on main")
+
+    IMG.mkdir(parents=True, exist_ok=True)
+    timeline.screenshot(path=str(IMG / f"timeline-layout-{width}.png"))
+    rows = steps.evaluate(GRAPH_JS)
+    assert len(rows) == BRANCHY_STEPS
+    assert len({(r["left"], r["width"]) for r in rows}) == 1, rows   # one column, one width
+    for above, below in zip(rows, rows[1:]):
+        assert abs(above["y1"] - below["y0"]) <= 0.5, (above, below)  # slices abut
+        assert above["bottom"] == below["top"], (above, below)        # ... and their lines meet
+    buttons = steps.locator(".fm-step-button").evaluate_all(
+        "(bs) => bs.map((b) => [b.getBoundingClientRect().left, b.getBoundingClientRect().width])")
+    assert len(set(map(tuple, buttons))) == 1, buttons
+
+    assert timeline.evaluate(OVERFLOW_JS) == []
+    long_row = steps.locator(".fm-code-line", has_text="a first line far longer")
+    assert "a first line far longer" in long_row.get_attribute("title")
+    assert long_row.evaluate("(c) => c.scrollWidth > c.clientWidth")  # clipped, with its title
+    for cls in ("fm-rewind", "fm-fork", "fm-diff", "fm-inspect"):  # labels whole, on one line
+        fits = timeline.locator(f".{cls}").evaluate(
+            "(b) => [b.scrollWidth <= b.clientWidth, b.getBoundingClientRect().height]")
+        assert fits[0] and fits[1] < 40, (cls, fits)
+    timeline.screenshot(path=str(tmp_path / f"timeline-layout-{width}.png"))

@@ -69,3 +69,14 @@ def test_array_preview_is_transparent():
     assert img.shape[2] == 4
     assert img[0, 0, 3] == 0 and img[-1, -1, 3] == 0   # corners: nothing painted
     assert (img[..., 3] == 0).mean() > 0.5               # most of it shows the page behind
+
+
+def test_row_columns_have_fixed_widths_and_the_full_text_in_their_title():
+    from fm_kernel.widgets.render import row_html
+
+    code = "x = 1  # " + "long " * 100 + "\nsecond line"
+    html = row_html("ok", 12.0, code, labels=["main", "experiment"], head=True)
+    assert "flex:0 0 74px;width:74px" in html and "flex:0 0 58px;width:58px" in html
+    assert 'title="HEAD, main, experiment"' in html and "max-width:33%" in html
+    assert f'title="{code[:40]}' in html.replace("&#x27;", "'")   # the whole code on hover
+    assert "…" not in html                                          # CSS ellipsises, not Python

@@ -16,13 +16,29 @@ from .loader import load
 from .source import Source
 from .style import BG, ERR, MUTED, OK, WARN, dot
 from .render import (
-    badge, describe_frame_change, esc, frame_change_counts, size_text, table_html, value_html,
+    badge, col, describe_frame_change, esc, frame_change_counts, row_box, size_text, table_html,
+    value_html,
 )
 
 SORT_KEYS = ("name", "type", "size", "changed", "summary")
 COLUMN_WIDTHS = {"name": "150px", "type": "150px", "size": "80px", "changed": "84px"}
+VAR_ROW_PX = 24
 MAX_ROWS = 60            # variables listed at once; the filter narrows longer states
 DIFF_LOAD_LIMIT = 64 << 20  # DataFrames compared cell by cell in a diff up to this size
+
+
+def variable_row_html(e: Any, changed: bool) -> str:
+    """A variable's row after its name button, in the header's column widths."""
+    return row_box(
+        col(esc(e.type), _px("type"), title=e.type, style="padding-left:4px")
+        + col(esc(size_text(e.size_bytes)), _px("size"), style="text-align:right;padding-right:8px")
+        + col(dot(WARN) if changed else "", _px("changed"), style="text-align:center")
+        + col(esc(e.summary), title=e.summary),
+        height=VAR_ROW_PX, gap=0)
+
+
+def _px(column: str) -> int:
+    return int(COLUMN_WIDTHS[column].removesuffix("px"))
 
 
 def _value_title(name: str, step: int) -> str:
@@ -230,12 +246,8 @@ class InspectWidget(W.VBox):
             button.description = name
             button.button_style = "info" if name == self.selected_name else ""
             button._dom_classes = ("fm-var", f"fm-var-{name}")
-            html.value = (
-                f'<div style="display:flex;font-size:12px;line-height:24px;white-space:nowrap">'
-                f'<span style="width:150px;flex:none;overflow:hidden;text-overflow:ellipsis">{esc(e.type)}</span>'
-                f'<span style="width:80px;flex:none;text-align:right;padding-right:8px">{esc(size_text(e.size_bytes))}</span>'
-                f'<span style="width:84px;flex:none;text-align:center">{dot(WARN) if name in changed else ""}</span>'
-                f'<span style="overflow:hidden;text-overflow:ellipsis">{esc(e.summary)}</span></div>')
+            button.tooltip = name
+            html.value = variable_row_html(e, name in changed)
         rows = [box for box, _, _ in self._row_pool[:len(shown)]]
         if len(names) > MAX_ROWS:
             rows.append(W.HTML(f'<div style="font-size:11px;color:{MUTED}">… {len(names) - MAX_ROWS} '
@@ -245,10 +257,15 @@ class InspectWidget(W.VBox):
         self.table.children = rows
 
     def _make_row(self) -> tuple[W.HBox, W.Button, W.HTML]:
-        button = W.Button(layout=W.Layout(width=COLUMN_WIDTHS["name"], height="24px", margin="0"))
+        width = COLUMN_WIDTHS["name"]
+        button = W.Button(layout=W.Layout(width=width, flex=f"0 0 {width}", height=f"{VAR_ROW_PX}px",
+                                          margin="0", padding="0 4px"))
         button.on_click(lambda b: self.show(b.description))
-        html = W.HTML(layout=W.Layout(flex="1 1 auto", margin="0", min_width="0"))
-        return W.HBox([button, html], layout=W.Layout(width="100%", margin="0")), button, html
+        html = W.HTML(layout=W.Layout(flex="1 1 0", margin="0", min_width="0", overflow="hidden"))
+        box = W.HBox([button, html], layout=W.Layout(width="100%", margin="0",
+                                                     height=f"{VAR_ROW_PX}px",
+                                                     align_items="center", overflow="hidden"))
+        return box, button, html
 
     def _state_or_error(self, step: int) -> Any:
         """The lazy past state of ``step`` (cached), or the error naming why not."""

@@ -53,11 +53,6 @@ def duration_text(ms: float | None) -> str:
     return f"{ms / 60_000:.1f} min"
 
 
-def short_code(code: str | None, width: int = 90) -> str:
-    line = first_line(code)
-    return line if len(line) <= width else line[: width - 1] + "…"
-
-
 # -- the branch graph ----------------------------------------------------------
 
 
@@ -136,9 +131,14 @@ def _x(lane: int) -> float:
     return LANE_PX / 2 + min(lane, MAX_LANES - 1) * LANE_PX
 
 
+def graph_px(lanes: int) -> int:
+    """The graph column's width for ``lanes`` lanes (clipped at MAX_LANES)."""
+    return int(min(max(lanes, 1), MAX_LANES) * LANE_PX)
+
+
 def graph_svg(row: GraphRow, lanes: int, status: str | None, head: bool = False) -> str:
     """One row's slice of the graph as inline SVG, ROW_PX high."""
-    width = int(min(max(lanes, 1), MAX_LANES) * LANE_PX)
+    width = graph_px(lanes)
     h, mid = ROW_PX, ROW_PX / 2
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{h}" '
              f'style="display:block" class="fm-graph">']
@@ -175,19 +175,44 @@ def badge(text: str, colour: str = LABEL_BG, fg: str = LABEL_FG) -> str:
             f'padding:0 6px;font-size:11px;margin-left:4px;white-space:nowrap">{esc(text)}</span>')
 
 
+def col(content: str, width: int | None = None, title: str | None = None,
+        style: str = "", cls: str = "") -> str:
+    """One column of a row: ``width`` px exactly (None: the rest of the row),
+    never wider; text that does not fit ends in an ellipsis and shows whole
+    in the tooltip (``title``)."""
+    size = f"flex:0 0 {width}px;width:{width}px;" if width else "flex:1 1 0;"
+    tip = f' title="{esc(title)}"' if title else ""
+    return (f'<span class="fm-col fm-ellipsis {cls}"{tip} style="{size}white-space:nowrap;'
+            f'overflow:hidden;text-overflow:ellipsis;min-width:0;{style}">{content}</span>')
+
+
+def row_box(columns: str, height: int = ROW_PX, gap: int = 6) -> str:
+    """Columns side by side in one line of ``height`` px that clips, never wraps."""
+    return (f'<div class="fm-row-text" style="display:flex;align-items:center;gap:{gap}px;'
+            f'height:{height}px;line-height:{height}px;font-size:12px;min-width:0;'
+            f'overflow:hidden">{columns}</div>')
+
+
 def row_html(status: str | None, duration_ms: float | None, code: str | None,
              labels: Iterable[str] = (), head: bool = False) -> str:
-    """The text part of one timeline row: status, duration, first line of code."""
+    """The text part of one timeline row: status, duration, labels, first
+    line of code. Status and duration have fixed widths; the labels take at
+    most a third of the rest, so a long label list never pushes the code out."""
     tags = "".join(badge(name) for name in labels)
     if head:
         tags = badge("HEAD", HEAD_BG, HEAD_FG) + tags
-    return (f'<div style="white-space:nowrap;overflow:hidden;text-overflow:ellipsis;'
-            f'line-height:{ROW_PX}px;height:{ROW_PX}px;font-size:12px">'
-            f'<span style="color:{status_colour(status)};font-weight:600;display:inline-block;'
-            f'width:74px">{esc(status)}</span>'
-            f'<span class="fm-duration" style="color:{MUTED};display:inline-block;width:58px;'
-            f'text-align:right;margin-right:8px">{esc(duration_text(duration_ms))}</span>'
-            f'{tags} <code style="font-size:12px">{esc(short_code(code))}</code></div>')
+    names = ", ".join((["HEAD"] if head else []) + list(labels))
+    line = first_line(code)
+    tag_col = (f'<span class="fm-tags fm-ellipsis" title="{esc(names)}" style="flex:0 1 auto;'
+               f'max-width:33%;white-space:nowrap;overflow:hidden;text-overflow:ellipsis;'
+               f'min-width:0">{tags}</span>' if tags else "")
+    return row_box(
+        col(esc(status), 74, style=f"color:{status_colour(status)};font-weight:600")
+        + col(esc(duration_text(duration_ms)), 58, style=f"color:{MUTED};text-align:right",
+              cls="fm-duration")
+        + tag_col
+        + col(f'<code style="font-size:12px">{esc(line)}</code>', title=(code or "")[:1000],
+              cls="fm-code-line"))
 
 
 # -- tables and values -----------------------------------------------------------

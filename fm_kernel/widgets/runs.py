@@ -31,7 +31,7 @@ from .base import (
     ROW_PX, ListRow, LiveView, fill_rows, follow_cells, kernel_loop, message_html, plain_text,
     report_failure, themed,
 )
-from .render import badge, duration_text, esc
+from .render import badge, col, duration_text, esc, row_box
 from .style import ERR, INFO, MUTED, OK, PURPLE, WARN, dot, icon
 from .runs_data import (
     PENDING, RUN_LIMIT, RunRow, StepView, clock, get_run, read_run, read_runs, read_steps,
@@ -54,47 +54,49 @@ def _colour(status: str | None, table: dict[str, str]) -> str:
 def _row_maker(on_click: Callable[[Any], None], width: str) -> Callable[[], ListRow]:
     def make() -> ListRow:
         return ListRow(on_click,
-                       W.Layout(width=width, height=f"{ROW_PX - 2}px", margin="1px 4px 1px 0",
-                                padding="0"),
-                       W.Layout(margin="0", flex="1 1 auto", min_width="0"),
-                       W.Layout(min_height=f"{ROW_PX}px", margin="0", align_items="center"))
+                       W.Layout(width=width, flex=f"0 0 {width}", height=f"{ROW_PX - 2}px",
+                                margin="1px 4px 1px 0", padding="0"),
+                       W.Layout(margin="0", flex="1 1 0", min_width="0", overflow="hidden"),
+                       W.Layout(height=f"{ROW_PX}px", margin="0", align_items="center",
+                                overflow="hidden"))
     return make
+
+
+def _status(status: str, colour: str, width: int) -> str:
+    return col(dot(colour) + esc(status), width, title=status,
+               style=f"color:{colour};font-weight:600", cls="fm-status-col")
 
 
 def run_row_html(r: RunRow) -> str:
     forked = (badge(f"fork of {r.forked_from_run[:8]}@{r.forked_from_step}")
               if r.forked_from_run else "")
-    return (f'<div style="white-space:nowrap;overflow:hidden;text-overflow:ellipsis;'
-            f'font-size:12px;line-height:{ROW_PX}px">'
-            f'<b style="display:inline-block;min-width:110px">{esc(r.flow)}</b> '
-            f'<span style="color:{_colour(r.status, RUN_STATUS_COLOURS)};font-weight:600;'
-            f'display:inline-block;width:78px">{dot(_colour(r.status, RUN_STATUS_COLOURS))}'
-            f'{esc(r.status)}</span>'
-            f'<span style="color:{MUTED}">{esc(clock(r.started_at))}</span>'
-            f'<span style="color:{MUTED};display:inline-block;width:70px;text-align:right">'
-            f'{esc(duration_text(r.duration_ms))}</span>{forked}</div>')
+    return row_box(
+        col(f"<b>{esc(r.flow)}</b>", 120, title=r.flow)
+        + _status(r.status, _colour(r.status, RUN_STATUS_COLOURS), 96)
+        + col(esc(clock(r.started_at)), 128, style=f"color:{MUTED}")
+        + col(esc(duration_text(r.duration_ms)), 64, style=f"color:{MUTED};text-align:right")
+        + col(forked, title=f"forked from run {r.forked_from_run} at step {r.forked_from_step}"
+              if r.forked_from_run else None))
 
 
 def step_row_html(s: StepView) -> str:
-    colour = _colour(s.status, STEP_STATUS_COLOURS)
     if s.error:
-        outcome = f'<span style="color:{ERR}">{esc(s.error)}</span>'
+        outcome, colour = s.error, ERR
     elif s.pending:
-        outcome = f'<span style="color:{WARN}">{esc(s.pending)}</span>'
+        outcome, colour = s.pending, WARN
     else:
-        outcome = f'<code style="font-size:12px">{esc(s.result)}</code>'
-    retries = (f' <span style="color:{ERR}">({s.failed_attempts} failed '
-               f'attempt{"s" * (s.failed_attempts != 1)})</span>' if s.failed_attempts else "")
-    return (f'<div style="font-size:12px;line-height:{ROW_PX}px;white-space:nowrap;'
-            f'overflow:hidden;text-overflow:ellipsis">'
-            f'<b style="display:inline-block;min-width:130px">{esc(s.name)}</b> '
-            f'<span style="color:{colour};font-weight:600;display:inline-block;'
-            f'width:70px">{esc(s.status)}</span>'
-            f'<span style="color:{MUTED};display:inline-block;width:64px">attempt '
-            f'{s.attempt}</span>'
-            f'<span style="color:{MUTED};display:inline-block;width:64px;text-align:right;'
-            f'margin-right:8px">{esc(duration_text(s.duration_ms))}</span>'
-            f'{outcome}{retries}</div>')
+        outcome, colour = s.result, ""
+    retries = (f"{s.failed_attempts} failed attempt{'s' * (s.failed_attempts != 1)}"
+               if s.failed_attempts else "")
+    shown = (f'<code style="font-size:12px">{esc(outcome)}</code>' if not colour
+             else esc(outcome))
+    return row_box(
+        col(f"<b>{esc(s.name)}</b>", 150, title=s.name)
+        + _status(s.status, _colour(s.status, STEP_STATUS_COLOURS), 84)
+        + col(f"attempt {s.attempt}", 70, style=f"color:{MUTED}")
+        + col(esc(duration_text(s.duration_ms)), 64, style=f"color:{MUTED};text-align:right")
+        + col(shown, title=outcome, style=f"color:{colour}" if colour else "")
+        + (col(esc(retries), 130, style=f"color:{ERR}") if retries else ""))
 
 
 def pending_html(s: StepView) -> str:
@@ -131,11 +133,13 @@ class RunsWidget(LiveView, W.VBox):
         self._run_rows: list[ListRow] = []
         self._step_rows: list[ListRow] = []
         toolbar = self._build_toolbar()
-        self.run_list = W.VBox(layout=W.Layout(width="44%", min_width="340px",
+        self.run_list = W.VBox(layout=W.Layout(flex="1 1 42%", min_width="360px",
                                                max_height="520px", overflow="auto"))
         self.run_list.add_class("fm-run-list")
+        # wraps: on a narrow page (Notebook 7) the steps go below the runs
         body = W.HBox([self.run_list, self._build_detail()],
-                      layout=W.Layout(width="100%", align_items="flex-start"))
+                      layout=W.Layout(width="100%", align_items="flex-start",
+                                      flex_flow="row wrap"))
         self.children = [toolbar, body]
         themed(self)
 
@@ -187,7 +191,7 @@ class RunsWidget(LiveView, W.VBox):
         signal = W.HBox([self.signal_name, self.signal_data, self.signal_button],
                         layout=W.Layout(flex_flow="row wrap"))
         detail = W.VBox([self.header, self.pending, actions, signal, self.status, self.step_list],
-                        layout=W.Layout(flex="1 1 0", min_width="360px", padding="0 0 0 12px"))
+                        layout=W.Layout(flex="1 1 50%", min_width="380px", padding="0 0 0 12px"))
         detail.add_class("fm-run-detail")
         return detail
 

@@ -76,6 +76,9 @@ STYLESHEET = (
     + "".join(f"--fm-{k}:{v};" for k, v in _DARK.items()) + "}"
     ".fm-view code,.fm-view pre{font-family:var(--fm-code-font);color:var(--fm-fg)}"
     ".fm-view .fm-ellipsis{white-space:nowrap;overflow:hidden;text-overflow:ellipsis;min-width:0}"
+    # an HTML widget's content box is a flex item that would grow to its
+    # text's width; held to the widget's width, a row's columns can clip
+    ".fm-view .widget-html-content{min-width:0;max-width:100%}"
 )
 
 

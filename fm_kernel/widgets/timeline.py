@@ -35,7 +35,7 @@ from .base import (
 )
 from .inspector import DiffWidget, InspectWidget
 from .render import (
-    badge, duration_text, esc, graph_svg, layout, outputs_for_widget, row_html, size_text,
+    badge, duration_text, esc, graph_px, graph_svg, layout, outputs_for_widget, row_html, size_text,
     status_colour, table_html,
 )
 from .runs import RunsWidget
@@ -62,13 +62,19 @@ def code_html(code: str | None) -> str:
     """A cell's code in the theme's code font, on its editor background."""
     return (f'<pre class="fm-code" style="font-family:{CODE_FONT};font-size:12px;'
             f'background:{CODE_BG};color:{FG};padding:4px 6px;margin:2px 0;max-height:200px;'
-            f'overflow:auto;white-space:pre-wrap">{esc(code)}</pre>')
+            f'overflow:auto;white-space:pre-wrap;word-break:normal;overflow-wrap:anywhere">'
+            f'{esc(code)}</pre>')
 
 
-def _row_html(svg: str, text: str) -> str:
-    return (f'<div style="display:flex;align-items:center;height:{ROW_PX}px">'
-            f'<div style="flex:none">{svg}</div>'
-            f'<div style="flex:1 1 auto;min-width:0;padding-left:4px">{text}</div></div>')
+def _row_html(svg: str, graph_width: int, text: str) -> str:
+    """A step row after its button: the graph slice in a column of fixed
+    width (so the slices of adjacent rows join, whatever the text), then
+    the text, which clips instead of pushing."""
+    return (f'<div style="display:flex;align-items:center;height:{ROW_PX}px;min-width:0">'
+            f'<div class="fm-graph-col" style="flex:0 0 {graph_width}px;width:{graph_width}px;'
+            f'height:{ROW_PX}px">{svg}</div>'
+            f'<div style="flex:1 1 0;min-width:0;overflow:hidden;padding-left:4px">{text}</div>'
+            f'</div>')
 
 
 class TimelineWidget(LiveView, W.VBox):
@@ -93,10 +99,13 @@ class TimelineWidget(LiveView, W.VBox):
         self.panel_factories: dict[str, Callable[[Source], W.Widget]] = dict(
             DEFAULT_PANELS if panels is None else panels)
         toolbar = self._build_toolbar(all_branches)
-        self.step_list = W.VBox(layout=W.Layout(width="48%", min_width="360px", overflow="hidden"))
+        self.step_list = W.VBox(layout=W.Layout(flex="1 1 45%", min_width="380px", max_width="100%",
+                                                overflow="hidden"))
         self.step_list.add_class("fm-step-list")
+        # wraps: on a narrow page (Notebook 7) the details go below the steps
         body = W.HBox([self.step_list, self._build_detail()],
-                      layout=W.Layout(width="100%", align_items="flex-start"))
+                      layout=W.Layout(width="100%", align_items="flex-start",
+                                      flex_flow="row wrap"))
         self.panels = self._build_panels()
         self.children = [toolbar, body] + ([self.panels] if self.panels is not None else [])
         themed(self)
@@ -126,8 +135,9 @@ class TimelineWidget(LiveView, W.VBox):
         # Layouts are shared by all rows: a page is ~150 widgets instead of ~250,
         # which is most of what building the timeline costs.
         self._row_layouts = (
-            W.Layout(width="58px", height=f"{ROW_PX - 2}px", margin="1px 4px 1px 0", padding="0"),
-            W.Layout(margin="0", height=f"{ROW_PX}px", overflow="hidden", flex="1 1 auto",
+            W.Layout(width="58px", flex="0 0 58px", height=f"{ROW_PX - 2}px",
+                     margin="1px 4px 1px 0", padding="0"),
+            W.Layout(margin="0", height=f"{ROW_PX}px", overflow="hidden", flex="1 1 0",
                      min_width="0"))
         return W.HBox([self.scope, self.prev_button, self.page_label, self.next_button,
                        self.goto, self.head_label],
@@ -143,6 +153,7 @@ class TimelineWidget(LiveView, W.VBox):
         for b, cls in ((self.rewind_button, "fm-rewind"), (self.fork_button, "fm-fork"),
                        (self.diff_button, "fm-diff"), (self.inspect_button, "fm-inspect")):
             b.add_class(cls)
+            b.layout = W.Layout(width="auto", flex="0 0 auto")  # the label decides, never cut
         self.rewind_button.on_click(lambda _b: self.rewind())
         self.fork_button.on_click(lambda _b: self._ask_fork_name())
         self.diff_button.on_click(lambda _b: self.show_diff())
@@ -172,7 +183,7 @@ class TimelineWidget(LiveView, W.VBox):
         self.detail = W.VBox([self.header, actions, self.fork_box, self.status,
                               section("Code"), self.code, section("Outputs"), self.outputs,
                               section("Variables"), self.variables, self.extra],
-                             layout=W.Layout(flex="1 1 0", min_width="320px",
+                             layout=W.Layout(flex="1 1 50%", min_width="340px",
                                              padding="0 0 0 12px"))
         self.detail.add_class("fm-detail")
         return self.detail
@@ -292,7 +303,7 @@ class TimelineWidget(LiveView, W.VBox):
                 labels.setdefault(h, []).append(name)
         head = self.source.head
         items = [(d.step, str(d.step),
-                  _row_html(graph_svg(g, lanes, d.status, d.step == head),
+                  _row_html(graph_svg(g, lanes, d.status, d.step == head), graph_px(lanes),
                             row_html(d.status, d.duration_ms, d.code, labels.get(d.step, ()),
                                      d.step == head)),
                   d.step == self.selected, ("fm-step-button", f"fm-step-{d.step}"))
