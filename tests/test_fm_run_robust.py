@@ -157,7 +157,7 @@ def test_a_failed_run_resumes_named_as_failed_with_counts_running_on(tmp_path: P
     r = fm("run", str(src), "-o", str(out), cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "from a failed run" in r.stderr and "interrupted" not in r.stderr, r.stderr
-    assert "cell 3" in r.stderr and "ValueError: cell 3 is broken" in r.stderr, r.stderr
+    assert "cell 3 (" in r.stderr and "raised ValueError: cell 3 is broken" in r.stderr, r.stderr
     assert counts(out) == [1, 2, 3, 4, 5]
     assert marks(tmp_path) == ["cell1", "cell2", "cell3", "cell3", "cell4", "cell5"]
     assert "stale" not in out.read_text()

@@ -84,11 +84,16 @@ class Resume:
     step: int                       # the step holding the state after them
     records: list[Any] = field(default_factory=list)  # their StepRecords, in order
     total: int = 0                  # recorded cells in the notebook
-    failed: str | None = None       # which cell failed, if the run stopped on an error
+    failed: tuple[int, str, str] | None = None  # (recorded position, code, error) of a failed cell
 
-    def describe(self) -> str:
-        how = f"a failed run ({self.failed})" if self.failed else "an interrupted run"
-        return (f"resuming after cell {self.cells} of {self.total} from {how} "
+    def describe(self, number: Any, total: int) -> str:
+        """One line; ``number`` maps a recorded position to the cell number
+        shown, of ``total`` (as the progress lines count: history queries too)."""
+        how = "an interrupted run"
+        if self.failed:
+            at, code, error = self.failed
+            how = f"a failed run, whose cell {number(at)} ({first_line(code)[:40]!r}) raised {error}"
+        return (f"resuming after cell {number(self.cells - 1)} of {total} from {how} "
                 f"(state of step {self.step}); cells before it are not run again")
 
 
@@ -133,7 +138,7 @@ def plan_resume(history: Path, key: str, sources: list[str]) -> Resume | None:
         if chain[-1][3] == "error":
             rec = store.step(chain[-1][0])
             error = f"{rec.error_name}: {first_line(rec.error_value)}" if rec else "an error"
-            failed = f"cell {len(chain)}, {first_line(chain[-1][2])[:40]!r}, raised {error}"
+            failed = (len(chain) - 1, chain[-1][2], error)
         return Resume(done, chain[done - 1][0], [store.step(r[0]) for r in chain[:done]],
                       len(sources), failed)
     finally:
@@ -358,7 +363,10 @@ class Job:
         # the kernel's In [n] (and so the history's counts) continue the resumed ones
         await kc.execute_interactive(f"get_ipython().execution_count = {len(self.skip) + 1}",
                                      silent=True, timeout=60)
-        print(f"fm run: {resume.describe()}", file=self.stream)
+        def number(at: int) -> int | str:
+            return self.code_cells.index(self.recorded[at]) + 1 if at < len(self.recorded) else at + 1
+
+        print(f"fm run: {resume.describe(number, len(self.code_cells))}", file=self.stream)
         return True
 
     def _write_notebook(self) -> None:
@@ -382,9 +390,11 @@ class Job:
         return 1
 
     def _resume_hint(self) -> str:
-        if self.reached <= 0:
+        # a resume skips recorded cells only (history queries run again)
+        done = [n for n, i in enumerate(self.code_cells[:max(self.reached, 0)]) if i in self.recorded]
+        if not done:
             return "run the same command again"
-        return f"run the same command again to resume after cell {self.reached} (--fresh starts over)"
+        return f"run the same command again to resume after cell {done[-1] + 1} (--fresh starts over)"
 
     def _report_stop(self, how: str, death: str) -> int:
         n, code = self.reached, 130 if how == "interrupted" else 1
