@@ -52,6 +52,7 @@ def open_history(path: Path, kernel_id: str) -> tuple[Store, str | None]:
     substitute. Returns the store and a one-line notice (None if all is well).
     """
     try:
+        _refuse_foreign(path)
         store = _open_waiting(path)
         return store, _private_folder(path)
     except errors.HistoryLocked as exc:
@@ -101,6 +102,24 @@ def _private_folder(path: Path) -> str | None:
                 f"(mode {stat.filemode(st.st_mode)}): they can read its write-ahead log (your "
                 "code and outputs); keep it in a private folder (the default .flowmetal/ is)")
     return None
+
+
+SIDECARS = ("", ".wal", ".flowlog", ".inflight", ".objects", ".endpoint.json")
+
+
+def _refuse_foreign(path: Path) -> None:
+    """A history whose files are links or belong to another user is not
+    opened: in a folder others can write, a planted ``.flowlog`` would inject
+    records and a link at ``.inflight`` would be written through."""
+    for suffix in SIDECARS:
+        p = Path(str(path) + suffix)
+        try:  # the database itself may be a link the user made, to a file of theirs
+            st = os.stat(p) if suffix == "" else os.lstat(p)
+        except OSError:
+            continue
+        if stat.S_ISLNK(st.st_mode) or st.st_uid != os.getuid():
+            why = "a symbolic link" if stat.S_ISLNK(st.st_mode) else f"owned by uid {st.st_uid}"
+            raise errors.HistoryUnwritable(path, OSError(f"{p.name} is {why}, not a file of yours"))
 
 
 def _own_dir(folder: Path) -> None:

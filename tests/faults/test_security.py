@@ -444,3 +444,72 @@ def test_read_only_fm_sql_and_fm_log_create_no_files(tmp_path: Path) -> None:
         assert r.returncode == 0, r.stderr
     assert sorted(p.name for p in history.parent.iterdir()) == before
     assert list(data_home.rglob("*")) == []  # no machine id made for a read
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="planting files as another user needs root")
+def test_files_planted_by_another_user_are_not_used(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    history = shared / "h.duckdb"
+    with Kernel(env={"FM_HISTORY": str(history)}) as k:
+        check(k, "mine = 1")
+    precious = tmp_path / "precious.txt"
+    precious.write_text("the user's own file")
+    nobody = 65534
+    log = Path(str(history) + ".flowlog")  # a record injected for the next kernel to replay
+    log.write_text(json.dumps({"lsn": 10**6, "k": "run", "r": {
+        "run_id": "injected", "flow": "evil", "status": "succeeded", "started_at": time.time()}}) + "\n")
+    os.chown(log, nobody, nobody)
+    inflight = Path(str(history) + ".inflight")
+    os.symlink(precious, inflight)
+    os.lchown(inflight, nobody, nobody)
+    with Kernel(env={"FM_HISTORY": str(history)}) as k:
+        r = k.execute("x = 1")
+        assert r.status == "ok" and "not a file of yours" in r.text() and "records to" in r.text(), r.text()
+        check(k, "x += 1")
+    assert precious.read_text() == "the user's own file"
+    assert query(history, "SELECT count(*) FROM fm_run_records")[0][0] == 0
+    assert [c for (c,) in query(history, "SELECT code FROM steps")] == ["mine = 1"]
+
+
+def test_kill9_during_import_leaves_the_target_untouched(tmp_path: Path) -> None:
+    history = tmp_path / "h" / "h.duckdb"
+    with Kernel(env={"FM_HISTORY": str(history)}) as k:
+        check(k, "import numpy as np\nbig = np.random.default_rng(1).random(25_000_000)")  # 200 MB
+    bundle = tmp_path / "b.fmb"
+    assert fm_cli("export", str(history), "-o", str(bundle)).returncode == 0
+    dest = tmp_path / "dest"
+    dest.mkdir(mode=0o755)
+    target = dest / "h.duckdb"
+    fm = str(Path(sys.executable).parent / "fm")
+
+    def unpacking() -> bool:
+        for p in dest.rglob("*"):
+            try:
+                if p.is_file() and p.stat().st_size > 1 << 20:
+                    return True
+            except OSError:
+                continue
+        return False
+
+    for _attempt in range(5):
+        proc = subprocess.Popen([fm, "import", str(bundle), "--history", str(target)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        while proc.poll() is None:
+            if unpacking():
+                os.kill(proc.pid, signal.SIGKILL)
+                break
+        proc.wait()
+        if proc.returncode == -signal.SIGKILL:
+            break
+        for p in dest.glob("h.duckdb*"):
+            import shutil
+
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+    assert proc.returncode == -signal.SIGKILL, "the import finished before it could be killed"
+    assert not any(p.name.startswith("h.duckdb") for p in dest.iterdir())
+    assert _readable_by_others(dest) == []
+    r = fm_cli("import", str(bundle), "--history", str(target), "--trust")
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in dest.iterdir()) == ["h.duckdb", "h.duckdb.objects"]
