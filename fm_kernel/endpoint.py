@@ -4,6 +4,12 @@ It runs on its own thread and event loop, so a request is served while a
 cell runs, and a slow or hostile client can only ever occupy that thread.
 Port and token go to ``<history>.endpoint.json`` (mode 0600): whoever can
 read that file may use the token; everyone else gets 401.
+
+A history keeps its port: the first one chosen (or ``FM_ENDPOINT_PORT``) is
+recorded in its ``fm_meta`` and asked for again by every later kernel, so a
+callback URL handed out before a restart still arrives (see ``choose_port``).
+``FM_PUBLIC_URL`` replaces the base of the URLs handed to other systems, for
+those that reach this machine through a proxy or a tunnel.
 """
 
 from __future__ import annotations
@@ -41,8 +47,27 @@ MAX_BODY = 1 << 20  # spec default: 1 MiB
 SQL_WORKERS = 2  # user queries run at once; DuckDB gives each up to 2 threads
 SQL_QUEUE = 16   # running plus waiting; more are answered 429
 
+PORT_META = "endpoint_port"  # fm_meta key: the port this history keeps
+
+
 def endpoint_file(history: Path) -> Path:
     return Path(str(history) + ".endpoint.json")
+
+
+def choose_port(kept: str | None) -> tuple[int | None, str | None]:
+    """(the port to ask for, a notice): ``FM_ENDPOINT_PORT`` if set, else the
+    history's kept port, else None (any free port, to be kept from then on)."""
+    given = os.environ.get("FM_ENDPOINT_PORT", "").strip()
+    if given:
+        if given.isdigit() and 0 < int(given) < 65536:
+            return int(given), None
+        return _kept(kept), (f"flowmetal: FM_ENDPOINT_PORT={given!r} is not a port number "
+                             "(1-65535); ignored")
+    return _kept(kept), None
+
+
+def _kept(kept: str | None) -> int | None:
+    return int(kept) if kept and kept.isdigit() and 0 < int(kept) < 65536 else None
 
 
 def check_host(host: str, allow_remote: bool) -> str:
@@ -154,10 +179,12 @@ class Endpoint:
 
     def __init__(self, history: Path, store: Callable[[], Any], kernel_id: str,
                  frames: querying.FrameResolver | None = None, host: str | None = None,
-                 max_body: int = MAX_BODY, routes: Sequence[tuple[str, type]] = ()):
+                 max_body: int = MAX_BODY, routes: Sequence[tuple[str, type]] = (),
+                 port: int | None = None):
         """``routes`` are the (pattern, handler) pairs served beside ``/sql``:
         whoever starts the endpoint names them (the runtime passes the flows'),
-        so nothing is served because some module happened to be imported."""
+        so nothing is served because some module happened to be imported.
+        ``port``: the one to serve on if free (else any, and ``fallback`` says so)."""
         self.history = history
         self.store = store
         self.kernel_id = kernel_id
@@ -167,7 +194,9 @@ class Endpoint:
         self.max_body = max_body
         self.token = secrets.token_urlsafe(32)
         self.routes: list[tuple[str, type[ApiHandler]]] = [(r"/sql", SqlHandler), *routes]
+        self.wanted_port = port
         self.port: int | None = None
+        self.fallback: str | None = None  # why the wanted port was not had
         self.sql_pool = ThreadPoolExecutor(SQL_WORKERS, thread_name_prefix="fm-sql")
         self.sql_slots = threading.BoundedSemaphore(SQL_QUEUE)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -176,6 +205,13 @@ class Endpoint:
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
+
+    @property
+    def public_url(self) -> str:
+        """The base of URLs handed to other systems (callbacks): ``FM_PUBLIC_URL``
+        if set, else ``url``."""
+        public = os.environ.get("FM_PUBLIC_URL", "").strip().rstrip("/")
+        return public or self.url
 
     def start(self) -> None:
         threading.Thread(target=self._serve, name="fm-endpoint", daemon=True).start()
@@ -193,12 +229,20 @@ class Endpoint:
         # Tornado drops the connection without a reply past max_body_size;
         # leave headroom so our own check answers 413 instead.
         server = tornado.httpserver.HTTPServer(app, max_body_size=self.max_body * 4 + 4096)
-        sockets = tornado.netutil.bind_sockets(0, self.host)
+        sockets = self._bind()
         server.add_sockets(sockets)
         self.port = sockets[0].getsockname()[1]
         self._write_file()
         self._started.set()
         loop.run_forever()
+
+    def _bind(self) -> list:
+        if self.wanted_port:
+            try:
+                return tornado.netutil.bind_sockets(self.wanted_port, self.host)
+            except OSError as exc:  # someone else has it: serve anyway, and say so
+                self.fallback = f"{exc.strerror or exc}"
+        return tornado.netutil.bind_sockets(0, self.host)
 
     def _write_file(self) -> None:
         # The token goes to a file made new under a name nobody can guess in

@@ -88,16 +88,28 @@ class Runtime:
     def _start_endpoint(self, store: Store) -> None:
         if str(store.path) == ":memory:":
             return
-        from .endpoint import Endpoint
+        from .endpoint import PORT_META, Endpoint, choose_port
         from .flows.routes import ROUTES as FLOW_ROUTES
 
         try:
+            kept = store.meta(PORT_META)
+            port, notice = choose_port(kept)
+            if notice:
+                self.notices.append(notice)
             self.endpoint = Endpoint(store.path, lambda: self.require_store(), self.kernel_id,
-                                     frames=self.frame_path, routes=FLOW_ROUTES)
+                                     frames=self.frame_path, routes=FLOW_ROUTES, port=port)
             self.endpoint.start()
         except Exception as exc:  # cells must run even if no port can be had
             self.endpoint = None
             self.notices.append(f"flowmetal: HTTP endpoint not started: {exc}")
+            return
+        if self.endpoint.fallback:
+            self.notices.append(
+                f"flowmetal: port {port}, kept for this history, is taken "
+                f"({self.endpoint.fallback}); serving on {self.endpoint.port} for now, so URLs "
+                "handed out before do not reach this kernel")
+        elif self.endpoint.port and kept != str(self.endpoint.port):
+            store.set_meta(PORT_META, str(self.endpoint.port))  # kept from now on
 
     @property
     def flows(self) -> Any:
@@ -108,7 +120,7 @@ class Runtime:
 
             self._flows = FlowRegistry(
                 store=self.require_store,
-                base_url=lambda: self.endpoint.url if self.endpoint is not None else None)
+                base_url=lambda: self.endpoint.public_url if self.endpoint is not None else None)
             install(self._flows)
         return self._flows
 
