@@ -321,6 +321,16 @@ class Journal:
             sql += f" LIMIT {int(limit)}"
         return self.store.query(sql)
 
+    def find_runs(self, flow: str | None, status: str | None, limit: int) -> list[dict[str, Any]]:
+        """Runs newest first, optionally of one flow and/or status (GET /runs)."""
+        self.flush()
+        res = self.store.query(
+            "SELECT run_id, flow, status, epoch(started_at) AS started_at,"
+            " epoch(finished_at) AS finished_at, parent_run FROM runs"
+            " WHERE (?::VARCHAR IS NULL OR flow = ?) AND (?::VARCHAR IS NULL OR status = ?)"
+            " ORDER BY started_at DESC LIMIT ?", [flow, flow, status, status, limit])
+        return res.dicts()
+
     # -- external events -----------------------------------------------------
 
     def add_signal(self, run_id: str, name: str, data: Any, key: str | None = None) -> int:

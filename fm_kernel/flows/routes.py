@@ -1,20 +1,24 @@
 """The flow routes of the loopback HTTP API (spec: "HTTP endpoint"):
-callbacks, signals, starting runs and reading them. Whoever starts the
+callbacks, signals, starting runs (once per run id or Idempotency-Key),
+listing, reading, waiting for and cancelling them. Whoever starts the
 endpoint passes ROUTES to it; the work is done on a worker thread, so the
 endpoint's loop never waits on the history."""
 
 from __future__ import annotations
 
 import asyncio
+import uuid
 from typing import Any, Callable
 
 import tornado.web
 
 from ..endpoint import ApiHandler
-from ..errors import FlowError, NoSuchFlow, NoSuchRun, RunFinished
+from ..errors import FlowError, NoSuchFlow, NoSuchRun, RunFinished, UsageError
 from .context import registry
+from .journal import FINISHED_STATUSES
 from .ops import deliver_callback
-from .run import deliver_signal
+from .run import deliver_signal, get_run
+from .runs import start_once
 
 _ID = r"([A-Za-z0-9_\-]{1,128})"
 
@@ -28,6 +32,8 @@ async def _off_loop(fn: Callable[[], Any]) -> Any:
         raise tornado.web.HTTPError(404, reason=str(exc)) from None
     except RunFinished as exc:  # the request was fine; the run is past taking it
         raise tornado.web.HTTPError(409, reason=str(exc)) from None
+    except UsageError as exc:
+        raise tornado.web.HTTPError(400, reason=str(exc)) from None
 
 
 class CallbackHandler(ApiHandler):
@@ -62,15 +68,82 @@ class StartRunHandler(ApiHandler):
                 or not isinstance(body.get("kwargs", {}), dict):
             raise tornado.web.HTTPError(400, reason='expected {"args": [...], "kwargs": {...}}')
 
-        def start() -> str:
+        run_id = body.get("run_id")
+        key = self.request.headers.get("Idempotency-Key")
+        if run_id is None and key:  # any text: the run id is derived from it
+            run_id = uuid.uuid5(uuid.NAMESPACE_URL, f"fm-start:{name}:{key}").hex
+
+        def start() -> tuple[str, bool]:
             reg = registry()
             fl = reg.flows.get(name)
             if fl is None:
                 raise NoSuchFlow(name, reg.flows)
-            return fl.start(*body.get("args", []), **body.get("kwargs", {})).id
+            if run_id is None:
+                return fl.start(*body.get("args", []), **body.get("kwargs", {})).id, True
+            run, started = start_once(fl, run_id, tuple(body.get("args", [])), body.get("kwargs", {}))
+            return run.id, started
 
-        run_id = await _off_loop(start)
-        self.send_json({"run_id": run_id, "flow": name}, status=201)
+        rid, started = await _off_loop(start)
+        self.send_json({"run_id": rid, "flow": name, "started": started},
+                       status=201 if started else 200)
+
+
+class RunListHandler(ApiHandler):
+    """GET /runs?flow=&status=&limit= (newest first)."""
+
+    async def get(self) -> None:
+        flow, status = self.get_argument("flow", None), self.get_argument("status", None)
+        limit = _number_arg(self, "limit", 100, 1, 1000)
+        rows = await _off_loop(lambda: registry().journal.find_runs(flow, status, int(limit)))
+        self.send_json({"runs": rows})
+
+
+class ResultHandler(ApiHandler):
+    """GET /runs/<id>/result?wait=S: the run's info once it has finished, or
+    202 with its info after S seconds. Waiters hold no thread: the loop looks
+    at the live run (cheap) or the journal every 100 ms."""
+
+    async def get(self, run_id: str) -> None:
+        wait = _number_arg(self, "wait", 0, 0, 600)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        while True:
+            info = await _off_loop(lambda: run_info(run_id))
+            if info["status"] in FINISHED_STATUSES:
+                return self.send_json({**info, "finished": True})
+            while loop.time() < deadline:
+                await asyncio.sleep(0.1)
+                live = registry().runs.get(run_id)
+                if live is None or not live.executing or live.finished:
+                    break  # not running here (or just ended): read the journal
+            if loop.time() >= deadline:
+                return self.send_json({**info, "finished": False}, status=202)
+
+
+class CancelHandler(ApiHandler):
+    async def post(self, run_id: str) -> None:
+        def cancel() -> bool:
+            return get_run(run_id).cancel()
+
+        if not await _off_loop(cancel):
+            info = await _off_loop(lambda: run_info(run_id))
+            raise tornado.web.HTTPError(409, reason=f"run {run_id} has finished ({info['status']}); "
+                                        "nothing to cancel")
+        self.send_json({"run_id": run_id, "cancelled": True, "status": "cancelled"})
+
+
+def _number_arg(h: ApiHandler, name: str, default: float, low: float, high: float) -> float:
+    raw = h.get_argument(name, None)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not low <= value <= high:
+        raise tornado.web.HTTPError(400, reason=f"{name}={raw!r}: expected a number from {low:g} "
+                                    f"to {high:g}")
+    return value
 
 
 class RunHandler(ApiHandler):
@@ -105,5 +178,8 @@ ROUTES: tuple[tuple[str, type], ...] = (
     (r"/callbacks/" + _ID, CallbackHandler),
     (r"/runs/" + _ID + r"/signals/([^/]{1,200})", SignalHandler),
     (r"/flows/([^/]{1,200})/runs", StartRunHandler),
+    (r"/runs", RunListHandler),
     (r"/runs/" + _ID, RunHandler),
+    (r"/runs/" + _ID + r"/result", ResultHandler),
+    (r"/runs/" + _ID + r"/cancel", CancelHandler),
 )

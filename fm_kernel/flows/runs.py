@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import functools
 import inspect
+import re
 import uuid
 from typing import Any, Callable
 
+from ..errors import UsageError
 from .context import CURRENT_RUN, RunContext, registry, replay
 from .journal import PENDING_STATUSES
 from .run import Run, new_run, run_handle
@@ -47,16 +49,46 @@ class Flow:
         run.execute()
         return run.result(0)
 
-    def start(self, *args: Any, **kwargs: Any) -> "Run":
+    def start(self, *args: Any, run_id: str | None = None, **kwargs: Any) -> "Run":
         """Start a run on a background thread and return its handle at once.
-        Inside a flow the new run is a child of the running one, started
-        once: replay returns the recorded child instead of starting another."""
+        With ``run_id``, once: a second start with that id returns the run
+        it started (an idempotency key; so a flow argument cannot be named
+        run_id here). Inside a flow the new run is a child of the running
+        one, started once: replay returns the recorded child instead."""
         ctx = CURRENT_RUN.get()
         if ctx is not None:
+            if run_id is not None:
+                raise UsageError(f"{self.name}.start(run_id=...) inside a flow: a child run's "
+                                 "id is chosen by its position already; leave run_id out")
             return _start_child(ctx, self, args, kwargs)
+        if run_id is not None:
+            return start_once(self, run_id, args, kwargs)[0]
         run = new_run(self, args, kwargs)
         run.start_thread()
         return run
+
+
+RUN_ID = re.compile(r"[A-Za-z0-9_\-]{1,128}")
+
+
+def start_once(fl: Flow, run_id: str, args: tuple, kwargs: dict) -> tuple["Run", bool]:
+    """(the run with this id, True if this call started it): a run id seen
+    before returns that run and starts nothing."""
+    if not isinstance(run_id, str) or not RUN_ID.fullmatch(run_id):
+        raise UsageError(f"run id {run_id!r} is not allowed; use 1-128 letters, digits, '_' or '-'")
+    reg = registry()
+    with reg.lock:  # one start per id, however many ask at once
+        live = reg.runs.get(run_id)
+        row = reg.journal.run_row(run_id)
+        known = row["flow"] if row is not None else (live.flow_name if live is not None else None)
+        if known is not None:
+            if known != fl.name:
+                raise UsageError(f"run id {run_id!r} is a run of flow {known!r}, not {fl.name!r}; "
+                                 "choose another id")
+            return run_handle(run_id), False
+        run = new_run(fl, args, kwargs, run_id=run_id)
+    run.start_thread()
+    return run, True
 
 
 def _start_child(ctx: RunContext, fl: Flow, args: tuple, kwargs: dict) -> "Run":
