@@ -22,7 +22,10 @@ in one line.
         ├── NotStorable            a value is neither plain JSON nor picklable
         ├── NoSuchRun              a run id this history does not have
         ├── RunFinished            a signal (or other control) sent to a run that has finished
-        └── NoSuchFlow             a flow name no cell of this kernel defined
+        ├── NoSuchFlow             a flow name no cell of this kernel defined
+        ├── NoSuchTask             a task id this history does not have
+        ├── LeaseLost              a task heartbeat or completion with a lease that is not the task's now
+        └── TaskFailed             an external task (fm.task) failed for good
 
 ``Timeout`` is also a ``TimeoutError`` so that ``except TimeoutError`` keeps
 working around ``run.result(timeout=...)``.
@@ -35,9 +38,10 @@ from pathlib import Path
 
 __all__ = [
     "Cancelled", "CorruptObject", "FlowError", "FlowmetalError", "HistoryError", "HistoryLocked",
-    "HistoryUnwritable", "NoSuchFlow", "NoSuchRun", "NoSuchStep", "NondeterminismError",
-    "NotStorable", "QueryFailed", "SQLError", "SchemaTooNew", "StepError", "Timeout", "UnsafeBundle",
-    "Untrusted", "UsageError",
+    "HistoryUnwritable", "LeaseLost", "NoSuchFlow", "NoSuchRun", "NoSuchStep", "NoSuchTask",
+    "NondeterminismError",
+    "NotStorable", "QueryFailed", "SQLError", "SchemaTooNew", "StepError", "TaskFailed", "Timeout",
+    "UnsafeBundle", "Untrusted", "UsageError",
 ]
 
 
@@ -167,3 +171,19 @@ class NoSuchFlow(FlowError):
         self.name = name
         super().__init__(f"no flow named {name!r} is defined in this kernel; run the cell that "
                          "defines it (flows known: " + (", ".join(sorted(known)) or "none") + ")")
+
+
+class NoSuchTask(FlowError):
+    def __init__(self, task_id: str):
+        self.task_id = task_id
+        super().__init__(f"no task {task_id!r} in this history; SELECT * FROM tasks lists them")
+
+
+class LeaseLost(FlowError):
+    """A heartbeat or completion whose lease is not the task's current one:
+    it expired (the task was offered again) or the task has finished."""
+
+
+class TaskFailed(FlowError):
+    """An external task (fm.task) failed for good: a non-retryable failure,
+    or its attempts were spent."""

@@ -168,3 +168,199 @@ def test_start_once_per_run_id_or_idempotency_key(tk: Kernel) -> None:
                     "print(a is b, a.result(10), len(fm.runs().query('run_id == \"py-1\"')))")
     assert out.split() == ["True", "{'x':", "5}", "1"], out
     assert sql(tk, "SELECT count(*) FROM runs WHERE run_id IN ('order-1001', ?)", [got[0][1]]) == [[2]]
+
+
+# -- external tasks -----------------------------------------------------------------------
+
+TASK_FLOWS = r'''
+@fm.flow
+def pipeline(n, last_queue="sh"):
+    a = fm.task("sh", {"n": n, "part": "a"}, retries=2)
+    b = fm.task("sh", {"n": n, "part": "b"}, retries=2)
+    c = fm.task(last_queue, {"n": n, "part": "c"})
+    return [a, b, c]
+
+@fm.flow
+def one(queue, heartbeat=None, retries=0):
+    return fm.task(queue, {"job": queue}, heartbeat=heartbeat, retries=retries)
+'''
+
+
+def worker(tk: Kernel, queue: str, name: str, max_tasks: int = 0, **env: str) -> subprocess.Popen:
+    api = tk.api  # type: ignore[attr-defined]
+    return subprocess.Popen(["bash", str(WORKERS / "curl_worker.sh"), api.url, api.token, queue, name,
+                             str(max_tasks)], env={**os.environ, **env}, start_new_session=True)
+
+
+def stop(p: subprocess.Popen) -> None:
+    if p.poll() is None:
+        os.killpg(p.pid, signal.SIGKILL)
+    p.wait(10)
+
+
+@pytest.fixture(scope="module")
+def tasks_defined(tk: Kernel) -> Kernel:
+    check(tk, TASK_FLOWS)
+    return tk
+
+
+def test_three_tasks_done_by_a_curl_worker_results_recorded_once(tasks_defined: Kernel) -> None:
+    tk = tasks_defined
+    api = tk.api  # type: ignore[attr-defined]
+    rid = api("POST", "/flows/pipeline/runs", {"args": [7]})[1]["run_id"]
+    w = worker(tk, "sh", "bash-1", 3)
+    try:
+        status, body = api("GET", f"/runs/{rid}/result?wait=60")
+        assert status == 200 and body["status"] == "succeeded", body
+        assert w.wait(20) == 0
+    finally:
+        stop(w)
+    assert [r["input"]["part"] for r in body["result"]] == ["a", "b", "c"]
+    assert {r["worker"] for r in body["result"]} == {"bash-1"} and all(r["input"]["n"] == 7 for r in body["result"])
+    rows = sql(tk, "SELECT position, queue, status, attempt, worker, result->>'worker', payload->>'part',"
+                   " created_at <= claimed_at AND claimed_at <= finished_at FROM tasks WHERE run_id = ?"
+                   " ORDER BY position", [rid])
+    assert rows == [[1, "sh", "completed", 1, "bash-1", "bash-1", "a", True],
+                    [2, "sh", "completed", 1, "bash-1", "bash-1", "b", True],
+                    [3, "sh", "completed", 1, "bash-1", "bash-1", "c", True]], rows
+    assert sql(tk, "SELECT kind, count(*) FROM events WHERE run_id = ? AND kind LIKE 'task_%'"
+                   " GROUP BY kind ORDER BY kind", [rid]) == \
+        [["task_claimed", 3], ["task_completed", 3], ["task_queued", 3]]
+    assert sql(tk, "SELECT position, count(*) FILTER (WHERE status = 'ok') FROM run_steps"
+                   " WHERE run_id = ? GROUP BY position ORDER BY position", [rid]) == [[1, 1], [2, 1], [3, 1]]
+    # replay returns the recorded results: a fork re-executes nothing
+    out = check(tk, f"r = fm.get_run({rid!r}).fork(from_step=4); print(r.result(10) == "
+                    f"fm.get_run({rid!r}).result(1))")
+    assert out.strip() == "True"
+    assert sql(tk, "SELECT count(*) FROM tasks")[0][0] == 3 + sql(tk, "SELECT count(*) FROM tasks"
+                                                                     " WHERE run_id <> ?", [rid])[0][0]
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed: no second runtime")
+def test_a_node_worker_beside_the_curl_worker(tasks_defined: Kernel) -> None:
+    tk = tasks_defined
+    api = tk.api  # type: ignore[attr-defined]
+    rid = api("POST", "/flows/pipeline/runs", {"args": [8, "js"]})[1]["run_id"]
+    js = subprocess.Popen(["node", str(WORKERS / "node_worker.mjs"), api.url, api.token, "js", "node-1", "1"])
+    sh = worker(tk, "sh", "bash-2", 2)
+    try:
+        status, body = api("GET", f"/runs/{rid}/result?wait=60")
+        assert status == 200 and body["status"] == "succeeded", body
+        assert js.wait(20) == 0 and sh.wait(20) == 0
+    finally:
+        stop(sh)
+        if js.poll() is None:
+            js.kill()
+    a, b, c = body["result"]
+    assert a["worker"] == b["worker"] == "bash-2"
+    assert c == {"worker": "node-1", "attempt": 1, "input": {"n": 8, "part": "c"}, "runtime": "node"}
+
+
+def test_a_worker_killed_mid_task_its_lease_expires_and_another_finishes_it_once(
+        tasks_defined: Kernel, tmp_path: Path) -> None:
+    tk = tasks_defined
+    api = tk.api  # type: ignore[attr-defined]
+    marks = tmp_path / "marks"
+    rid = api("POST", "/flows/one/runs", {"args": ["long"], "kwargs": {"heartbeat": 1.5, "retries": 1}})[1]["run_id"]
+    w1 = worker(tk, "long", "doomed", 1, WORK_SECONDS="60", MARKS=str(marks))
+    try:
+        wait_until(lambda: marks.exists() and marks.read_text(), what="the first worker to start")
+        time.sleep(2.5)  # it heartbeats: the lease holds
+        assert sql(tk, "SELECT status, attempt FROM tasks WHERE run_id = ?", [rid]) == [["claimed", 1]]
+        stop(w1)  # kill -9, mid-task
+    finally:
+        stop(w1)
+    w2 = worker(tk, "long", "rescuer", 1, MARKS=str(marks))
+    try:
+        status, body = api("GET", f"/runs/{rid}/result?wait=30")
+        assert status == 200 and body["result"]["worker"] == "rescuer" and body["result"]["attempt"] == 2, body
+    finally:
+        stop(w2)
+    assert [ln.split()[1:] for ln in marks.read_text().splitlines()] == [["1", "doomed"], ["2", "rescuer"]]
+    assert sql(tk, "SELECT status, attempt, worker, error->>'attempt' FROM tasks WHERE run_id = ?", [rid]) == \
+        [["completed", 2, "rescuer", "1"]]
+    assert sql(tk, "SELECT kind, count(*) FROM events WHERE run_id = ? AND kind IN"
+                   " ('task_expired', 'task_completed') GROUP BY kind ORDER BY kind", [rid]) == \
+        [["task_completed", 1], ["task_expired", 1]]
+
+
+def test_a_stale_completion_is_refused_409_and_the_result_never_changes(tasks_defined: Kernel) -> None:
+    tk = tasks_defined
+    api = tk.api  # type: ignore[attr-defined]
+    rid = api("POST", "/flows/one/runs", {"args": ["stale"], "kwargs": {"heartbeat": 1, "retries": 1}})[1]["run_id"]
+    status, first = api("POST", "/queues/stale/claim", {"worker": "slow", "wait": 10})
+    assert status == 200 and first["attempt"] == 1 and first["payload"] == {"job": "stale"}, first
+    assert first["run_id"] == rid
+    time.sleep(1.5)  # no heartbeat: the lease runs out
+    status, second = api("POST", "/queues/stale/claim", {"worker": "fast", "wait": 10})
+    assert status == 200 and second["task_id"] == first["task_id"] and second["attempt"] == 2
+    tid = first["task_id"]
+    status, body = api("POST", f"/tasks/{tid}/complete", {"lease": first["lease"], "result": "late"})
+    assert status == 409 and "attempt 2" in body["error"], body
+    assert api("POST", f"/tasks/{tid}/heartbeat", {"lease": first["lease"]})[0] == 409
+    assert api("POST", f"/tasks/{tid}/complete", {"lease": second["lease"], "result": "fresh"}) == \
+        (200, {"ok": True, "task_id": tid, "duplicate": False})
+    assert api("POST", f"/tasks/{tid}/complete", {"lease": second["lease"], "result": "fresh"})[1]["duplicate"]
+    assert api("POST", f"/tasks/{tid}/complete", {"lease": first["lease"], "result": "late"})[0] == 409
+    assert api("POST", f"/tasks/{tid}/complete", {"lease": second["lease"], "result": "other"})[1]["duplicate"]
+    assert api("GET", f"/runs/{rid}/result?wait=10")[1]["result"] == "fresh"
+    assert sql(tk, "SELECT status, result FROM tasks WHERE task_id = ?", [tid]) == [["completed", '"fresh"']]
+    assert sql(tk, "SELECT count(*) FROM events WHERE kind = 'task_completed' AND payload->>'task_id' = ?",
+               [tid]) == [[1]]
+    assert api("POST", "/tasks/nope/complete", {"lease": "x"})[0] == 404
+    assert api("POST", f"/tasks/{tid}/complete", {"lease": "x"}, token=False)[0] == 401
+    t0 = time.monotonic()
+    assert api("POST", "/queues/empty/claim", {"worker": "w", "wait": 0.5})[0] == 204
+    assert time.monotonic() - t0 >= 0.45
+
+
+def test_failures_retryable_offered_again_else_the_run_fails(tasks_defined: Kernel) -> None:
+    tk = tasks_defined
+    api = tk.api  # type: ignore[attr-defined]
+    rid = api("POST", "/flows/one/runs", {"args": ["flaky"], "kwargs": {"retries": 1}})[1]["run_id"]
+    t = api("POST", "/queues/flaky/claim", {"worker": "w", "wait": 10})[1]
+    assert api("POST", f"/tasks/{t['task_id']}/fail", {"lease": t["lease"], "error": "disk full",
+                                                       "retryable": True})[1]["status"] == "queued"
+    t2 = api("POST", "/queues/flaky/claim", {"worker": "w", "wait": 10})[1]
+    assert t2["attempt"] == 2
+    assert api("POST", f"/tasks/{t2['task_id']}/fail", {"lease": t2["lease"], "error": "still full",
+                                                        "retryable": True})[1]["status"] == "failed"
+    info = api("GET", f"/runs/{rid}/result?wait=10")[1]
+    assert info["status"] == "failed" and info["error"]["type"].endswith("TaskFailed"), info
+    assert "still full" in info["error"]["message"] and "attempt 2" in info["error"]["message"]
+    rid = api("POST", "/flows/one/runs", {"args": ["fatal"], "kwargs": {"retries": 5}})[1]["run_id"]
+    t = api("POST", "/queues/fatal/claim", {"worker": "w", "wait": 10})[1]
+    assert api("POST", f"/tasks/{t['task_id']}/fail", {"lease": t["lease"], "error": "bad input",
+                                                       "retryable": False})[1]["status"] == "failed"
+    assert api("GET", f"/runs/{rid}/result?wait=10")[1]["status"] == "failed"
+    ename = tk.execute("fm.task('q', {'x': 1})").content.get("ename")
+    assert ename == "FlowError"
+    ename = tk.execute("@fm.flow\ndef badp():\n    return fm.task('q', object())\nbadp()").content.get("ename")
+    assert ename == "UsageError"
+
+
+def test_kernel_killed_between_claim_and_complete(tmp_path: Path) -> None:
+    history = tmp_path / "h" / "history.duckdb"
+    env = {"FM_HISTORY": str(history)}
+    k = Kernel(env=env)
+    try:
+        check(k, SETUP + TASK_FLOWS)
+        info = json.loads(Path(str(history) + ".endpoint.json").read_text())
+        api = Api(info["url"], info["token"])
+        rid = api("POST", "/flows/one/runs", {"args": ["q"], "kwargs": {"heartbeat": 60}})[1]["run_id"]
+        t = api("POST", "/queues/q/claim", {"worker": "w", "wait": 10})[1]
+        k.kill9()
+    finally:
+        if k.km.is_alive():
+            k.shutdown()
+    with Kernel(env=env) as k2:
+        check(k2, "1")
+        wait_until(lambda: json.loads(Path(str(history) + ".endpoint.json").read_text())["pid"] != info["pid"],
+                   what="the new kernel's endpoint")
+        info2 = json.loads(Path(str(history) + ".endpoint.json").read_text())
+        assert info2["url"] == info["url"]
+        api = Api(info["url"], info2["token"])
+        assert api("POST", f"/tasks/{t['task_id']}/complete", {"lease": t["lease"], "result": [1, 2]})[0] == 200
+        status, body = api("GET", f"/runs/{rid}/result?wait=30")
+        assert status == 200 and body["result"] == [1, 2], body
+        assert api("POST", "/queues/q/claim", {"worker": "w", "wait": 0})[0] == 204  # nothing offered twice

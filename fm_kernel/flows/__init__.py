@@ -13,6 +13,7 @@ the machinery is behind it, each module importing only those below it:
     context    FlowRegistry (one per process, owned by the runtime), the
                current run and step, replay
     schedule   cron schedules
+    tasks      fm.task: steps done by worker processes over HTTP (task_routes: their routes)
     journal    run journals: the append-only flow log, checkpointed into DuckDB
 
 ``registry()`` is internal but supported: tools and tests reach the journal
@@ -30,10 +31,11 @@ from .ops import Callback, callback, map, now, random, sleep, uuid4, wait_for
 from .runs import Flow, flow  # before .run's runs(): importing the module .runs sets that name
 from .run import Run, get_run, runs
 from .steps import Step, step
+from .tasks import task
 
 __all__ = [
     "Callback", "Cancelled", "Flow", "FlowError", "FlowRegistry", "NoSuchFlow", "NoSuchRun",
     "NondeterminismError", "NotStorable", "Run", "Step", "StepContext", "StepError", "Timeout",
     "callback", "configure", "flow", "get_run", "map", "now", "random", "registry", "runs", "sleep",
-    "step", "step_context", "uuid4", "wait_for",
+    "step", "step_context", "task", "uuid4", "wait_for",
 ]

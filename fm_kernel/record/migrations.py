@@ -266,4 +266,32 @@ FROM fm_run_records
 QUALIFY row_number() OVER (PARTITION BY run_id ORDER BY seq DESC) = 1;
 """
 
-MIGRATIONS: list[str] = [_V1, _V2, _V3, _V4_STATES, _V5_FLOWS, _V6_TRACKED, _V7_CHILD_RUNS]
+# External tasks (flows/tasks.py): every task event carries the task's
+# status after it; one row per task, built from its events.
+_V8_TASKS = r"""
+CREATE OR REPLACE VIEW tasks AS
+WITH ev AS (
+    SELECT seq, "at", kind, run_id, payload, payload->>'task_id' AS task_id
+    FROM fm_events
+    WHERE kind IN ('task_queued', 'task_claimed', 'task_heartbeat', 'task_completed',
+                   'task_failed', 'task_expired', 'task_cancelled')
+), agg AS (
+    SELECT task_id,
+           arg_max(payload->>'status', seq) AS status,
+           max(TRY_CAST(payload->>'attempt' AS INTEGER)) FILTER (WHERE kind = 'task_claimed') AS attempt,
+           arg_max(payload->>'worker', seq) FILTER (WHERE kind = 'task_claimed') AS worker,
+           max("at") FILTER (WHERE kind = 'task_claimed') AS claimed_at,
+           arg_max(payload->'result', seq) FILTER (WHERE kind = 'task_completed') AS result,
+           arg_max(payload->'error', seq) FILTER (WHERE (payload->'error') IS NOT NULL) AS error,
+           max("at") AS last_at
+    FROM ev GROUP BY task_id
+)
+SELECT q.task_id, q.run_id, CAST(q.payload->>'position' AS INTEGER) AS position,
+       q.payload->>'queue' AS queue, a.status, coalesce(a.attempt, 0) AS attempt, a.worker,
+       q.payload->'payload' AS payload, a.result, a.error, q."at" AS created_at, a.claimed_at,
+       CASE WHEN a.status IN ('completed', 'failed', 'cancelled') THEN a.last_at END AS finished_at
+FROM ev q JOIN agg a USING (task_id)
+WHERE q.kind = 'task_queued';
+"""
+
+MIGRATIONS: list[str] = [_V1, _V2, _V3, _V4_STATES, _V5_FLOWS, _V6_TRACKED, _V7_CHILD_RUNS, _V8_TASKS]

@@ -30,7 +30,8 @@ from .sql_allowed import FUNCTIONS
 from .store import Result, Store, parse_tree, run_isolated, statement_types
 
 # The views of migrations.py: the stable interface, and all a query may read.
-VIEWS = frozenset({"steps", "outputs", "variables", "branches", "events", "runs", "run_steps"})
+VIEWS = frozenset({"steps", "outputs", "variables", "branches", "events", "runs", "run_steps",
+                   "tasks"})
 # Table functions that only make rows from their arguments; `frame` is ours
 # and is replaced by a table the kernel hands over before the query runs.
 TABLE_FUNCTIONS = frozenset({"range", "generate_series", "unnest"})
