@@ -378,9 +378,15 @@ def test_functions_are_at_most_60_lines() -> None:
                              [text for _, text in sorted(long, reverse=True)])
 
 
-def test_only_the_store_imports_duckdb() -> None:
-    assert any(name == "duckdb" for _, name, _ in EXTERNALS[f"{PKG}.record.store"]), \
-        "fm_kernel/record/store.py no longer imports duckdb; update this test"
+# The history's connection (store) and user SQL's own locked instance (sandbox).
+DUCKDB_MODULES = (f"{PKG}.record.store", f"{PKG}.record.sandbox")
+
+
+def test_only_the_store_and_the_sql_sandbox_import_duckdb() -> None:
+    for module in DUCKDB_MODULES:
+        assert any(name == "duckdb" for _, name, _ in EXTERNALS[module]), \
+            f"{_rel(module)} no longer imports duckdb; update this test"
     offenders = [f"{_rel(m)}:{line} `{src}`" for m, found in EXTERNALS.items()
-                 if m != f"{PKG}.record.store" for line, name, src in found if name == "duckdb"]
-    assert not offenders, _report("duckdb imported outside fm_kernel/record/store.py", offenders)
+                 if m not in DUCKDB_MODULES for line, name, src in found if name == "duckdb"]
+    assert not offenders, _report("duckdb imported outside record/store.py and record/sandbox.py",
+                                  offenders)

@@ -77,7 +77,7 @@ def run_sql(history: Path, query: str, params: list | None = None):
 
 
 def cmd_log(a: argparse.Namespace) -> int:
-    from ..record.store import step_log_query
+    from ..record.rows import step_log_query
 
     res = run_sql(_history_arg(a.history), *step_log_query(a.branch, a.n))
     print(step_log_table(res.rows))
@@ -144,7 +144,7 @@ def cmd_trust(a: argparse.Namespace) -> int:
 
 
 def cmd_runs(a: argparse.Namespace) -> int:
-    from ..record.store import runs_query
+    from ..record.rows import runs_query
 
     res = run_sql(_history_arg(a.history), runs_query(a.n))
     if not res.rows:

@@ -228,7 +228,7 @@ class Journal:
         by_kind: dict[str, list[dict[str, Any]]] = {"run": [], "step": [], "event": []}
         for _lsn, kind, row in batch:
             by_kind[kind].append(row)
-        with self.store.transaction() as c:
+        with self.store.transaction():
             # seqs are taken here, in log order, so "latest by seq" in the
             # views is the order the flow wrote its records in.
             for kind, table, cols in (("run", "fm_run_records", RUN_COLS),
@@ -253,8 +253,8 @@ class Journal:
                     else:
                         exprs.append(f"unnest(?::{typ}[])")
                 names = ", ".join('"at"' if col == "at" else col for col in ("seq", *cols))
-                c.execute(f"INSERT INTO {table} ({names}) SELECT {', '.join(exprs)}", params)
-            c.execute("INSERT OR REPLACE INTO fm_meta VALUES (?, ?)", [_LSN_KEY, str(batch[-1][0])])
+                self.store.execute(f"INSERT INTO {table} ({names}) SELECT {', '.join(exprs)}", params)
+            self.store.set_meta(_LSN_KEY, str(batch[-1][0]))
 
     def _recover(self) -> int:
         """Insert the log records a dead process did not checkpoint."""

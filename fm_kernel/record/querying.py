@@ -27,7 +27,9 @@ from typing import Any, Callable, Sequence
 
 from ..errors import QueryFailed, SQLError
 from .sql_allowed import FUNCTIONS
-from .store import Result, Store, parse_tree, run_isolated, statement_types
+from .rows import Result
+from .sandbox import parse_tree, run_isolated, statement_types
+from .store import Store
 
 # The views of migrations.py: the stable interface, and all a query may read.
 VIEWS = frozenset({"steps", "outputs", "variables", "branches", "events", "runs", "run_steps",

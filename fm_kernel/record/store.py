@@ -9,10 +9,9 @@ at open time, instead of by a round trip per cell.
 
 from __future__ import annotations
 
-import datetime as dt
+import contextlib
 import json
 import threading
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -21,65 +20,10 @@ import duckdb
 from .. import errors
 from ..errors import QueryFailed
 from .migrations import MIGRATIONS
+from .reads import HistoryReads
+from .rows import Result, StepRecord, utcnow
 
 SCHEMA_VERSION = len(MIGRATIONS)
-
-
-def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
-
-
-@dataclass
-class StepRecord:
-    """One step as it stands at one moment (running, or its final form)."""
-
-    step: int
-    branch: str
-    parent: int | None
-    kernel_id: str
-    cell_id: str | None
-    execution_count: int | None
-    code: str
-    status: str
-    started_at: dt.datetime
-    finished_at: dt.datetime | None = None
-    duration_ms: float | None = None
-    error_name: str | None = None
-    error_value: str | None = None
-    traceback: list[str] | None = None
-    outputs: list[dict[str, Any]] = field(default_factory=list)
-    state: dict[str, Any] | None = None  # {"names": [...], "ids": [...], "changed": [...]}
-
-    def to_json(self) -> dict[str, Any]:
-        d = dict(self.__dict__)
-        d["started_at"] = self.started_at.isoformat()
-        d["finished_at"] = self.finished_at.isoformat() if self.finished_at else None
-        return d
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "StepRecord":
-        d = dict(d)
-        d["started_at"] = dt.datetime.fromisoformat(d["started_at"])
-        if d.get("finished_at"):
-            d["finished_at"] = dt.datetime.fromisoformat(d["finished_at"])
-        return cls(**d)
-
-
-@dataclass
-class Result:
-    """A query result small enough to hold: column names and row tuples."""
-
-    columns: list[str]
-    rows: list[tuple]
-    truncated: bool = False  # user SQL: more rows than the cap were found
-
-    def to_pandas(self):  # pandas is optional for the kernel itself
-        import pandas as pd
-
-        return pd.DataFrame(self.rows, columns=self.columns)
-
-    def dicts(self) -> list[dict[str, Any]]:
-        return [dict(zip(self.columns, r)) for r in self.rows]
 
 
 _STEP_INSERT = (
@@ -94,7 +38,7 @@ _VIEWS_KEY = ("SELECT list(estimated_size ORDER BY table_name) FROM duckdb_table
 _ENTRY_COLUMNS = ("id", "name", "type", "size_bytes", "summary", "value", "restorable", "reason")
 
 
-class Store:
+class Store(HistoryReads):
     """A history database opened read-write by this process."""
 
     def __init__(self, path: Path, conn: duckdb.DuckDBPyConnection, read_only: bool = False):
@@ -181,13 +125,13 @@ class Store:
                 )
             return
         for number in range(version + 1, SCHEMA_VERSION + 1):
-            with self.transaction() as c:
-                c.execute(MIGRATIONS[number - 1])
-                c.execute(
+            with self.transaction():
+                self._conn.execute(MIGRATIONS[number - 1])
+                self._conn.execute(
                     "INSERT OR REPLACE INTO fm_meta VALUES ('schema_version', ?)", [str(number)]
                 )
                 if number == 1:
-                    c.execute(
+                    self._conn.execute(
                         "INSERT INTO fm_branch_records VALUES (1, 'main', NULL, NULL, ?)",
                         [utcnow()],
                     )
@@ -207,31 +151,33 @@ class Store:
             row = self._conn.execute(sql, params).fetchone()
         return row[0] if row else None
 
-    def transaction(self):
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
         """BEGIN ... COMMIT on the main connection, holding the store lock.
-        Nested uses join the outer transaction; every append_* inside one
-        goes into it."""
-        store = self
+        Nested uses join the outer transaction; every append_* (and execute)
+        inside one goes into it. It hands out no connection: writes inside
+        go through Store methods."""
+        with self._lock:
+            outer = not self._in_txn
+            if outer:
+                self._conn.execute("BEGIN")
+                self._in_txn = True
+            try:
+                yield
+            except BaseException:
+                if outer:
+                    self._in_txn = False
+                    self._conn.execute("ROLLBACK")
+                raise
+            if outer:
+                self._in_txn = False
+                self._conn.execute("COMMIT")
 
-        class _Txn:
-            def __enter__(self_inner):
-                store._lock.acquire()
-                self_inner.outer = not store._in_txn
-                if self_inner.outer:
-                    store._conn.execute("BEGIN")
-                    store._in_txn = True
-                return store._conn
-
-            def __exit__(self_inner, exc_type, exc, tb):
-                try:
-                    if self_inner.outer:
-                        store._in_txn = False
-                        store._conn.execute("ROLLBACK" if exc_type else "COMMIT")
-                finally:
-                    store._lock.release()
-                return False
-
-        return _Txn()
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        """A write by a module that owns its tables (the flow journal's bulk
+        inserts); inside a transaction() when it must be atomic with others."""
+        with self._lock:
+            self._conn.execute(sql, params)
 
     def next_seq(self) -> int:
         with self._lock:
@@ -260,7 +206,7 @@ class Store:
                 conn = self._conn if self._in_txn else self._writer
                 conn.execute(_STEP_INSERT, self._step_params(rec, state_id))
                 return
-            with self.transaction() as c:
+            with self.transaction():
                 if entries:
                     rows, params = [], []
                     for e in entries:
@@ -268,11 +214,11 @@ class Store:
                         params += [e["id"], e["name"], e["type"], e["size_bytes"], e["summary"],
                                    json.dumps(e["value"]) if e.get("value") is not None else None,
                                    e["restorable"], e["reason"], json.dumps(e)]
-                    c.execute("INSERT INTO fm_var_entries VALUES " + ", ".join(rows), params)
+                    self._conn.execute("INSERT INTO fm_var_entries VALUES " + ", ".join(rows), params)
                 if new_state:
-                    c.execute("INSERT INTO fm_states VALUES (?, ?, ?)",
+                    self._conn.execute("INSERT INTO fm_states VALUES (?, ?, ?)",
                               [state_id, rec.state["names"], rec.state["ids"]])  # type: ignore[index]
-                c.execute(_STEP_INSERT, self._step_params(rec, state_id))
+                self._conn.execute(_STEP_INSERT, self._step_params(rec, state_id))
             if new_state:
                 self._states.add(state_id)  # type: ignore[arg-type]
 
@@ -282,17 +228,17 @@ class Store:
         builds): the per-row path costs a statement per record."""
         import pyarrow as pa
 
-        with self.transaction() as c:
+        with self.transaction():
             if entries:
-                c.register("fm_batch_entries", pa.Table.from_pylist([
+                self._conn.register("fm_batch_entries", pa.Table.from_pylist([
                     {"id": e["id"], "name": e["name"], "type": e["type"],
                      "size_bytes": e["size_bytes"], "summary": e["summary"],
                      "value": json.dumps(e["value"]) if e.get("value") is not None else None,
                      "restorable": e["restorable"], "reason": e["reason"], "entry": json.dumps(e)}
                     for e in entries]))
-                c.execute("INSERT INTO fm_var_entries SELECT id, name, type, size_bytes, summary,"
+                self._conn.execute("INSERT INTO fm_var_entries SELECT id, name, type, size_bytes, summary,"
                           " value::JSON, restorable, reason, entry::JSON FROM fm_batch_entries")
-                c.unregister("fm_batch_entries")
+                self._conn.unregister("fm_batch_entries")
             rows, states = [], {}
             for rec in recs:
                 sid = _state_id(rec.state) if rec.state is not None else None
@@ -301,10 +247,10 @@ class Store:
                 rows.append(self._step_params(rec, sid))
                 self._step = max(self._step, rec.step)
             if states:
-                c.register("fm_batch_states", pa.Table.from_pylist(
+                self._conn.register("fm_batch_states", pa.Table.from_pylist(
                     [{"id": k, "names": v["names"], "ids": v["ids"]} for k, v in states.items()]))
-                c.execute("INSERT INTO fm_states SELECT id, names, ids FROM fm_batch_states")
-                c.unregister("fm_batch_states")
+                self._conn.execute("INSERT INTO fm_states SELECT id, names, ids FROM fm_batch_states")
+                self._conn.unregister("fm_batch_states")
             cols = list(zip(*rows)) if rows else [[] for _ in range(18)]
             names = ["seq", "step", "branch", "parent", "kernel_id", "cell_id", "execution_count",
                      "code", "status", "started_at", "finished_at", "duration_ms", "error_name",
@@ -315,12 +261,12 @@ class Store:
                      "finished_at": pa.timestamp("us", tz="UTC"), "changed": pa.list_(pa.string())}
             table = pa.table({n: pa.array(list(col), type=types.get(n, pa.string()))
                               for n, col in zip(names, cols)})
-            c.register("fm_batch_steps", table)
-            c.execute(f"INSERT INTO fm_step_records ({', '.join(names)}) SELECT"
+            self._conn.register("fm_batch_steps", table)
+            self._conn.execute(f"INSERT INTO fm_step_records ({', '.join(names)}) SELECT"
                       " seq, step, branch, parent, kernel_id, cell_id, execution_count, code, status,"
                       " started_at, finished_at, duration_ms, error_name, error_value,"
                       " traceback::JSON, outputs::JSON, state_id, changed FROM fm_batch_steps")
-            c.unregister("fm_batch_steps")
+            self._conn.unregister("fm_batch_steps")
         self._states.update(states)
 
     def append_events(self, events: Sequence[tuple[str, int | None, str | None, dict | None]]) -> None:
@@ -328,7 +274,7 @@ class Store:
         import pyarrow as pa
 
         now = utcnow()
-        with self.transaction() as c:
+        with self.transaction():
             table = pa.table({
                 "seq": pa.array([self.next_seq() for _ in events], pa.int64()),
                 "at": pa.array([now] * len(events), pa.timestamp("us", tz="UTC")),
@@ -337,10 +283,10 @@ class Store:
                 "run_id": pa.array([e[2] for e in events], pa.string()),
                 "payload": pa.array([json.dumps(e[3] or {}, default=str) for e in events], pa.string()),
             })
-            c.register("fm_batch_events", table)
-            c.execute('INSERT INTO fm_events SELECT seq, "at", kind, step, run_id, payload::JSON'
+            self._conn.register("fm_batch_events", table)
+            self._conn.execute('INSERT INTO fm_events SELECT seq, "at", kind, step, run_id, payload::JSON'
                       " FROM fm_batch_events")
-            c.unregister("fm_batch_events")
+            self._conn.unregister("fm_batch_events")
 
     def _step_params(self, rec: StepRecord, state_id: str | None) -> list[Any]:
         return [
@@ -417,91 +363,11 @@ class Store:
             self._view_cols[name] = list(cur.sql(f"SELECT * FROM {_ident(name)} LIMIT 0").columns)
         return self._view_cols[name]
 
-    def steps(self, branch: str | None = None, limit: int | None = None) -> Result:
-        """The step log (columns of ``STEP_LOG_COLUMNS``), oldest first."""
-        return self.query(*step_log_query(branch, limit))
-
-    def steps_frame(self, branch: str | None = None):
-        """Every column of the steps view as a DataFrame, oldest first."""
-        where, params = ("WHERE branch = ?", [branch]) if branch else ("", [])
-        return self.query(f"SELECT * EXCLUDE (seq) FROM steps {where} ORDER BY step",
-                          params).to_pandas()
-
-    def step_count(self) -> int:
-        return self._scalar("SELECT count(*) FROM steps")
-
-    def pending_run_count(self) -> int:
-        return self._scalar("SELECT count(*) FROM runs WHERE status IN ("
-                            + ", ".join(f"'{s}'" for s in PENDING_RUN_STATUSES) + ")")
-
-    def branches(self) -> Result:
-        """name, head, base, created_at of every branch, oldest first."""
-        return self.query("SELECT name, head, base, created_at FROM branches ORDER BY created_at, name")
-
-    def session_steps(self, run_key: str) -> tuple[list[str], list[tuple]]:
-        """The kernels that `fm run` started under ``run_key`` (oldest first)
-        and their steps as (step, parent, code, status, kernel_id)."""
-        kernels = [r[0] for r in self.query(
-            "SELECT payload->>'kernel_id' FROM fm_events WHERE kind = 'kernel_started'"
-            " AND payload->>'run_key' = ? ORDER BY seq", [run_key]).rows]
-        if not kernels:
-            return [], []
-        rows = self.query(
-            "SELECT step, parent, code, status, kernel_id FROM steps"
-            " WHERE kernel_id IN (SELECT unnest(?::VARCHAR[]))", [kernels]).rows
-        return kernels, rows
-
-    def step(self, step: int) -> StepRecord | None:
-        res = self.query(
-            "SELECT step, branch, parent, kernel_id, cell_id, execution_count, code, status,"
-            " started_at, finished_at, duration_ms, error_name, error_value,"
-            " traceback::VARCHAR, outputs::VARCHAR, changed,"
-            " (SELECT names FROM fm_states s WHERE s.id = r.state_id LIMIT 1),"
-            " (SELECT ids FROM fm_states s WHERE s.id = r.state_id LIMIT 1)"
-            " FROM fm_step_records r WHERE step = ? ORDER BY seq DESC LIMIT 1",
-            [step],
-        )
-        if not res.rows:
-            return None
-        r = list(res.rows[0])
-        changed, names, ids = r[15:18]
-        r = r[:15]
-        r[13] = json.loads(r[13]) if r[13] else None
-        r[14] = json.loads(r[14]) if r[14] else []
-        state = None if names is None else {"names": names, "ids": ids, "changed": changed or []}
-        return StepRecord(*r, state=state)
-
-    def entries(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
-        """Variable entries by id (as written by append_step)."""
-        if not ids:
-            return {}
-        res = self.query(
-            "SELECT id, any_value(entry)::VARCHAR FROM fm_var_entries"
-            " WHERE id IN (SELECT unnest(?::VARCHAR[])) GROUP BY id", [list(ids)])
-        return {i: json.loads(e) for i, e in res.rows}
-
-    def known_entry_ids(self) -> set[str]:
-        return {r[0] for r in self.query("SELECT DISTINCT id FROM fm_var_entries").rows}
-
     def append_branch(self, name: str, head: int | None, base: int | None) -> None:
         """A branch's creation, or a move of its head not made by running a cell."""
         with self._lock:
             self._conn.execute("INSERT INTO fm_branch_records VALUES (?, ?, ?, ?, ?)",
                                [self.next_seq(), name, head, base, utcnow()])
-
-    def head(self, before_seq: int | None = None) -> tuple[str, int | None] | None:
-        """HEAD (branch, step) before ``before_seq``: the later, in seq order, of
-        the last cell's final record and the last HEAD-move event. A killed
-        cell's record (written by the next kernel) has no finished_at: it
-        never moved HEAD. None before anything did."""
-        res = self.query(
-            "SELECT branch, step FROM ("
-            "  SELECT seq, branch, step FROM fm_step_records WHERE finished_at IS NOT NULL"
-            "  UNION ALL"
-            "  SELECT seq, payload->>'branch', step FROM fm_events"
-            "  WHERE kind IN ('rewind', 'checkout', 'resume', 'fork')"
-            ") WHERE seq < ? ORDER BY seq DESC LIMIT 1", [before_seq or (1 << 62)])
-        return (res.rows[0][0], res.rows[0][1]) if res.rows else None
 
     def copy_to(self, target: Path) -> None:
         """A consistent copy of the whole history as a new database file."""
@@ -527,23 +393,6 @@ class Store:
         with self._lock:
             self._conn.execute("DELETE FROM fm_meta WHERE key = ?", [key])
 
-    def unfinished_steps(self) -> list[StepRecord]:
-        """Steps whose latest record says 'running': their kernel died."""
-        res = self.query("SELECT step FROM steps WHERE status = 'running' ORDER BY step")
-        return [rec for (n,) in res.rows if (rec := self.step(n)) is not None]
-
-    def branch_heads(self) -> dict[str, int | None]:
-        return dict(self.query("SELECT name, head FROM branches").rows)
-
-    def last_event(self, kinds: Sequence[str]) -> dict[str, Any] | None:
-        marks = ", ".join("?" for _ in kinds)
-        res = self.query(
-            f"SELECT seq, kind, step, payload FROM fm_events WHERE kind IN ({marks})"
-            " ORDER BY seq DESC LIMIT 1",
-            list(kinds),
-        )
-        return res.dicts()[0] if res.rows else None
-
     def size_bytes(self) -> int:
         total = 0
         for p in (self.path, Path(str(self.path) + ".wal")):
@@ -552,10 +401,6 @@ class Store:
             except OSError:
                 pass
         return total
-
-    def iter_rows(self, sql: str, params: Sequence[Any] = ()) -> Iterator[tuple]:
-        yield from self.query(sql, params).rows
-
 
 def _lock_holder(message: str) -> str | None:
     # DuckDB says: "... Conflicting lock is held in <exe> (PID 1234) by user ..."
@@ -569,94 +414,6 @@ def _lock_holder(message: str) -> str | None:
 def _first_line(exc: BaseException) -> str:
     lines = [ln for ln in str(exc).splitlines() if ln.strip()]
     return lines[0] if lines else type(exc).__name__
-
-
-# -- user SQL's own instance --------------------------------------------------
-# User SQL never runs on a history's connection. It runs on a cursor of a
-# separate in-memory instance made with external access off (no file, ATTACH,
-# COPY or extension loading) and its configuration locked (no SET, RESET or
-# PRAGMA can change a setting), inside a read-only transaction. It holds no
-# data of its own: the kernel hands it the views a query names as Arrow
-# tables (Store.views_as_arrow) and each past DataFrame `frame()` names as an
-# Arrow table, so a query sees what it was given and nothing else, whatever
-# the parser check (record/querying.py) might miss.
-_ISOLATED_CONFIG = {
-    "enable_external_access": False, "autoload_known_extensions": False,
-    "autoinstall_known_extensions": False, "allow_community_extensions": False,
-    "allow_unsigned_extensions": False, "threads": 2, "memory_limit": "1GB",
-    "lock_configuration": True,
-}
-_isolated: duckdb.DuckDBPyConnection | None = None
-_isolated_lock = threading.Lock()
-
-
-def _isolated_cursor() -> duckdb.DuckDBPyConnection:
-    global _isolated
-    with _isolated_lock:
-        if _isolated is None:
-            _isolated = duckdb.connect(":memory:", config=dict(_ISOLATED_CONFIG))
-        return _isolated.cursor()
-
-
-def run_isolated(sql: str, params: Sequence[Any], views: dict[str, tuple[Any, list[str]]],
-                 frames: dict[str, Any], max_rows: int | None, cancel: Any) -> Result:
-    """Run one checked user query on a fresh cursor of the isolated instance.
-    ``views``: view name -> (Arrow table, its JSON columns); ``frames``:
-    table name -> Arrow table; ``cancel.attach(cursor)`` lets a timer, an
-    interrupt or a gone client stop it. Raises QueryFailed."""
-    cur = _isolated_cursor()
-    try:
-        for name, (table, json_cols) in views.items():
-            cur.register(f"fm_arrow_{name}", table)
-            # Arrow carries JSON as text; give the views back their JSON type.
-            casts = ", ".join(f'"{c}"::JSON AS "{c}"' for c in json_cols)
-            cur.execute(f'CREATE TEMP VIEW "{name}" AS SELECT *'
-                        f'{f" REPLACE ({casts})" if casts else ""} FROM fm_arrow_{name}')
-        for name, table in frames.items():
-            cur.register(name, table)
-        cur.execute("BEGIN TRANSACTION READ ONLY")
-        cancel.attach(cur)
-        try:
-            cur.execute(sql, list(params))
-            cols = [d[0] for d in cur.description] if cur.description else []
-            rows = [] if not cols else cur.fetchall() if max_rows is None \
-                else cur.fetchmany(max_rows + 1)
-        except (duckdb.Error, RuntimeError) as exc:  # Ctrl-C arrives as RuntimeError
-            interrupted = isinstance(exc, duckdb.InterruptException) or "interrupted" in str(exc)
-            raise QueryFailed("interrupted" if interrupted else _first_line(exc),
-                              wrote="read-only" in str(exc)) from None
-        finally:
-            cancel.detach()
-        cut = max_rows is not None and len(rows) > max_rows
-        return Result(cols, rows[:max_rows] if cut else rows, truncated=cut)
-    finally:
-        cur.close()
-
-
-def statement_types(sql: str) -> list[str]:
-    """The statement types DuckDB parses ``sql`` into (SELECT, INSERT, ...)."""
-    try:
-        return [st.type.name for st in duckdb.extract_statements(sql)]
-    except duckdb.Error as exc:
-        raise QueryFailed(_first_line(exc)) from None
-
-
-_parser: duckdb.DuckDBPyConnection | None = None  # in-memory, only parses
-_parser_lock = threading.Lock()
-
-
-def parse_tree(sql: str) -> Any:
-    """DuckDB's own parse tree of a query (json_serialize_sql), or None when
-    it cannot serialise it: it serialises nothing but SELECT."""
-    global _parser
-    with _parser_lock:
-        if _parser is None:
-            _parser = duckdb.connect(":memory:", config=dict(_ISOLATED_CONFIG))
-        try:
-            tree = json.loads(_parser.execute("SELECT json_serialize_sql(?)", [sql]).fetchone()[0])
-        except duckdb.Error:
-            return None
-    return None if tree.get("error") else tree
 
 
 def _state_id(state: dict[str, Any]) -> str:
@@ -680,25 +437,3 @@ def _owner_only(path: Path) -> None:
             p.chmod(0o600)
         except OSError:
             pass
-
-
-# -- named queries over the public views ------------------------------------------------
-# Plain SELECTs over the spec's views, so that the CLI can also send them to a
-# live kernel's endpoint as user SQL (the read-only door) when it holds the file.
-
-PENDING_RUN_STATUSES = ("running", "sleeping", "waiting")
-STEP_LOG_COLUMNS = ("step", "branch", "parent", "status", "execution_count", "duration_ms",
-                    "started_at", "code", "error_name")
-
-
-def step_log_query(branch: str | None = None, limit: int | None = None) -> tuple[str, list[Any]]:
-    """The last ``limit`` steps (of ``branch``), oldest first."""
-    where, params = ("WHERE branch = ?", [branch]) if branch else ("", [])
-    limit_sql = f" LIMIT {int(limit)}" if limit else ""
-    return (f"SELECT * FROM (SELECT {', '.join(STEP_LOG_COLUMNS)} FROM steps {where}"
-            f" ORDER BY step DESC{limit_sql}) ORDER BY step", params)
-
-
-def runs_query(limit: int) -> str:
-    return ("SELECT run_id, flow, status, started_at, finished_at FROM runs"
-            f" ORDER BY started_at DESC LIMIT {int(limit)}")

@@ -34,7 +34,8 @@ from kernel_driver import Kernel  # noqa: E402
 
 from fm_kernel.errors import QueryFailed, SQLError  # noqa: E402
 from fm_kernel.record import querying  # noqa: E402
-from fm_kernel.record.store import Store, run_isolated  # noqa: E402
+from fm_kernel.record.sandbox import run_isolated  # noqa: E402
+from fm_kernel.record.store import Store  # noqa: E402
 
 FM = str(Path(sys.executable).parent / "fm")
 SLOW = ("SELECT count(*) FROM range(1000000000) a, range(1000000) b "

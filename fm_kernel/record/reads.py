@@ -1,0 +1,115 @@
+"""The history's reads by name: the step log, one step's record, entries,
+branches, HEAD, events. A mixin of Store that needs only its ``query``: no
+connection, lock or DuckDB here, so every read is one SELECT over the views
+or the append-only tables, and none of them writes."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Sequence
+
+from .rows import PENDING_RUN_STATUSES, Result, StepRecord, step_log_query
+
+
+class HistoryReads:
+    """Reads shared by every Store; ``query(sql, params) -> Result`` is Store's."""
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> Result:  # pragma: no cover
+        raise NotImplementedError
+
+    def steps(self, branch: str | None = None, limit: int | None = None) -> Result:
+        """The step log (columns of ``STEP_LOG_COLUMNS``), oldest first."""
+        return self.query(*step_log_query(branch, limit))
+
+    def steps_frame(self, branch: str | None = None):
+        """Every column of the steps view as a DataFrame, oldest first."""
+        where, params = ("WHERE branch = ?", [branch]) if branch else ("", [])
+        return self.query(f"SELECT * EXCLUDE (seq) FROM steps {where} ORDER BY step",
+                          params).to_pandas()
+
+    def step_count(self) -> int:
+        return self.query("SELECT count(*) FROM steps").rows[0][0]
+
+    def pending_run_count(self) -> int:
+        return self.query("SELECT count(*) FROM runs WHERE status IN ("
+                          + ", ".join(f"'{s}'" for s in PENDING_RUN_STATUSES) + ")").rows[0][0]
+
+    def branches(self) -> Result:
+        """name, head, base, created_at of every branch, oldest first."""
+        return self.query("SELECT name, head, base, created_at FROM branches ORDER BY created_at, name")
+
+    def session_steps(self, run_key: str) -> tuple[list[str], list[tuple]]:
+        """The kernels that `fm run` started under ``run_key`` (oldest first)
+        and their steps as (step, parent, code, status, kernel_id)."""
+        kernels = [r[0] for r in self.query(
+            "SELECT payload->>'kernel_id' FROM fm_events WHERE kind = 'kernel_started'"
+            " AND payload->>'run_key' = ? ORDER BY seq", [run_key]).rows]
+        if not kernels:
+            return [], []
+        rows = self.query(
+            "SELECT step, parent, code, status, kernel_id FROM steps"
+            " WHERE kernel_id IN (SELECT unnest(?::VARCHAR[]))", [kernels]).rows
+        return kernels, rows
+
+    def step(self, step: int) -> StepRecord | None:
+        res = self.query(
+            "SELECT step, branch, parent, kernel_id, cell_id, execution_count, code, status,"
+            " started_at, finished_at, duration_ms, error_name, error_value,"
+            " traceback::VARCHAR, outputs::VARCHAR, changed,"
+            " (SELECT names FROM fm_states s WHERE s.id = r.state_id LIMIT 1),"
+            " (SELECT ids FROM fm_states s WHERE s.id = r.state_id LIMIT 1)"
+            " FROM fm_step_records r WHERE step = ? ORDER BY seq DESC LIMIT 1",
+            [step],
+        )
+        if not res.rows:
+            return None
+        r = list(res.rows[0])
+        changed, names, ids = r[15:18]
+        r = r[:15]
+        r[13] = json.loads(r[13]) if r[13] else None
+        r[14] = json.loads(r[14]) if r[14] else []
+        state = None if names is None else {"names": names, "ids": ids, "changed": changed or []}
+        return StepRecord(*r, state=state)
+
+    def entries(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """Variable entries by id (as written by append_step)."""
+        if not ids:
+            return {}
+        res = self.query(
+            "SELECT id, any_value(entry)::VARCHAR FROM fm_var_entries"
+            " WHERE id IN (SELECT unnest(?::VARCHAR[])) GROUP BY id", [list(ids)])
+        return {i: json.loads(e) for i, e in res.rows}
+
+    def known_entry_ids(self) -> set[str]:
+        return {r[0] for r in self.query("SELECT DISTINCT id FROM fm_var_entries").rows}
+
+    def head(self, before_seq: int | None = None) -> tuple[str, int | None] | None:
+        """HEAD (branch, step) before ``before_seq``: the later, in seq order, of
+        the last cell's final record and the last HEAD-move event. A killed
+        cell's record (written by the next kernel) has no finished_at: it
+        never moved HEAD. None before anything did."""
+        res = self.query(
+            "SELECT branch, step FROM ("
+            "  SELECT seq, branch, step FROM fm_step_records WHERE finished_at IS NOT NULL"
+            "  UNION ALL"
+            "  SELECT seq, payload->>'branch', step FROM fm_events"
+            "  WHERE kind IN ('rewind', 'checkout', 'resume', 'fork')"
+            ") WHERE seq < ? ORDER BY seq DESC LIMIT 1", [before_seq or (1 << 62)])
+        return (res.rows[0][0], res.rows[0][1]) if res.rows else None
+
+    def unfinished_steps(self) -> list[StepRecord]:
+        """Steps whose latest record says 'running': their kernel died."""
+        res = self.query("SELECT step FROM steps WHERE status = 'running' ORDER BY step")
+        return [rec for (n,) in res.rows if (rec := self.step(n)) is not None]
+
+    def branch_heads(self) -> dict[str, int | None]:
+        return dict(self.query("SELECT name, head FROM branches").rows)
+
+    def last_event(self, kinds: Sequence[str]) -> dict[str, Any] | None:
+        marks = ", ".join("?" for _ in kinds)
+        res = self.query(
+            f"SELECT seq, kind, step, payload FROM fm_events WHERE kind IN ({marks})"
+            " ORDER BY seq DESC LIMIT 1",
+            list(kinds),
+        )
+        return res.dicts()[0] if res.rows else None
