@@ -364,3 +364,21 @@ def test_kernel_killed_between_claim_and_complete(tmp_path: Path) -> None:
         status, body = api("GET", f"/runs/{rid}/result?wait=30")
         assert status == 200 and body["result"] == [1, 2], body
         assert api("POST", "/queues/q/claim", {"worker": "w", "wait": 0})[0] == 204  # nothing offered twice
+
+
+def test_async_flow_awaits_a_task_and_a_cancelled_run_cancels_its_task(tasks_defined: Kernel) -> None:
+    tk = tasks_defined
+    api = tk.api  # type: ignore[attr-defined]
+    check(tk, "@fm.flow\nasync def atask(x):\n    return (await fm.task('aq', {'x': x}))['y'] + 1")
+    rid = api("POST", "/flows/atask/runs", {"args": [1]})[1]["run_id"]
+    t = api("POST", "/queues/aq/claim", {"worker": "w", "wait": 10})[1]
+    assert t["payload"] == {"x": 1}
+    assert api("POST", f"/tasks/{t['task_id']}/complete", {"lease": t["lease"], "result": {"y": 41}})[0] == 200
+    assert api("GET", f"/runs/{rid}/result?wait=10")[1]["result"] == 42
+    rid = api("POST", "/flows/one/runs", {"args": ["doomed"]})[1]["run_id"]
+    t = api("POST", "/queues/doomed/claim", {"worker": "w", "wait": 10})[1]
+    assert api("POST", f"/runs/{rid}/cancel")[0] == 200
+    wait_until(lambda: api("GET", f"/tasks/{t['task_id']}")[1]["status"] == "cancelled",
+               what="the run's task to be cancelled")
+    status, body = api("POST", f"/tasks/{t['task_id']}/complete", {"lease": t["lease"], "result": 1})
+    assert status == 409 and "cancelled" in body["error"], body
