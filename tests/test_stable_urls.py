@@ -128,3 +128,43 @@ def test_a_kept_port_taken_by_someone_else_is_one_line_and_another_port(tmp_path
     with Kernel(env=env) as k3:  # the kept port is still the one asked for
         check(k3, "1")
         assert endpoint(history)["port"] == kept
+
+
+def test_callback_url_from_a_killed_kernel_resolves_under_fm_worker(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from kernel_driver import query
+
+    history = tmp_path / "h" / "history.duckdb"
+    url_file = tmp_path / "cb_url"
+    k = Kernel(env={"FM_HISTORY": str(history)})
+    try:
+        check(k, FLOW.format(url_file=str(url_file)))
+        run_id = check(k, "r = approval.start('po-9'); print(r.id)").strip()
+        wait_until(lambda: url_file.exists() and url_file.read_text(), what="the callback URL")
+        url, first_pid = url_file.read_text(), endpoint(history)["pid"]
+        k.kill9()
+    finally:
+        if k.km.is_alive():
+            k.shutdown()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FM_", "JPY_"))}
+    worker = subprocess.Popen([str(Path(sys.executable).parent / "fm"), "worker", "--history", str(history)],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: Path(str(history) + ".endpoint.json").exists()
+                   and endpoint(history)["pid"] != first_pid, what="the worker's endpoint")
+        status, body = post(url, {"approved": True})
+        assert status == 200 and body["duplicate"] is False, body
+        token = endpoint(history)["token"]
+        req = urllib.request.Request(f"{endpoint(history)['url']}/runs/{run_id}/result?wait=30",
+                                     headers={"Authorization": f"token {token}"})
+        with urllib.request.urlopen(req, timeout=40) as resp:
+            info = json.loads(resp.read())
+        assert info["status"] == "succeeded" and info["result"] == {"item": "po-9", "approved": True}, info
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.communicate(timeout=30)
+    assert query(history, "SELECT status FROM runs WHERE run_id = ?", [run_id]) == [("succeeded",)]
