@@ -154,3 +154,39 @@ def test_the_flow_docs_say_what_users_write_and_what_the_code_does() -> None:
     assert "import fm_kernel as fm" in flows_md
     bench = (docs / "bench-flows.md").read_text()
     assert f"{CHECKPOINT_INTERVAL} s" in bench and "~50 ms" not in bench
+
+
+def test_a_slot_fired_twice_starts_one_run(tmp_path: Path) -> None:
+    """A missed slot's catch-up run starts once however often its flow is
+    registered and however often the slot fires (a second firing of one slot
+    was seen under load: the flow registered again between the catch-up
+    run's start and the record of its slot)."""
+    out = run_py(f"""
+import time
+import fm_kernel as fm
+from fm_kernel import flows
+from fm_kernel.flows.runs import resume_pending
+from fm_kernel.record.store import Store
+
+store = Store.open({str(tmp_path / "h.duckdb")!r})
+flows.configure(store)
+reg = flows.registry()
+reg.journal.record_slot("hourly", time.time() - 3 * 3600 - 60, None)  # three slots missed
+reg.journal.flush()
+resume_pending()  # what the kernel does once the namespace is back
+for _ in range(3):  # a restore, then the defining cell run again, twice
+    @fm.flow(schedule="0 * * * *")
+    def hourly():
+        return 1
+slot = time.time() // 3600 * 3600
+a = reg.scheduler.fire(hourly, slot)
+b = reg.scheduler.fire(hourly, slot)
+assert a.id == b.id, (a.id, b.id)
+time.sleep(1.5)
+reg.journal.flush()
+print(store.query("SELECT count(*) FROM runs WHERE flow = 'hourly'").rows[0][0])
+reg.close()
+store.close()
+""")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "1", out.stdout

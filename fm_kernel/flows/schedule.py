@@ -6,6 +6,7 @@ thread that starts scheduled runs. The scheduler knows a flow only by its
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable
@@ -53,7 +54,10 @@ class Scheduler:
             last = t
         nxt = croniter(fl.schedule, last).get_next(float)
         with self.cv:
+            known = self.flows.get(fl.name)
             self.flows[fl.name] = fl
+            if known is not None and known.schedule == fl.schedule and fl.name in self.next:
+                return  # the same schedule again (a re-run cell): keep its next slot
             # a missed slot: run now, once
             self.next[fl.name] = min(nxt, t) if nxt <= t else nxt
             if self.thread is None:
@@ -100,7 +104,19 @@ class Scheduler:
                 continue
             fl, slot = due
             try:
-                run = fl.start()
-                self.journal().record_slot(fl.name, slot, run.id)
+                self.fire(fl, slot)
             except Exception:  # the next slot tries again
                 log.exception("scheduled run of flow %r for slot %s failed to start", fl.name, slot)
+
+    def fire(self, fl: Any, slot: float) -> Any:
+        """Start ``fl``'s run for ``slot``, once: the run id is made from the
+        flow and the slot, so a second firing of the same slot (the flow
+        registered again while its catch-up run was starting, or a kill
+        between the start and the slot's record) returns the first run."""
+        run = fl.start(run_id=slot_run_id(fl.name, slot))
+        self.journal().record_slot(fl.name, slot, run.id)
+        return run
+
+
+def slot_run_id(flow: str, slot: float) -> str:
+    return f"{re.sub(r'[^A-Za-z0-9_-]', '_', flow)[:96]}-at-{int(slot)}"
