@@ -1,7 +1,8 @@
 """The task routes of the endpoint (tasks.py; the protocol, with curl, is in
 docs/integrations.md). Token auth like every route but callbacks. A claim is
-a long poll on the endpoint's loop: it looks at the board in memory every
-100 ms and takes a worker thread only to record a claim."""
+a long poll on the endpoint's loop: it looks at the board in memory when a
+task is queued (or every 250 ms, for leases that ran out) and takes a worker
+thread only to record a claim."""
 
 from __future__ import annotations
 
@@ -53,15 +54,32 @@ class ClaimHandler(ApiHandler):
         b = await _task_call(board)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
-        while True:
-            if b.has_work(queue):
-                got = await _task_call(lambda: b.claim(queue, worker[:200]))
-                if got is not None:
-                    return self.send_json(got)
-            if loop.time() >= deadline or self.request.connection.stream.closed():
-                self.set_status(204)
-                return self.finish()
-            await asyncio.sleep(0.1)
+        queued = asyncio.Event()
+
+        def wake() -> None:
+            try:
+                loop.call_soon_threadsafe(queued.set)
+            except RuntimeError:  # the endpoint's loop has stopped
+                pass
+
+        b.listeners.add(wake)
+        try:
+            while True:
+                queued.clear()  # before looking: a task queued after the look sets it
+                if b.has_work(queue):
+                    got = await _task_call(lambda: b.claim(queue, worker[:200]))
+                    if got is not None:
+                        return self.send_json(got)
+                left = deadline - loop.time()
+                if left <= 0 or self.request.connection.stream.closed():
+                    self.set_status(204)
+                    return self.finish()
+                try:  # woken by a queued task; else look again (a lease may have run out)
+                    await asyncio.wait_for(queued.wait(), min(left, 0.25))
+                except asyncio.TimeoutError:
+                    pass
+        finally:
+            b.listeners.discard(wake)
 
 
 class HeartbeatHandler(ApiHandler):

@@ -10,9 +10,10 @@ result is recorded once; a late worker gets LeaseLost (HTTP 409).
 
 Every change is an event in the history (``task_queued``, ``task_claimed``,
 ``task_heartbeat``, ``task_completed``, ``task_failed``, ``task_expired``,
-``task_cancelled``), committed before anyone is told, each carrying the
-task's status after it; the ``tasks`` view and the board below are both
-built from them, so a kernel that opens the history after a kill knows
+``task_cancelled``), durable before anyone is told, each carrying the
+task's status after it. They go through the flow log like steps (one
+write(2); journal.py), not one DuckDB commit each: a task costs three of
+them. The ``tasks`` view and the board below are both built from them, so a kernel that opens the history after a kill knows
 every task and lease as they were. The flow's position records the result
 once the task has completed (replay returns it, running nothing).
 """
@@ -26,7 +27,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from ..errors import Cancelled, FlowError, LeaseLost, NoSuchTask, TaskFailed, UsageError
 from .context import CURRENT_RUN, RunContext, registry, replay
@@ -93,22 +94,29 @@ def _apply(tasks: dict[str, Task], kind: str, run_id: str | None, p: dict[str, A
 class TaskBoard:
     """The tasks of one history: in memory, rebuilt from its events."""
 
-    def __init__(self, store: Any):
-        self.store = store
+    def __init__(self, journal: Journal):
+        self.journal, self.store = journal, journal.store
         self.lock = threading.Lock()
         self.tasks: dict[str, Task] = {}
         self.version = 0  # bumped on every change
-        res = store.query("SELECT kind, run_id, payload FROM fm_events WHERE list_contains(?, kind)"
-                          " ORDER BY seq", [list(KINDS)])
+        # called (on the recording thread) when a task becomes claimable, so a
+        # waiting claim answers at once instead of at its next look
+        self.listeners: set[Callable[[], None]] = set()
+        journal.flush()
+        res = self.store.query("SELECT kind, run_id, payload FROM fm_events"
+                               " WHERE list_contains(?, kind) ORDER BY seq", [list(KINDS)])
         for kind, run_id, payload in res.rows:
             _apply(self.tasks, kind, run_id, json.loads(payload) if isinstance(payload, str) else payload)
 
     def _record(self, kind: str, t: Task, **fields: Any) -> None:
-        """Commit the event first, then change the board (under self.lock)."""
+        """Make the event durable first, then change the board (under self.lock)."""
         payload = {"task_id": t.task_id, **fields}
-        self.store.append_event(kind, run_id=t.run_id, payload=payload)
+        self.journal.event(kind, t.run_id, payload)
         _apply(self.tasks, kind, t.run_id, payload)
         self.version += 1
+        if fields.get("status") == "queued":
+            for listener in list(self.listeners):
+                listener()
         if kind != "task_claimed" and kind != "task_heartbeat":
             run = registry().runs.get(t.run_id)
             if run is not None:
@@ -218,11 +226,11 @@ _board_lock = threading.Lock()
 def board() -> TaskBoard:
     """The TaskBoard of this process's history (made on first use)."""
     reg = registry()
-    store = reg.journal.store
+    journal = reg.journal
     with _board_lock:
         b = getattr(reg, "_task_board", None)
-        if b is None or b.store is not store:
-            b = TaskBoard(store)
+        if b is None or b.journal is not journal:
+            b = TaskBoard(journal)
             reg._task_board = b  # type: ignore[attr-defined]
         return b
 
