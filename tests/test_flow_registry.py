@@ -104,7 +104,7 @@ def test_scheduler_logs_a_failed_start_with_its_traceback(tmp_path: Path,
     class Broken:  # what the scheduler needs of a Flow; its start fails as a full disk would
         name, schedule = "broken", "* * * * * *"
 
-        def start(self):
+        def start(self, run_id=None):
             raise OSError("disk full")
 
     store = Store.open(tmp_path / "h.duckdb")
@@ -130,16 +130,15 @@ def test_journal_checkpointer_logs_a_failed_checkpoint(tmp_path: Path,
 
     store = Store.open(tmp_path / "h.duckdb")
     j = Journal(store, checkpoint_interval=0.05)
-    with store.transaction() as c:  # DuckDB itself refuses the next checkpoint
-        c.execute("ALTER TABLE fm_events RENAME TO fm_events_away")
+    # DuckDB itself refuses the next checkpoint
+    store.execute("ALTER TABLE fm_events RENAME TO fm_events_away")
     with caplog.at_level(logging.ERROR, logger="fm_kernel.flows.journal"):
         j.event("probe", None, {})
         deadline = time.monotonic() + 5
         while not caplog.records and time.monotonic() < deadline:
             time.sleep(0.05)
     assert caplog.records and "fm_events" in str(caplog.records[0].exc_info[1])
-    with store.transaction() as c:
-        c.execute("ALTER TABLE fm_events_away RENAME TO fm_events")
+    store.execute("ALTER TABLE fm_events_away RENAME TO fm_events")
     j.close()  # the record kept in the log goes in now
     assert store.query("SELECT count(*) FROM fm_events WHERE kind = 'probe'").rows == [(1,)]
     store.close()
