@@ -14,6 +14,7 @@ from ipykernel.ipkernel import IPythonKernel
 from . import __version__
 from .state import navigate
 from . import runtime
+from .record import identity
 from .record.recorder import CellRecorder, is_history_query
 from .state.states import States
 
@@ -70,7 +71,9 @@ class FlowmetalKernel(IPythonKernel):
         runtime.install(self.fm)
         self.recorder: CellRecorder | None = None
         self._started_up = False
+        self._sql_taken = False  # said once that another extension owns %%sql
         self.fm.on_open.append(self._attach_recorder)
+        self.fm.on_close.append(self._detach_recorder)
         from .flows.runs import on_ready as resume_flow_runs
 
         self.fm.flows  # flows defined from here on use this kernel's history
@@ -86,6 +89,11 @@ class FlowmetalKernel(IPythonKernel):
         assert rt.store is not None
         self.recorder = CellRecorder(rt.store, self.session, rt.kernel_id)
         rt.states = States(rt.store, self.shell.user_ns, set(self.shell.user_ns_hidden))
+
+    def _detach_recorder(self, rt: runtime.Runtime) -> None:
+        if self.recorder is not None:
+            self.recorder.close()
+        self.recorder, rt.states = None, None
 
     def start(self) -> None:
         super().start()
@@ -150,8 +158,19 @@ class FlowmetalKernel(IPythonKernel):
                          allow_stdin=False, *, cell_meta=None, cell_id=None):
         # store_history=False is not "internal": nbval sends every cell that
         # way. Only silent requests are a frontend's own business.
-        record = not silent and not is_history_query(code)
         rt = self.fm
+        cell_id = cell_id or (cell_meta or {}).get("cellId")
+        if not rt.bound:
+            # the history is chosen by what the first requests tell (identity.py)
+            if not silent:
+                rt.bind(cell_id)
+            elif (nb := identity.vscode_notebook(code)) is not None:
+                rt.learn_notebook(nb)
+            if not rt.bound:  # a frontend's own silent request before any cell
+                return await super().do_execute(code, silent, store_history, user_expressions,
+                                                allow_stdin, cell_meta=cell_meta, cell_id=cell_id)
+        cell_sql, line_sql = self._sql_owners()
+        record = not silent and not is_history_query(code, cell_sql is None, line_sql is None)
         rt.wait()
         self._start_up()
         for notice in rt.take_notices():
@@ -162,7 +181,7 @@ class FlowmetalKernel(IPythonKernel):
             parent_msg = self.get_parent()
             started = recorder.begin(
                 code=code, branch=rt.branch, parent=rt.head,
-                cell_id=cell_id or (cell_meta or {}).get("cellId"),
+                cell_id=cell_id,
                 execution_count=self.shell.execution_count,
                 msg_id=(parent_msg.get("header") or {}).get("msg_id"),
             )
@@ -187,7 +206,29 @@ class FlowmetalKernel(IPythonKernel):
                     rt.states.committed(entries, cap)
             except Exception as exc:  # a broken history must not break the notebook
                 print(f"flowmetal: could not record this cell: {exc}", file=sys.stderr)
+        if not silent:
+            self._say_who_owns_sql()
         return reply
+
+    def _sql_owners(self) -> tuple[str | None, str | None]:
+        """Who handles ``%%sql`` and ``%sql`` now: None while it is us."""
+        from .magics import FlowmetalMagics
+
+        def owner(kind: str) -> str | None:
+            fn = self.shell.magics_manager.magics[kind].get("sql")
+            if fn is None or isinstance(getattr(fn, "__self__", None), FlowmetalMagics):
+                return None
+            return (getattr(fn, "__module__", None) or type(fn.__self__).__module__).split(".")[0]
+
+        return owner("cell"), owner("line")
+
+    def _say_who_owns_sql(self) -> None:
+        """Once, when another extension (jupysql) takes ``%%sql`` over."""
+        other = self._sql_owners()[0]
+        if other is not None and not self._sql_taken:
+            self._sql_taken = True
+            print(f"flowmetal: %%sql now belongs to {other} (`%load_ext sql`); its cells are "
+                  "recorded steps; the history's SQL stays reachable as %%fmsql and %fm sql")
 
     def do_shutdown(self, restart):
         self.fm.flows.close()

@@ -23,6 +23,7 @@ SUMMARY: dict[str, str] = {
     "inspect": "the state-inspector widget: the variables of a step as they were",
     "runs": "flow runs and their status, newest first",
     "sql": "read-only DuckDB SQL over the history views (as %%sql / %%fmsql)",
+    "adopt": "continue another notebook's history here, as a fork (a copy's original)",
     "help": "every sub-command with one line each; `%fm help CMD` for one",
 }
 

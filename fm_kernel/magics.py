@@ -71,6 +71,7 @@ class FlowmetalMagics(Magics):
             "inspect": self._inspect,
             "runs": self._runs,
             "sql": self._sql,
+            "adopt": self._adopt,
         }
         shell.set_hook("complete_command", magic_help.completer([*self._commands, "help"], runtime.current),
                        str_key="%fm")
@@ -255,6 +256,13 @@ class FlowmetalMagics(Magics):
         _parser("resume").parse_args(argv)
         line = navigate.resume(runtime.current())
         print(line or "nothing to resume: this history has no recorded state yet")
+
+    def _adopt(self, argv: list[str]) -> None:
+        from .record import identity
+
+        p = _parser("adopt")
+        p.add_argument("path", metavar="PATH", help="the original notebook, or its .duckdb history")
+        print(identity.adopt(runtime.current(), p.parse_args(argv).path))
 
     def _branches(self, argv: list[str]) -> None:
         _parser("branches").parse_args(argv)

@@ -3,6 +3,9 @@ is open, where HEAD is, and the one-line notices owed to the user.
 
 The kernel opens the history on a background thread so that a kernel starts
 as fast as a plain one; everything that needs the store waits on `ready`.
+When the history cannot be chosen at start (record/identity.py: the notebook
+is not known yet, or may have been renamed) it is chosen and opened by the
+first execute request, before that cell's step is recorded (`bind`).
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable
 
-from .record import location
+from .record import identity, location
 from .record.recorder import InflightMarker, recover_interrupted
 from .record.store import Store
 
@@ -35,7 +38,12 @@ def current() -> "Runtime":
 class Runtime:
     def __init__(self, kernel_id: str | None = None, history: Path | None = None):
         self.kernel_id = kernel_id or uuid.uuid4().hex
-        self.requested_path = history or location.history_path()
+        self.plan = identity.plan() if history is None else \
+            identity.Plan(history, None, Path.cwd(), explicit=True)
+        # None until bound: then the history this kernel opens (or opened)
+        self.requested_path: Path | None = self.plan.path
+        self._bind_lock = threading.Lock()
+        self._bound_event: tuple[str, dict] | None = None  # recorded once open
         self.store: Store | None = None
         self.branch = "main"
         # HEAD: the step new cells grow from. The namespace holds its state,
@@ -47,6 +55,7 @@ class Runtime:
         self.open_error: BaseException | None = None
         self.on_open: list[Callable[[Runtime], Any]] = []  # on the opening thread
         self.on_ready: list[Callable[[Runtime], Any]] = []  # on the main thread, after resume
+        self.on_close: list[Callable[[Runtime], Any]] = []  # before reopen() lets the store go
         self.endpoint: Any = None
         self.states: Any = None  # timeline.States, made by the kernel once open
         self.unclean_end = False  # the previous kernel on this history died
@@ -54,7 +63,45 @@ class Runtime:
         self._flows: Any = None  # flows.FlowRegistry, made on first use (see `flows`)
 
     def open_in_background(self) -> None:
+        if self.requested_path is None:
+            return  # chosen by the first cell (bind)
         threading.Thread(target=self._open, name="fm-open-history", daemon=True).start()
+
+    @property
+    def bound(self) -> bool:
+        return self.requested_path is not None
+
+    def learn_notebook(self, notebook: Path) -> None:
+        """A frontend named the notebook (VS Code's ``__vsc_ipynb_file__``):
+        open its history now, unless it may be a renamed one (then the
+        first cell's id decides)."""
+        with self._bind_lock:
+            if self.bound:
+                return
+            self.plan = identity.for_notebook(notebook, self.plan.cwd)
+            if self.plan.path is None:
+                return
+            self.requested_path = self.plan.path
+        self._open()
+
+    def bind(self, cell_id: str | None = None) -> None:
+        """Choose the history from what the first request tells, and open it
+        on this thread. Does nothing once bound."""
+        with self._bind_lock:
+            if self.bound:
+                return
+            try:
+                binding = identity.bind(self.plan, self.kernel_id, cell_id)
+            except Exception as exc:  # never lose the cell over a lookup
+                binding = identity.Binding(location.beside(self.plan.notebook)
+                                           if self.plan.notebook else
+                                           location.session_path(self.plan.cwd, self.kernel_id))
+                self.notices.append(f"flowmetal: could not look for this notebook's history: {exc}")
+            if binding.notice:
+                self.notices.append(binding.notice)
+            self._bound_event = binding.event
+            self.requested_path = binding.path
+        self._open()
 
     def _open(self) -> None:
         try:
@@ -75,6 +122,11 @@ class Runtime:
                 "kernel_id": self.kernel_id, "pid": os.getpid(),
                 # `fm run` names the run a headless session belongs to (resume)
                 "run_key": os.environ.get("FM_RUN_KEY")})
+            if self._bound_event is not None:
+                store.append_event(self._bound_event[0], payload=self._bound_event[1])
+                self._bound_event = None
+            if self.plan.notebook is not None and not self.plan.explicit:
+                store.set_meta("notebook", self.plan.notebook.name)
             self.store = store
             self._start_endpoint(store)
             for hook in self.on_open:
@@ -84,6 +136,35 @@ class Runtime:
             self.notices.append(f"flowmetal: history unavailable, cells are not recorded: {exc}")
         finally:
             self.ready.set()
+
+    def reopen(self, replace: Callable[[Path], Any]) -> None:
+        """Close the history, let ``replace(path)`` put another in its place,
+        and open that one as this kernel's (``%fm adopt``)."""
+        store = self.require_store()
+        flows = self._flows
+        if flows is not None and flows.runs:
+            from .errors import UsageError
+
+            raise UsageError("this kernel has flow runs on its history already; "
+                             "adopt another one in a fresh kernel (restart, then `%fm adopt`)")
+        if flows is not None:
+            # the journal holds the old store; the next flow opens one on the new
+            with flows.lock:
+                journal, flows._journal = flows._journal, None
+            if journal is not None:
+                journal.close()
+        path = store.path
+        for hook in self.on_close:
+            hook(self)
+        self.close(clean=True)
+        self.ready.clear()
+        try:
+            replace(path)
+        finally:
+            self.open_error = None
+            self._open()
+        if self.open_error is not None:
+            raise self.open_error
 
     def _start_endpoint(self, store: Store) -> None:
         if str(store.path) == ":memory:":
@@ -139,6 +220,8 @@ class Runtime:
         return self.states
 
     def wait(self, timeout: float | None = 60.0) -> Store | None:
+        if not self.bound:
+            self.bind()  # asked for the store before any cell: nothing more will be known
         self.ready.wait(timeout)
         return self.store
 

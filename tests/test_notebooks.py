@@ -128,17 +128,17 @@ def test_nbval_passes_on_flowmetal_kernel(nbval_run):
 def test_nbval_history_lands_in_kernel_cwd(nbval_run):
     # nbval starts the kernel in the notebook's folder and does not set
     # JPY_SESSION_NAME, so the kernel does not know the notebook's path: the
-    # history is <kernel cwd>/.flowmetal/history.duckdb, not the per-notebook file.
+    # history is that kernel session's own, <kernel cwd>/.flowmetal/session-*.duckdb.
     _, root = nbval_run
     for nb in _all_notebooks():
-        assert (root / nb.stem / ".flowmetal" / "history.duckdb").exists()
+        assert len(list((root / nb.stem / ".flowmetal").glob("session-*.duckdb"))) == 1
         assert not (root / nb.stem / ".flowmetal" / f"{nb.name}.duckdb").exists()
 
 
 def test_nbval_run_records_every_cell_as_a_step(nbval_run):
     _, root = nbval_run
     for nb in _all_notebooks():
-        history = root / nb.stem / ".flowmetal" / "history.duckdb"
+        history, = (root / nb.stem / ".flowmetal").glob("session-*.duckdb")
         assert _finished_steps(history) == len(_recorded_cells(nb)), nb.name
 
 

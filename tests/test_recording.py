@@ -184,10 +184,13 @@ def test_history_beside_the_notebook_from_jpy_session_name(tmp_path: Path) -> No
     assert oct(expected.stat().st_mode & 0o777) == "0o600"
 
 
-def test_history_in_the_working_directory_by_default(tmp_path: Path) -> None:
+def test_without_a_notebook_the_history_is_the_sessions_own_in_the_working_directory(
+        tmp_path: Path) -> None:
+    # no notebook can be known: one history per kernel session, never a shared one
     with Kernel(cwd=tmp_path) as k:
         k.execute("w = 1")
-    assert [r[3] for r in steps(tmp_path / ".flowmetal" / "history.duckdb")] == ["w = 1"]
+    found = list((tmp_path / ".flowmetal").glob("session-*.duckdb"))
+    assert len(found) == 1 and [r[3] for r in steps(found[0])] == ["w = 1"]
 
 
 def test_step_numbers_continue_across_kernels_and_are_never_reused(history: Path) -> None:

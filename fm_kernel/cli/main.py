@@ -56,6 +56,12 @@ def run_sql(history: Path, query: str, params: list | None = None):
     from . import remote
     from ..record.store import Result, Store
 
+    if not history.exists() and history.name.endswith(".ipynb.duckdb"):
+        from ..record.identity import missing_history_hint
+
+        # run by a kernel that was not told the notebook: name the session
+        # histories holding its cells (docs/where-history-lives.md)
+        raise errors.HistoryError(missing_history_hint(history.parent.parent / history.name[:-7]))
     try:
         store = Store.open(history, read_only=True)
     except errors.HistoryLocked:

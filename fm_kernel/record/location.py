@@ -1,8 +1,11 @@
 """Where a kernel's history lives, and where it goes when that place is taken.
 
 Precedence (spec, "Where the history lives"): FM_HISTORY; else beside the
-notebook (FM_NOTEBOOK, set by `fm run`, or JPY_SESSION_NAME, set by Jupyter
-servers); else ``<cwd>/.flowmetal/history.duckdb``.
+notebook (FM_NOTEBOOK, set by `fm run` and the papermill engine, or
+JPY_SESSION_NAME, set by Jupyter servers); else a kernel learns the notebook
+from its first requests, or records to a history of its own session
+(identity.py decides; docs/where-history-lives.md). ``history_path`` without
+a notebook still names ``<cwd>/.flowmetal/history.duckdb``: the CLI's default.
 """
 
 from __future__ import annotations
@@ -36,6 +39,25 @@ def notebook_path(env: dict[str, str] | None = None, cwd: Path | None = None) ->
     return cwd / p.name
 
 
+def beside(notebook: Path) -> Path:
+    """The history of ``notebook``: ``<its folder>/.flowmetal/<its name>.duckdb``."""
+    return notebook.parent / ".flowmetal" / f"{notebook.name}.duckdb"
+
+
+SESSION_PREFIX = "session-"
+
+
+def session_path(cwd: Path, kernel_id: str) -> Path:
+    """The history of one kernel session whose notebook cannot be known. A
+    restart keeps the kernel id, so it finds the same file again."""
+    folder = cwd / ".flowmetal"
+    tag = kernel_id[:8]
+    found = sorted(folder.glob(f"{SESSION_PREFIX}*-{tag}.duckdb")) if folder.is_dir() else []
+    if found:
+        return found[-1]
+    return folder / f"{SESSION_PREFIX}{time.strftime('%Y%m%d-%H%M%S')}-{tag}.duckdb"
+
+
 def history_path(env: dict[str, str] | None = None, cwd: Path | None = None) -> Path:
     env = os.environ if env is None else env
     cwd = Path.cwd() if cwd is None else cwd
@@ -43,7 +65,7 @@ def history_path(env: dict[str, str] | None = None, cwd: Path | None = None) -> 
         return Path(env["FM_HISTORY"]).expanduser().absolute()
     nb = notebook_path(env, cwd)
     if nb is not None:
-        return nb.parent / ".flowmetal" / f"{nb.name}.duckdb"
+        return beside(nb)
     return cwd / ".flowmetal" / "history.duckdb"
 
 

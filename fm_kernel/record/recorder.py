@@ -24,15 +24,21 @@ OUTPUT_TYPES = {
 RUNNING_ROW_AFTER_S = 1.0  # long cells become visible as 'running' in SQL after this
 
 
-def is_history_query(code: str) -> bool:
+def is_history_query(code: str, cell_sql_ours: bool = True, line_sql_ours: bool = True) -> bool:
     """Cells that only ask about the history (``%fm log``, ``%%sql``) are not
-    steps: recording them would make every look at the log change the log."""
+    steps: recording them would make every look at the log change the log.
+    ``%%sql``/``%sql`` are ours only while our magic is the one registered:
+    after `%load_ext sql` they are jupysql's, and its cells are steps."""
     lines = [ln.strip() for ln in code.strip().splitlines() if ln.strip()]
     if not lines:
         return False
-    if lines[0].startswith(("%%sql", "%%fmsql")):
+    cells = ("%%sql", "%%fmsql") if cell_sql_ours else ("%%fmsql",)
+    if lines[0].startswith(cells):
         return " -o" not in lines[0]  # -o NAME writes to the namespace: a step
-    return all(ln.startswith(("%fm", "%sql")) and " -o " not in ln for ln in lines)
+    if lines[0].startswith("%%"):
+        return False
+    ours = ("%fm", "%sql") if line_sql_ours else ("%fm",)
+    return all(ln.startswith(ours) and " -o " not in ln for ln in lines)
 
 
 def flatten_outputs(nb_outputs: list[dict[str, Any]]) -> list[dict[str, Any]]:
