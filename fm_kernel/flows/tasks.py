@@ -107,12 +107,19 @@ class TaskBoard:
                                " WHERE list_contains(?, kind) ORDER BY seq", [list(KINDS)])
         for kind, run_id, payload in res.rows:
             _apply(self.tasks, kind, run_id, json.loads(payload) if isinstance(payload, str) else payload)
+        # the unfinished ones, which claims look through (finished ones stay
+        # in tasks: a repeated completion is answered from there)
+        self.open = {i: t for i, t in self.tasks.items() if t.status not in FINISHED}
 
     def _record(self, kind: str, t: Task, **fields: Any) -> None:
         """Make the event durable first, then change the board (under self.lock)."""
         payload = {"task_id": t.task_id, **fields}
         self.journal.event(kind, t.run_id, payload)
         _apply(self.tasks, kind, t.run_id, payload)
+        if fields.get("status") in FINISHED:
+            self.open.pop(t.task_id, None)
+        else:
+            self.open[t.task_id] = self.tasks[t.task_id]
         self.version += 1
         if fields.get("status") == "queued":
             for listener in list(self.listeners):
@@ -144,13 +151,13 @@ class TaskBoard:
         with self.lock:
             return any(t.queue == queue and (t.status == "queued" or (
                 t.status == "claimed" and t.lease_until is not None and t.lease_until < now))
-                for t in self.tasks.values())
+                for t in self.open.values())
 
     def claim(self, queue: str, worker: str) -> dict[str, Any] | None:
         now = time.time()
         with self.lock:
             self._expire_due(now)
-            t = next((t for t in self.tasks.values() if t.queue == queue and t.status == "queued"),
+            t = next((t for t in self.open.values() if t.queue == queue and t.status == "queued"),
                      None)
             if t is None:
                 return None
@@ -211,7 +218,7 @@ class TaskBoard:
             self._expire_due(time.time())
 
     def _expire_due(self, now: float, only: Task | None = None) -> None:
-        for t in [only] if only is not None else list(self.tasks.values()):
+        for t in [only] if only is not None else list(self.open.values()):
             if t.status == "claimed" and t.lease_until is not None and t.lease_until < now:
                 again = t.attempt <= t.retries
                 msg = (f"the lease of attempt {t.attempt} (worker {t.worker!r}) expired: no "
