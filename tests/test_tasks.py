@@ -21,6 +21,8 @@ import pytest
 from kernel_driver import Kernel, query, wait_until
 
 WORKERS = Path(__file__).resolve().parent / "workers"
+needs_curl = pytest.mark.skipif(shutil.which("curl") is None,
+                                reason="curl is not installed: the bash worker needs it")
 
 SETUP = r'''
 import time
@@ -204,6 +206,7 @@ def tasks_defined(tk: Kernel) -> Kernel:
     return tk
 
 
+@needs_curl
 def test_three_tasks_done_by_a_curl_worker_results_recorded_once(tasks_defined: Kernel) -> None:
     tk = tasks_defined
     api = tk.api  # type: ignore[attr-defined]
@@ -236,6 +239,7 @@ def test_three_tasks_done_by_a_curl_worker_results_recorded_once(tasks_defined: 
                                                                      " WHERE run_id <> ?", [rid])[0][0]
 
 
+@needs_curl
 @pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed: no second runtime")
 def test_a_node_worker_beside_the_curl_worker(tasks_defined: Kernel) -> None:
     tk = tasks_defined
@@ -256,6 +260,7 @@ def test_a_node_worker_beside_the_curl_worker(tasks_defined: Kernel) -> None:
     assert c == {"worker": "node-1", "attempt": 1, "input": {"n": 8, "part": "c"}, "runtime": "node"}
 
 
+@needs_curl
 def test_a_worker_killed_mid_task_its_lease_expires_and_another_finishes_it_once(
         tasks_defined: Kernel, tmp_path: Path) -> None:
     tk = tasks_defined
