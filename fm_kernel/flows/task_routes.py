@@ -13,10 +13,10 @@ import tornado.web
 
 from ..endpoint import ApiHandler
 from ..errors import LeaseLost, NoSuchTask
-from .routes import _ID, _off_loop
 from .tasks import board
 
 MAX_WAIT = 300.0  # seconds one claim may wait
+ID = r"([A-Za-z0-9_\-]{1,128})"  # task ids (as run ids in routes.py)
 
 
 async def _task_call(fn: Callable[[], Any]) -> Any:
@@ -28,7 +28,7 @@ async def _task_call(fn: Callable[[], Any]) -> Any:
         except LeaseLost as exc:
             raise tornado.web.HTTPError(409, reason=str(exc)) from None
 
-    return await _off_loop(call)
+    return await asyncio.get_running_loop().run_in_executor(None, call)
 
 
 def _body(h: ApiHandler, *required: str) -> dict[str, Any]:
@@ -115,8 +115,8 @@ class TaskHandler(ApiHandler):
 
 ROUTES: tuple[tuple[str, type], ...] = (
     (r"/queues/([^/]{1,200})/claim", ClaimHandler),
-    (r"/tasks/" + _ID, TaskHandler),
-    (r"/tasks/" + _ID + r"/heartbeat", HeartbeatHandler),
-    (r"/tasks/" + _ID + r"/complete", CompleteHandler),
-    (r"/tasks/" + _ID + r"/fail", FailHandler),
+    (r"/tasks/" + ID, TaskHandler),
+    (r"/tasks/" + ID + r"/heartbeat", HeartbeatHandler),
+    (r"/tasks/" + ID + r"/complete", CompleteHandler),
+    (r"/tasks/" + ID + r"/fail", FailHandler),
 )

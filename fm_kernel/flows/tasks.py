@@ -20,6 +20,7 @@ once the task has completed (replay returns it, running nothing).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import secrets
@@ -32,9 +33,15 @@ from typing import Any, Callable
 from ..errors import Cancelled, FlowError, LeaseLost, NoSuchTask, TaskFailed, UsageError
 from .context import CURRENT_RUN, RunContext, registry, replay
 from .journal import Journal
-from .ops import _maybe_async
 
 log = logging.getLogger(__name__)
+
+
+def _maybe_async(ctx: RunContext, fn: Callable[..., Any], *args: Any) -> Any:
+    # as in ops.py: in an async flow the blocking wait runs in a thread
+    if ctx.is_async:
+        return asyncio.to_thread(fn, *args)
+    return fn(*args)
 
 DEFAULT_LEASE = 300.0  # seconds a claim holds without heartbeat or timeout
 KINDS = ("task_queued", "task_claimed", "task_heartbeat", "task_completed", "task_failed",
