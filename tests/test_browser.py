@@ -521,3 +521,32 @@ def test_timeline_layout_holds_with_long_lines_badges_and_branches(lab, page, wi
             "(b) => [b.scrollWidth <= b.clientWidth, b.getBoundingClientRect().height]")
         assert fits[0] and fits[1] < 40, (cls, fits)
     timeline.screenshot(path=str(tmp_path / f"timeline-layout-{width}.png"))
+
+
+def test_many_variables_stay_within_a_screen(lab, page):
+    write_notebook(lab["root"], "tall.ipynb", [
+        "from fm_kernel.widgets import timeline_widget",
+        "for _i in range(1, 121):\n    globals()[f'v{_i}'] = list(range(_i))\nprint('made')",
+        "timeline_widget()",
+    ])
+    nb = Notebook(page, lab, "tall.ipynb")
+    nb.run(0)
+    nb.run(1, "made")
+    nb.run(2)
+    timeline = nb.cell(2).locator(".fm-timeline")
+    expect(timeline).to_be_visible(timeout=30_000)
+    timeline.locator(".fm-step-2").click()
+    table = timeline.locator(".fm-variables-table")
+    expect(table).to_contain_text("v10")
+    first = table.locator("tbody tr td").first
+    expect(first).to_have_text("v1")                         # natural order: v1, v2, …, v10
+    expect(table.locator("tbody tr").nth(1).locator("td").first).to_have_text("v2")
+    box = table.evaluate("(t) => [t.clientHeight, t.scrollHeight]")
+    assert box[0] <= 280 < box[1], box                       # fixed height, scrolls inside
+    height = timeline.evaluate("(t) => t.getBoundingClientRect().height")
+    assert height <= 900, height
+    timeline.locator(".fm-variables-next").click()
+    expect(table.locator("tbody tr td").first).to_have_text("v51")   # page 2: v51…v100
+    timeline.locator(".fm-variables-filter input").fill("v12")
+    expect(table.locator("tbody tr")).to_have_count(2)       # v12, v120
+    nb.shot("timeline-variables.png", timeline)

@@ -267,6 +267,21 @@ def test_panels_are_named_by_whoever_builds_the_timeline_and_built_when_opened(w
     assert peek(wk, "[r.levelname for r in _records]") == ["ERROR"]
 
 
+def test_variables_are_paged_in_natural_order_with_a_filter(wk):
+    run(wk, "for _i in range(1, 121):\n    globals()[f'v{_i}'] = _i")
+    res = probe(wk, "(lambda w: (w.variables.shown()[:4], len(w.variables.shown()),"
+                    " w.variables.pages(), 'v2' in w.variables.names()[:3]))(timeline_widget())")
+    shown, n, pages, _ = res
+    assert shown == ["v1", "v2", "v3", "v4"] and n == 50 and pages == 3   # 120 v's + _i, x, df, pd…
+    res = probe(wk, "(lambda w: (setattr(w.variables.filter, 'value', 'v11'),"
+                    " w.variables.names())[-1])(timeline_widget())")
+    assert res == ["v11", "v110", "v111", "v112", "v113", "v114", "v115", "v116", "v117",
+                   "v118", "v119"]
+    names = probe(wk, "inspect_widget().names()[:12]")  # the inspector sorts the same way
+    assert [n for n in names if n.startswith("v")][:4] == ["v1", "v2", "v3", "v4"]
+    assert probe(wk, "(lambda i: (i.next_button.click(), i.page)[-1])(inspect_widget())") == 1
+
+
 def test_diff_widget_falls_back_to_the_text_table():
     """Frontends without widgets show the same table `%fm diff` prints."""
     from fm_kernel.widgets.inspector import DiffWidget
@@ -295,7 +310,7 @@ def test_layout_puts_forks_in_their_own_lane_and_reuses_freed_lanes():
 
 def test_frame_change_counts():
     pd = pytest.importorskip("pandas")
-    from fm_kernel.widgets.render import frame_change_counts, frame_cell_mask
+    from fm_kernel.widgets.previews import frame_change_counts, frame_cell_mask
 
     a = pd.DataFrame({"a": [1, 2, 3], "b": [1.0, None, 3.0]})
     b = a.copy()

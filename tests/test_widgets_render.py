@@ -63,7 +63,7 @@ def test_array_preview_is_transparent():
     pytest.importorskip("matplotlib")
     from matplotlib.image import imread
 
-    from fm_kernel.widgets.render import array_plot_png
+    from fm_kernel.widgets.previews import array_plot_png
 
     img = imread(io.BytesIO(array_plot_png(np.linspace(0, 1, 50))), format="png")
     assert img.shape[2] == 4
@@ -80,3 +80,32 @@ def test_row_columns_have_fixed_widths_and_the_full_text_in_their_title():
     assert 'title="HEAD, main, experiment"' in html and "max-width:33%" in html
     assert f'title="{code[:40]}' in html.replace("&#x27;", "'")   # the whole code on hover
     assert "…" not in html                                          # CSS ellipsises, not Python
+
+
+def test_natural_sort_puts_v2_before_v10():
+    from fm_kernel.widgets.variables import natural_key
+
+    names = ["v10", "v2", "V1", "v100", "a", "v1", "x2y10", "x2y9"]
+    assert sorted(names, key=natural_key) == ["a", "V1", "v1", "v2", "v10", "v100", "x2y9", "x2y10"]
+
+
+def test_variables_list_pages_filters_and_lists_changed_names_first():
+    from fm_kernel.widgets.variables import VariablesList
+
+    class E:
+        def __init__(self, n):
+            self.type, self.size_bytes, self.summary = "int", 28, str(n)
+
+    entries = {f"v{i}": E(i) for i in range(1, 121)}
+    v = VariablesList(page_size=50)
+    v.set_entries(entries, changed={"v77"})
+    assert v.shown()[:4] == ["v77", "v1", "v2", "v3"] and len(v.shown()) == 50
+    assert "1–50 of 120" in v.page_label.value and v.prev_button.disabled
+    v.next_button.click()
+    assert v.page == 1 and v.shown()[0] == "v50"
+    v.show_page(9)                                   # past the end: the last page
+    assert v.page == 2 and len(v.shown()) == 20 and v.next_button.disabled
+    v.filter.value = "v1"
+    assert v.page == 0 and v.names() == ["v1", *[f"v{i}" for i in range(10, 20)],
+                                         *[f"v{i}" for i in range(100, 121)]]
+    assert v.table.layout.max_height and v.table.layout.overflow == "auto"

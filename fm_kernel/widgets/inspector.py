@@ -15,15 +15,14 @@ from .base import message_html, section, themed, with_text
 from .loader import load
 from .source import Source
 from .style import BG, ERR, MUTED, OK, WARN, dot
-from .render import (
-    badge, col, describe_frame_change, esc, frame_change_counts, row_box, size_text, table_html,
-    value_html,
-)
+from .variables import natural_key
+from .previews import describe_frame_change, frame_change_counts, value_html
+from .render import badge, col, esc, row_box, size_text, table_html
 
 SORT_KEYS = ("name", "type", "size", "changed", "summary")
 COLUMN_WIDTHS = {"name": "150px", "type": "150px", "size": "80px", "changed": "84px"}
 VAR_ROW_PX = 24
-MAX_ROWS = 60            # variables listed at once; the filter narrows longer states
+MAX_ROWS = 60            # variables on one page of the table
 DIFF_LOAD_LIMIT = 64 << 20  # DataFrames compared cell by cell in a diff up to this size
 
 
@@ -61,6 +60,7 @@ class InspectWidget(W.VBox):
         last = max(self.source.last_step(), 1)
         step = step if step is not None else (self.source.head or last)
         self.sort_key, self.descending = "name", False
+        self.page = 0
         self.selected_name: str | None = None
         self._token: object = None  # the load the value panes wait for
         self._states: dict[int, Any] = {}
@@ -89,9 +89,19 @@ class InspectWidget(W.VBox):
         self.compare_picker.add_class("fm-inspect-compare")
         self.step_picker.observe(lambda c: self.set_step(c["new"]), names="value")
         self.compare_picker.observe(lambda c: self.set_compare(c["new"] or None), names="value")
-        self.filter.observe(lambda _c: self._render_table(), names="value")
+        self.filter.observe(lambda _c: self._render_table(page=0), names="value")
+        self.prev_button = W.Button(icon="chevron-left", tooltip="previous page",
+                                    layout=W.Layout(width="32px", flex="0 0 32px"))
+        self.next_button = W.Button(icon="chevron-right", tooltip="next page",
+                                    layout=W.Layout(width="32px", flex="0 0 32px"))
+        self.prev_button.add_class("fm-inspect-prev")
+        self.next_button.add_class("fm-inspect-next")
+        self.prev_button.on_click(lambda _b: self._render_table(page=self.page - 1))
+        self.next_button.on_click(lambda _b: self._render_table(page=self.page + 1))
+        self.page_label = W.HTML()
         self.info = W.HTML()
-        return W.HBox([self.step_picker, self.compare_picker, self.filter, self.info],
+        return W.HBox([self.step_picker, self.compare_picker, self.filter, self.prev_button,
+                       self.page_label, self.next_button, self.info],
                       layout=W.Layout(flex_flow="row wrap", align_items="center"))
 
     def _build_header(self) -> W.HBox:
@@ -152,11 +162,11 @@ class InspectWidget(W.VBox):
         """Variable names in the order the table shows them."""
         m, changed = self._manifest, self._changed
         keys = {
-            "name": lambda n: n.lower(),
-            "type": lambda n: (m[n].type, n),
-            "size": lambda n: (m[n].size_bytes or 0, n),
-            "changed": lambda n: (n in changed, n),
-            "summary": lambda n: (m[n].summary, n),
+            "name": natural_key,
+            "type": lambda n: (m[n].type, natural_key(n)),
+            "size": lambda n: (m[n].size_bytes or 0, natural_key(n)),
+            "changed": lambda n: (n in changed, natural_key(n)),
+            "summary": lambda n: (m[n].summary, natural_key(n)),
         }
         return sorted(m, key=keys[self.sort_key], reverse=self.descending)
 
@@ -231,29 +241,33 @@ class InspectWidget(W.VBox):
             self.badge.value = self.left.value = self.right.value = ""
             self.left_title.value = self.right_title.value = ""
 
-    def _render_table(self) -> None:
+    def _render_table(self, page: int | None = None) -> None:
+        """Show one page of the (filtered, sorted) names; ``page`` None keeps the page."""
         for key, b in self.sort_buttons.items():
             arrow = (" ▼" if self.descending else " ▲") if key == self.sort_key else ""
             b.description = key + arrow
         text = (self.filter.value or "").lower()
         names = [n for n in self.names() if text in n.lower()]
-        shown = names[:MAX_ROWS]
+        pages = max(1, -(-len(names) // MAX_ROWS))
+        self.page = max(0, min(self.page if page is None else page, pages - 1))
+        start = self.page * MAX_ROWS
+        shown = names[start:start + MAX_ROWS]
         while len(self._row_pool) < len(shown):
             self._row_pool.append(self._make_row())
         m, changed = self._manifest, self._changed
         for (box, button, html), name in zip(self._row_pool, shown):
-            e = m[name]
             button.description = name
             button.button_style = "info" if name == self.selected_name else ""
             button._dom_classes = ("fm-var", f"fm-var-{name}")
             button.tooltip = name
-            html.value = variable_row_html(e, name in changed)
+            html.value = variable_row_html(m[name], name in changed)
         rows = [box for box, _, _ in self._row_pool[:len(shown)]]
-        if len(names) > MAX_ROWS:
-            rows.append(W.HTML(f'<div style="font-size:11px;color:{MUTED}">… {len(names) - MAX_ROWS} '
-                               f'more; type in the filter to narrow</div>'))
         if not names:
             rows.append(W.HTML(f'<div style="font-size:12px;color:{MUTED}">no variables</div>'))
+        label = f"{start + 1:,}–{start + len(shown):,} of {len(names):,}" if names else "0 of 0"
+        self.page_label.value = f'<span style="font-size:12px;padding:0 6px">{label}</span>'
+        self.prev_button.disabled = self.page == 0
+        self.next_button.disabled = self.page >= pages - 1
         self.table.children = rows
 
     def _make_row(self) -> tuple[W.HBox, W.Button, W.HTML]:

@@ -35,11 +35,12 @@ from .base import (
 )
 from .inspector import DiffWidget, InspectWidget
 from .render import (
-    badge, duration_text, esc, graph_px, graph_svg, layout, outputs_for_widget, row_html, size_text,
-    status_colour, table_html,
+    badge, duration_text, esc, graph_px, graph_svg, layout, outputs_for_widget, row_html,
+    status_colour,
 )
 from .runs import RunsWidget
-from .style import CODE_BG, CODE_FONT, FG, HEAD_BG, HEAD_FG, MUTED, WARN, dot
+from .style import CODE_BG, CODE_FONT, FG, HEAD_BG, HEAD_FG, dot
+from .variables import VariablesList
 from .source import Source, StepRow
 
 __all__ = ["DEFAULT_PANELS", "PAGE_SIZE", "Panels", "TimelineWidget"]
@@ -61,7 +62,7 @@ DEFAULT_PANELS: Panels = {"Flow runs": flow_runs_panel}
 def code_html(code: str | None) -> str:
     """A cell's code in the theme's code font, on its editor background."""
     return (f'<pre class="fm-code" style="font-family:{CODE_FONT};font-size:12px;'
-            f'background:{CODE_BG};color:{FG};padding:4px 6px;margin:2px 0;max-height:200px;'
+            f'background:{CODE_BG};color:{FG};padding:4px 6px;margin:2px 0;max-height:160px;'
             f'overflow:auto;white-space:pre-wrap;word-break:normal;overflow-wrap:anywhere">'
             f'{esc(code)}</pre>')
 
@@ -176,9 +177,9 @@ class TimelineWidget(LiveView, W.VBox):
         self.status = W.HTML()
         self.status.add_class("fm-status")
         self.code = W.HTML()
-        self.outputs = W.Output(layout=W.Layout(max_height="320px", overflow="auto"))
+        self.outputs = W.Output(layout=W.Layout(max_height="240px", overflow="auto"))
         self.outputs.add_class("fm-outputs")
-        self.variables = W.HTML()
+        self.variables = VariablesList()
         self.extra = W.VBox()  # diff or inspector, on demand
         self.detail = W.VBox([self.header, actions, self.fork_box, self.status,
                               section("Code"), self.code, section("Outputs"), self.outputs,
@@ -393,27 +394,20 @@ class TimelineWidget(LiveView, W.VBox):
         if rec.error_name and not any(o.get("output_type") == "error" for o in self.outputs.outputs):
             self.outputs.outputs += ({"output_type": "stream", "name": "stderr",
                                       "text": f"{rec.error_name}: {rec.error_value}\n"},)
-        self.variables.value = self._variables_html(rec)
+        self._show_variables(rec)
         self.extra.children = []
         self._hide_fork()
 
-    def _variables_html(self, rec: Any) -> str:
+    def _show_variables(self, rec: Any) -> None:
         if rec.state is None:
-            return message_html(f"no state recorded for step {rec.step} ({rec.status})", ok=False)
+            self.variables.say(f"no state recorded for step {rec.step} ({rec.status})", ok=False)
+            return
         try:
             m = self.source.manifest(rec.step)
         except errors.FlowmetalError as exc:
-            return message_html(str(exc), ok=False)
-        changed = set(rec.state.get("changed") or ())
-        names = sorted(m, key=lambda n: (n not in changed, n))
-        rows = [(f"<b>{esc(n)}</b>" if n in changed else esc(n), esc(m[n].type),
-                 esc(size_text(m[n].size_bytes)), esc(m[n].summary[:80]),
-                 dot(WARN) if n in changed else "") for n in names[:100]]
-        more = (f'<div style="font-size:11px;color:{MUTED}">… {len(names) - 100} more: '
-                f'Inspect values lists all</div>' if len(names) > 100 else "")
-        if not rows:
-            return f'<div style="font-size:12px;color:{MUTED}">no variables</div>'
-        return table_html(["name", "type", "size", "summary", "changed"], rows, raw=True) + more
+            self.variables.say(str(exc), ok=False)
+            return
+        self.variables.set_entries(m, set(rec.state.get("changed") or ()))
 
     def _build_panels(self) -> W.Accordion | None:
         """One collapsed section per panel; a panel is built when first opened."""
