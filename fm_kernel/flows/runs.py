@@ -11,6 +11,7 @@ import uuid
 from typing import Any, Callable
 
 from ..errors import UsageError
+from ..record import trust
 from .context import CURRENT_RUN, RunContext, registry, replay
 from .journal import PENDING_STATUSES
 from .run import Run, new_run, run_handle
@@ -168,7 +169,16 @@ def resume_pending(rt: Any = None) -> list[str]:
     resumed, waiting = [], []
     with reg.lock:
         reg.ready = True
-    for row in reg.journal.pending_runs():
+    pending = reg.journal.pending_runs()
+    gate = trust.gate(reg.journal.store)
+    if pending and not gate.trusted:
+        # Replaying a journal may unpickle what another machine wrote: the runs
+        # stay pending, untouched, until the user trusts the history.
+        if rt is not None:
+            rt.notices.append(f"flowmetal: {len(pending)} pending flow run(s) wait, not resumed: "
+                              + trust.untrusted_message(reg.journal.store.path))
+        pending = []
+    for row in pending:
         fl = reg.flows.get(row["flow"])
         if fl is None:
             with reg.lock:
