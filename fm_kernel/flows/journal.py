@@ -95,7 +95,7 @@ class Journal:
         self.store = store
         self.fsync = os.environ.get("FM_FLOW_FSYNC") == "1"
         self._objects: ObjectFiles | None = None
-        self.log_path = Path(str(store.path) + LOG_SUFFIX)
+        self.log_path = store.sidecar(LOG_SUFFIX)
         self._lock = threading.Lock()          # the log fd, _pending, _lsn
         self._ckpt_lock = threading.Lock()     # one checkpoint at a time
         self._pending: list[tuple[int, str, dict[str, Any]]] = []
@@ -112,7 +112,7 @@ class Journal:
     @property
     def objects(self) -> ObjectFiles:
         if self._objects is None:
-            self._objects = ObjectFiles(Path(str(self.store.path) + ".objects"), fsync=self.fsync)
+            self._objects = ObjectFiles(self.store.sidecar(".objects"), fsync=self.fsync)
         return self._objects
 
     # -- encoding ----------------------------------------------------------

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -48,6 +50,7 @@ class Store(HistoryReads):
         self._conn = conn
         self._lock = threading.RLock()
         self._in_txn = False
+        self._scratch: Path | None = None  # sidecars of an in-memory history
         # Writers that buffer records outside DuckDB (the flow journal's log)
         # register a flush here, so a copy of the history holds them too.
         self.before_copy: list[Callable[[], None]] = []
@@ -143,6 +146,8 @@ class Store(HistoryReads):
                 self._conn.close()
             except duckdb.Error:
                 pass
+            if self._scratch is not None:
+                shutil.rmtree(self._scratch, ignore_errors=True)
 
     # -- low level -----------------------------------------------------------
 
@@ -392,6 +397,17 @@ class Store(HistoryReads):
     def delete_meta(self, key: str) -> None:
         with self._lock:
             self._conn.execute("DELETE FROM fm_meta WHERE key = ?", [key])
+
+    def sidecar(self, suffix: str) -> Path:
+        """The path of a file or folder that lives beside the database
+        (``.objects``, ``.flowlog``). An in-memory history has no folder of
+        its own: its sidecars go to a private temp folder, never to the
+        working directory as ``:memory:.objects``."""
+        if str(self.path) != ":memory:":
+            return Path(str(self.path) + suffix)
+        if self._scratch is None:
+            self._scratch = Path(tempfile.mkdtemp(prefix="flowmetal-memory-"))  # 0700
+        return self._scratch / f"history{suffix}"
 
     def size_bytes(self) -> int:
         total = 0

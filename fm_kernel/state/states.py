@@ -24,10 +24,6 @@ from ..tables import human_bytes
 BRANCH_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_./@")
 
 
-def objects_dir(history: Path) -> Path:
-    return Path(str(history) + ".objects")
-
-
 def entry_id(entry: VarEntry) -> str:
     import json
     from dataclasses import fields
@@ -74,7 +70,7 @@ class States:
         self.store = store
         self.ns = ns
         self.gate = trust.gate(store)
-        self.snap = Snapshotter(ObjectFiles(objects_dir(store.path)), hidden, gate=self.gate)
+        self.snap = Snapshotter(ObjectFiles(store.sidecar(".objects")), hidden, gate=self.gate)
         self.live: Manifest | None = None  # state of ns as last captured or restored
         self._known = store.known_entry_ids()
         self._entry_ids: dict[int, tuple[VarEntry, str]] = {}
