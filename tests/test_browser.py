@@ -289,6 +289,7 @@ def test_inspector_shows_a_past_dataframe_beside_the_present(lab, page):
     left, right = inspector.locator(".fm-value-left"), inspector.locator(".fm-value-right")
     expect(left).to_contain_text("DataFrame · 3 rows × 2 columns", timeout=20_000)
     expect(left).to_contain_text("Lima")
+    assert "'Lima'" not in left.inner_text()                      # a string, not its repr
     expect(left.locator("td", has_text="20")).to_have_count(1)     # the past value
     expect(right.locator("td", has_text="999")).to_have_count(1)   # beside the later one
     expect(inspector.locator(".fm-badge")).to_contain_text("differs")

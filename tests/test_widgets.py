@@ -118,6 +118,7 @@ def test_diff_with_head_lists_changes_and_counts_dataframe_rows(wk):
     frames = peek(wk, "w.extra.children[1].frame_changes")
     assert frames["df"]["rows_changed"] == 1 and frames["df"]["columns_changed"] == 1
     assert "1 row changed" in peek(wk, "w.extra.children[1].html.value")
+    assert "rows matched by index label" in peek(wk, "w.extra.children[1].html.value")
     text = run(wk, "print(diff_widget(2, 4).text())")
     assert "added" in text and "df" in text and "changed" in text
 
@@ -310,7 +311,9 @@ def test_layout_puts_forks_in_their_own_lane_and_reuses_freed_lanes():
 
 def test_frame_change_counts():
     pd = pytest.importorskip("pandas")
-    from fm_kernel.widgets.previews import frame_change_counts, frame_cell_mask
+    from fm_kernel.widgets.previews import (
+        describe_frame_change, frame_cell_mask, frame_change_counts,
+    )
 
     a = pd.DataFrame({"a": [1, 2, 3], "b": [1.0, None, 3.0]})
     b = a.copy()
@@ -319,7 +322,16 @@ def test_frame_change_counts():
     b = pd.concat([b, pd.DataFrame({"a": [4], "b": [4.0], "c": [0]}, index=[3])])
     c = frame_change_counts(a, b)
     assert c == {"columns_added": 1, "columns_removed": 0, "rows_added": 1, "rows_removed": 0,
-                 "rows_changed": 1, "columns_changed": 1, "cells_changed": 1}
+                 "rows_changed": 1, "columns_changed": 1, "cells_changed": 1, "by_position": 0}
+    assert describe_frame_change(c) == ("1 row changed, 1 column changed, 1 row added, "
+                                        "1 column added (rows matched by index label)")
+    # after a reset_index every label moved: the text says how rows were paired
+    shifted = a.iloc[1:].reset_index(drop=True)
+    assert describe_frame_change(frame_change_counts(a, shifted)).endswith(
+        "(rows matched by index label)")
+    dup = pd.DataFrame({"a": [1, 2]}, index=[0, 0])
+    assert describe_frame_change(frame_change_counts(dup, dup)).endswith(
+        "(rows matched by position (the index has repeated labels))")
     assert frame_cell_mask(a, a.copy()).values.sum() == 0  # NaN equals NaN here
 
 

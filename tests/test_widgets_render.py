@@ -109,3 +109,14 @@ def test_variables_list_pages_filters_and_lists_changed_names_first():
     assert v.page == 0 and v.names() == ["v1", *[f"v{i}" for i in range(10, 20)],
                                          *[f"v{i}" for i in range(100, 121)]]
     assert v.table.layout.max_height and v.table.layout.overflow == "auto"
+
+
+def test_strings_are_shown_as_text_not_as_their_repr():
+    pd = pytest.importorskip("pandas")
+    from fm_kernel.widgets.previews import frame_html, value_html
+
+    html = frame_html(pd.DataFrame({"city": ["Oslo", "Lima"], "n": [1, 2]}))
+    assert ">Lima<" in html and "&#x27;Lima&#x27;" not in html
+    text = value_html("two\nlines, 'quoted' inside")
+    assert "str</b> · 26 characters" in text
+    assert "two\nlines, &#x27;quoted&#x27; inside</pre>" in text   # the text itself, unquoted

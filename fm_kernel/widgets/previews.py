@@ -11,14 +11,15 @@ from .render import esc, table_html
 from .style import MUTED
 
 __all__ = ["array_html", "array_plot_png", "array_stats", "describe_frame_change",
-           "frame_cell_mask", "frame_change_counts", "frame_html", "value_html"]
+           "frame_cell_mask", "frame_change_counts", "frame_html", "str_html", "value_html"]
 
 PLOT_LINE = "#1e88e5"  # mid-tone blue: 3:1 or more on white and on #111
 PLOT_GREY = "#8a8a8a"  # axes and ticks, readable on both backgrounds
 
 
 def _cell(v: Any, width: int = 40) -> str:
-    text = repr(v) if isinstance(v, str) else str(v)
+    # a string as a person reads it (Lima, not 'Lima'); the dtype line says it is text
+    text = str(v)
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
@@ -172,6 +173,15 @@ def repr_html(v: Any, limit: int = 3000) -> str:
     return f'<div style="font-size:12px"><b>{esc(type(v).__name__)}</b></div>' + pre_html(v, limit)
 
 
+def str_html(v: str, limit: int = 3000) -> str:
+    """A string as its text, not its repr: no quotes, newlines as lines."""
+    text = v if len(v) <= limit else v[:limit] + f"… ({len(v):,} characters)"
+    return (f'<div style="font-size:12px"><b>{esc(type(v).__name__)}</b> · {len(v):,} '
+            f'character{"s" * (len(v) != 1)}</div>'
+            f'<pre class="fm-str" style="font-size:12px;white-space:pre-wrap;max-height:300px;'
+            f'overflow:auto;margin:2px 0">{esc(text)}</pre>')
+
+
 def value_html(v: Any, other: Any = None, mark_changes: bool = False) -> str:
     """A preview of one value; with ``other`` (the same name at another step)
     and mark_changes, cells that differ from it are highlighted."""
@@ -183,6 +193,8 @@ def value_html(v: Any, other: Any = None, mark_changes: bool = False) -> str:
     if type(v).__name__ == "Series" and hasattr(v, "to_frame"):
         return (f'<div style="font-size:12px"><b>Series</b> {esc(v.name)} · {len(v):,} values · '
                 f'dtype {esc(v.dtype)}</div>' + pre_html(v.head(10)))
+    if isinstance(v, str):
+        return str_html(v)
     return repr_html(v)
 
 
@@ -199,11 +211,13 @@ def frame_change_counts(a: Any, b: Any) -> dict[str, int] | None:
     if a.index.is_unique and b.index.is_unique:
         ia, ib = a.index, b.index
         shared = ia.intersection(ib, sort=False)
+        counts["by_position"] = 0
         counts["rows_added"] = int(len(ib.difference(ia, sort=False)))
         counts["rows_removed"] = int(len(ia.difference(ib, sort=False)))
         left, right = a.loc[shared, common], b.loc[shared, common]
     else:  # duplicate labels: compare by position over the common length
         n = min(len(a), len(b))
+        counts["by_position"] = 1
         counts["rows_added"], counts["rows_removed"] = max(0, len(b) - n), max(0, len(a) - n)
         left = a.iloc[:n][common].reset_index(drop=True)
         right = b.iloc[:n][common].reset_index(drop=True)
@@ -228,4 +242,6 @@ def describe_frame_change(c: dict[str, int]) -> str:
         if c.get(key):
             noun, verb = key.split("_")
             parts.append(_count(c[key], noun[:-1], verb))
-    return ", ".join(parts)
+    how = "by position (the index has repeated labels)" if c.get("by_position") else \
+        "by index label"
+    return ", ".join(parts) + f" (rows matched {how})"
