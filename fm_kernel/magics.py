@@ -258,11 +258,11 @@ class FlowmetalMagics(Magics):
         print(line or "nothing to resume: this history has no recorded state yet")
 
     def _adopt(self, argv: list[str]) -> None:
-        from .record import identity
+        from .state.adopt import adopt
 
         p = _parser("adopt")
         p.add_argument("path", metavar="PATH", help="the original notebook, or its .duckdb history")
-        print(identity.adopt(runtime.current(), p.parse_args(argv).path))
+        print(adopt(runtime.current(), p.parse_args(argv).path))
 
     def _branches(self, argv: list[str]) -> None:
         _parser("branches").parse_args(argv)

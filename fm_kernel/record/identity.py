@@ -28,15 +28,12 @@ import json
 import logging
 import os
 import re
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import duckdb
 
 from .. import errors
 from . import location
+from .store import peek_count
 
 log = logging.getLogger(__name__)
 
@@ -152,17 +149,15 @@ def matches(path: Path, cell_id: str) -> list[Match]:
 
 def _count(history: Path, sql: str, params: list) -> int:
     try:
-        con = duckdb.connect(str(history), read_only=True)
-    except duckdb.Error as exc:  # held by a live kernel, or not a history
-        log.info("not looking into %s: %s", history, str(exc).splitlines()[0])
+        return peek_count(history, sql, params)
+    except errors.HistoryError as exc:  # held by a live kernel, or not a history
+        log.info("not looking into %s: %s", history, exc)
         return 0
-    try:
-        return int(con.execute(sql, params).fetchone()[0])
-    except duckdb.Error as exc:
-        log.info("not looking into %s: %s", history, str(exc).splitlines()[0])
-        return 0
-    finally:
-        con.close()
+
+
+def count_steps(history: Path) -> int:
+    """How many steps ``history`` holds (0 when it cannot be read)."""
+    return _count(history, "SELECT count(DISTINCT step) FROM fm_step_records", [])
 
 
 def rename_history(old: Path, new: Path) -> None:
@@ -224,100 +219,3 @@ def missing_history_hint(notebook: Path) -> str:
                 f"histories: {names} (`--history` one of them)")
     return (f"no history at {where}; a kernel that was not told the notebook records to "
             f"{where.parent}/session-*.duckdb (`ls` there; `--history FILE` reads one)")
-
-
-# -- %fm adopt -------------------------------------------------------------
-
-
-def adopt(rt: Any, source: str) -> str:
-    """Continue the history of another notebook (a copy's original) in this
-    fresh one: its records are copied in and a branch named after this
-    notebook is forked at its HEAD, with the namespace restored there."""
-    from ..state import navigate
-
-    src = _adoptable(source, rt.plan.cwd)
-    store = rt.require_store()
-    target = store.path
-    if str(target) == ":memory:" or src.resolve() == Path(target).resolve():
-        raise errors.UsageError(f"%fm adopt: {src} is this kernel's own history")
-    if store.step_count():
-        raise errors.UsageError(
-            f"%fm adopt: this notebook's history ({target}) has {store.step_count()} steps "
-            "already; adopt continues another history only in a fresh one (move it aside first)")
-    steps = _count(src, "SELECT count(DISTINCT step) FROM fm_step_records", [])
-    if not steps:
-        raise errors.UsageError(f"%fm adopt: no steps to continue in {src}")
-    rt.reopen(lambda path: _copy_history(src, path))
-    head = rt.head
-    name = _branch_for(rt)
-    rt.require_store().append_event("adopted", step=head, payload={"from": str(src), "steps": steps})
-    if head is None:
-        return f"adopted {source} ({steps} steps); it has no HEAD to continue from"
-    rt.head = None  # the namespace holds no step yet: fork restores HEAD's state
-    line = navigate.fork(rt, name, head)
-    return f"adopted {source} ({steps} steps, copied into {target}); {line}"
-
-
-def _adoptable(source: str, cwd: Path) -> Path:
-    p = Path(source).expanduser()
-    p = p if p.is_absolute() else cwd / p
-    history = location.beside(p) if p.suffix == ".ipynb" else p
-    if not history.is_file():
-        raise errors.UsageError(f"%fm adopt: no history at {history}; give a notebook that "
-                                "has one, or a .duckdb history file")
-    try:
-        duckdb.connect(str(history), read_only=True).close()
-    except duckdb.Error as exc:
-        raise errors.UsageError(
-            f"%fm adopt: cannot read {history} ({str(exc).splitlines()[0][:120]}); if its "
-            "kernel is running, shut it down first") from None
-    return history
-
-
-def _copy_history(src: Path, target: Path) -> None:
-    """Replace the (empty) history at ``target`` with a consistent copy of
-    ``src``: database through DuckDB, objects as hard links where possible."""
-    for suffix in ("", *SIDECARS, ".endpoint.json"):
-        p = Path(str(target) + suffix)
-        if p.is_dir():
-            shutil.rmtree(p)
-        elif os.path.lexists(p):
-            p.unlink()
-    con = duckdb.connect(":memory:")
-    try:
-        con.execute(f"ATTACH '{_sql_str(src)}' AS fm_src (READ_ONLY)")
-        con.execute(f"ATTACH '{_sql_str(target)}' AS fm_dst")
-        con.execute("COPY FROM DATABASE fm_src TO fm_dst")
-        con.execute("DETACH fm_dst")
-    finally:
-        con.close()
-    os.chmod(target, 0o600)
-    objects = Path(str(src) + ".objects")
-    if objects.is_dir():
-        shutil.copytree(objects, Path(str(target) + ".objects"), copy_function=_link_or_copy)
-    log_file = Path(str(src) + ".flowlog")
-    if log_file.is_file():
-        shutil.copy2(log_file, Path(str(target) + ".flowlog"))
-
-
-def _link_or_copy(src: str, dst: str) -> None:
-    try:
-        os.link(src, dst)  # objects are written once, named by their digest
-    except OSError:
-        shutil.copy2(src, dst)
-
-
-def _branch_for(rt: Any) -> str:
-    stem = rt.plan.notebook.stem if rt.plan.notebook else "adopted"
-    base = re.sub(r"[^A-Za-z0-9_.@/-]+", "-", stem).strip("-.") or "adopted"
-    if base.isdigit():
-        base = f"nb-{base}"
-    heads = rt.require_store().branch_heads()
-    name, n = base, 2
-    while name in heads:
-        name, n = f"{base}-{n}", n + 1
-    return name
-
-
-def _sql_str(p: Path) -> str:
-    return str(p).replace("'", "''")

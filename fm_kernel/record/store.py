@@ -453,3 +453,44 @@ def _owner_only(path: Path) -> None:
             p.chmod(0o600)
         except OSError:
             pass
+
+
+# -- other histories, read without opening them as a Store ---------------------------
+# Looking into a neighbour history (which notebook ran this cell?) must neither
+# migrate it nor take its lock for long: a read-only connection, one query.
+
+def peek_count(history: Path, sql: str, params: Sequence[Any] = ()) -> int:
+    """The integer ``sql`` returns over ``history`` opened read-only.
+    Raises HistoryError when it cannot be read (held by a live kernel,
+    not a history)."""
+    try:
+        con = duckdb.connect(str(history), read_only=True)
+    except duckdb.Error as exc:
+        raise errors.HistoryError(_first_line(exc)) from None
+    try:
+        return int(con.execute(sql, list(params)).fetchone()[0])
+    except duckdb.Error as exc:
+        raise errors.HistoryError(_first_line(exc)) from None
+    finally:
+        con.close()
+
+
+def readable(history: Path) -> str | None:
+    """None if ``history`` opens read-only now, else DuckDB's reason."""
+    try:
+        duckdb.connect(str(history), read_only=True).close()
+    except duckdb.Error as exc:
+        return _first_line(exc)
+    return None
+
+
+def copy_database(src: Path, target: Path) -> None:
+    """A consistent copy of the database ``src`` (read-only) into a new ``target``."""
+    con = duckdb.connect(":memory:")
+    try:
+        con.execute(f"ATTACH '{_sql_str(src)}' AS fm_src (READ_ONLY)")
+        con.execute(f"ATTACH '{_sql_str(target)}' AS fm_dst")
+        con.execute("COPY FROM DATABASE fm_src TO fm_dst")
+        con.execute("DETACH fm_dst")
+    finally:
+        con.close()
