@@ -5,6 +5,7 @@ runtime.py; this file only hooks them into the request cycle."""
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -130,7 +131,10 @@ class FlowmetalKernel(IPythonKernel):
             print(f"flowmetal: FM_RESUME={mode!r} is not auto, always or never; using auto",
                   file=sys.stderr)
             mode = "auto"
-        if mode == "never" or (mode == "auto" and not rt.unclean_end) or rt.states is None:
+        if rt.states is None:
+            return
+        if mode == "never" or (mode == "auto" and not rt.unclean_end):
+            self._restart_hint()
             return
         try:
             line = navigate.resume(rt)
@@ -142,6 +146,30 @@ class FlowmetalKernel(IPythonKernel):
             # shown on the first cell: at start-up no frontend is listening
             rt.notices.append(f"flowmetal: {line} ({why})")
             self.log.info("flowmetal: %s (%s)", line, why)
+
+    def _restart_hint(self) -> None:
+        """After a clean end the namespace starts empty (that is why users
+        restart); say once that HEAD's state is recorded and how to get it
+        back, so an empty namespace never looks like lost work."""
+        rt = self.fm
+        rec = rt.store.step(rt.head) if rt.head is not None and rt.store is not None else None
+        if rec is None or rec.state is None or not rec.state["names"]:
+            return
+        self._last_names, self._last_step = set(rec.state["names"]), rt.head
+        rt.notices.append(f"flowmetal: the namespace starts empty; the state after step {rt.head} "
+                          f"({len(self._last_names)} names, branch {rt.branch}) is recorded: "
+                          "`%fm resume` brings it back")
+
+    def _name_error_hint(self, reply: dict[str, Any]) -> None:
+        """A NameError for a name the last recorded state had, before any
+        resume: point at `%fm resume` instead of leaving the user to guess."""
+        names = getattr(self, "_last_names", None)
+        if not names or reply.get("status") != "error" or reply.get("ename") != "NameError":
+            return
+        m = re.search(r"name '([^']+)' is not defined", reply.get("evalue", ""))
+        if m and m.group(1) in names and m.group(1) not in self.shell.user_ns:
+            print(f"flowmetal: `{m.group(1)}` was in the state after step {self._last_step}; "
+                  "`%fm resume` restores that state", file=sys.stderr)
 
     def _capture(self, code: str):
         tl = self.fm.states
@@ -173,8 +201,11 @@ class FlowmetalKernel(IPythonKernel):
         record = not silent and not is_history_query(code, cell_sql is None, line_sql is None)
         rt.wait()
         self._start_up()
-        for notice in rt.take_notices():
+        notices = rt.take_notices()
+        for notice in notices:
             print(notice, file=sys.stderr)
+        if notices:  # before the cell's own output, not after it
+            sys.stderr.flush()
         recorder = self.recorder if record else None
         started = None
         if recorder is not None:
@@ -190,6 +221,8 @@ class FlowmetalKernel(IPythonKernel):
             code, silent, store_history, user_expressions, allow_stdin,
             cell_meta=cell_meta, cell_id=cell_id,
         )
+        if not silent:
+            self._name_error_hint(reply)
         if recorder is not None:
             # Stage 3: the outputs the frontend will see are flushed, then the
             # record is committed; only then does ipykernel send the reply.
