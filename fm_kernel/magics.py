@@ -134,12 +134,15 @@ class FlowmetalMagics(Magics):
         if name is not None and not name.isidentifier():
             raise UsageError(f"%%sql -o: {name!r} is not a valid Python name")
         rt = runtime.current()
+        ns = self.shell.user_ns
         try:
             # What is only shown is capped; `-o NAME` keeps every row, like fm.history().sql.
-            res = querying.run(rt.require_store(), query, (), rt.frame_path,
+            res = querying.run(rt.require_store(), query, querying.namespace_params(query, ns),
+                               rt.frame_path,
                                limit_rows=querying.max_rows() if name is None else None)
         except errors.FlowmetalError as exc:
-            raise UsageError(str(exc)) from None
+            hint = querying.live_name_hint(str(exc), ns)
+            raise UsageError(str(exc) + (f"\n{hint}" if hint else "")) from None
         if res.truncated:
             print(querying.truncated_note(res))
         try:

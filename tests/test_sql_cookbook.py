@@ -232,3 +232,26 @@ def test_cookbook_query(history: Path, title: str, query: str) -> None:
     check = EXPECTED.get(title)
     if check is not None:
         check(rows)
+
+
+def test_parameters_bound_from_the_namespace_and_a_hint_for_live_variables(tmp_path):
+    """`$name` binds a Python value (never pasted into the text); an unknown
+    `$name` and a live DataFrame named as a table each get one clear line."""
+    from kernel_driver import Kernel
+
+    with Kernel(env={"FM_HISTORY": str(tmp_path / "h.duckdb")}) as k:
+        for code in ("import pandas as pd\ndf = pd.DataFrame({'a': [1, 2, 3]})", "x = 1", "y = 2"):
+            assert k.execute(code).status == "ok"
+        r = k.execute("since = 1\nquote = \"it's $since\"")
+        assert r.status == "ok"
+        r = k.execute("%%sql -o got\nSELECT step, '$since' AS literal FROM steps WHERE step > $since ORDER BY step")
+        assert r.status == "ok", r.content
+        out = k.execute("print(list(got.step), set(got.literal))").text()
+        assert out.strip() == "[2, 3, 4] {'$since'}", out
+        bad = k.execute("%%sql\nSELECT * FROM steps WHERE step > $nowhere")
+        assert bad.status == "error" and "$nowhere names no variable" in bad.content["evalue"]
+        live = k.execute("%%sql\nSELECT * FROM df")
+        assert live.status == "error"
+        assert "frame('df', STEP)" in live.content["evalue"] and "live namespace" in live.content["evalue"]
+        past = k.execute("%%sql -o old\nSELECT sum(a) AS s FROM frame('df', 1)")
+        assert past.status == "ok" and k.execute("print(int(old.s[0]))").text().strip() == "6"

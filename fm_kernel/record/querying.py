@@ -267,7 +267,7 @@ def truncated_note(res: Result) -> str:
             "LIMIT, GROUP BY) or raise FM_SQL_MAX_ROWS")
 
 
-def run(store: Store, sql: str, params: Sequence[Any] = (), frames: FrameResolver | None = None,
+def run(store: Store, sql: str, params: Sequence[Any] | dict[str, Any] = (), frames: FrameResolver | None = None,
         limit_rows: int | None = None, cancel: Cancel | None = None,
         timeout: float | None = None) -> Result:
     """Check and run one user query. ``limit_rows`` caps the rows returned
@@ -367,3 +367,33 @@ def _hand_over_frames(sql: str, resolve: FrameResolver | None) -> tuple[str, dic
         return seen[key]
 
     return FRAME_CALL.sub(sub, sql), tables
+
+
+# -- the namespace, for %%sql -------------------------------------------------------------
+
+_QUOTED = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"")
+_PARAM = re.compile(r"\$([A-Za-z_]\w*)")
+_MISSING_TABLE = re.compile(r"^'([^']+)' is refused: it is not a view of the history")
+
+
+def namespace_params(sql: str, namespace: dict[str, Any]) -> dict[str, Any]:
+    """DuckDB's named parameters (``$since``) bound from ``namespace``, so a
+    query can use a Python value without pasting it into the text (no SQL
+    injection through a value). A name the namespace lacks is one clear line."""
+    names = dict.fromkeys(_PARAM.findall(_QUOTED.sub("''", sql)))
+    missing = [n for n in names if n not in namespace]
+    if missing:
+        raise SQLError(f"${missing[0]} names no variable in the namespace; set it first "
+                       f"(e.g. {missing[0]} = 3) or write the value in the query")
+    return {n: namespace[n] for n in names}
+
+
+def live_name_hint(message: str, namespace: dict[str, Any]) -> str | None:
+    """When a refused table is a live variable (SELECT * FROM df), say how SQL
+    reaches it: the history holds its past values, by step."""
+    m = _MISSING_TABLE.match(message)
+    if m is None or m.group(1) not in namespace:
+        return None
+    name = m.group(1)
+    return (f"`{name}` is a variable of the live namespace; SQL reads the history, where "
+            f"frame('{name}', STEP) is {name} as it was after STEP (`%fm log` lists the steps)")

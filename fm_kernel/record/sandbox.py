@@ -48,7 +48,7 @@ def _isolated_cursor() -> duckdb.DuckDBPyConnection:
         return _isolated.cursor()
 
 
-def run_isolated(sql: str, params: Sequence[Any], views: dict[str, tuple[Any, list[str]]],
+def run_isolated(sql: str, params: Sequence[Any] | dict[str, Any], views: dict[str, tuple[Any, list[str]]],
                  frames: dict[str, Any], max_rows: int | None, cancel: Any) -> Result:
     """Run one checked user query on a fresh cursor of the isolated instance.
     ``views``: view name -> (Arrow table, its JSON columns); ``frames``:
@@ -67,7 +67,7 @@ def run_isolated(sql: str, params: Sequence[Any], views: dict[str, tuple[Any, li
         cur.execute("BEGIN TRANSACTION READ ONLY")
         cancel.attach(cur)
         try:
-            cur.execute(sql, list(params))
+            cur.execute(sql, params if isinstance(params, dict) else list(params))
             cols = [d[0] for d in cur.description] if cur.description else []
             rows = [] if not cols else cur.fetchall() if max_rows is None \
                 else cur.fetchmany(max_rows + 1)
