@@ -38,13 +38,11 @@ def _parser(name: str) -> _Parser:
     return _Parser(prog=prog, description=magic_help.SUMMARY.get(name))
 
 
-_INERT = ("text/plain", "image/png", "image/jpeg", "image/gif")  # no markup, no script
-
-
 def _inert(data: dict[str, Any], history: Any) -> dict[str, Any]:
     """The parts of a stored output a frontend cannot run; one line for the rest."""
-    kept = {k: v for k, v in data.items() if k in _INERT}
-    held = sorted(k for k in data if k not in _INERT)
+    from .record.trust import inert_parts
+
+    kept, held = inert_parts(data)
     if held:
         print(f"({', '.join(held)} not shown: this history is not trusted here; "
               f"`fm trust {history}` shows it)")

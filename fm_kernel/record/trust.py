@@ -158,3 +158,16 @@ def unpickle(g: Gate, data: Any, buffers: Sequence[Any] = (),
     """THE place history content is unpickled: refused unless ``g`` trusts it."""
     g.require()
     return unpickler(io.BytesIO(data), buffers=buffers).load()
+
+
+# Stored output parts a frontend shows without running anything: no markup,
+# no script. An untrusted history's other parts (text/html, javascript,
+# widget views…) are held back everywhere outputs are shown again.
+INERT_MIMES = ("text/plain", "image/png", "image/jpeg", "image/gif")
+
+
+def inert_parts(data: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """(the parts of ``data`` safe to show from an untrusted history, the mime
+    types held back)."""
+    kept = {k: v for k, v in data.items() if k in INERT_MIMES}
+    return kept, sorted(k for k in data if k not in INERT_MIMES)

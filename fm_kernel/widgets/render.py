@@ -9,6 +9,7 @@ import html
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
+from ..record.trust import inert_parts
 from ..tables import first_line, human_bytes
 from .style import (
     BORDER_STRONG, ERR, HEAD_BG, HEAD_FG, HOT_BG, HOT_FG, INFO, LABEL_BG, LABEL_FG, LANES, MUTED,
@@ -265,16 +266,30 @@ def output_for_widget(out: dict[str, Any]) -> dict[str, Any] | None:
     return None
 
 
-def outputs_for_widget(outs: Sequence[dict[str, Any]], limit: int = 50) -> tuple[dict[str, Any], ...]:
-    """Recorded outputs in order, with clear_output applied as the frontend did."""
+def outputs_for_widget(outs: Sequence[dict[str, Any]], limit: int = 50,
+                       trusted: bool = True) -> tuple[dict[str, Any], ...]:
+    """Recorded outputs in order, with clear_output applied as the frontend did.
+    Untrusted (a history made elsewhere, not `fm trust`ed): markup and scripts
+    are held back, with one line saying so, as `%fm show` does."""
     shown: list[dict[str, Any]] = []
+    held: set[str] = set()
     for out in outs:
         if out.get("output_type") == "clear_output":
             shown = []
             continue
         conv = output_for_widget(out)
+        if conv is not None and not trusted and "data" in conv:
+            conv["data"], parts = inert_parts(conv["data"])
+            conv["metadata"] = {}
+            held.update(parts)
+            if not conv["data"]:
+                conv = None
         if conv is not None:
             shown.append(conv)
+    if held:
+        shown.append({"output_type": "stream", "name": "stdout",
+                      "text": f"({', '.join(sorted(held))} not shown: this history is not trusted "
+                              "here; `fm trust HISTORY` shows it)\n"})
     if len(shown) > limit:
         more = len(shown) - limit
         shown = shown[:limit] + [{"output_type": "stream", "name": "stdout",

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import api, errors, runtime
+from ..record import trust
 from ..state import navigate
 
 __all__ = ["Source", "StepRow"]
@@ -36,6 +37,11 @@ class Source:
     @property
     def store(self):
         return self.rt.require_store()
+
+    @property
+    def trusted(self) -> bool:
+        """Whether stored outputs may be shown as recorded (record/trust.py)."""
+        return trust.gate(self.store).trusted
 
     @property
     def states(self):

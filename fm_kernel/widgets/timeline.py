@@ -390,7 +390,8 @@ class TimelineWidget(LiveView, W.VBox):
         self.rewind_button.description = f"Rewind here ({step})"
         self.rewind_button.disabled = rec.state is None
         self.code.value = code_html(rec.code)
-        self.outputs.outputs = outputs_for_widget(unflatten_outputs(rec.outputs))
+        self.outputs.outputs = outputs_for_widget(unflatten_outputs(rec.outputs),
+                                                  trusted=self.source.trusted)
         if rec.error_name and not any(o.get("output_type") == "error" for o in self.outputs.outputs):
             self.outputs.outputs += ({"output_type": "stream", "name": "stderr",
                                       "text": f"{rec.error_name}: {rec.error_value}\n"},)

@@ -191,6 +191,26 @@ def test_journal_pickles_are_not_decoded_from_an_untrusted_history(tmp_path: Pat
         wait_until(lambda: res.exists() and err.exists(), what="the trusted replay")  # real payloads
 
 
+def test_the_timeline_holds_back_stored_markup_of_an_untrusted_history(tmp_path: Path) -> None:
+    history = tmp_path / "h" / "h.duckdb"
+    with Kernel(env={"FM_HISTORY": str(history)}) as k:
+        check(k, "from IPython.display import HTML, display\n"
+                 "display(HTML('<img src=x onerror=alert(1)>'))")
+    drop_origin(history)
+    show = ("from fm_kernel.widgets import timeline_widget\nw = timeline_widget()\nw.select(1)\n"
+            "print(sorted({m for o in w.outputs.outputs for m in o.get('data', {})}))\n"
+            "print(''.join(o.get('text', '') for o in w.outputs.outputs))")
+    with Kernel(env={"FM_HISTORY": str(history)}) as k:
+        out = check(k, show)
+    mimes = next(ln for ln in out.splitlines() if ln.startswith("["))
+    assert "text/html" not in mimes and "not shown" in out and "fm trust" in out, out
+    assert fm_cli("trust", str(history)).returncode == 0
+    with Kernel(env={"FM_HISTORY": str(history)}) as k:
+        out = check(k, show)
+    mimes = next(ln for ln in out.splitlines() if ln.startswith("["))
+    assert "text/html" in mimes and "not shown" not in out, out
+
+
 def test_stored_markup_and_scripts_are_shown_as_text_until_trusted(tmp_path: Path) -> None:
     history = tmp_path / "h" / "h.duckdb"
     with Kernel(env={"FM_HISTORY": str(history)}) as k:
