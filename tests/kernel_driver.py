@@ -100,3 +100,22 @@ def wait_until(pred, timeout: float = 30, what: str = "condition", poll: float =
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(poll)
+
+
+# -- what the flow and task tests share ------------------------------------------
+
+def check(k: Kernel, code: str, timeout: float = 60) -> str:
+    r = k.execute(code, timeout=timeout)
+    assert r.status == "ok", (code, r.content.get("ename"), r.content.get("evalue"),
+                              "\n".join(r.content.get("traceback") or []), r.text())
+    return r.text()
+
+
+def fails(k: Kernel, code: str) -> tuple[str, str]:
+    r = k.execute(code)
+    assert r.status == "error", (code, r.text())
+    return r.content["ename"], r.content["evalue"]
+
+
+def lines(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []

@@ -21,7 +21,7 @@ pytest.importorskip("distributed")
 
 from functools import partial
 
-from kernel_driver import Kernel, query
+from kernel_driver import Kernel, check, query
 from kernel_driver import wait_until as _wait_until
 
 wait_until = partial(_wait_until, poll=0.02)  # noqa: E402
@@ -50,16 +50,8 @@ with LocalCluster(n_workers=2, processes=True, threads_per_worker=1, host="127.0
 """
 
 
-def check(k: Kernel, code: str, timeout: float = 60) -> str:
-    r = k.execute(code, timeout=timeout)
-    assert r.status == "ok", (code, r.content.get("ename"), r.content.get("evalue"),
-                              "\n".join(r.content.get("traceback") or []), r.text())
-    return r.text()
-
-
 def last_json(out: str):
     return json.loads(out.strip().splitlines()[-1])
-
 
 
 def marks(path: Path) -> list[tuple[int, float, int]]:

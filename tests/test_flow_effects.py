@@ -12,26 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from kernel_driver import Kernel, query, wait_until
+from kernel_driver import Kernel, check, fails, lines, query, wait_until
 
 PRELUDE = "import os, time, json\nimport fm_kernel as fm\nimport fm_kernel.flows as flows"
-
-
-def check(k: Kernel, code: str, timeout: float = 60) -> str:
-    r = k.execute(code, timeout=timeout)
-    assert r.status == "ok", (code, r.content.get("ename"), r.content.get("evalue"),
-                              "\n".join(r.content.get("traceback") or []), r.text())
-    return r.text()
-
-
-def fails(k: Kernel, code: str) -> tuple[str, str]:
-    r = k.execute(code)
-    assert r.status == "error", (code, r.text())
-    return r.content["ename"], r.content["evalue"]
-
-
-def lines(path: Path) -> list[str]:
-    return path.read_text().splitlines() if path.exists() else []
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from kernel_driver import Kernel, query, wait_until
+from kernel_driver import Kernel, wait_until
 
 WORKERS = Path(__file__).resolve().parent / "workers"
 needs_curl = pytest.mark.skipif(shutil.which("curl") is None,
