@@ -50,6 +50,7 @@ class Runtime:
         # except after a clean restart, until `%fm resume` (docs/time-travel.md)
         self.head: int | None = None
         self.notices: list[str] = []
+        self.closing = False  # close() has begun
         self.interrupted: list[int] = []
         self.ready = threading.Event()
         self.open_error: BaseException | None = None
@@ -238,6 +239,9 @@ class Runtime:
         return notes
 
     def close(self, clean: bool, restart: bool = False) -> None:
+        # Shutdown runs on ipykernel's control thread while the main loop may
+        # still be refreshing a widget: views check this to stay quiet.
+        self.closing = True
         if self.endpoint is not None:
             self.endpoint.stop()
             self.endpoint = None

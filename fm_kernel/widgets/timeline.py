@@ -273,6 +273,8 @@ class TimelineWidget(LiveView, W.VBox):
     def refresh_if_changed(self, tries: int = 0) -> None:
         """After a cell: refresh once its record is committed (retried briefly,
         because the hook fires before the kernel writes the record)."""
+        if self.source.rt.closing:  # the kernel is shutting down: nothing to show
+            return
         try:
             version = self.source.version()
             if version == self._version:
@@ -288,7 +290,8 @@ class TimelineWidget(LiveView, W.VBox):
             if self.selected is not None and self.selected in self._index:
                 self._load_detail(self.selected)
         except Exception as exc:  # a callback has no cell to raise into
-            report_failure(log, self.status, "refreshing the timeline after the cell", exc)
+            if not self.source.rt.closing:  # a store closed under it by shutdown is no failure
+                report_failure(log, self.status, "refreshing the timeline after the cell", exc)
 
     def show_page(self, page: int) -> None:
         page = max(0, min(page, self._pages() - 1))
