@@ -300,8 +300,11 @@ class Job:
         if outcome != "ok":
             return self._report_stop(outcome, death)
         ran = len(self.code_cells) - len(self.skip)
-        print(f"fm run: {ran} cells run, {len(self.skip)} resumed; executed notebook written to "
-              f"{self.target}", file=self.stream)
+        queries = len(self.code_cells) - len(self.recorded)
+        why = (f" ({queries} only read the history, like %fm log, and are not steps)"
+               if queries else "")
+        print(f"fm run: {ran} cells run, {len(self.skip)} resumed{why}; executed notebook "
+              f"written to {self.target}", file=self.stream)
         return 0
 
     async def _execute(self, client: Any, km: Any) -> None:
