@@ -257,8 +257,10 @@ class FlowmetalKernel(IPythonKernel):
 
     def _say_who_owns_sql(self) -> None:
         """Once, when another extension (jupysql) takes ``%%sql`` over."""
+        if self._sql_taken:
+            return
         other = self._sql_owners()[0]
-        if other is not None and not self._sql_taken:
+        if other is not None:
             self._sql_taken = True
             print(f"flowmetal: %%sql now belongs to {other} (`%load_ext sql`); its cells are "
                   "recorded steps; the history's SQL stays reachable as %%fmsql and %fm sql")

@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 import ipywidgets as W
 
+from ..errors import FlowmetalError
 from .loader import kernel_loop
 from .render import ROW_PX, esc
 from .style import BORDER, ERR, OK, style_widget
@@ -143,9 +144,43 @@ def unfollow_cells(view: Any) -> None:
     _LIVE.discard(view)
 
 
+def pager_buttons(css: str) -> tuple[W.Button, W.Button]:
+    """The previous/next page buttons of a paged table (classes css-prev, css-next)."""
+    prev_button = W.Button(icon="chevron-left", tooltip="previous page",
+                           layout=W.Layout(width="32px", flex="0 0 32px"))
+    next_button = W.Button(icon="chevron-right", tooltip="next page",
+                           layout=W.Layout(width="32px", flex="0 0 32px"))
+    prev_button.add_class(f"{css}-prev")
+    next_button.add_class(f"{css}-next")
+    return prev_button, next_button
+
+
 class LiveView:
     """Mixed into a view that follows cells (follow_cells) and has a text()
-    for frontends that cannot show widgets."""
+    for frontends that cannot show widgets. Its buttons run through ``_do``:
+    one line in ``self.status`` for the outcome, ``_after_action`` on success."""
+
+    def _say(self, text: str, ok: bool = True) -> str:
+        self.status.value = message_html(text, ok)  # type: ignore[attr-defined]
+        return text if ok else f"error: {text}"
+
+    def _do(self, action: Callable[[], str]) -> str:
+        try:
+            line = action()
+        except FlowmetalError as exc:  # the user's to fix: its message says how
+            return self._say(self._error_line(exc), ok=False)
+        except Exception as exc:  # report in the widget: a comm callback has no cell
+            # logged under the view's own module, as its other failures are
+            return "error: " + report_failure(logging.getLogger(type(self).__module__),
+                                              self.status, "the action", exc)  # type: ignore[attr-defined]
+        self._after_action()
+        return self._say(line)
+
+    def _error_line(self, exc: BaseException) -> str:
+        return str(exc)
+
+    def _after_action(self) -> None:
+        """What a view refreshes after one of its actions succeeded."""
 
     def close(self) -> None:
         unfollow_cells(self)

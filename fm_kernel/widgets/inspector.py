@@ -11,7 +11,7 @@ import ipywidgets as W
 from .. import errors
 from ..tables import format_table
 from ..state.states import diff
-from .base import message_html, section, themed, with_text
+from .base import message_html, pager_buttons, section, themed, with_text
 from .loader import load
 from .source import Source
 from .style import BG, ERR, MUTED, OK, WARN, dot
@@ -90,12 +90,7 @@ class InspectWidget(W.VBox):
         self.step_picker.observe(lambda c: self.set_step(c["new"]), names="value")
         self.compare_picker.observe(lambda c: self.set_compare(c["new"] or None), names="value")
         self.filter.observe(lambda _c: self._render_table(page=0), names="value")
-        self.prev_button = W.Button(icon="chevron-left", tooltip="previous page",
-                                    layout=W.Layout(width="32px", flex="0 0 32px"))
-        self.next_button = W.Button(icon="chevron-right", tooltip="next page",
-                                    layout=W.Layout(width="32px", flex="0 0 32px"))
-        self.prev_button.add_class("fm-inspect-prev")
-        self.next_button.add_class("fm-inspect-next")
+        self.prev_button, self.next_button = pager_buttons("fm-inspect")
         self.prev_button.on_click(lambda _b: self._render_table(page=self.page - 1))
         self.next_button.on_click(lambda _b: self._render_table(page=self.page + 1))
         self.page_label = W.HTML()

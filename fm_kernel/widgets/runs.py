@@ -28,7 +28,7 @@ import ipywidgets as W
 
 from .. import errors
 from .base import (
-    ROW_PX, ListRow, LiveView, fill_rows, follow_cells, kernel_loop, message_html, plain_text,
+    ROW_PX, ListRow, LiveView, fill_rows, follow_cells, kernel_loop, plain_text,
     report_failure, themed,
 )
 from .render import badge, col, duration_text, esc, row_box
@@ -329,20 +329,12 @@ class RunsWidget(LiveView, W.VBox):
 
     # -- internals ---------------------------------------------------------------------
 
-    def _say(self, text: str, ok: bool = True) -> str:
-        self.status.value = message_html(text, ok)
-        return text if ok else f"error: {text}"
+    def _error_line(self, exc: BaseException) -> str:
+        text = str(exc)
+        return text.splitlines()[0] if text else type(exc).__name__
 
-    def _do(self, action: Callable[[], str]) -> str:
-        try:
-            line = action()
-        except errors.FlowmetalError as exc:  # the user's to fix: its message says how
-            text = str(exc)
-            return self._say(text.splitlines()[0] if text else type(exc).__name__, ok=False)
-        except Exception as exc:  # report in the widget: a comm callback has no cell
-            return "error: " + report_failure(log, self.status, "the action", exc)
+    def _after_action(self) -> None:
         self.refresh_quietly()
-        return self._say(line)
 
     def _later(self, delay: float) -> None:
         loop = kernel_loop()

@@ -341,21 +341,10 @@ class TimelineWidget(LiveView, W.VBox):
         if self.selected in self._index:
             self.show_page(self._index[self.selected] // self.page_size)
 
-    def _say(self, text: str, ok: bool = True) -> str:
-        self.status.value = message_html(text, ok)
-        return text if ok else f"error: {text}"
-
-    def _do(self, action: Callable[[], str]) -> str:
-        try:
-            line = action()
-        except errors.FlowmetalError as exc:
-            return self._say(str(exc), ok=False)
-        except Exception as exc:  # report in the widget: a comm callback has no cell
-            return "error: " + report_failure(log, self.status, "the action", exc)
+    def _after_action(self) -> None:
         self.refresh()
         if self.selected is not None:
             self.select(self.selected)
-        return self._say(line)
 
     def _goto(self, text: str) -> None:
         text = (text or "").strip()

@@ -10,7 +10,7 @@ from typing import Any, Mapping
 
 import ipywidgets as W
 
-from .base import message_html
+from .base import message_html, pager_buttons
 from .render import esc, size_text, table_html
 from .style import MUTED, WARN, dot
 
@@ -43,12 +43,7 @@ class VariablesList(W.VBox):
         self.filter = W.Text(placeholder="filter names", continuous_update=True,
                              layout=W.Layout(width="160px"))
         self.filter.add_class("fm-variables-filter")
-        self.prev_button = W.Button(icon="chevron-left", tooltip="previous page",
-                                    layout=W.Layout(width="32px", flex="0 0 32px"))
-        self.next_button = W.Button(icon="chevron-right", tooltip="next page",
-                                    layout=W.Layout(width="32px", flex="0 0 32px"))
-        self.prev_button.add_class("fm-variables-prev")
-        self.next_button.add_class("fm-variables-next")
+        self.prev_button, self.next_button = pager_buttons("fm-variables")
         self.page_label = W.HTML()
         self.table = W.HTML(layout=W.Layout(max_height=MAX_HEIGHT, overflow="auto"))
         self.table.add_class("fm-variables-table")
