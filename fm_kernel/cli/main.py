@@ -104,6 +104,7 @@ def cmd_sql(a: argparse.Namespace) -> int:
 
 
 def cmd_export(a: argparse.Namespace) -> int:
+    from ..flows.journal import Journal
     from ..record.bundle import export, require_history
     from ..record.store import Store
 
@@ -115,6 +116,9 @@ def cmd_export(a: argparse.Namespace) -> int:
         raise errors.HistoryError(
             f"a kernel holds {history}; run `%fm export PATH` in that notebook instead") from None
     try:
+        # flow records a killed kernel left in its log go into the history
+        # first, as the next kernel would put them: the copy holds every run
+        Journal(store).close()
         out = export(store, Path(a.output))
     finally:
         store.close()

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from .. import errors
-from .store import Store
+from .store import HistoryDamaged, Store
 
 LOCK_WAIT_S = 2.0  # a CLI read may hold the file for a moment; outwait it
 
@@ -77,6 +77,12 @@ def open_history(path: Path, kernel_id: str) -> tuple[Store, str | None]:
         _refuse_foreign(path)
         store = _open_waiting(path)
         return store, _private_folder(path)
+    except HistoryDamaged as exc:
+        # kept as found, never written again by us: the user decides what to save
+        alt = path.with_name(f"{path.stem}.{kernel_id[:8]}{path.suffix}")
+        kept = f", its write-ahead log copied to {exc.kept}" if exc.kept else ""
+        return Store.open(alt), (f"flowmetal: {path} is damaged ({exc.cause}); it is "
+                                 f"left as it is{kept}; this kernel records to {alt}")
     except errors.HistoryLocked as exc:
         alt = path.with_name(f"{path.stem}.{kernel_id[:8]}{path.suffix}")
         store = Store.open(alt)

@@ -9,6 +9,7 @@ exactly what the frontend sees, in the order it sees it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import threading
@@ -180,8 +181,10 @@ class InflightMarker:
         self.path = Path(str(history) + ".inflight")
         self._fd: int | None = None
 
-    def write(self, rec: StepRecord) -> None:
-        data = json.dumps(rec.to_json()).encode()
+    def write(self, rec: StepRecord, committed: bool = False) -> None:
+        """Name ``rec`` as begun, or (``committed``) as recorded: the next
+        kernel compares this with what DuckDB's log replayed (location.py)."""
+        data = json.dumps({**rec.to_json(), "fm_committed": committed}).encode()
         try:
             if self._fd is None:
                 self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
@@ -191,10 +194,16 @@ class InflightMarker:
             pass  # the watchdog's 'running' row still covers long cells
 
     def read(self) -> StepRecord | None:
+        return self.read_with_commit()[0]
+
+    def read_with_commit(self) -> tuple[StepRecord | None, bool]:
+        """The step named, and whether its record had committed."""
         try:
-            return StepRecord.from_json(json.loads(self.path.read_text()))
-        except (OSError, ValueError, TypeError, KeyError):
-            return None
+            data = json.loads(self.path.read_text())
+            committed = bool(data.pop("fm_committed", False))
+            return StepRecord.from_json(data), committed
+        except (OSError, ValueError, TypeError, KeyError, AttributeError):
+            return None, False
 
     def clear(self) -> None:
         if self._fd is not None:
@@ -281,7 +290,13 @@ class CellRecorder:
             rec.traceback = reply.get("traceback")
             rec.status = "interrupted" if rec.error_name == "KeyboardInterrupt" else "error"
         rec.state = state
-        self.store.append_step(rec, entries or ())
+        try:
+            self.store.append_step(rec, entries or ())
+        except BaseException:
+            self.store.release_step(rec.step)  # the next cell takes it: no gap
+            raise
+        self.marker.write(dataclasses.replace(rec, outputs=[], state=None, traceback=None),
+                          committed=True)
         return rec
 
     def close(self) -> None:

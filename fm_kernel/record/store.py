@@ -21,7 +21,9 @@ import duckdb
 
 from .. import errors
 from ..errors import QueryFailed
+from . import walcheck
 from .migrations import MIGRATIONS
+from .bulk import BulkWrites, state_id as _state_id
 from .reads import HistoryReads
 from .rows import Result, StepRecord, utcnow
 
@@ -40,7 +42,22 @@ _VIEWS_KEY = ("SELECT list(estimated_size ORDER BY table_name) FROM duckdb_table
 _ENTRY_COLUMNS = ("id", "name", "type", "size_bytes", "summary", "value", "restorable", "reason")
 
 
-class Store(HistoryReads):
+# DuckDB's words for a refusal by the operating system rather than a damaged file
+_OS_REFUSALS = ("Permission denied", "Read-only file system", "No space left", "Is a directory")
+
+
+class HistoryDamaged(errors.HistoryUnwritable):
+    """The database or its write-ahead log is there but DuckDB cannot read it
+    (or replays less than was acknowledged); ``kept`` is the log as found."""
+
+    def __init__(self, path: Path, cause: BaseException, kept: Path | None = None):
+        super().__init__(path, cause)
+        self.kept = kept
+        copy = f"; its write-ahead log as found is kept at {kept}" if kept else ""
+        self.args = (f"history {path} is damaged ({cause}); it is left as it is{copy}",)
+
+
+class Store(BulkWrites, HistoryReads):
     """A history database opened read-write by this process."""
 
     def __init__(self, path: Path, conn: duckdb.DuckDBPyConnection, read_only: bool = False):
@@ -95,17 +112,27 @@ class Store(HistoryReads):
         except OSError as exc:
             raise errors.HistoryUnwritable(path, exc) from None
         fresh = not path.exists()
+        found = None if read_only or fresh else walcheck.log_as_found(path)
         try:
             conn = duckdb.connect(str(path), read_only=read_only)
-        except duckdb.IOException as exc:
-            if "lock" in str(exc).lower():
-                raise errors.HistoryLocked(path, _lock_holder(str(exc))) from None
-            raise errors.HistoryUnwritable(path, exc) from None
         except duckdb.Error as exc:
-            raise errors.HistoryUnwritable(path, exc) from None
+            if isinstance(exc, duckdb.IOException) and "lock" in str(exc).lower():
+                raise errors.HistoryLocked(path, _lock_holder(str(exc))) from None
+            if fresh or any(w in str(exc) for w in _OS_REFUSALS):
+                raise errors.HistoryUnwritable(path, exc) from None
+            raise HistoryDamaged(path, _named(exc), walcheck.keep_log(path, found)) from None
         if fresh:
             _owner_only(path)
-        store = cls(path, conn, read_only)
+        try:
+            store = cls(path, conn, read_only)
+        except duckdb.Error as exc:  # it opened, but its tables cannot be read
+            conn.close()
+            raise HistoryDamaged(path, _named(exc), walcheck.keep_log(path, found)) from None
+        acked = walcheck.acknowledged_step(path) if found else None
+        if acked is not None and store.last_step < acked:
+            store.abandon()  # DuckDB replayed its log only in part, and said nothing
+            why = OSError(f"its write-ahead log replayed to step {store.last_step} of {acked}")
+            raise HistoryDamaged(path, why, walcheck.keep_log(path, found))
         store.created = fresh and not read_only  # trust: only a new history gets our origin
         return store
 
@@ -138,6 +165,21 @@ class Store(HistoryReads):
                         "INSERT INTO fm_branch_records VALUES (1, 'main', NULL, NULL, ?)",
                         [utcnow()],
                     )
+
+    def abandon(self) -> None:
+        """Close without a checkpoint: the database file and its log stay as
+        they were found (a damaged history is kept, never rewritten)."""
+        with self._lock:
+            with contextlib.suppress(duckdb.Error):
+                self._conn.execute("PRAGMA disable_checkpoint_on_shutdown")
+        self.close()
+
+    def release_step(self, step: int) -> None:
+        """Give back ``step`` when its record could not be written: numbers
+        are reserved only by a committed record, so a failure leaves no gap."""
+        with self._lock:
+            if self._step == step:
+                self._step -= 1
 
     def close(self) -> None:
         with self._lock:
@@ -226,72 +268,6 @@ class Store(HistoryReads):
                 self._conn.execute(_STEP_INSERT, self._step_params(rec, state_id))
             if new_state:
                 self._states.add(state_id)  # type: ignore[arg-type]
-
-    def append_steps(self, recs: Sequence[StepRecord],
-                     entries: Sequence[dict[str, Any]] = ()) -> None:
-        """Many step records in one transaction, columnar (imports, bulk
-        builds): the per-row path costs a statement per record."""
-        import pyarrow as pa
-
-        with self.transaction():
-            if entries:
-                self._conn.register("fm_batch_entries", pa.Table.from_pylist([
-                    {"id": e["id"], "name": e["name"], "type": e["type"],
-                     "size_bytes": e["size_bytes"], "summary": e["summary"],
-                     "value": json.dumps(e["value"]) if e.get("value") is not None else None,
-                     "restorable": e["restorable"], "reason": e["reason"], "entry": json.dumps(e)}
-                    for e in entries]))
-                self._conn.execute("INSERT INTO fm_var_entries SELECT id, name, type, size_bytes, summary,"
-                          " value::JSON, restorable, reason, entry::JSON FROM fm_batch_entries")
-                self._conn.unregister("fm_batch_entries")
-            rows, states = [], {}
-            for rec in recs:
-                sid = _state_id(rec.state) if rec.state is not None else None
-                if sid is not None and sid not in self._states and sid not in states:
-                    states[sid] = rec.state
-                rows.append(self._step_params(rec, sid))
-                self._step = max(self._step, rec.step)
-            if states:
-                self._conn.register("fm_batch_states", pa.Table.from_pylist(
-                    [{"id": k, "names": v["names"], "ids": v["ids"]} for k, v in states.items()]))
-                self._conn.execute("INSERT INTO fm_states SELECT id, names, ids FROM fm_batch_states")
-                self._conn.unregister("fm_batch_states")
-            cols = list(zip(*rows)) if rows else [[] for _ in range(18)]
-            names = ["seq", "step", "branch", "parent", "kernel_id", "cell_id", "execution_count",
-                     "code", "status", "started_at", "finished_at", "duration_ms", "error_name",
-                     "error_value", "traceback", "outputs", "state_id", "changed"]
-            types = {"seq": pa.int64(), "step": pa.int64(), "parent": pa.int64(),
-                     "execution_count": pa.int32(), "duration_ms": pa.float64(),
-                     "started_at": pa.timestamp("us", tz="UTC"),
-                     "finished_at": pa.timestamp("us", tz="UTC"), "changed": pa.list_(pa.string())}
-            table = pa.table({n: pa.array(list(col), type=types.get(n, pa.string()))
-                              for n, col in zip(names, cols)})
-            self._conn.register("fm_batch_steps", table)
-            self._conn.execute(f"INSERT INTO fm_step_records ({', '.join(names)}) SELECT"
-                      " seq, step, branch, parent, kernel_id, cell_id, execution_count, code, status,"
-                      " started_at, finished_at, duration_ms, error_name, error_value,"
-                      " traceback::JSON, outputs::JSON, state_id, changed FROM fm_batch_steps")
-            self._conn.unregister("fm_batch_steps")
-        self._states.update(states)
-
-    def append_events(self, events: Sequence[tuple[str, int | None, str | None, dict | None]]) -> None:
-        """Many events (kind, step, run_id, payload) in one transaction."""
-        import pyarrow as pa
-
-        now = utcnow()
-        with self.transaction():
-            table = pa.table({
-                "seq": pa.array([self.next_seq() for _ in events], pa.int64()),
-                "at": pa.array([now] * len(events), pa.timestamp("us", tz="UTC")),
-                "kind": pa.array([e[0] for e in events], pa.string()),
-                "step": pa.array([e[1] for e in events], pa.int64()),
-                "run_id": pa.array([e[2] for e in events], pa.string()),
-                "payload": pa.array([json.dumps(e[3] or {}, default=str) for e in events], pa.string()),
-            })
-            self._conn.register("fm_batch_events", table)
-            self._conn.execute('INSERT INTO fm_events SELECT seq, "at", kind, step, run_id, payload::JSON'
-                      " FROM fm_batch_events")
-            self._conn.unregister("fm_batch_events")
 
     def _step_params(self, rec: StepRecord, state_id: str | None) -> list[Any]:
         return [
@@ -427,16 +403,16 @@ def _lock_holder(message: str) -> str | None:
     return message[i + len(marker):].split(")", 1)[0].strip()
 
 
+def _named(exc: BaseException) -> OSError:
+    """DuckDB's reason with its quoted paths cut to file names: one readable line."""
+    import re
+
+    return OSError(re.sub(r'"([^"]*)"', lambda m: Path(m.group(1)).name, _first_line(exc))[:200])
+
+
 def _first_line(exc: BaseException) -> str:
     lines = [ln for ln in str(exc).splitlines() if ln.strip()]
     return lines[0] if lines else type(exc).__name__
-
-
-def _state_id(state: dict[str, Any]) -> str:
-    import hashlib
-
-    blob = "\x1f".join(state["names"]) + "\x1e" + "\x1f".join(state["ids"])
-    return hashlib.blake2b(blob.encode(), digest_size=16).hexdigest()
 
 
 def _ident(name: str) -> str:

@@ -22,6 +22,8 @@ import json
 import logging
 import os
 import pickle
+import stat
+import tempfile
 import threading
 import uuid
 import weakref
@@ -44,38 +46,62 @@ def machine_id_path() -> Path:
     return Path(base) / "flowmetal" / "machine-id"
 
 
+def _fallback_path() -> Path:
+    """Where the id goes when the data folder cannot hold it (read-only home):
+    a folder of this user's own in the temp dir, so the next kernel finds it."""
+    return Path(tempfile.gettempdir()) / f"flowmetal-{os.getuid()}" / "machine-id"
+
+
 def machine_id(create: bool = True) -> str | None:
     """A random id for this machine and user. With ``create=False`` (read
     paths) nothing is written, and None means no id exists yet: then no
-    history can have been made here. When the id cannot be stored, this
-    process keeps one in memory, so the histories it creates stay its own."""
+    history can have been made here. When the id cannot be stored at all,
+    this process keeps one in memory, so the histories it creates stay its own."""
     global _memory_id
     if os.environ.get("FM_MACHINE_ID"):
         return os.environ["FM_MACHINE_ID"]
-    path = machine_id_path()
-    try:
-        stored = path.read_text().strip()
+    paths = (machine_id_path(), _fallback_path())
+    for path in paths:
+        stored = _read_id(path)
         if stored:
             return stored
-    except OSError:
-        pass
     with _lock:
         if _memory_id is not None or not create:
             return _memory_id
         new = uuid.uuid4().hex
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(new)
-            return new
-        except FileExistsError:  # another process made it meanwhile
-            return path.read_text().strip() or new
-        except OSError as exc:
-            log.warning("cannot store the machine id at %s (%s); histories this process "
-                        "creates are trusted by it only; set FM_MACHINE_ID to keep one", path, exc)
-            _memory_id = new
-            return new
+        for path in paths:
+            try:
+                return _store_id(path, new, private=path == paths[1])
+            except OSError as exc:
+                log.warning("cannot store the machine id at %s (%s)", path, exc)
+        log.warning("histories this process creates are trusted by it only; "
+                    "set FM_MACHINE_ID to keep one")
+        _memory_id = new
+        return new
+
+
+def _read_id(path: Path) -> str | None:
+    try:
+        st = os.lstat(path)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+            return None  # planted, or readable by others: not an id to rest trust on
+        return path.read_text().strip() or None
+    except OSError:
+        return None
+
+
+def _store_id(path: Path, new: str, private: bool) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    st = os.lstat(path.parent)
+    if private and (not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077):
+        raise OSError(f"{path.parent} is not a private folder of this user")
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:  # another process made it meanwhile
+        return _read_id(path) or new
+    with os.fdopen(fd, "w") as f:
+        f.write(new)
+    return new
 
 
 def stamp_origin(store: "Store") -> None:
