@@ -16,7 +16,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable
 
-from .record import identity, location
+from .record import changes, identity, location
 from .record.recorder import InflightMarker, recover_interrupted
 from .record.store import Store
 
@@ -48,7 +48,7 @@ class Runtime:
         self.branch = "main"
         # HEAD: the step new cells grow from. The namespace holds its state,
         # except after a clean restart, until `%fm resume` (docs/time-travel.md)
-        self.head: int | None = None
+        self._head: int | None = None
         self.notices: list[str] = []
         self.closing = False  # close() has begun
         self.interrupted: list[int] = []
@@ -62,6 +62,17 @@ class Runtime:
         self.unclean_end = False  # the previous kernel on this history died
         self.started_seq: int | None = None  # where this kernel's part of the history begins
         self._flows: Any = None  # flows.FlowRegistry, made on first use (see `flows`)
+
+    @property
+    def head(self) -> int | None:
+        return self._head
+
+    @head.setter
+    def head(self, step: int | None) -> None:
+        # every move (a recorded cell, rewind, fork, checkout, adopt) passes
+        # here: open views hear of it (record/changes.py) without polling
+        self._head = step
+        changes.notify("head")
 
     def open_in_background(self) -> None:
         if self.requested_path is None:

@@ -35,7 +35,7 @@ from typing import Any
 import cloudpickle
 
 from ..errors import NotStorable
-from ..record import trust
+from ..record import changes, trust
 from ..record.objects import ObjectFiles
 from ..record.store import Store
 
@@ -184,6 +184,7 @@ class Journal:
             self._pending.append((self._lsn, kind, row))
             if len(self._pending) >= 2000:
                 self._wake.set()
+        changes.notify("flow")  # open run views show it (widgets/hub.py)
 
     def event(self, kind: str, run_id: str | None, payload: dict[str, Any]) -> None:
         self.append("event", {"kind": kind, "run_id": run_id, "payload": payload,
@@ -337,14 +338,17 @@ class Journal:
         """Store a signal; with ``key`` (a sending run's "run_id:position"),
         once: a signal already stored under that key is not stored again."""
         if key is None:
-            return self.store.append_event("signal", run_id=run_id, payload={"name": name, "data": data})
-        with self.store.transaction():
-            res = self.store.query("SELECT seq FROM fm_events WHERE kind = 'signal'"
-                                   " AND payload->>'key' = ? LIMIT 1", [key])
-            if res.rows:
-                return res.rows[0][0]
-            return self.store.append_event("signal", run_id=run_id,
-                                           payload={"name": name, "data": data, "key": key})
+            seq = self.store.append_event("signal", run_id=run_id, payload={"name": name, "data": data})
+        else:
+            with self.store.transaction():
+                res = self.store.query("SELECT seq FROM fm_events WHERE kind = 'signal'"
+                                       " AND payload->>'key' = ? LIMIT 1", [key])
+                if res.rows:
+                    return res.rows[0][0]
+                seq = self.store.append_event("signal", run_id=run_id,
+                                              payload={"name": name, "data": data, "key": key})
+        changes.notify("flow")  # a signal from outside (fm signal) shows in open run views
+        return seq
 
     def signals(self, run_id: str, name: str) -> list[tuple[int, Any]]:
         res = self.store.query(

@@ -13,12 +13,12 @@ import html
 import logging
 import os
 import re
-import weakref
 from typing import Any, Callable
 
 import ipywidgets as W
 
 from ..errors import FlowmetalError
+from .hub import hub
 from .loader import kernel_loop
 from .render import ROW_PX, esc
 from .style import BORDER, ERR, OK, style_widget
@@ -128,20 +128,20 @@ def fill_rows(rows: list[ListRow], container: W.Box, items: list[tuple[Any, ...]
         row.hide()
 
 
-# -- refresh after cells: one IPython hook shared by all live views ---------------------
+# -- refresh after changes: the hub tells every live view -------------------------------
 
-_LIVE: "weakref.WeakSet[Any]" = weakref.WeakSet()  # each has after_cell()
 _HOOKED: set[int] = set()
 
 
 def follow_cells(view: Any) -> None:
-    """Call ``view.after_cell()`` after every cell, once its reply is out."""
-    _LIVE.add(view)
+    """Call ``view.changed(kinds)`` on the kernel's loop after every change
+    to the history (widgets/hub.py) and after every cell."""
+    hub().subscribe(view)
     _ensure_hook()
 
 
 def unfollow_cells(view: Any) -> None:
-    _LIVE.discard(view)
+    hub().unsubscribe(view)
 
 
 def pager_buttons(css: str) -> tuple[W.Button, W.Button]:
@@ -182,6 +182,11 @@ class LiveView:
     def _after_action(self) -> None:
         """What a view refreshes after one of its actions succeeded."""
 
+    def changed(self, kinds: frozenset[str]) -> None:
+        """The hub's call on the kernel's loop: the history changed (``kinds``
+        ⊆ {"head", "flow", "cell"}); by default, what follows a cell."""
+        self.after_cell()
+
     def close(self) -> None:
         unfollow_cells(self)
         super().close()  # type: ignore[misc]
@@ -203,13 +208,6 @@ def _ensure_hook() -> None:
 
 
 def _after_cell(result: Any = None) -> None:
-    """post_run_cell runs inside the cell, before its record is committed; so
-    only schedule a look for after the reply, on the kernel's loop."""
-    if not _LIVE:
-        return
-    loop = kernel_loop()
-    for view in list(_LIVE):
-        if loop is None:
-            view.after_cell()
-        else:
-            loop.call_later(0.05, view.after_cell)
+    """post_run_cell runs inside the cell, before its record is committed;
+    the hub tells the views on the kernel's loop, after the reply."""
+    hub().hear("cell")

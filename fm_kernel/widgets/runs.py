@@ -14,8 +14,8 @@ Cancel. What `%fm runs` shows in a notebook frontend.
 Everything is read through `runs_data` (the flows journal) and changed
 through ``Run`` handles: no SQL here. Like the timeline, callbacks run on
 the kernel's main thread between cells and update the widget through comm
-messages only, so nothing is recorded as a cell output. The view reloads on
-**Refresh** and after each cell.
+messages only, so nothing is recorded as a cell output. The view reloads
+when a run journals anything (widgets/hub.py), after each cell, and on Refresh.
 """
 
 from __future__ import annotations
@@ -312,6 +312,11 @@ class RunsWidget(LiveView, W.VBox):
 
     def after_cell(self) -> None:
         self.refresh_quietly()
+
+    def changed(self, kinds: frozenset[str]) -> None:
+        """A run journaled something (a step, a signal from outside) or a cell ran."""
+        if kinds & {"flow", "cell"}:
+            self.refresh_quietly()
 
     def refresh_quietly(self) -> None:
         """refresh() from a callback: a failure is logged and named in the

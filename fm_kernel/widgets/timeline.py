@@ -270,6 +270,11 @@ class TimelineWidget(LiveView, W.VBox):
     def after_cell(self) -> None:
         self.refresh_if_changed(20)
 
+    def changed(self, kinds: frozenset[str]) -> None:
+        """HEAD moved or a cell ran, here or in another view (widgets/hub.py)."""
+        if kinds & {"head", "cell"}:
+            self.after_cell()
+
     def refresh_if_changed(self, tries: int = 0) -> None:
         """After a cell: refresh once its record is committed (retried briefly,
         because the hook fires before the kernel writes the record)."""
