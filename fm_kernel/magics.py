@@ -18,7 +18,7 @@ from .record import querying
 from . import runtime
 from .state.states import diff
 from .record.recorder import unflatten_outputs
-from .tables import format_table, human_bytes, step_log_table
+from .tables import branch_table_text, format_table, human_bytes, step_log_table
 
 
 class _HelpShown(Exception):
@@ -168,18 +168,23 @@ class FlowmetalMagics(Magics):
             display(frame)
 
     def _log(self, argv: list[str]) -> None:
+        from .record.lineage import step_log
+
         p = _parser("log")
-        p.add_argument("-n", type=int, default=20, help="how many steps")
-        p.add_argument("--all", action="store_true", help="all branches")
+        p.add_argument("-n", type=int, default=20, help="how many steps (the newest)")
+        p.add_argument("--all", action="store_true",
+                       help="every step, each under its branch (default: HEAD's ancestry)")
+        p.add_argument("--branch", metavar="B", help="branch B's ancestry instead of HEAD's")
         a = p.parse_args(argv)
         if a.n < 1:
             raise UsageError("%fm log: -n must be at least 1")
         rt = runtime.current()
-        res = rt.require_store().steps(branch=None if a.all else rt.branch, limit=a.n)
-        if not res.rows:
-            print(f"no steps yet on branch {rt.branch}")
+        log = step_log(rt.require_store().query, (rt.branch, rt.head), a.branch, a.all, a.n)
+        if not log.rows:
+            more = "; `%fm log --all` lists every step" if log.total else ""
+            print(f"no steps yet on branch {a.branch or rt.branch}{more}")
             return
-        print(step_log_table(res.rows, head=rt.head))
+        print(step_log_table(log.rows, log.head, log.sessions))
 
     def _show(self, argv: list[str]) -> None:
         p = _parser("show")
@@ -266,12 +271,12 @@ class FlowmetalMagics(Magics):
         print(adopt(runtime.current(), p.parse_args(argv).path))
 
     def _branches(self, argv: list[str]) -> None:
+        from .record.lineage import branch_table
+
         _parser("branches").parse_args(argv)
         rt = runtime.current()
-        res = rt.require_store().branches()
-        rows = [(("* " if r[0] == rt.branch else "  ") + r[0], r[1] if r[1] is not None else "",
-                 r[2] if r[2] is not None else "", r[3]) for r in res.rows]
-        print(format_table(["branch", "head", "base", "created"], rows))
+        rows, current = branch_table(rt.require_store().query, (rt.branch, rt.head))
+        print(branch_table_text(rows, current))
 
     def _diff(self, argv: list[str]) -> None:
         p = _parser("diff")

@@ -49,9 +49,32 @@ def human_bytes(n: int | None) -> str:
     return f"{n} B"
 
 
-def step_log_table(rows: Sequence[Sequence[Any]], head: int | None = None) -> str:
-    """The step log as `%fm log` and `fm log` print it; ``rows`` in the
-    column order of ``Store.steps()``; HEAD's step is starred."""
-    cells = [(("*" if r[0] == head else "") + str(r[0]), r[1], r[2] or "", r[3],
-              f"{r[5]:.0f} ms" if r[5] is not None else "", first_line(r[7])) for r in rows]
-    return format_table(["step", "branch", "parent", "status", "duration", "code"], cells)
+def step_log_table(rows: Sequence[Sequence[Any]], head: int | None = None,
+                   sessions: Sequence[tuple[int, str]] = ()) -> str:
+    """The step log as `%fm log` and `fm log` print it: ``rows`` are (step,
+    branch, parent, status, execution count, ms, code); HEAD's step is
+    starred; ``sessions`` (number, start) per row puts a line where a new
+    kernel session began (and above the first row when that is not the
+    first session)."""
+    cells = [(("*" if r[0] == head else "") + str(r[0]), r[1], "" if r[2] is None else r[2], r[3],
+              "" if r[4] is None else f"[{r[4]}]", f"{r[5]:.0f} ms" if r[5] is not None else "",
+              first_line(r[6])) for r in rows]
+    out = format_table(["step", "branch", "parent", "status", "in", "duration", "code"],
+                       cells).split("\n")
+    if not sessions:
+        return "\n".join(out)
+    body, last = out[:2], 1
+    for line, (n, began) in zip(out[2:], sessions):
+        if n != last:
+            body.append(f"-- kernel session {n}" + (f", started {began}" if began else "") + " --")
+            last = n
+        body.append(line)
+    return "\n".join(body)
+
+
+def branch_table_text(rows: Sequence[Sequence[Any]], current: str | None = None) -> str:
+    """`%fm branches` / `fm branches`: (name, head, base, created) rows; the
+    current branch starred. base is the step the branch forked from."""
+    cells = [(("* " if r[0] == current else "  ") + r[0], "" if r[1] is None else r[1],
+              "" if r[2] is None else r[2], r[3]) for r in rows]
+    return format_table(["branch", "head", "base", "created"], cells)

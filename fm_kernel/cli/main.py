@@ -12,7 +12,7 @@ from typing import Any
 
 from .. import errors
 from ..record import location
-from ..tables import format_table, step_log_table
+from ..tables import branch_table_text, format_table, step_log_table
 
 
 def _history_arg(value: str | None) -> Path:
@@ -82,11 +82,29 @@ def run_sql(history: Path, query: str, params: list | None = None):
         store.close()
 
 
-def cmd_log(a: argparse.Namespace) -> int:
-    from ..record.rows import step_log_query
+def _history_query(a: argparse.Namespace):
+    history = _history_arg(a.history)
+    return lambda sql, params: run_sql(history, sql, params)
 
-    res = run_sql(_history_arg(a.history), *step_log_query(a.branch, a.n))
-    print(step_log_table(res.rows))
+
+def cmd_log(a: argparse.Namespace) -> int:
+    from ..record.lineage import step_log
+
+    if a.n is not None and a.n < 1:
+        raise errors.UsageError("fm log: -n must be at least 1")
+    log = step_log(_history_query(a), None, a.branch, a.all, a.n)
+    if not log.rows:
+        print("no steps yet" + ("; `fm log --all` lists every step" if log.total else ""))
+        return 0
+    print(step_log_table(log.rows, log.head, log.sessions))
+    return 0
+
+
+def cmd_branches(a: argparse.Namespace) -> int:
+    from ..record.lineage import branch_table
+
+    rows, current = branch_table(_history_query(a))
+    print(branch_table_text(rows, current))
     return 0
 
 
@@ -249,6 +267,19 @@ def _add_run_parser(sub: Any) -> None:
     s.set_defaults(func=cmd_run)
 
 
+def _add_log_parsers(sub: Any) -> None:
+    s = sub.add_parser("log", help="steps of a history: HEAD's ancestry (docs/time-travel.md)")
+    s.add_argument("--history", metavar="H", help="history file or notebook")
+    s.add_argument("--branch", metavar="B", help="branch B's ancestry instead of HEAD's")
+    s.add_argument("--all", action="store_true", help="every step, each under its branch")
+    s.add_argument("-n", type=int, default=None, help="only the newest N steps")
+    s.set_defaults(func=cmd_log)
+
+    s = sub.add_parser("branches", help="branches of a history: head, and the step each forked from")
+    s.add_argument("--history", metavar="H", help="history file or notebook")
+    s.set_defaults(func=cmd_branches)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fm", description="Flowmetal kernel: durable notebook history.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -262,11 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_run_parser(sub)
 
-    s = sub.add_parser("log", help="steps of a history")
-    s.add_argument("--history", metavar="H", help="history file or notebook")
-    s.add_argument("--branch", metavar="B")
-    s.add_argument("-n", type=int, default=None, help="only the newest N steps")
-    s.set_defaults(func=cmd_log)
+    _add_log_parsers(sub)
 
     s = sub.add_parser("sql", help="SQL over the history views")
     s.add_argument("query")
