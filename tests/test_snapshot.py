@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fm_kernel.record.objects import CorruptObject, ObjectFiles
+from fm_kernel.record.objects import PACKED_MAX, CorruptObject, ObjectFiles
 from fm_kernel.state.snapshot import Capture, Manifest, Snapshotter, VarEntry, analyse_code
 
 MB = 1024 * 1024
@@ -432,12 +432,18 @@ def test_corrupt_and_missing_objects_are_named(nb: Notebook):
 
 def test_object_files_layout(tmp_path: Path):
     o = ObjectFiles(tmp_path / "objs")
-    k = o.put(b"hello")
-    assert o.put(b"hello") == k and o.has(k) and o.get(k) == b"hello" and o.size(k) == 5
+    big = b"h" * PACKED_MAX  # at PACKED_MAX an object is a loose file of its own
+    k = o.put(big)
+    assert o.put(big) == k and o.has(k) and o.get(k) == big and o.size(k) == PACKED_MAX
     p = o.path(k)
     assert p.parent.name == k[:2] and p.name == k[2:]
     assert p.stat().st_mode & 0o777 == 0o600 and p.parent.stat().st_mode & 0o777 == 0o700
-    assert o.total_bytes() == 5 and len(k) == 32
+    assert o.total_bytes() == PACKED_MAX and len(k) == 32
+    small = o.put(b"hello")  # smaller ones are records of a pack (record/packs.py)
+    assert not o.path(small).exists() and o.get(small) == b"hello" and o.size(small) == 5
+    packs = sorted(p.name for p in (tmp_path / "objs" / "packs").iterdir())
+    assert len(packs) == 2 and packs[0].endswith(".idx") and packs[1].endswith(".pack")
+    assert ObjectFiles(tmp_path / "objs").get(small) == b"hello"  # read back by another reader
 
 
 def test_ten_cell_workload_timing(nb: Notebook):
@@ -624,7 +630,7 @@ def test_rewind_then_forward_returns_objects_whose_pickle_cannot_load(nb: Notebo
 
 
 def test_restore_changes_nothing_when_loading_fails(nb: Notebook):
-    nb.run("import numpy as np\narr = np.arange(10.0)\nkeep = [1]")
+    nb.run("import numpy as np\narr = np.arange(20_000.0)\nkeep = [1]")  # a loose chunk
     first = nb.head
     nb.run("arr = arr * 2\nkeep.append(2)\nlater = 3")
     key = json.loads(nb.objects.get(first["arr"].ref))["buffers"][0][0][0]

@@ -1,8 +1,18 @@
 """Content-addressed object files beside the history database.
 
-Layout: ``<root>/<k[:2]>/<k[2:]>`` where ``k`` is the xxh3-128 hex digest of the
-file's bytes.  Nothing outside this folder is referenced and no absolute path is
+Layout: an object under ``PACKED_MAX`` bytes is a record in a pack file
+(packs.py: many small objects, one sync); a larger one is a loose file
+``<root>/<k[:2]>/<k[2:]>``, where ``k`` is the xxh3-128 hex digest of its
+bytes.  Histories written before packs hold only loose files and read as
+before.  Nothing outside this folder is referenced and no absolute path is
 stored anywhere, so the database and its ``.objects`` folder can move together.
+
+Durability: with ``defer=True`` (the snapshot store) nothing is synced per
+object; ``sync()`` makes everything written since the last one durable with
+one pass (the pack's fdatasync, one ``syncfs`` for the loose files), called
+once per cell before its record commits.  ``.unsettled`` in the folder says
+objects were written that no committed record may name yet: the next open
+then looks for orphans (gc.py).
 
 xxh3-128 rather than a cryptographic hash: the same digest is the change
 fingerprint of a chunk (snapshot.py hashes every chunk of a candidate buffer on
@@ -11,6 +21,7 @@ tampering: what may be unpickled is decided by trust.py, per history.
 """
 from __future__ import annotations
 
+import ctypes
 import os
 import tempfile
 from collections.abc import Callable
@@ -20,10 +31,13 @@ from typing import Any
 import xxhash
 
 from ..errors import CorruptObject
+from .packs import Packs
 
 __all__ = ["ObjectFiles", "CorruptObject", "digest", "chunk_keys"]
 
 Chunks = list[tuple[str, int]]  # (key, length) of consecutive pieces of one buffer
+PACKED_MAX = 128 * 1024  # objects under this go into packs: a loose file costs a 4 KiB block
+UNSETTLED = ".unsettled"
 
 
 def digest(data: bytes | bytearray | memoryview) -> str:
@@ -105,11 +119,15 @@ class ObjectFiles:
     appears under its key only after its bytes are complete (temp file +
     ``os.replace``), so a crash leaves at worst an orphan temp file."""
 
-    def __init__(self, root: Path | str, *, fsync: bool = True) -> None:
+    def __init__(self, root: Path | str, *, fsync: bool = True, defer: bool = False) -> None:
         self.root = Path(root)
         # fsync makes a write survive power loss before the manifest that names
         # it is committed; tests and benchmarks may switch it off.
         self.fsync = fsync
+        self.defer = defer  # True: durable at sync(), not at each put
+        self.packs = Packs(self.root)
+        self._unsynced: list[Path] = []
+        self._unsettled = False
         # Made on the first write, not here: a read (``fm sql``) creates nothing.
         self._root_made = False
         # Keys known present: saves a stat per chunk when a big buffer is
@@ -156,16 +174,27 @@ class ObjectFiles:
         if not self._root_made:
             self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
             self._root_made = True
+        if self.defer and not self._unsettled:
+            (self.root / UNSETTLED).touch(mode=0o600)
+            self._unsettled = True
+        if memoryview(data).nbytes < PACKED_MAX:
+            self.packs.put(key, data)
+            if self.fsync and not self.defer:
+                self.packs.sync()
+            self._known.add(key)
+            return
         target.parent.mkdir(mode=0o700, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=target.parent)
         try:
             os.fchmod(fd, 0o600)
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
-                if self.fsync:
+                if self.fsync and not self.defer:
                     f.flush()
                     os.fsync(f.fileno())
             os.replace(tmp, target)
+            if self.fsync and self.defer:
+                self._unsynced.append(target)
         except BaseException:
             try:
                 os.unlink(tmp)
@@ -174,26 +203,65 @@ class ObjectFiles:
             raise
         self._known.add(key)
 
+    def sync(self) -> None:
+        """Make every object written since the last sync durable: one pass."""
+        self.packs.sync()  # also writes out buffered records when fsync is off
+        files, self._unsynced = self._unsynced, []
+        if not self.fsync or not files:
+            return
+        if len(files) == 1 or not _syncfs(self.root):
+            for p in files:
+                fd = os.open(p, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+
+    def settle(self) -> None:
+        """The record naming everything written so far is committed."""
+        if self._unsettled:
+            try:
+                os.unlink(self.root / UNSETTLED)
+            except FileNotFoundError:
+                pass
+            self._unsettled = False
+
+    def forget(self) -> None:
+        """gc removed objects: presence must be looked up again."""
+        self._known.clear()
+
     # -- reading ---------------------------------------------------------
     def has(self, key: str) -> bool:
         if key in self._known:
             return True
-        if self.path(key).is_file():
+        if self.packs.has(key) or self.path(key).is_file():
             self._known.add(key)
             return True
         return False
 
     def size(self, key: str) -> int:
-        return self.path(key).stat().st_size
+        loc = self.packs.find(key) if not self.path(key).is_file() else None
+        return loc[2] if loc is not None else self.path(key).stat().st_size
+
+    def _read(self, key: str) -> bytes:
+        p = self.path(key)
+        data = self.packs.read(key) if self.packs.has(key) else None
+        if data is not None and digest(data) == key:
+            return data
+        try:
+            return p.read_bytes()
+        except FileNotFoundError:
+            pass
+        data = self.packs.read(key)  # perhaps another writer's new pack
+        if data is None:
+            self._known.discard(key)
+            raise CorruptObject(key, p, "missing") from None
+        return data
 
     def get(self, key: str) -> bytes:
         """The bytes under ``key``, verified against the key."""
         p = self.path(key)
-        try:
-            data = p.read_bytes()
-        except FileNotFoundError:
-            self._known.discard(key)
-            raise CorruptObject(key, p, "missing") from None
+        data = self._read(key)
         if digest(data) != key:
             raise CorruptObject(key, p, "corrupt (its content does not match its hash)")
         return data
@@ -202,13 +270,17 @@ class ObjectFiles:
         """Read the object into ``out`` (no intermediate copy), verify it, and
         return its length.  Used to reassemble big buffers chunk by chunk."""
         p = self.path(key)
+        extra = b""
         try:
             with open(p, "rb") as f:
                 n = f.readinto(out)
                 extra = f.read(1)
         except FileNotFoundError:
-            self._known.discard(key)
-            raise CorruptObject(key, p, "missing") from None
+            data = self._read(key)
+            n = len(data)
+            if n > len(out):
+                raise CorruptObject(key, p, "corrupt (longer than recorded)") from None
+            out[:n] = data
         if extra or digest(out[:n]) != key:
             raise CorruptObject(key, p, "corrupt (its content does not match its hash)")
         return n
@@ -229,12 +301,37 @@ class ObjectFiles:
         return out
 
     def total_bytes(self) -> int:
+        """Bytes of every object file and pack (what the history takes on disk)."""
         total = 0
         for dirpath, _dirs, files in os.walk(self.root):
             for name in files:
                 if not name.startswith(".tmp-"):
                     total += os.path.getsize(os.path.join(dirpath, name))
         return total
+
+
+def _syncfs(root: Path) -> bool:
+    """One sync of the file system holding ``root`` (Linux); False if unavailable."""
+    fn = getattr(_libc(), "syncfs", None)
+    if fn is None:
+        return False
+    fd = os.open(root, os.O_RDONLY)
+    try:
+        return fn(fd) == 0
+    finally:
+        os.close(fd)
+
+
+_LIBC: list[Any] = []
+
+
+def _libc() -> Any:
+    if not _LIBC:
+        try:
+            _LIBC.append(ctypes.CDLL(None, use_errno=True))
+        except OSError:
+            _LIBC.append(None)
+    return _LIBC[0]
 
 
 def _uninitialised(n: int) -> Any:

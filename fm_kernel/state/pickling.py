@@ -18,6 +18,8 @@ import cloudpickle
 
 
 
+INBAND_MAX = 64 * 1024  # buffers under this are pickled in the stream, not chunked apart
+
 # Functions restored from the store get this dict as __globals__ (the live ns
 # during restore), so a restored ``def f(): data['k'] = 1`` mutates the
 # namespace's ``data`` rather than a private copy.
@@ -85,7 +87,10 @@ class SnapshotPickler(cloudpickle.Pickler):
     name, huge arrays included) and rebound to the namespace on load."""
 
     def __init__(self, file: io.BytesIO, ns: dict, buffers: list, roots: dict[int, Any]) -> None:
-        super().__init__(file, protocol=5, buffer_callback=buffers.append)
+        # Small buffers stay in the stream: out of band, each of 5,000 16-byte
+        # arrays was an object of its own; in band they are part of one chunk.
+        super().__init__(file, protocol=5,
+                         buffer_callback=lambda b: b.raw().nbytes < INBAND_MAX or buffers.append(b))
         self._ns = ns
         # id of a memory owner -> the array pickled here that spans it (see array_roots)
         self._roots = roots

@@ -8,6 +8,7 @@ behind gets a branch of its own (``main@7``) so it stays reachable by name.
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from dataclasses import dataclass
@@ -15,11 +16,14 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from .. import errors
-from ..record import trust
+from ..record import gc, trust
 from ..record.objects import ObjectFiles, digest
 from .snapshot import Capture, Manifest, RestoreReport, Snapshotter, VarEntry
 from ..record.store import Store
 from ..tables import human_bytes
+
+log = logging.getLogger(__name__)
+GC_AT_OPEN = 5.0  # seconds the orphan pass at open may take; `fm gc` has no limit
 
 BRANCH_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_./@")
 
@@ -70,8 +74,16 @@ class States:
         self.store = store
         self.ns = ns
         self.gate = trust.gate(store)
-        self.snap = Snapshotter(ObjectFiles(store.sidecar(".objects")), hidden, gate=self.gate)
+        # one sync per cell for everything it wrote (capture), not one per object
+        objects = ObjectFiles(store.sidecar(".objects"), defer=True)
+        self.snap = Snapshotter(objects, hidden, gate=self.gate)
         self.live: Manifest | None = None  # state of ns as last captured or restored
+        self.gc_line: str | None = None  # what the orphan pass at open reclaimed
+        self._write_failed = False  # objects of a failed capture stay unsettled for gc
+        self._uncommitted = False
+        if not store.read_only and gc.needed(objects):
+            self.gc_line = gc.collect(store, objects, GC_AT_OPEN).line()
+            log.info(self.gc_line)
         self._known = store.known_entry_ids()
         self._entry_ids: dict[int, tuple[VarEntry, str]] = {}
 
@@ -83,7 +95,15 @@ class States:
 
     def capture(self, code: str) -> tuple[dict[str, Any], list[dict[str, Any]], Capture]:
         """Capture ns after a cell: (state for the step record, new entries, capture)."""
-        cap = self.snap.capture(self.ns, code, self.live)
+        if self._uncommitted:  # the last capture's record never committed
+            self._write_failed = True
+        try:
+            cap = self.snap.capture(self.ns, code, self.live)
+            self.snap.objects.sync()
+        except BaseException:
+            self._write_failed = True
+            raise
+        self._uncommitted = True
         names, ids, new = [], [], []
         ids_of = {}
         for name, entry in cap.manifest.items():
@@ -102,6 +122,9 @@ class States:
     def committed(self, new: list[dict[str, Any]], cap: Capture) -> None:
         self._known.update(e["id"] for e in new)
         self.live = cap.manifest
+        self._uncommitted = False
+        if not self._write_failed:
+            self.snap.objects.settle()
 
     # -- reading states --------------------------------------------------------
 
