@@ -233,6 +233,8 @@ class FlowmetalMagics(Magics):
             ("pending runs", str(pending)),
             ("kernel", rt.kernel_id),
         ]
+        if rt.states is not None and rt.states.gc_line:
+            rows.append(("gc at open", rt.states.gc_line.removeprefix("flowmetal gc: ")))
         width = max(len(k) for k, _ in rows)
         print("\n".join(f"{k.ljust(width)}  {v}" for k, v in rows))
 

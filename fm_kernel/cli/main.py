@@ -171,6 +171,22 @@ def cmd_trust(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_gc(a: argparse.Namespace) -> int:
+    from ..record import gc
+    from ..record.bundle import require_history
+    from ..record.objects import ObjectFiles
+    from ..record.store import Store
+
+    history = _history_arg(a.history)
+    require_history(history)
+    store = Store.open(history)  # refused while a live kernel holds it
+    try:
+        print(gc.collect(store, ObjectFiles(store.sidecar(".objects"))).line())
+    finally:
+        store.close()
+    return 0
+
+
 def cmd_runs(a: argparse.Namespace) -> int:
     from ..record.rows import runs_query
 
@@ -329,6 +345,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("worker", help="keep a history's scheduled flows and pending runs going")
     s.add_argument("--history", metavar="H", help="history file or notebook")
     s.set_defaults(func=cmd_worker)
+
+    s = sub.add_parser("gc", help="reclaim object bytes that failed or killed writes left behind")
+    s.add_argument("--history", metavar="H", help="history file or notebook")
+    s.set_defaults(func=cmd_gc)
 
     s = sub.add_parser("trust", help="allow objects of a history made elsewhere to load here")
     s.add_argument("history", nargs="?")
