@@ -184,6 +184,7 @@ class Runtime:
         from .endpoint import PORT_META, Endpoint, choose_port
         from .flows.routes import ROUTES as FLOW_ROUTES
         from .flows.task_routes import ROUTES as TASK_ROUTES
+        from .flows.event_routes import ROUTES as EVENT_ROUTES
 
         try:
             kept = store.meta(PORT_META)
@@ -191,7 +192,7 @@ class Runtime:
             if notice:
                 self.notices.append(notice)
             self.endpoint = Endpoint(store.path, lambda: self.require_store(), self.kernel_id,
-                                     frames=self.frame_path, routes=FLOW_ROUTES + TASK_ROUTES,
+                                     frames=self.frame_path, routes=FLOW_ROUTES + TASK_ROUTES + EVENT_ROUTES,
                                      port=port)
             self.endpoint.start()
         except Exception as exc:  # cells must run even if no port can be had

@@ -28,7 +28,7 @@ FLOWS_ALL = [
     "Callback", "Cancelled", "Flow", "FlowError", "FlowRegistry", "NoSuchFlow", "NoSuchRun",
     "NondeterminismError", "NotStorable", "Run", "Step", "StepContext", "StepError", "Timeout",
     "callback", "configure", "flow", "get_run", "map", "now", "random", "registry", "runs", "sleep",
-    "step", "step_context", "task", "uuid4", "wait_for",
+    "step", "step_context", "task", "uuid4", "wait_for", "event_source", "send_event", "wait_event",
 ]
 WIDGETS_ALL = [
     "DEFAULT_PANELS", "DiffWidget", "InspectWidget", "RunsWidget", "Source", "TimelineWidget",

@@ -32,10 +32,11 @@ from .runs import Flow, flow  # before .run's runs(): importing the module .runs
 from .run import Run, get_run, runs
 from .steps import Step, step
 from .tasks import task
+from .events import event_source, send_event, wait_event
 
 __all__ = [
     "Callback", "Cancelled", "Flow", "FlowError", "FlowRegistry", "NoSuchFlow", "NoSuchRun",
     "NondeterminismError", "NotStorable", "Run", "Step", "StepContext", "StepError", "Timeout",
     "callback", "configure", "flow", "get_run", "map", "now", "random", "registry", "runs", "sleep",
-    "step", "step_context", "task", "uuid4", "wait_for",
+    "step", "step_context", "task", "uuid4", "wait_for", "event_source", "send_event", "wait_event",
 ]

@@ -44,6 +44,7 @@ class FlowRegistry:
         self.runs: dict[str, Any] = {}
         self.orphans: dict[str, set[str]] = {}
         self.callbacks: dict[str, str] = {}  # callback id -> run id, for those made here
+        self.event_secrets: dict[str, str | None] = {}  # fm.event_source (events.py)
         self.lock = threading.RLock()
         self.ready = False  # pending runs resumed: later definitions resume theirs at once
         self._store = store

@@ -226,6 +226,11 @@ class Run:
             raise Cancelled(f"run {self.id} of {self.flow_name!r} was cancelled")
 
     @property
+    def started_at(self) -> float:
+        """When the run was first started (epoch seconds), kept across resumes."""
+        return self._started_at
+
+    @property
     def wakes(self) -> int:
         """How many wake-ups so far: pass it to wait_wake to miss none."""
         with self._cv:

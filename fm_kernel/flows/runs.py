@@ -22,9 +22,10 @@ class Flow:
     """A durable function: each call is a run with its own journal."""
 
     def __init__(self, fn: Callable[..., Any], name: str | None = None, schedule: str | None = None,
-                 register: bool = True):
+                 register: bool = True, on: Any = None):
         functools.update_wrapper(self, fn)
         self.fn, self.name, self.schedule = fn, name or fn.__qualname__, schedule
+        self.on = on  # an event name (events.py) or a source (sources.py): a run per event
         self.is_async = inspect.iscoroutinefunction(fn)
         if schedule is not None:
             validate_schedule(schedule, self.name)
@@ -32,11 +33,12 @@ class Flow:
             _register(self)
 
     def __reduce__(self):
-        return (restore_flow, (self.fn, self.name, self.schedule))
+        return (restore_flow, (self.fn, self.name, self.schedule, self.on))
 
     def __repr__(self) -> str:
         sched = f" schedule={self.schedule!r}" if self.schedule else ""
-        return f"<fm flow {self.name}{sched}>"
+        on = f" on={self.on!r}" if self.on is not None else ""
+        return f"<fm flow {self.name}{sched}{on}>"
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if CURRENT_RUN.get() is not None:
@@ -112,23 +114,26 @@ def _start_child(ctx: RunContext, fl: Flow, args: tuple, kwargs: dict) -> "Run":
     return child
 
 
-def restore_flow(fn: Callable[..., Any], name: str, schedule: str | None) -> Flow:
+def restore_flow(fn: Callable[..., Any], name: str, schedule: str | None, on: Any = None) -> Flow:
     # A Flow restored into the namespace registers itself, so pending runs
     # find it by name before on_ready resumes them. One loaded only to be
     # looked at (fm.history().value(...): no live namespace to load into)
     # must not replace the live flow of that name with old code.
     from ..state.pickling import LOAD_GLOBALS
 
-    return Flow(fn, name, schedule, register=LOAD_GLOBALS.get() is not None)
+    return Flow(fn, name, schedule, register=LOAD_GLOBALS.get() is not None, on=on)
 
 
 def flow(fn: Callable[..., Any] | None = None, *, schedule: str | None = None,
-         name: str | None = None) -> Any:
+         name: str | None = None, on: Any = None) -> Any:
     """``@flow`` or ``@flow(schedule="*/15 * * * *")`` (croniter syntax; a
-    sixth field is seconds)."""
+    sixth field is seconds). ``on="name"``: a run per named event (its
+    payload the one argument; events.py), once per delivery id."""
+    if on is not None and not isinstance(on, str) and not hasattr(on, "attach"):
+        raise UsageError(f"@fm.flow(on={on!r}): expected an event name, fm.files(...) or fm.poll(...)")
     if fn is None:
-        return lambda f: Flow(f, name, schedule)
-    return Flow(fn, name, schedule)
+        return lambda f: Flow(f, name, schedule, on=on)
+    return Flow(fn, name, schedule, on=on)
 
 
 # -- registration and resume ------------------------------------------------------------
