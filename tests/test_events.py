@@ -61,3 +61,40 @@ def test_signed_webhook_starts_one_run_and_redelivery_nothing_new(tmp_path: Path
         rows = api("POST", "/sql", {"query": "SELECT kind, payload->>'name', payload->>'delivery_id'"
                                     " FROM events WHERE kind = 'event_received' ORDER BY seq"})[1]["rows"]
         assert [r[1] for r in rows] == ["push", "order", "order"] and rows[0][2] == "d-1", rows
+
+
+TWO = r'''
+import fm_kernel.flows as fm
+
+@fm.flow
+def two():
+    return [fm.wait_event("tick"), fm.wait_event("tick")]
+'''
+
+
+def _api(path: Path) -> Api:
+    info = json.loads(Path(str(path) + ".endpoint.json").read_text())
+    return Api(info["url"], info["token"])
+
+
+def test_wait_event_across_kill9_takes_each_event_once(tmp_path: Path) -> None:
+    path = tmp_path / "h.duckdb"
+    with Kernel(env={"FM_HISTORY": str(path)}) as k:
+        check(k, TWO)
+        api = _api(path)
+        rid = api("POST", "/flows/two/runs", {"run_id": "two-1"})[1]["run_id"]
+        assert api("POST", "/events/tick", {"n": 1}, headers={"X-Delivery-Id": "t1"})[0] == 201
+
+        def first_taken() -> bool:
+            rows = api("POST", "/sql", {"query": "SELECT count(*) FROM run_steps WHERE run_id = ?"
+                                        " AND position = 1 AND status = 'ok'", "params": [rid]})[1]
+            return rows["rows"] == [[1]]
+        wait_until(first_taken, 20, "the first wait took the event")
+        k.kill9()
+    with Kernel(env={"FM_HISTORY": str(path)}) as k2:
+        check(k2, TWO)  # defining the flow resumes the run
+        api = _api(path)
+        assert api("POST", "/events/tick", {"n": 1}, headers={"X-Delivery-Id": "t1"})[1]["duplicate"]
+        assert api("POST", "/events/tick", {"n": 2}, headers={"X-Delivery-Id": "t2"})[0] == 201
+        status, res = api("GET", f"/runs/{rid}/result?wait=30")
+        assert status == 200 and res["result"] == [{"n": 1}, {"n": 2}], res
