@@ -97,8 +97,11 @@ def _store_id(path: Path, new: str, private: bool) -> str:
         raise OSError(f"{path.parent} is not a private folder of this user")
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    except FileExistsError:  # another process made it meanwhile
-        return _read_id(path) or new
+    except FileExistsError:  # another process made it meanwhile, or it is not ours
+        stored = _read_id(path)
+        if stored is None:
+            raise OSError(f"{path} is not a private file of this user") from None
+        return stored
     with os.fdopen(fd, "w") as f:
         f.write(new)
     return new
