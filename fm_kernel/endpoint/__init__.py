@@ -26,12 +26,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import tornado.httpserver
 import tornado.netutil
 import tornado.web
 
-from .record import querying
-from .errors import FlowmetalError
+from ..errors import FlowmetalError
+from ..record import querying
+from .limits import GuardedServer, Limits, json_depth_exceeds, read_cap
 
 log = logging.getLogger(__name__)
 
@@ -105,10 +105,22 @@ class ApiHandler(tornado.web.RequestHandler):
                 raise tornado.web.HTTPError(401, reason="missing or wrong token")
 
     def json_body(self) -> Any:
+        body = self.request.body or b"null"
+        limit = self.api.limits.max_json_depth
         try:
-            return json.loads(self.request.body or b"null")
+            value = json.loads(body)
         except (ValueError, UnicodeDecodeError) as exc:
             raise tornado.web.HTTPError(400, reason=f"body is not valid JSON: {exc}") from None
+        except RecursionError:  # deeper than the parser goes: far past the limit
+            value = None
+            deep = True
+        else:  # fewer brackets than the limit cannot nest deeper than it
+            deep = (body.count(b"[") + body.count(b"{") > limit
+                    and json_depth_exceeds(value, limit))
+        if deep:
+            raise tornado.web.HTTPError(400, reason=f"JSON body nests deeper than {limit} levels "
+                                        "(FM_ENDPOINT_MAX_JSON_DEPTH); send a flatter document")
+        return value
 
     def send_json(self, payload: Any, status: int = 200) -> None:
         self.set_status(status)
@@ -180,11 +192,12 @@ class Endpoint:
     def __init__(self, history: Path, store: Callable[[], Any], kernel_id: str,
                  frames: querying.FrameResolver | None = None, host: str | None = None,
                  max_body: int = MAX_BODY, routes: Sequence[tuple[str, type]] = (),
-                 port: int | None = None):
+                 port: int | None = None, limits: Limits | None = None):
         """``routes`` are the (pattern, handler) pairs served beside ``/sql``:
         whoever starts the endpoint names them (the runtime passes the flows'),
         so nothing is served because some module happened to be imported.
-        ``port``: the one to serve on if free (else any, and ``fallback`` says so)."""
+        ``port``: the one to serve on if free (else any, and ``fallback`` says so).
+        ``limits``: connection cap, timeouts, JSON depth (default: from the environment)."""
         self.history = history
         self.store = store
         self.kernel_id = kernel_id
@@ -192,6 +205,8 @@ class Endpoint:
         self.host = check_host(host or os.environ.get("FM_ENDPOINT_HOST", "127.0.0.1"),
                                os.environ.get("FM_ENDPOINT_ALLOW_REMOTE") == "1")
         self.max_body = max_body
+        self.limits = limits or Limits.from_env()
+        self.server: GuardedServer | None = None
         self.token = secrets.token_urlsafe(32)
         self.routes: list[tuple[str, type[ApiHandler]]] = [(r"/sql", SqlHandler), *routes]
         self.wanted_port = port
@@ -226,11 +241,12 @@ class Endpoint:
             default_handler_class=NotFound, default_handler_args={"api": self},
             log_function=_log_request,
         )
-        # Tornado drops the connection without a reply past max_body_size;
-        # leave headroom so our own check answers 413 instead.
-        server = tornado.httpserver.HTTPServer(app, max_body_size=self.max_body * 4 + 4096)
+        # Up to read_cap a body is read and answered 413 by prepare(); a
+        # declared length past it gets its 413 from the headers alone.
+        self.server = GuardedServer(app, max_body_size=read_cap(self.max_body),
+                                    limits=self.limits, max_body=self.max_body)
         sockets = self._bind()
-        server.add_sockets(sockets)
+        self.server.listen_on(sockets)
         self.port = sockets[0].getsockname()[1]
         self._write_file()
         self._started.set()
@@ -267,5 +283,11 @@ class Endpoint:
         except OSError:
             pass
         if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._loop.call_soon_threadsafe(self._close)
         self.sql_pool.shutdown(wait=False, cancel_futures=True)
+
+    def _close(self) -> None:
+        if self.server is not None:
+            self.server.stop_listening()
+        assert self._loop is not None
+        self._loop.stop()
