@@ -5,7 +5,7 @@ The events are what a next kernel derives HEAD from (Store.head)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from .. import errors
 from .states import check_branch_name, progress_printer
@@ -14,7 +14,11 @@ if TYPE_CHECKING:
     from ..runtime import Runtime
 
 
-def _move(rt: "Runtime", step: int, branch: str, kind: str, verb: str) -> str:
+Progress = Callable[[int, int], None]  # bytes done, bytes in all
+
+
+def _move(rt: "Runtime", step: int, branch: str, kind: str, verb: str,
+          progress: Progress | None = None) -> str:
     tl = rt.require_states()
     store = tl.store
     heads = store.branch_heads()
@@ -26,7 +30,7 @@ def _move(rt: "Runtime", step: int, branch: str, kind: str, verb: str) -> str:
         keep = f"{before_branch}@{before}"
         if keep not in heads:
             store.append_branch(keep, before, before)
-    moved = tl.restore(step, progress_printer(verb))
+    moved = tl.restore(step, progress or progress_printer(verb))  # a view shows its own
     moved.branch = branch
     rt.branch, rt.head = branch, step
     store.append_branch(branch, step, None)
@@ -37,8 +41,8 @@ def _move(rt: "Runtime", step: int, branch: str, kind: str, verb: str) -> str:
     return moved.line(verb)
 
 
-def rewind(rt: "Runtime", step: int) -> str:
-    return _move(rt, step, rt.branch, "rewind", "rewound to")
+def rewind(rt: "Runtime", step: int, progress: Progress | None = None) -> str:
+    return _move(rt, step, rt.branch, "rewind", "rewound to", progress)
 
 
 def undo(rt: "Runtime", n: int = 1) -> str:
@@ -50,7 +54,8 @@ def undo(rt: "Runtime", n: int = 1) -> str:
     return _move(rt, target, rt.branch, "rewind", f"undid {n}, rewound to")
 
 
-def fork(rt: "Runtime", name: str, from_step: int | None = None) -> str:
+def fork(rt: "Runtime", name: str, from_step: int | None = None,
+         progress: Progress | None = None) -> str:
     tl = rt.require_states()
     check_branch_name(name, tl.store.branch_heads())
     base = rt.head if from_step is None else from_step
@@ -63,7 +68,7 @@ def fork(rt: "Runtime", name: str, from_step: int | None = None) -> str:
         rt.branch = name
         tl.store.append_event("fork", step=base, payload={"branch": name, "base": base})
         return f"forked {name} at step {base}; new cells go on {name}"
-    line = _move(rt, base, name, "fork", "forked from")
+    line = _move(rt, base, name, "fork", "forked from", progress)
     return line + f"; new cells go on {name}"
 
 

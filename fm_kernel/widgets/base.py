@@ -13,6 +13,7 @@ import html
 import logging
 import os
 import re
+from contextlib import nullcontext
 from typing import Any, Callable
 
 import ipywidgets as W
@@ -164,9 +165,12 @@ class LiveView:
         self.status.value = message_html(text, ok)  # type: ignore[attr-defined]
         return text if ok else f"error: {text}"
 
-    def _do(self, action: Callable[[], str]) -> str:
+    def _do(self, action: Callable[[], str], busy: str | None = None) -> str:
+        """Run ``action``; with ``busy``, the view's busy state says so while
+        it runs (widgets/busy.py) and is gone before the view refreshes."""
         try:
-            line = action()
+            with self.busy.during(busy) if busy else nullcontext():  # type: ignore[attr-defined]
+                line = action()
         except FlowmetalError as exc:  # the user's to fix: its message says how
             return self._say(self._error_line(exc), ok=False)
         except Exception as exc:  # report in the widget: a comm callback has no cell

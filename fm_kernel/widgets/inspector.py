@@ -4,13 +4,14 @@ namespace: values are loaded as copies, and only when a name is clicked."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import ipywidgets as W
 
 from .. import errors
 from ..tables import format_table
 from ..state.states import diff
+from .busy import Busy
 from .base import message_html, pager_buttons, section, themed, with_text
 from .loader import load
 from .source import Source
@@ -67,8 +68,10 @@ class InspectWidget(W.VBox):
         self._manifest: Any = {}
         self._changed: set[str] = set()
         self._row_pool: list[tuple[W.HBox, W.Button, W.HTML]] = []
-        self.children = [self._build_controls(step, last, compare), self._build_header(),
-                         self.table, section("Value"), *self._build_values()]
+        # a value load disables no button: a later click on a name supersedes it
+        self.busy = Busy(self, lambda: ())
+        self.children = [self._build_controls(step, last, compare), self.busy.note,
+                         self._build_header(), self.table, section("Value"), *self._build_values()]
         themed(self)
         self.step = step
         self.compare = compare
@@ -183,6 +186,7 @@ class InspectWidget(W.VBox):
         self._token = token = object()
         self.left.value = message_html(f"loading {name} after step {step} …")
         self.right.value = message_html("loading …") if other else ""
+        self.busy.start(f"loading {name} after step {step}")
         load(lambda: self._values_html(name, step, other, states), self._put_values,
              wanted=lambda: self._token is token)
 
@@ -200,6 +204,7 @@ class InspectWidget(W.VBox):
         return left, right
 
     def _put_values(self, ok: bool, result: Any) -> None:
+        self.busy.stop()
         if ok:
             self.left.value, self.right.value = result
         else:  # value_html itself failed: say so instead of leaving "loading"
@@ -233,6 +238,7 @@ class InspectWidget(W.VBox):
             self.show(self.selected_name)
         else:
             self.selected_name, self._token = None, None
+            self.busy.stop()  # a load still running is no longer wanted
             self.badge.value = self.left.value = self.right.value = ""
             self.left_title.value = self.right_title.value = ""
 
@@ -328,8 +334,10 @@ class DiffWidget(W.VBox):
     """Names added, removed and changed between two steps; for DataFrames,
     how many rows and columns changed. ``result`` holds the same as data."""
 
-    def __init__(self, source: Source | None, a: int, b: int, load_limit: int = DIFF_LOAD_LIMIT):
+    def __init__(self, source: Source | None, a: int, b: int, load_limit: int = DIFF_LOAD_LIMIT,
+                 on_done: Callable[[], None] | None = None):
         super().__init__()
+        self.on_done = on_done  # called once the DataFrames are compared (a busy state ends)
         self.add_class("fm-diff-view")
         self.source = source or Source()
         self.a, self.b = a, b
@@ -351,12 +359,21 @@ class DiffWidget(W.VBox):
         self.children = [self.html]
         themed(self)
         self._render()
+        self.pending = bool(compare)
         if compare:
             # the step records come from DuckDB, which stays on this thread
             sa, sb = self.source.state(a), self.source.state(b)
             load(lambda: {n: _count_changes(sa, sb, n) for n in compare}, self._compared)
 
     def _compared(self, ok: bool, result: Any) -> None:
+        try:
+            self._take_counts(ok, result)
+        finally:
+            self.pending = False
+            if self.on_done is not None:
+                self.on_done()
+
+    def _take_counts(self, ok: bool, result: Any) -> None:
         for name, counts in (result.items() if ok else ()):
             if isinstance(counts, str):
                 self.notes[name] = counts

@@ -31,6 +31,7 @@ from .base import (
     ROW_PX, ListRow, LiveView, fill_rows, follow_cells, kernel_loop, plain_text,
     report_failure, themed,
 )
+from .busy import Busy
 from .render import badge, col, duration_text, esc, row_box
 from .style import ERR, INFO, MUTED, OK, PURPLE, WARN, dot, icon
 from .runs_data import (
@@ -190,7 +191,9 @@ class RunsWidget(LiveView, W.VBox):
                          layout=W.Layout(flex_flow="row wrap"))
         signal = W.HBox([self.signal_name, self.signal_data, self.signal_button],
                         layout=W.Layout(flex_flow="row wrap"))
-        detail = W.VBox([self.header, self.pending, actions, signal, self.status, self.step_list],
+        self.busy = Busy(self, lambda: (self.fork_button, self.cancel_button, self.signal_button))
+        detail = W.VBox([self.header, self.pending, actions, signal, self.busy.note, self.status,
+                         self.step_list],
                         layout=W.Layout(flex="1 1 50%", min_width="380px", padding="0 0 0 12px"))
         detail.add_class("fm-run-detail")
         return detail
@@ -254,7 +257,7 @@ class RunsWidget(LiveView, W.VBox):
             self.last_fork = new.id
             return f"forked run {parent[:8]} from step {k}: new run {new.id}"
 
-        return self._do(act)
+        return self._do(act, busy=f"forking run {parent[:8]} from step {k}")
 
     def send_signal(self, name: str | None = None, data: str | None = None) -> str:
         """``run.signal(name, json.loads(data))`` for the selected run; empty data sends null."""
@@ -275,7 +278,7 @@ class RunsWidget(LiveView, W.VBox):
             self._later(0.3)  # the run takes it on its own thread: look again shortly
             return f"sent signal {name!r} to run {run_id[:8]} with {json.dumps(value)}"
 
-        return self._do(act)
+        return self._do(act, busy=f"sending signal {name!r} to run {run_id[:8]}")
 
     def cancel(self) -> str:
         """``run.cancel()`` for the selected run."""
@@ -293,7 +296,7 @@ class RunsWidget(LiveView, W.VBox):
             self._later(0.3)
             return f"cancelled run {run_id[:8]}"
 
-        return self._do(act)
+        return self._do(act, busy=f"cancelling run {run_id[:8]}")
 
     def refresh(self) -> None:
         """Reload the run list and the selected run's steps."""

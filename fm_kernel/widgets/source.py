@@ -90,11 +90,20 @@ class Source:
     def state(self, step: int) -> api.PastState:
         return self.history().state(step)
 
-    def rewind(self, step: int) -> str:
-        return navigate.rewind(self.rt, step)
+    def rewind(self, step: int, progress: navigate.Progress | None = None) -> str:
+        return navigate.rewind(self.rt, step, progress)
 
-    def fork(self, name: str, step: int) -> str:
-        return navigate.fork(self.rt, name, step)
+    def fork(self, name: str, step: int, progress: navigate.Progress | None = None) -> str:
+        return navigate.fork(self.rt, name, step, progress)
+
+    def restore_size(self, step: int) -> tuple[int, int | None]:
+        """How many names a move to ``step`` restores and their stored size
+        (None: not known), from the manifests alone: nothing is loaded."""
+        target, live = self.manifest(step), self.states.live or {}
+        names = [e for n, e in target.items()
+                 if n not in live or (live[n].ref, live[n].fp) != (e.ref, e.fp)]
+        sizes = [e.size_bytes for e in names]
+        return len(names), (sum(sizes) if sizes and all(s is not None for s in sizes) else None)
 
     def version(self) -> tuple[Any, ...]:
         """Changes whenever a cell is recorded or HEAD moves."""

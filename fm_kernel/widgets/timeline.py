@@ -33,6 +33,7 @@ from .base import (
     ROW_PX, ListRow, LiveView, fill_rows, follow_cells, kernel_loop, message_html, plain_text,
     report_failure, section, themed,
 )
+from .busy import Busy, restore_text
 from .inspector import DiffWidget, InspectWidget
 from .render import (
     badge, duration_text, esc, graph_px, graph_svg, layout, outputs_for_widget, row_html,
@@ -180,10 +181,15 @@ class TimelineWidget(LiveView, W.VBox):
         self.outputs = W.Output(layout=W.Layout(max_height="240px", overflow="auto"))
         self.outputs.add_class("fm-outputs")
         self.variables = VariablesList()
-        self.extra = W.VBox()  # diff or inspector, on demand
-        self.detail = W.VBox([self.header, actions, self.fork_box, self.status,
-                              section("Code"), self.code, section("Outputs"), self.outputs,
-                              section("Variables"), self.variables, self.extra],
+        # diff or inspector, on demand: at the top of the pane, under the
+        # buttons that asked for it, never below a tall variable list
+        self.extra = W.VBox()
+        self.extra.add_class("fm-extra")
+        self.busy = Busy(self, lambda: (self.rewind_button, self.fork_button, self.diff_button,
+                                        self.inspect_button, self.fork_confirm))
+        self.detail = W.VBox([self.header, actions, self.fork_box, self.busy.note, self.status,
+                              self.extra, section("Code"), self.code, section("Outputs"),
+                              self.outputs, section("Variables"), self.variables],
                              layout=W.Layout(flex="1 1 50%", min_width="340px",
                                              padding="0 0 0 12px"))
         self.detail.add_class("fm-detail")
@@ -213,7 +219,8 @@ class TimelineWidget(LiveView, W.VBox):
         step = step if step is not None else self.selected
         if step is None:
             return self._say("select a step first", ok=False)
-        return self._do(lambda: self.source.rewind(step))
+        return self._do(lambda: self.source.rewind(step, self.busy.progress),
+                        busy=self._restoring(step, "rewinding to"))
 
     def fork(self, name: str, step: int | None = None) -> str:
         """Create branch ``name`` at ``step`` (default: the selected one) and switch to it."""
@@ -223,7 +230,8 @@ class TimelineWidget(LiveView, W.VBox):
         name = (name or "").strip()
         if not name:
             return self._say("type a name for the new branch first", ok=False)
-        line = self._do(lambda: self.source.fork(name, step))
+        line = self._do(lambda: self.source.fork(name, step, self.busy.progress),
+                        busy=self._restoring(step, f"forking {name} from"))
         if not line.startswith("error"):
             self._hide_fork()
             self.fork_name.value = ""
@@ -235,19 +243,27 @@ class TimelineWidget(LiveView, W.VBox):
         if self.selected is None or other is None:
             self._say("select a step first (and run a cell so HEAD exists)", ok=False)
             return
+        self.busy.start(f"comparing step {self.selected} with HEAD (step {other})")
         try:
-            self.extra.children = [section(f"Diff: step {self.selected} → HEAD (step {other})"),
-                                   DiffWidget(self.source, self.selected, other)]
-        except errors.FlowmetalError as exc:
+            view = DiffWidget(self.source, self.selected, other, on_done=self.busy.stop)
+        except Exception as exc:
+            self.busy.stop()
+            if not isinstance(exc, errors.FlowmetalError):
+                raise
             self._say(str(exc), ok=False)
+            return
+        self.extra.children = [section(f"Diff: step {self.selected} → HEAD (step {other})"), view]
+        if not view.pending:
+            self.busy.stop()
 
     def show_inspector(self) -> None:
         if self.selected is None:
             self._say("select a step first", ok=False)
             return
         try:
-            self.extra.children = [section(f"Values after step {self.selected}"),
-                                   InspectWidget(self.source, self.selected)]
+            with self.busy.during(f"reading the variables of step {self.selected}"):
+                view = InspectWidget(self.source, self.selected)
+            self.extra.children = [section(f"Values after step {self.selected}"), view]
         except errors.FlowmetalError as exc:
             self._say(str(exc), ok=False)
 
@@ -350,6 +366,13 @@ class TimelineWidget(LiveView, W.VBox):
         self.refresh()
         if self.selected is not None:
             self.select(self.selected)
+
+    def _restoring(self, step: int, verb: str) -> str:
+        """What the busy state says while moving to ``step``."""
+        try:
+            return f"{restore_text(*self.source.restore_size(step))} ({verb} step {step})"
+        except Exception:  # the words are a courtesy; the move itself reports its own failure
+            return f"{verb} step {step}"
 
     def _goto(self, text: str) -> None:
         text = (text or "").strip()
