@@ -6,6 +6,7 @@ history access here, so all of it is testable without a kernel."""
 from __future__ import annotations
 
 import html
+import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
@@ -175,10 +176,13 @@ def badge(text: str, colour: str = LABEL_BG, fg: str = LABEL_FG) -> str:
 
 def col(content: str, width: int | None = None, title: str | None = None,
         style: str = "", cls: str = "") -> str:
-    """One column of a row: ``width`` px exactly (None: the rest of the row),
-    never wider; text that does not fit ends in an ellipsis and shows whole
-    in the tooltip (``title``)."""
-    size = f"flex:0 0 {width}px;width:{width}px;" if width else "flex:1 1 0;"
+    """One column of a row: ``width`` px (None: the rest of the row), never
+    wider, narrower only when the row is narrower than its columns (Notebook
+    7's page), all columns alike; text that does not fit ends in an ellipsis
+    and shows whole in the tooltip (``title``, by default the text itself)."""
+    size = f"flex:0 1 {width}px;width:{width}px;" if width else "flex:1 1 0;"
+    if title is None:
+        title = html.unescape(re.sub(r"<[^>]+>", "", content)).strip()
     tip = f' title="{esc(title)}"' if title else ""
     return (f'<span class="fm-col fm-ellipsis {cls}"{tip} style="{size}white-space:nowrap;'
             f'overflow:hidden;text-overflow:ellipsis;min-width:0;{style}">{content}</span>')
