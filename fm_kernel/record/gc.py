@@ -28,7 +28,9 @@ from .recorder import InflightMarker
 from .store import Store
 from ..tables import human_bytes
 
-_KEY = re.compile(rb'"key":\s*"([0-9a-f]{32})"')
+# A journal value's key may sit in JSON nested as a string (a flowlog line, a
+# result column), so its quotes can come escaped.
+_KEY = re.compile(rb'"key\\*"\s*:\s*\\*"([0-9a-f]{32})')
 _HEX = frozenset("0123456789abcdef")
 
 

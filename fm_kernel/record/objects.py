@@ -179,8 +179,10 @@ class ObjectFiles:
             self._unsettled = True
         if memoryview(data).nbytes < PACKED_MAX:
             self.packs.put(key, data)
-            if self.fsync and not self.defer:
-                self.packs.sync()
+            # Undeferred writers (the flow journal) name the key in a record
+            # right after: the bytes must be written by then, synced or not.
+            if not self.defer:
+                self.packs.sync() if self.fsync else self.packs.flush()
             self._known.add(key)
             return
         target.parent.mkdir(mode=0o700, exist_ok=True)

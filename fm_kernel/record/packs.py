@@ -143,6 +143,12 @@ class Packs:
             raise
         self.index.update(done)
 
+    def flush(self) -> None:
+        """Everything put so far is written (in the page cache: safe from kill -9)."""
+        with self._lock:
+            if self._w is not None:
+                self._flush()
+
     def sync(self) -> None:
         """Everything put so far is on disk once this returns."""
         with self._lock:
