@@ -264,3 +264,74 @@ def test_many_variables_stay_within_a_screen(lab, page):
     timeline.locator(".fm-variables-filter input").fill("v12")
     expect(table.locator("tbody tr")).to_have_count(2)       # v12, v120
     nb.shot("timeline-variables.png", timeline)
+
+
+# -- one model per notebook -------------------------------------------------------------
+
+# How long after ``trigger`` (a JS condition) became true ``follow`` did:
+# both polled on every animation frame, in the page, so the figure is what a
+# person sees, not when the test process happened to look.
+FOLLOW_JS = """async ([trigger, follow, limit]) => {
+    const t = new Function('return (' + trigger + ')'), f = new Function('return (' + follow + ')');
+    const frame = () => new Promise((r) => requestAnimationFrame(r));
+    const start = performance.now();
+    while (!t()) { if (performance.now() - start > 30000) return 'trigger never came'; await frame(); }
+    const t0 = performance.now();
+    while (!f()) { if (performance.now() - t0 > limit) return 'not within ' + limit + ' ms'; await frame(); }
+    return performance.now() - t0;
+}"""
+
+
+def test_a_rewind_in_one_timeline_shows_in_another_within_500_ms(lab, page):
+    write_notebook(lab["root"], "two.ipynb", _history_cells(["timeline_widget()", "timeline_widget()"]))
+    nb = Notebook(page, lab, "two.ipynb")
+    for i, text in enumerate(["x is now 1", "x is now 2", "30"]):
+        nb.run(i, text)
+    nb.run(3)
+    nb.run(4)
+    first, second = nb.cell(3).locator(".fm-timeline"), nb.cell(4).locator(".fm-timeline")
+    expect(second).to_be_visible(timeout=30_000)
+    expect(first).to_contain_text("HEAD: main @ step 5", timeout=10_000)  # it followed the next cell
+    first.locator(".fm-step-1").click()
+    expect(first.locator(".fm-detail")).to_contain_text("Step 1 on main")
+    first.locator(".fm-rewind").click()
+    cells = "document.querySelectorAll('.jp-Notebook .jp-Cell')"
+    elapsed = page.evaluate(FOLLOW_JS, [
+        f"/rewound to step 1/.test({cells}[3].querySelector('.fm-status').textContent)",
+        f"[...{cells}[4].querySelectorAll('.fm-timeline span')]"
+        ".some((s) => s.textContent.trim() === 'HEAD: main @ step 1')",
+        500])
+    assert isinstance(elapsed, (int, float)), elapsed
+    print(f"the second timeline showed HEAD at step 1 {elapsed:.0f} ms after the first said so")
+    nb.shot("two-timelines.png", nb.panel)
+
+
+def test_an_external_fm_signal_shows_in_the_runs_view_within_1_s(lab, page):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    write_notebook(lab["root"], "signal.ipynb", [
+        "import fm_kernel as fm\n\n"
+        "@fm.flow\ndef approval(order):\n    ok = fm.wait_for('approve', timeout=600)\n"
+        "    return order, ok\n\nrun = approval.start('A-7')\nprint(f'started run={run.id}.')",
+        "%fm runs",
+    ])
+    nb = Notebook(page, lab, "signal.ipynb")
+    nb.run(0, "started")
+    import re
+    run_id = re.search(r"run=(\w+)\.", nb.cell(0).locator(".jp-OutputArea").inner_text())[1]
+    nb.run(1)
+    runs = nb.cell(1).locator(".fm-runs")
+    expect(runs).to_contain_text("waiting", timeout=20_000)
+    fm = str(Path(sys.executable).with_name("fm"))
+    sent = subprocess.run([fm, "signal", run_id[:8], "approve", "--data", "true",
+                           "--history", str(lab["root"] / "signal.ipynb")],
+                          capture_output=True, text=True, cwd=lab["root"], timeout=60)
+    assert sent.returncode == 0, sent.stdout + sent.stderr
+    # no Refresh pressed, no cell run: the kernel pushes the finished run
+    started = page.evaluate("() => performance.now()")
+    expect(runs.locator(".fm-run-list")).to_contain_text("succeeded", timeout=1_000)
+    elapsed = page.evaluate("() => performance.now()") - started
+    print(f"fm signal returned; the runs view showed 'succeeded' {elapsed:.0f} ms later")
+    nb.shot("runs-after-signal.png", nb.cell(1))
