@@ -8,14 +8,14 @@ from __future__ import annotations
 from typing import Any, Callable
 
 SUMMARY: dict[str, str] = {
-    "log": "steps of the current branch (or --all), newest last",
+    "log": "HEAD's ancestry (or --all, --branch B), newest last, sessions marked",
     "show": "code, outputs, duration and variables of one step",
     "status": "history path, size, HEAD, branch, pending flow runs",
     "rewind": "the namespace becomes the state after STEP; HEAD moves there",
     "undo": "rewind N steps back on this branch (default 1)",
     "fork": "new branch at STEP (default HEAD), and switch to it",
     "checkout": "switch HEAD to a branch or step, restoring its state",
-    "branches": "branches with their head step and base",
+    "branches": "branches with their head step and the step each forked from",
     "diff": "variables added, removed and changed between two steps",
     "resume": "restore the last recorded state (after a restart)",
     "export": "write a self-contained bundle of this history",
