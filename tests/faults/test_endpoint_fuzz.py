@@ -1,5 +1,7 @@
 """Fuzz the kernel's loopback endpoint with 10,000 generated requests: wrong
-methods, bad and missing tokens, malformed JSON, huge bodies, path tricks.
+methods, bad and missing tokens, malformed JSON, JSON nested far too deep,
+huge bodies, path tricks; then the same kinds of request while slow bodies
+and more connections than the cap are held open.
 No 5xx, no crash, no file written anywhere, nothing delivered without the
 token or a callback id, and the history intact afterwards."""
 
@@ -8,7 +10,9 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import socket
 import sys
+import time
 import urllib.parse
 from pathlib import Path
 
@@ -45,6 +49,9 @@ BODIES = st.one_of(
                                "ATTACH '/tmp/evil.duckdb'", "SELECT count(*) FROM steps"])),
     st.builds(lambda args: json.dumps({"args": args}).encode(), st.lists(st.integers(), max_size=3)),
     st.integers(min_value=1, max_value=3).map(lambda n: b"a" * (n * 700_000)),
+    st.sampled_from([10, 65, 1000, 100_000]).map(lambda n: b"[" * n + b"]" * n),
+    st.sampled_from([65, 5000]).map(
+        lambda n: json.dumps({"query": "SELECT 1", "x": None}).replace("null", "[" * n + "]" * n).encode()),
 )
 METHODS = st.sampled_from(["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD"])
 
@@ -103,3 +110,44 @@ def test_ten_thousand_generated_requests(tmp_path: Path) -> None:
     assert not kinds & {"signal", "callback", "run_started"}, kinds  # nothing was delivered
     assert [r[0] for r in query(history, "SELECT code FROM steps ORDER BY step")] == \
         ["before = 'intact'", "print(before)"]
+
+
+def test_slow_bodies_and_connections_past_the_cap_get_no_5xx(tmp_path: Path) -> None:
+    history = tmp_path / "hist" / "h.duckdb"
+    env = {"FM_HISTORY": str(history), "FM_ENDPOINT_MAX_CONNECTIONS": "64",
+           "FM_ENDPOINT_BODY_TIMEOUT": "3", "FM_ENDPOINT_HEADER_TIMEOUT": "3"}
+    with Kernel(env=env) as k:
+        info = json.loads(Path(str(history) + ".endpoint.json").read_text())
+        port, auth = info["port"], f"token {info['token']}"
+        held = []
+        for i in range(120):  # idle connections, past the cap of 64
+            held.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+        for i in range(8):  # slow bodies: 10 of the 200 bytes declared, then nothing
+            s = socket.create_connection(("127.0.0.1", port), timeout=5)
+            s.sendall(b"POST /sql HTTP/1.1\r\nHost: x\r\nAuthorization: " + auth.encode()
+                      + b"\r\nContent-Length: 200\r\n\r\n" + b'{"query":')
+            held.append(s)
+        for s in held[:40]:
+            s.close()  # make room under the cap for the requests below
+        statuses: dict[int, int] = {}
+        deadline = time.monotonic() + 20
+        for body in [b'{"query": "SELECT 1"}', b"[" * 100_000 + b"]" * 100_000, b"{", b"null"] * 10:
+            while True:
+                try:
+                    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+                    c.request("POST", "/sql", body=body, headers={"Authorization": auth})
+                    resp = c.getresponse()
+                    resp.read()
+                    c.close()
+                    break
+                except (http.client.HTTPException, OSError):
+                    # refused past the cap: retried until the timeouts free slots
+                    assert time.monotonic() < deadline, "no connection served within 20 s"
+                    time.sleep(0.2)
+            statuses[resp.status] = statuses.get(resp.status, 0) + 1
+        for s in held:
+            s.close()
+        assert all(code < 500 for code in statuses), statuses
+        assert statuses.get(200) == 10 and statuses.get(400, 0) >= 20, statuses
+        r = k.execute("print('alive')")
+        assert r.status == "ok" and r.text().strip() == "alive"
