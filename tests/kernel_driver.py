@@ -32,8 +32,9 @@ class Reply:
 
 
 class Kernel:
-    def __init__(self, env: dict[str, str] | None = None, cwd: Path | None = None):
-        self.km = KernelManager(kernel_name=KERNEL_NAME)
+    def __init__(self, env: dict[str, str] | None = None, cwd: Path | None = None,
+                 kernel_name: str = KERNEL_NAME):
+        self.km = KernelManager(kernel_name=kernel_name)  # "python3": the standard kernel
         full_env = {k: v for k, v in os.environ.items()
                     if k not in ("FM_HISTORY", "FM_NOTEBOOK", "JPY_SESSION_NAME")}
         full_env.update(env or {})
