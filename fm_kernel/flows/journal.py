@@ -34,7 +34,7 @@ from typing import Any
 
 import cloudpickle
 
-from ..errors import NotStorable
+from ..errors import NotStorable, RunFinished
 from ..record import changes, trust
 from ..record.objects import ObjectFiles
 from ..record.store import Store
@@ -391,7 +391,11 @@ class Journal:
 
 def signal_offline(store: Store, run_id: str, name: str, data: Any = None) -> int:
     """Store a signal for a run while no kernel holds the history (``fm
-    signal``); the run's wait takes it when a kernel resumes the run."""
+    signal``); the run's wait takes it when a kernel resumes the run. A
+    finished run is refused, as in a kernel: nothing would ever take it."""
+    status = store.query("SELECT status FROM runs WHERE run_id = ? LIMIT 1", [run_id]).rows
+    if status and status[0][0] in FINISHED_STATUSES:
+        raise RunFinished(run_id, status[0][0], f"signal {name!r}")
     known = store.query("SELECT 1 FROM fm_run_records WHERE run_id = ? LIMIT 1", [run_id]).rows
     if not known:
         log = Path(str(store.path) + LOG_SUFFIX)
