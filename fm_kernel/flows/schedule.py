@@ -19,15 +19,30 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+def _seconds_last(expr: str) -> str:
+    """Six fields are read with the seconds FIRST (``*/10 * * * * *``: every
+    10 s), as in Quartz and Spring; croniter reads them seconds last, so the
+    field is moved before croniter sees it."""
+    fields = expr.split()
+    return " ".join(fields[1:] + fields[:1]) if len(fields) == 6 else expr
+
+
+def cron(expr: str, start: float) -> Any:
+    from croniter import croniter
+
+    return croniter(_seconds_last(expr), start)
+
+
 def validate_schedule(expr: str, name: str) -> None:
     try:
         from croniter import croniter
     except ImportError:  # pragma: no cover
         raise FlowError(f"flow {name!r} has a schedule but croniter is not installed; "
                         "pip install croniter") from None
-    if not croniter.is_valid(expr):
-        raise FlowError(f"flow {name!r}: {expr!r} is not a cron expression (5 fields, or 6 "
-                        "with seconds last, e.g. '*/15 * * * *')")
+    if not isinstance(expr, str) or len(expr.split()) not in (5, 6) \
+            or not croniter.is_valid(_seconds_last(expr)):
+        raise FlowError(f"flow {name!r}: {expr!r} is not a cron expression (5 fields, e.g. "
+                        "'*/15 * * * *', or 6 with seconds FIRST, e.g. '*/10 * * * * *')")
 
 
 class Scheduler:
@@ -44,15 +59,13 @@ class Scheduler:
         self.generation = 0  # a thread runs while this is the value it started with
 
     def add(self, fl: Any) -> None:
-        from croniter import croniter
-
         j = self.journal()
         last = j.last_slot(fl.name)
         t = time.time()
         if last is None:  # first sight: a baseline, so later absences are detected
             j.record_slot(fl.name, t, None)
             last = t
-        nxt = croniter(fl.schedule, last).get_next(float)
+        nxt = cron(fl.schedule, last).get_next(float)
         with self.cv:
             known = self.flows.get(fl.name)
             self.flows[fl.name] = fl
@@ -80,8 +93,6 @@ class Scheduler:
 
     def _due(self) -> tuple[Any, float] | None:
         """The flow whose slot has come and that slot, or None after waiting a while."""
-        from croniter import croniter
-
         with self.cv:
             if not self.next:
                 self.cv.wait(1.0)
@@ -93,8 +104,8 @@ class Scheduler:
                 return None
             fl = self.flows[name]
             t = time.time()
-            slot = croniter(fl.schedule, t + 1e-3).get_prev(float)
-            self.next[name] = croniter(fl.schedule, max(slot, t)).get_next(float)
+            slot = cron(fl.schedule, t + 1e-3).get_prev(float)
+            self.next[name] = cron(fl.schedule, max(slot, t)).get_next(float)
             return fl, slot
 
     def _loop(self, generation: int) -> None:
