@@ -89,7 +89,8 @@ def test_rewind_restores_the_value_before_the_mutation(tk: Kernel, family: str, 
     check(tk, "pass")  # a fresh step to come back to (after the previous case's rewind)
     target = head(tk)
     keep = ", ".join(f"'{n}': __import__('copy').deepcopy({n})" for n in names if n != "inc")
-    tk.execute(f"_before = {{{keep}}}", store_history=False)
+    # a dunder name: outside every state, so it survives the rewind it checks
+    tk.execute(f"__before__ = {{{keep}}}", store_history=False)
     check(tk, mutation + "\nnew_name_after = 1")
     r = tk.execute(f"%fm rewind {target}")
     assert r.status == "ok" and f"rewound to step {target}" in r.text(), r.text()
@@ -97,7 +98,7 @@ def test_rewind_restores_the_value_before_the_mutation(tk: Kernel, family: str, 
         if n == "inc":
             check(tk, "assert inc() == 1, 'closure state was not rewound'")
             continue
-        check(tk, f"assert _same(_before['{n}'], {n}), ('{n}', {n})")
+        check(tk, f"assert _same(__before__['{n}'], {n}), ('{n}', {n})")
     check(tk, "assert 'new_name_after' not in dir()")
     if family == "list":
         check(tk, "assert ys is xs")

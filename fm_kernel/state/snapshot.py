@@ -19,6 +19,7 @@ import io
 import json
 import os
 import pickle
+import re
 import reprlib
 import sys
 import tempfile
@@ -46,7 +47,19 @@ SMALL_BUDGET = 0.004      # ...within this many seconds a cell, taking turns...
 SMALL_COST = 0.002        # ...unless walking and pickling one took longer than this (s):
                           # a matplotlib Figure is small in bytes but costs ~40 ms a cell
 VALUE_MAX = 1024         # JSON values kept in the manifest up to this size
-SKIP_NAMES = frozenset({"In", "Out", "exit", "quit", "get_ipython"})
+SKIP_NAMES = frozenset({"In", "Out", "exit", "quit", "get_ipython",
+                        "_", "__", "___", "_i", "_ii", "_iii", "_oh", "_ih", "_dh", "_exit_code"})
+_IPY_NUMBERED = re.compile(r"_i?\d+")  # _5 (output 5), _i5 (input 5)
+
+
+def user_name(n: str) -> bool:
+    """Whether ``n`` is the user's, so part of a state.  IPython's own names
+    (output/input history, ``In``/``Out``, dunders) are kept out; a user's
+    ``_fmt`` or ``import random as _r`` is kept in, because a resumed flow or a
+    rewind that lacks it fails with NameError (docs/time-travel.md)."""
+    if n in SKIP_NAMES or (n.startswith("__") and n.endswith("__")):
+        return False
+    return not _IPY_NUMBERED.fullmatch(n)
 
 
 
@@ -220,7 +233,7 @@ class Snapshotter:
         self.aside = Aside()  # unreplaceable objects restores took out of the namespace
 
     def visible(self, ns: Mapping[str, Any]) -> list[str]:
-        return [n for n in ns if not n.startswith("_") and n not in SKIP_NAMES and n not in self.hidden]
+        return [n for n in ns if user_name(n) and n not in self.hidden]
 
     # -- capture ---------------------------------------------------------
     def capture(self, ns: dict, code: str, prev: Manifest | None) -> Capture:
@@ -253,7 +266,7 @@ class Snapshotter:
         return seen, None
 
     def _walkable(self, ns: dict, n: str) -> bool:
-        return not (n.startswith("_") or n in SKIP_NAMES or n in self.hidden)
+        return user_name(n) and n not in self.hidden
 
     def _small(self, prev: Manifest, live: set[str]) -> set[str]:
         """Small objects the cell did not name are re-fingerprinted too: it
