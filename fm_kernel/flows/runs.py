@@ -15,16 +15,17 @@ from ..record import trust
 from .context import CURRENT_RUN, RunContext, registry, replay
 from .journal import PENDING_STATUSES
 from .run import Run, new_run, run_handle
-from .schedule import validate_schedule
+from .schedule import validate_overlap, validate_schedule
 
 
 class Flow:
     """A durable function: each call is a run with its own journal."""
 
     def __init__(self, fn: Callable[..., Any], name: str | None = None, schedule: str | None = None,
-                 register: bool = True, on: Any = None):
+                 register: bool = True, on: Any = None, overlap: str = "skip"):
         functools.update_wrapper(self, fn)
         self.fn, self.name, self.schedule = fn, name or fn.__qualname__, schedule
+        self.overlap = validate_overlap(overlap, self.name)
         self.on = on  # an event name (events.py) or a source (sources.py): a run per event
         self.is_async = inspect.iscoroutinefunction(fn)
         if schedule is not None:
@@ -33,7 +34,11 @@ class Flow:
             _register(self)
 
     def __reduce__(self):
-        return (restore_flow, (self.fn, self.name, self.schedule, self.on))
+        return (restore_flow, (self.fn, self.name, self.schedule, self.on, self.overlap))
+
+    def busy(self) -> bool:
+        """Whether a run of this flow is going in this process (overlap="skip")."""
+        return any(r.flow_name == self.name and not r.finished for r in list(registry().runs.values()))
 
     def __repr__(self) -> str:
         sched = f" schedule={self.schedule!r}" if self.schedule else ""
@@ -114,26 +119,29 @@ def _start_child(ctx: RunContext, fl: Flow, args: tuple, kwargs: dict) -> "Run":
     return child
 
 
-def restore_flow(fn: Callable[..., Any], name: str, schedule: str | None, on: Any = None) -> Flow:
+def restore_flow(fn: Callable[..., Any], name: str, schedule: str | None, on: Any = None,
+                 overlap: str = "skip") -> Flow:
     # A Flow restored into the namespace registers itself, so pending runs
     # find it by name before on_ready resumes them. One loaded only to be
     # looked at (fm.history().value(...): no live namespace to load into)
     # must not replace the live flow of that name with old code.
     from ..state.pickling import LOAD_GLOBALS
 
-    return Flow(fn, name, schedule, register=LOAD_GLOBALS.get() is not None, on=on)
+    return Flow(fn, name, schedule, register=LOAD_GLOBALS.get() is not None, on=on,
+                overlap=overlap)
 
 
 def flow(fn: Callable[..., Any] | None = None, *, schedule: str | None = None,
-         name: str | None = None, on: Any = None) -> Any:
-    """``@flow`` or ``@flow(schedule="*/15 * * * *")`` (croniter syntax; a
-    sixth field is seconds). ``on="name"``: a run per named event (its
+         name: str | None = None, on: Any = None, overlap: str = "skip") -> Any:
+    """``@flow`` or ``@flow(schedule="*/15 * * * *")`` (cron; six fields put
+    the seconds first; ``overlap="skip"|"allow"`` for a slot that comes while
+    the previous run is going). ``on="name"``: a run per named event (its
     payload the one argument; events.py), once per delivery id."""
     if on is not None and not isinstance(on, str) and not hasattr(on, "attach"):
         raise UsageError(f"@fm.flow(on={on!r}): expected an event name, fm.files(...) or fm.poll(...)")
     if fn is None:
-        return lambda f: Flow(f, name, schedule, on=on)
-    return Flow(fn, name, schedule, on=on)
+        return lambda f: Flow(f, name, schedule, on=on, overlap=overlap)
+    return Flow(fn, name, schedule, on=on, overlap=overlap)
 
 
 # -- registration and resume ------------------------------------------------------------

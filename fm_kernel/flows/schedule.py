@@ -45,6 +45,16 @@ def validate_schedule(expr: str, name: str) -> None:
                         "'*/15 * * * *', or 6 with seconds FIRST, e.g. '*/10 * * * * *')")
 
 
+def validate_overlap(overlap: Any, name: str) -> str:
+    # "queue" is refused rather than quietly treated as "allow" or "skip":
+    # a queued slot must survive a kill, which is not built yet.
+    if overlap not in ("skip", "allow"):
+        raise FlowError(f"flow {name!r}: overlap={overlap!r} is not supported; use 'skip' "
+                        "(default: a slot whose previous run is still going is skipped) or "
+                        "'allow' (every slot starts a run)")
+    return overlap
+
+
 class Scheduler:
     """Starts scheduled flows at their cron slots while this process is up.
     The last slot run is journaled per flow (events kind 'flow_scheduled'),
@@ -124,6 +134,10 @@ class Scheduler:
         flow and the slot, so a second firing of the same slot (the flow
         registered again while its catch-up run was starting, or a kill
         between the start and the slot's record) returns the first run."""
+        if getattr(fl, "overlap", "skip") == "skip" and fl.busy():
+            log.info("flow %r: slot %s skipped, its previous run is still going", fl.name, slot)
+            self.journal().record_slot(fl.name, slot, None)
+            return None
         run = fl.start(run_id=slot_run_id(fl.name, slot))
         self.journal().record_slot(fl.name, slot, run.id)
         return run
