@@ -102,7 +102,10 @@ def test_scheduler_logs_a_failed_start_with_its_traceback(tmp_path: Path,
     from fm_kernel.record.store import Store
 
     class Broken:  # what the scheduler needs of a Flow; its start fails as a full disk would
-        name, schedule = "broken", "* * * * * *"
+        name, schedule, overlap = "broken", "* * * * * *", "skip"
+
+        def busy(self) -> bool:
+            return False
 
         def start(self, run_id=None):
             raise OSError("disk full")
