@@ -638,3 +638,17 @@ def test_restore_changes_nothing_when_loading_fails(nb: Notebook):
     r = nb.rewind(1)
     assert "arr" in r.not_restored and nb.ns["arr"][1] == 2.0 and "arr" in r.kept
     assert nb.ns["keep"] == [1] and "later" not in nb.ns
+
+
+def test_a_numpy_import_under_way_in_another_thread_does_not_spoil_a_capture(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """While a thread imports numpy, sys.modules holds a partial module with
+    no ndarray yet (a flow run's import; once, the step log's checkpointer
+    importing pyarrow). Capture then treated every value as unpicklable."""
+    partial = types.ModuleType("numpy")
+    partial.__spec__ = types.SimpleNamespace(_initializing=True, name="numpy")
+    monkeypatch.setitem(sys.modules, "numpy", partial)
+    nb = Notebook(tmp_path)
+    cap = nb.run("d = {'a': 1}\ndef f():\n    return d\ntext = 'x' * 10")
+    assert all(cap.manifest[n].restorable for n in ("d", "f", "text")), \
+        {n: cap.manifest[n].reason for n in cap.manifest}

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from typing import Any
 
 
-from .pickling import cell_value, qualname
+from .pickling import cell_value, loaded_numpy, qualname
 
 
 WALK_LIMIT = 2_000_000   # nodes visited per capture when looking for sharing
@@ -40,6 +40,7 @@ ATOM_TYPES = frozenset(ATOMS)
 # --------------------------------------------------------------------------
 # Static analysis
 # --------------------------------------------------------------------------
+
 def _lib_paths() -> tuple[str, ...]:
     paths = set()
     for k in ("stdlib", "platstdlib", "purelib", "platlib"):
@@ -154,7 +155,7 @@ class ObjectWalk:
         self.arrays: list[Any] = []
         self.truncated = False
         self._ns = ns
-        self._np = sys.modules.get("numpy")
+        self._np = loaded_numpy()
         stack = [obj]
         while stack:
             o = stack.pop()

@@ -37,12 +37,23 @@ def _make_function(code: types.CodeType, name: str, ncells: int) -> types.Functi
     return types.FunctionType(code, g, name, None, closure)
 
 
+def loaded_numpy() -> Any:
+    """numpy if it is imported *completely*, else None. Another thread (a
+    flow run, a library's background import) may be importing it right now:
+    ``sys.modules`` then holds a partial module with no ``ndarray`` yet, and
+    no array of it can exist in the namespace."""
+    np = sys.modules.get("numpy")
+    if np is None or getattr(getattr(np, "__spec__", None), "_initializing", False):
+        return None
+    return np if hasattr(np, "ndarray") else None
+
+
 def array_roots(arrays: list[Any]) -> dict[int, Any]:
     """Map each memory owner to the array that spans it.  numpy collapses view
     chains to the first non-array owner, so a restored array (whose base is
     the bytearray it was rebuilt on) and its views share ``.base``: the
     widest array over that base is the one to pickle by value."""
-    np = sys.modules.get("numpy")
+    np = loaded_numpy()
     roots: dict[int, Any] = {}
     for a in arrays:
         if a.base is None:
@@ -94,7 +105,7 @@ class SnapshotPickler(cloudpickle.Pickler):
         self._ns = ns
         # id of a memory owner -> the array pickled here that spans it (see array_roots)
         self._roots = roots
-        np = sys.modules.get("numpy")
+        np = loaded_numpy()
         self._np_type = np.ndarray if np is not None else None
 
     def reducer_override(self, obj: Any) -> Any:
