@@ -86,7 +86,13 @@ class Kernel:
 
 
 def query(history: Path, sql: str, params: list[Any] | None = None) -> list[tuple]:
-    """Read a history once its kernel has let go of it."""
+    """Read a history once its kernel has let go of it, as `fm sql` would:
+    records a killed kernel left in its step log are replayed first."""
+    from fm_kernel.record import steplog
+    from fm_kernel.record.store import Store
+
+    if steplog.pending_tail(history):
+        steplog.replay_for_reader(history, Store.open)
     con = duckdb.connect(str(history), read_only=True)
     try:
         return con.execute(sql, params or []).fetchall()

@@ -37,6 +37,7 @@ import cloudpickle
 from ..errors import NotStorable, RunFinished
 from ..record import changes, trust
 from ..record.objects import ObjectFiles
+from ..record.steplog import fsync_wanted
 from ..record.store import Store
 
 log = logging.getLogger(__name__)
@@ -93,7 +94,7 @@ class Journal:
 
     def __init__(self, store: Store, checkpoint_interval: float = CHECKPOINT_INTERVAL):
         self.store = store
-        self.fsync = os.environ.get("FM_FLOW_FSYNC") == "1"
+        self.fsync = fsync_wanted()  # FM_FSYNC=1 (or the older FM_FLOW_FSYNC=1)
         self._objects: ObjectFiles | None = None
         self.log_path = store.sidecar(LOG_SUFFIX)
         self._lock = threading.Lock()          # the log fd, _pending, _lsn

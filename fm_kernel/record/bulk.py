@@ -10,53 +10,72 @@ from typing import Any, Sequence
 from .rows import StepRecord, utcnow
 
 
-class BulkWrites:
-    def append_steps(self, recs: Sequence[StepRecord],
-                     entries: Sequence[dict[str, Any]] = ()) -> None:
-        """Many step records in one transaction, columnar (imports, bulk
-        builds): the per-row path costs a statement per record."""
-        import pyarrow as pa
+_STEP_COLS = ("seq", "step", "branch", "parent", "kernel_id", "cell_id", "execution_count", "code",
+              "status", "started_at", "finished_at", "duration_ms", "error_name", "error_value",
+              "traceback", "outputs", "state_id", "changed")
+_ENTRY_COLS = ("id", "name", "type", "size_bytes", "summary", "value", "restorable", "reason",
+               "entry")
+_JSON_COLS = {"traceback", "outputs", "value", "entry"}
 
+
+def _arrow_type(name: str) -> Any:
+    import pyarrow as pa
+
+    return {"seq": pa.int64(), "step": pa.int64(), "parent": pa.int64(), "size_bytes": pa.int64(),
+            "execution_count": pa.int32(), "duration_ms": pa.float64(), "restorable": pa.bool_(),
+            "started_at": pa.timestamp("us", tz="UTC"), "finished_at": pa.timestamp("us", tz="UTC"),
+            "changed": pa.list_(pa.string()), "names": pa.list_(pa.string()),
+            "ids": pa.list_(pa.string())}.get(name)
+
+
+class BulkWrites:
+    def append_steps(self, recs: Sequence[StepRecord], entries: Sequence[dict[str, Any]] = (),
+                     seqs: Sequence[int] | None = None, columnar: bool = True) -> None:
+        """Many step records in one transaction: columnar through Arrow
+        (imports, bulk builds), or, for the step log's batches, as bound
+        VALUES: the checkpointer thread must not import pyarrow (and numpy
+        with it) while a cell may be importing numpy itself. ``seqs`` are the
+        records' sequence numbers when they were given out already."""
         with self.transaction():
-            if entries:
-                self._conn.register("fm_batch_entries", pa.Table.from_pylist([
-                    {"id": e["id"], "name": e["name"], "type": e["type"],
-                     "size_bytes": e["size_bytes"], "summary": e["summary"],
-                     "value": json.dumps(e["value"]) if e.get("value") is not None else None,
-                     "restorable": e["restorable"], "reason": e["reason"], "entry": json.dumps(e)}
-                    for e in entries]))
-                self._conn.execute("INSERT INTO fm_var_entries SELECT id, name, type, size_bytes, summary,"
-                          " value::JSON, restorable, reason, entry::JSON FROM fm_batch_entries")
-                self._conn.unregister("fm_batch_entries")
             rows, states = [], {}
-            for rec in recs:
+            for i, rec in enumerate(recs):
                 sid = state_id(rec.state) if rec.state is not None else None
                 if sid is not None and sid not in self._states and sid not in states:
                     states[sid] = rec.state
-                rows.append(self._step_params(rec, sid))
+                rows.append(self._step_params(rec, sid, None if seqs is None else seqs[i]))
                 self._step = max(self._step, rec.step)
-            if states:
-                self._conn.register("fm_batch_states", pa.Table.from_pylist(
-                    [{"id": k, "names": v["names"], "ids": v["ids"]} for k, v in states.items()]))
-                self._conn.execute("INSERT INTO fm_states SELECT id, names, ids FROM fm_batch_states")
-                self._conn.unregister("fm_batch_states")
-            cols = list(zip(*rows)) if rows else [[] for _ in range(18)]
-            names = ["seq", "step", "branch", "parent", "kernel_id", "cell_id", "execution_count",
-                     "code", "status", "started_at", "finished_at", "duration_ms", "error_name",
-                     "error_value", "traceback", "outputs", "state_id", "changed"]
-            types = {"seq": pa.int64(), "step": pa.int64(), "parent": pa.int64(),
-                     "execution_count": pa.int32(), "duration_ms": pa.float64(),
-                     "started_at": pa.timestamp("us", tz="UTC"),
-                     "finished_at": pa.timestamp("us", tz="UTC"), "changed": pa.list_(pa.string())}
-            table = pa.table({n: pa.array(list(col), type=types.get(n, pa.string()))
-                              for n, col in zip(names, cols)})
-            self._conn.register("fm_batch_steps", table)
-            self._conn.execute(f"INSERT INTO fm_step_records ({', '.join(names)}) SELECT"
-                      " seq, step, branch, parent, kernel_id, cell_id, execution_count, code, status,"
-                      " started_at, finished_at, duration_ms, error_name, error_value,"
-                      " traceback::JSON, outputs::JSON, state_id, changed FROM fm_batch_steps")
-            self._conn.unregister("fm_batch_steps")
+            entry_rows = [(e["id"], e["name"], e["type"], e["size_bytes"], e["summary"],
+                           json.dumps(e["value"]) if e.get("value") is not None else None,
+                           e["restorable"], e["reason"], json.dumps(e)) for e in entries]
+            state_rows = [(k, v["names"], v["ids"]) for k, v in states.items()]
+            write = self._arrow_rows if columnar else self._bound_rows
+            write("fm_var_entries", _ENTRY_COLS, entry_rows)
+            write("fm_states", ("id", "names", "ids"), state_rows)
+            write("fm_step_records", _STEP_COLS, rows)
         self._states.update(states)
+
+    def _bound_rows(self, table: str, cols: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        for i in range(0, len(rows), 200):  # DuckDB binds a few thousand parameters well
+            part = rows[i:i + 200]
+            marks = "(" + ", ".join("?" * len(cols)) + ")"
+            self._conn.execute(f"INSERT INTO {table} ({', '.join(cols)}) VALUES "
+                               + ", ".join([marks] * len(part)), [v for r in part for v in r])
+
+    def _arrow_rows(self, table: str, cols: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        import pyarrow as pa
+
+        if not rows:
+            return
+        data = pa.table({c: pa.array(list(col), type=_arrow_type(c) or pa.string())
+                         for c, col in zip(cols, zip(*rows))})
+        name = f"fm_batch_{table}"
+        self._conn.register(name, data)
+        try:
+            exprs = [f"{c}::JSON" if c in _JSON_COLS else c for c in cols]
+            self._conn.execute(f"INSERT INTO {table} ({', '.join(cols)}) SELECT {', '.join(exprs)}"
+                               f" FROM {name}")
+        finally:
+            self._conn.unregister(name)
 
     def append_events(self, events: Sequence[tuple[str, int | None, str | None, dict | None]]) -> None:
         """Many events (kind, step, run_id, payload) in one transaction."""

@@ -21,20 +21,15 @@ import duckdb
 
 from .. import errors
 from ..errors import QueryFailed
-from . import walcheck
+from . import steplog, walcheck
 from .migrations import MIGRATIONS
-from .bulk import BulkWrites, state_id as _state_id
+from .bulk import BulkWrites
 from .reads import HistoryReads
 from .rows import Result, StepRecord, utcnow
 
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
-_STEP_INSERT = (
-    "INSERT INTO fm_step_records (seq, step, branch, parent, kernel_id, cell_id, execution_count,"
-    " code, status, started_at, finished_at, duration_ms, error_name, error_value, traceback,"
-    " outputs, state_id, changed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
 # Row counts of the history's tables, committed ones only. They only grow,
 # so an unchanged list means views handed to user SQL earlier are current.
 _VIEWS_KEY = ("SELECT list(estimated_size ORDER BY table_name) FROM duckdb_tables()"
@@ -74,17 +69,16 @@ class Store(BulkWrites, HistoryReads):
         self._view_cache: dict[tuple, tuple[Any, Any, list[str]]] = {}  # views_as_arrow
         self._view_cols: dict[str, list[str]] = {}
         # DuckDB wakes its thread pool for every statement; for the small
-        # writes on the per-cell path one thread is ~0.7 ms faster (bench/).
+        # writes of the step log's batches one thread is ~0.7 ms faster (bench/).
         # User SQL runs on its own instance with its own threads (run_isolated).
         self._conn.execute("SET threads = 1")
         self._migrate()
-        # Appends go through their own cursor with the optimizer off: there is
-        # nothing to optimise in INSERT ... VALUES, and planning it is ~0.4 ms
-        # of a ~2 ms cell record. The setting is per connection; reads keep it.
-        self._writer = self._conn.cursor()
-        self._writer.execute("PRAGMA disable_optimizer")
         self._states = {r[0] for r in self._conn.execute("SELECT id FROM fm_states").fetchall()} \
             if not read_only else set()
+        self._step = 0
+        self._log: steplog.StepLog | None = None
+        # the log replays what a dead process left in it before seq and step are read
+        log = steplog.StepLog(self) if not read_only else None
         self._seq = self._scalar(
             "SELECT greatest((SELECT max(seq) FROM fm_step_records),"
             " (SELECT max(seq) FROM fm_events),"
@@ -93,6 +87,9 @@ class Store(BulkWrites, HistoryReads):
             " (SELECT max(seq) FROM fm_run_step_records))"
         ) or 0
         self._step = self._scalar("SELECT max(step) FROM fm_step_records") or 0
+        self._log = log
+        if log is not None:
+            self.before_copy.append(log.flush)
 
     # -- opening -------------------------------------------------------------
 
@@ -112,6 +109,8 @@ class Store(BulkWrites, HistoryReads):
         except OSError as exc:
             raise errors.HistoryUnwritable(path, exc) from None
         fresh = not path.exists()
+        if read_only and steplog.pending_tail(path):
+            steplog.replay_for_reader(path, cls.open)
         found = None if read_only or fresh else walcheck.log_as_found(path)
         try:
             conn = duckdb.connect(str(path), read_only=read_only)
@@ -172,6 +171,8 @@ class Store(BulkWrites, HistoryReads):
         with self._lock:
             with contextlib.suppress(duckdb.Error):
                 self._conn.execute("PRAGMA disable_checkpoint_on_shutdown")
+        if self._log is not None:
+            self._log.abandon()
         self.close()
 
     def release_step(self, step: int) -> None:
@@ -182,9 +183,10 @@ class Store(BulkWrites, HistoryReads):
                 self._step -= 1
 
     def close(self) -> None:
+        if self._log is not None:
+            self._log.close()
         with self._lock:
             try:
-                self._writer.close()
                 self._conn.close()
             except duckdb.Error:
                 pass
@@ -240,39 +242,31 @@ class Store(BulkWrites, HistoryReads):
     def last_step(self) -> int:
         return self._step
 
+    @property
+    def lock(self) -> threading.RLock:
+        return self._lock
+
+    @property
+    def in_transaction(self) -> bool:
+        return self._in_txn
+
     # -- writes --------------------------------------------------------------
 
     def append_step(self, rec: StepRecord, entries: Sequence[dict[str, Any]] = ()) -> None:
         """Append one record of a step, and the variable entries its state
-        names for the first time, in one transaction; committed on return."""
+        names for the first time; committed on return (to the step log)."""
         with self._lock:
             self._step = max(self._step, rec.step)
-            state_id = _state_id(rec.state) if rec.state is not None else None
-            new_state = state_id is not None and state_id not in self._states
-            if not entries and not new_state:
-                conn = self._conn if self._in_txn else self._writer
-                conn.execute(_STEP_INSERT, self._step_params(rec, state_id))
+            if self._log is not None and not self._in_txn:
+                self._log.append(self.next_seq(), rec, entries)  # committed on return
                 return
-            with self.transaction():
-                if entries:
-                    rows, params = [], []
-                    for e in entries:
-                        rows.append("(?, ?, ?, ?, ?, ?, ?, ?, ?)")
-                        params += [e["id"], e["name"], e["type"], e["size_bytes"], e["summary"],
-                                   json.dumps(e["value"]) if e.get("value") is not None else None,
-                                   e["restorable"], e["reason"], json.dumps(e)]
-                    self._conn.execute("INSERT INTO fm_var_entries VALUES " + ", ".join(rows), params)
-                if new_state:
-                    self._conn.execute("INSERT INTO fm_states VALUES (?, ?, ?)",
-                              [state_id, rec.state["names"], rec.state["ids"]])  # type: ignore[index]
-                self._conn.execute(_STEP_INSERT, self._step_params(rec, state_id))
-            if new_state:
-                self._states.add(state_id)  # type: ignore[arg-type]
+            self.append_steps([rec], entries, columnar=False)  # in a transaction: atomic with it
 
-    def _step_params(self, rec: StepRecord, state_id: str | None) -> list[Any]:
+    def _step_params(self, rec: StepRecord, state_id: str | None,
+                     seq: int | None = None) -> list[Any]:
         return [
-            self.next_seq(), rec.step, rec.branch, rec.parent, rec.kernel_id, rec.cell_id,
-            rec.execution_count, rec.code, rec.status, rec.started_at, rec.finished_at,
+            self.next_seq() if seq is None else seq, rec.step, rec.branch, rec.parent,
+            rec.kernel_id, rec.cell_id, rec.execution_count, rec.code, rec.status, rec.started_at, rec.finished_at,
             rec.duration_ms, rec.error_name, rec.error_value,
             json.dumps(rec.traceback) if rec.traceback is not None else None,
             json.dumps(rec.outputs), state_id,
@@ -285,16 +279,20 @@ class Store(BulkWrites, HistoryReads):
     ) -> int:
         with self._lock:
             seq = self.next_seq()
-            self._conn.execute(
-                "INSERT INTO fm_events VALUES (?, ?, ?, ?, ?, ?)",
-                [seq, utcnow(), kind, step, run_id, json.dumps(payload or {}, default=str)],
-            )
+            row = [seq, utcnow(), kind, step, run_id, json.dumps(payload or {}, default=str)]
+            if self._log is not None and not self._in_txn:
+                self._log.append_row("events", row)
+            else:
+                self._conn.execute("INSERT INTO fm_events VALUES (?, ?, ?, ?, ?, ?)", row)
             return seq
 
     # -- reads ---------------------------------------------------------------
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> Result:
+        """A read over the history; every acknowledged record is in it."""
         with self._lock:
+            if self._log is not None:
+                self._log.flush()
             cur = self._conn.execute(sql, params)
             cols = [d[0] for d in cur.description] if cur.description else []
             return Result(cols, cur.fetchall() if cols else [])
@@ -308,6 +306,8 @@ class Store(BulkWrites, HistoryReads):
         of its own, so cell recording does not wait for it; kept until a
         table's committed row count changes (they are append-only)."""
         with self._lock:
+            if self._log is not None:
+                self._log.flush()
             cur = self._conn.cursor()
         try:
             if cancel is not None:
@@ -347,8 +347,11 @@ class Store(BulkWrites, HistoryReads):
     def append_branch(self, name: str, head: int | None, base: int | None) -> None:
         """A branch's creation, or a move of its head not made by running a cell."""
         with self._lock:
-            self._conn.execute("INSERT INTO fm_branch_records VALUES (?, ?, ?, ?, ?)",
-                               [self.next_seq(), name, head, base, utcnow()])
+            row = [self.next_seq(), name, head, base, utcnow()]
+            if self._log is not None and not self._in_txn:
+                self._log.append_row("branches", row)
+            else:
+                self._conn.execute("INSERT INTO fm_branch_records VALUES (?, ?, ?, ?, ?)", row)
 
     def copy_to(self, target: Path) -> None:
         """A consistent copy of the whole history as a new database file."""
@@ -364,15 +367,21 @@ class Store(BulkWrites, HistoryReads):
                 self._conn.execute("DETACH fm_copy")
 
     def meta(self, key: str) -> str | None:
-        return self._scalar("SELECT value FROM fm_meta WHERE key = ?", [key])
+        rows = self.query("SELECT value FROM fm_meta WHERE key = ?", [key]).rows
+        return rows[0][0] if rows else None
 
-    def set_meta(self, key: str, value: str) -> None:
+    def set_meta(self, key: str, value: str | None) -> None:
+        """Set (or, with None, delete) a setting of this history."""
         with self._lock:
-            self._conn.execute("INSERT OR REPLACE INTO fm_meta VALUES (?, ?)", [key, value])
+            if self._log is not None and not self._in_txn:
+                self._log.append_row("meta", [0, key, value])
+            elif value is None:
+                self._conn.execute("DELETE FROM fm_meta WHERE key = ?", [key])
+            else:
+                self._conn.execute("INSERT OR REPLACE INTO fm_meta VALUES (?, ?)", [key, value])
 
     def delete_meta(self, key: str) -> None:
-        with self._lock:
-            self._conn.execute("DELETE FROM fm_meta WHERE key = ?", [key])
+        self.set_meta(key, None)
 
     def sidecar(self, suffix: str) -> Path:
         """The path of a file or folder that lives beside the database

@@ -29,13 +29,21 @@ def fm_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complete
     return subprocess.run([fm, *args], capture_output=True, text=True, env=full, timeout=300)
 
 
-def killed_with_steps_in_the_log(history: Path) -> bytes:
-    """STEPS acknowledged cells, then kill -9: the steps are in the WAL only
-    (DuckDB checkpoints at 16 MB or at a clean close, neither happened)."""
+def killed_with_steps_in_the_log(history: Path, wal_only: bool = True) -> bytes:
+    """STEPS acknowledged cells, then kill -9. A read (``%fm status``) moves
+    them from the step log into DuckDB, so they are in DuckDB's WAL (DuckDB
+    checkpoints at 16 MB or at a clean close, neither happened) and in the
+    step log. ``wal_only``: the step log is then lost as well (the damage
+    took both), so DuckDB's log is the only source."""
+    steplog = Path(str(history) + ".steplog")
     with Kernel(env={"FM_HISTORY": str(history)}) as k:
         for i in range(STEPS):
             check(k, f"v{i} = {i} * 2 + len('{'x' * 3000}')")
+        check(k, "%fm status")
         k.kill9()
+    assert steplog.stat().st_size > STEPS * 3000, "the step log keeps what only the WAL has"
+    if wal_only:
+        steplog.unlink()
     wal = Path(str(history) + ".wal")
     assert wal.stat().st_size > 20_000, "the steps must be in the write-ahead log"
     return wal.read_bytes()
@@ -85,6 +93,20 @@ def test_a_damaged_log_is_kept_and_named_never_dropped(tmp_path: Path, damage: s
     with Kernel(env={"FM_HISTORY": str(history)}) as k:  # still damaged: said again
         assert f"{history} is damaged" in k.execute("z = 3").text()
     assert kept.read_bytes() == log  # the first copy, the fullest, is kept
+
+
+def test_a_cut_wal_loses_nothing_the_step_log_still_holds(tmp_path: Path) -> None:
+    """The step log is a second source: steps acknowledged since the last
+    batch are in it as well as in DuckDB's WAL; with the WAL cut short, the
+    next kernel replays them from the step log and has nothing to report."""
+    history = tmp_path / "h.duckdb"
+    log = killed_with_steps_in_the_log(history, wal_only=False)
+    Path(str(history) + ".wal").write_bytes(DAMAGE["cut"](log))
+    with Kernel(env={"FM_HISTORY": str(history)}) as k:
+        r = k.execute("print(v11)")
+        assert r.status == "ok" and "damaged" not in r.text(), r.text()
+    assert query(history, "SELECT count(*), max(step) FROM steps WHERE status = 'ok'") == \
+        [(STEPS + 1, STEPS + 1)]
 
 
 def test_an_intact_log_replays_every_step_and_says_nothing(tmp_path: Path) -> None:
