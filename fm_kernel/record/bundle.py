@@ -40,7 +40,7 @@ FORMAT = 1
 SLACK = 64 << 20
 _COPY = 1 << 20
 _TOP = ("bundle.json", "history.duckdb", "history.duckdb.objects", "history.duckdb.flowlog")
-_SIDECARS = (".wal", ".objects", ".flowlog", ".inflight", ".endpoint.json")
+_SIDECARS = (".wal", ".steplog", ".objects", ".flowlog", ".inflight", ".endpoint.json")
 EXPORT_PREFIX, IMPORT_PREFIX = ".fm-export-", ".fm-import-"
 
 

@@ -37,7 +37,7 @@ from .store import peek_count
 
 log = logging.getLogger(__name__)
 
-SIDECARS = (".wal", ".objects", ".flowlog", ".inflight")  # move with the database
+SIDECARS = (".wal", ".steplog", ".objects", ".flowlog", ".inflight")  # move with the database
 MAX_CANDIDATES = 50  # newest first: a folder of hundreds of histories stays quick
 _VSC = re.compile(r"^\s*__vsc_ipynb_file__\s*=\s*(.+?)\s*$", re.M)
 

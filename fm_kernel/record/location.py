@@ -132,12 +132,12 @@ def _private_folder(path: Path) -> str | None:
     return None
 
 
-SIDECARS = ("", ".wal", ".flowlog", ".inflight", ".objects", ".endpoint.json")
+SIDECARS = ("", ".wal", ".steplog", ".flowlog", ".inflight", ".objects", ".endpoint.json")
 
 
 def _refuse_foreign(path: Path) -> None:
     """A history whose files are links or belong to another user is not
-    opened: in a folder others can write, a planted ``.flowlog`` would inject
+    opened: in a folder others can write, a planted ``.steplog`` or ``.flowlog`` would inject
     records and a link at ``.inflight`` would be written through."""
     for suffix in SIDECARS:
         p = Path(str(path) + suffix)

@@ -55,9 +55,11 @@ def fsync_wanted() -> bool:
 def read_lines(path: Path) -> list[dict[str, Any]]:
     """The whole records of a step log; a torn last line is left out."""
     try:
-        data = path.read_bytes()
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     except FileNotFoundError:
         return []
+    with os.fdopen(fd, "rb") as f:
+        data = f.read()
     out = []
     for line in data.split(b"\n")[:-1]:  # the part after the last newline is torn
         try:
@@ -99,7 +101,9 @@ class StepLog:
         self._wake = threading.Event()
         self._closed = False
         self.replayed = self._replay()
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        # never through a link planted at the log's name (location.py refuses those too)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW,
+                           0o600)
         self._size = os.fstat(self._fd).st_size
         if self._size > KEEP_BYTES:
             self._checkpoint()
@@ -119,7 +123,7 @@ class StepLog:
         # settings (seq 0) are applied again in their order: the last one stands
         todo = [_loaded(d) for d in lines if not d["seq"] or int(d["seq"]) not in have]
         if todo:
-            with self.store.transaction():
+            with self.store.transaction(log_first=False):
                 _insert(self.store, todo)
             log.info("step log %s: %d record(s) replayed into the history", self.path, len(todo))
         return len(todo)
@@ -168,9 +172,10 @@ class StepLog:
         """Move every waiting record into DuckDB now (one transaction).
         Called by reads, copies, close and the checkpointer."""
         with self.store.lock:
+            # none wait inside a transaction: it flushed them before it began
             if not self._pending or self.store.in_transaction:
-                return  # inside a transaction the batch would commit (or not) with it
-            with self.store.transaction():
+                return
+            with self.store.transaction(log_first=False):
                 _insert(self.store, self._pending)
             self._pending = []
             if self._size > KEEP_BYTES:

@@ -62,6 +62,7 @@ class Store(BulkWrites, HistoryReads):
         self._conn = conn
         self._lock = threading.RLock()
         self._in_txn = False
+        self._log: steplog.StepLog | None = None  # set once seq and step are known
         self._scratch: Path | None = None  # sidecars of an in-memory history
         # Writers that buffer records outside DuckDB (the flow journal's log)
         # register a flush here, so a copy of the history holds them too.
@@ -76,7 +77,6 @@ class Store(BulkWrites, HistoryReads):
         self._states = {r[0] for r in self._conn.execute("SELECT id FROM fm_states").fetchall()} \
             if not read_only else set()
         self._step = 0
-        self._log: steplog.StepLog | None = None
         # the log replays what a dead process left in it before seq and step are read
         log = steplog.StepLog(self) if not read_only else None
         self._seq = self._scalar(
@@ -201,13 +201,16 @@ class Store(BulkWrites, HistoryReads):
         return row[0] if row else None
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[None]:
+    def transaction(self, log_first: bool = True) -> Iterator[None]:
         """BEGIN ... COMMIT on the main connection, holding the store lock.
         Nested uses join the outer transaction; every append_* (and execute)
         inside one goes into it. It hands out no connection: writes inside
-        go through Store methods."""
+        go through Store methods. The step log's waiting records go in first
+        (``log_first``), so reads inside see them and none waits across it."""
         with self._lock:
             outer = not self._in_txn
+            if outer and log_first and self._log is not None:
+                self._log.flush()
             if outer:
                 self._conn.execute("BEGIN")
                 self._in_txn = True
