@@ -68,9 +68,20 @@ def _all_notebooks() -> list[Path]:
     return sorted(NOTEBOOKS.glob("*.ipynb"))
 
 
+def _connect(history: Path) -> duckdb.DuckDBPyConnection:
+    """The history as flowmetal reads it: records a killed kernel (nbval ends
+    its kernels so) left in the step log are replayed first."""
+    from fm_kernel.record import steplog
+    from fm_kernel.record.store import Store
+
+    if steplog.pending_tail(history):
+        steplog.replay_for_reader(history, Store.open)
+    return duckdb.connect(str(history), read_only=True)
+
+
 def _finished_steps(history: Path) -> int:
     """Steps that ran to an end: ok, or an error a tutorial raises on purpose."""
-    con = duckdb.connect(str(history), read_only=True)
+    con = _connect(history)
     try:
         return con.execute("SELECT count(*) FROM steps WHERE status IN ('ok', 'error')").fetchone()[0]
     finally:
@@ -78,7 +89,7 @@ def _finished_steps(history: Path) -> int:
 
 
 def _ok_steps(history: Path) -> int:
-    con = duckdb.connect(str(history), read_only=True)
+    con = _connect(history)
     try:
         return con.execute("SELECT count(*) FROM steps WHERE status = 'ok'").fetchone()[0]
     finally:

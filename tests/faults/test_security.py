@@ -58,6 +58,12 @@ def said(r) -> str:
 
 
 def drop_origin(history: Path) -> None:
+    """The attacker's edit: origin and trust gone from the database. A kill
+    left the settings in the step log as well; it is replayed (and removed by
+    a clean close) first, as the attacker would edit both."""
+    from fm_kernel.record.store import Store
+
+    Store.open(history).close()
     con = duckdb.connect(str(history))
     con.execute("DELETE FROM fm_meta WHERE key IN ('origin', 'trusted')")
     con.close()
