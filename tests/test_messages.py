@@ -181,6 +181,31 @@ print(json.dumps(st.get_event("stage", timeout=10)))
     assert code == 404
 
 
+def test_get_event_inside_a_flow_is_journaled(mk: Kernel) -> None:
+    out = check(mk, """
+@fm.flow
+def publisher():
+    fm.set_event("ready", {"port": 8080})
+    fm.wait_for("end", timeout=60)
+@fm.flow
+def watcher(pid):
+    got = fm.get_run(pid).get_event("ready", timeout=30)
+    try:
+        fm.get_run(pid).get_event("never", timeout=0.2)
+    except fm.Timeout:
+        return got
+pub = publisher.start(); wat = watcher.start(pub.id)
+print(json.dumps(wat.result(30))); pub.signal("end"); pub.result(10)
+""")
+    assert out.strip().splitlines()[-1] == '{"port": 8080}', out
+    got = rows(mk, "SELECT name, status, result FROM run_steps WHERE run_id = ? ORDER BY position,"
+                   " attempt", run_id(mk, "wat"))
+    assert got == [["fm.get_event(ready)", "waiting", None],
+                   ["fm.get_event(ready)", "ok", '{"port": 8080}'],
+                   ["fm.get_event(never)", "waiting", None],
+                   ["fm.get_event(never)", "failed", None]], got
+
+
 def test_the_docs_sample_runs_as_written(mk: Kernel) -> None:
     text = (DOCS / "flows.md").read_text()
     section = text[text.index("## Messages and events between runs"):]

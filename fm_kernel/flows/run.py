@@ -174,7 +174,39 @@ class Run:
         """The latest value this run published for ``key`` (fm.set_event),
         waiting up to ``timeout`` seconds for the first (None: no limit).
         Raises Timeout if none was set by then; at once if the run finished
-        without setting it, since it never will."""
+        without setting it, since it never will. Inside a flow it is
+        journaled: the deadline first, then the answer replay returns.
+        Awaitable in async flows."""
+        ctx = CURRENT_RUN.get()
+        if ctx is None:
+            return self._event(key, timeout)
+        p = ctx.take()
+        rec = ctx.check(p, f"fm.get_event({key})")
+        done, value = replay(rec)
+        if done:
+            return asyncio.to_thread(lambda: value) if ctx.is_async else value
+        if ctx.is_async:
+            return asyncio.to_thread(self._journaled_event, ctx, p, rec, key, timeout)
+        return self._journaled_event(ctx, p, rec, key, timeout)
+
+    def _journaled_event(self, ctx: RunContext, p: int, rec: dict[str, Any] | None, key: str,
+                         timeout: float | None) -> Any:
+        opname, detail = f"fm.get_event({key})", {"run_id": self.id, "key": key}
+        if rec is not None and rec["status"] == "waiting":
+            deadline = rec["detail"].get("deadline")
+        else:
+            deadline = None if timeout is None else time.time() + timeout
+            ctx.record(p, opname, "waiting", detail={**detail, "deadline": deadline})
+        try:
+            value = self._event(key, None if deadline is None else max(0.0, deadline - time.time()),
+                                waiter=ctx.run)
+        except Timeout as exc:
+            ctx.record(p, opname, "failed", 1, error=Journal.encode_error(exc))
+            raise
+        ctx.record(p, opname, "ok", 1, result=registry().journal.encode(value, opname), detail=detail)
+        return value
+
+    def _event(self, key: str, timeout: float | None, waiter: "Run | None" = None) -> Any:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             since = self.wakes  # set_event wakes a run's handle; polled as well
@@ -187,7 +219,9 @@ class Run:
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 raise Timeout(f"run {self.id} of {self.flow_name!r} ({status}) has not set event "
-                              f"{key!r} after {timeout}s; call get_event again to wait longer")
+                              f"{key!r} after {timeout:g}s; call get_event again to wait longer")
+            if waiter is not None:  # a flow waiting here can still be cancelled
+                waiter.check_cancel()
             self.wait_wake(since, 0.5 if left is None else min(left, 0.5))
 
     def cancel(self) -> bool:
