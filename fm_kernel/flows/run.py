@@ -197,12 +197,15 @@ class Run:
         else:
             deadline = None if timeout is None else time.time() + timeout
             ctx.record(p, opname, "waiting", detail={**detail, "deadline": deadline})
+        ctx.run.set_status("waiting")
         try:
             value = self._event(key, None if deadline is None else max(0.0, deadline - time.time()),
                                 waiter=ctx.run)
         except Timeout as exc:
             ctx.record(p, opname, "failed", 1, error=Journal.encode_error(exc))
             raise
+        finally:
+            ctx.run.set_status("running")
         ctx.record(p, opname, "ok", 1, result=registry().journal.encode(value, opname), detail=detail)
         return value
 
