@@ -25,7 +25,7 @@ import json
 from typing import Any
 
 from ..errors import NoSuchRun, RunFinished, UsageError
-from .context import CURRENT_RUN, registry, replay
+from .context import CURRENT_RUN, RunContext, registry, replay
 from .events import check_name
 from .journal import Journal
 from .ops import durable_wait
@@ -85,18 +85,19 @@ def deliver(run_id: str, topic: str, data: Any = None, key: str | None = None,
     return seq, bool(found)
 
 
-def first_fresh(run_id: str, topic: str, taken: set[int]) -> list[tuple[int, Any]]:
-    """[(seq, data)] of the oldest message on ``topic`` to run ``run_id``
-    whose seq is not in ``taken``, or []. Only that one is decoded: a
-    pickled message is loaded when it is taken, not on every look."""
+def first_fresh(ctx: RunContext, topic: str) -> list[tuple[int, Any]]:
+    """[(seq, data)] of the oldest message on ``topic`` to the run of
+    ``ctx`` that it has not taken, or []. A topic's messages are taken in
+    seq order and a seq is visible once its commit is (the store allocates
+    it inside its lock), so those after the highest seq taken are the
+    untaken ones: one indexed look however many came before. Only that
+    message is decoded."""
     j = registry().journal
     res = j.store.query(
         f"SELECT seq, CAST(payload->'data' AS VARCHAR) FROM fm_events WHERE kind = '{KIND}'"
-        " AND run_id = ? AND payload->>'topic' = ? ORDER BY seq", [run_id, topic])
-    for seq, text in res.rows:
-        if seq not in taken:
-            return [(seq, j.decode(text) if text is not None else None)]
-    return []
+        " AND run_id = ? AND payload->>'topic' = ? AND seq > ? ORDER BY seq LIMIT 1",
+        [ctx.run.id, topic, ctx.topic_seq.get(topic, 0)])
+    return [(seq, j.decode(text) if text is not None else None) for seq, text in res.rows]
 
 
 def recv(topic: str, timeout: float | None = None) -> Any:
@@ -109,9 +110,8 @@ def recv(topic: str, timeout: float | None = None) -> Any:
                          "run (inside a step, return what you need and call fm.recv in the flow); "
                          "from a cell, send one with fm.send(run_id, topic, data)")
     check_name(topic, "topic")
-    run_id = ctx.run.id
     return durable_wait(ctx, f"fm.recv({topic})", (KIND, topic), timeout,
-                        find=lambda: first_fresh(run_id, topic, ctx.consumed))
+                        find=lambda: first_fresh(ctx, topic))
 
 
 def set_event(key: str, value: Any) -> None:
