@@ -88,10 +88,10 @@ def deliver(run_id: str, topic: str, data: Any = None, key: str | None = None,
 def first_fresh(ctx: RunContext, topic: str) -> list[tuple[int, Any]]:
     """[(seq, data)] of the oldest message on ``topic`` to the run of
     ``ctx`` that it has not taken, or []. A topic's messages are taken in
-    seq order and a seq is visible once its commit is (the store allocates
-    it inside its lock), so those after the highest seq taken are the
-    untaken ones: one indexed look however many came before. Only that
-    message is decoded."""
+    seq order, and a seq becomes visible with its commit (the store hands
+    it out inside the lock it commits under), so the untaken ones are those
+    after the highest seq taken: one row comes back, and only it is
+    decoded, however many came before (DuckDB still scans the table)."""
     j = registry().journal
     res = j.store.query(
         f"SELECT seq, CAST(payload->'data' AS VARCHAR) FROM fm_events WHERE kind = '{KIND}'"

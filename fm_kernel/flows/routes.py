@@ -1,9 +1,9 @@
 """The flow routes of the loopback HTTP API (spec: "HTTP endpoint"):
 callbacks, signals, messages and events (messages.py), starting runs (once
-per run id or Idempotency-Key), listing, reading, waiting for and cancelling
-them. Whoever starts the
-endpoint passes ROUTES to it; the work is done on a worker thread, so the
-endpoint's loop never waits on the history."""
+per run id or Idempotency-Key), listing, reading, waiting for and
+cancelling them. Whoever starts the endpoint passes ROUTES to it; the work
+is done on a worker thread, so the endpoint's loop never waits on the
+history."""
 
 from __future__ import annotations
 
