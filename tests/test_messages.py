@@ -239,6 +239,16 @@ def sender(target_id):
     hold("sender.holding")
     return "sent"
 
+def wait_file(name):
+    while not os.path.exists(os.path.join(D, name)):
+        time.sleep(0.02)
+
+@fm.flow
+def sender2(target_id):
+    wait_file("fire")
+    fm.send(target_id, "ping", {{"n": 2}})
+    return "sent"
+
 @fm.flow
 def inbox():
     a = fm.recv("job", timeout=300)
@@ -285,6 +295,46 @@ def test_a_message_sent_from_a_flow_arrives_once_across_kill9_of_the_sender(tmp_
     steps = query(h, "SELECT position, status FROM run_steps WHERE run_id = ? AND name = 'fm.send(ping)'",
                   [ids["s"]])
     assert steps == [(1, "ok")], steps
+
+
+def test_a_kill_between_storing_a_message_and_journaling_the_send_stores_it_once(
+        tmp_path: Path) -> None:
+    """The narrowest window: the process dies after the message is committed
+    and before the send's position is journaled (a kill -9 from inside
+    RunContext.record). The replay sends again; the key refuses a copy."""
+    k, env, d = start_kernel(tmp_path)
+    try:
+        ids = json.loads(check(k, """
+import fm_kernel.flows.context as _ctx_mod
+_record = _ctx_mod.RunContext.record
+def _dies_before_journaling_a_send(self, p, name, *a, **kw):
+    if name.startswith("fm.send("):
+        os.kill(os.getpid(), 9)
+    return _record(self, p, name, *a, **kw)
+_ctx_mod.RunContext.record = _dies_before_journaling_a_send
+r = receiver.start(); s = sender2.start(r.id)
+print(json.dumps({'r': r.id, 's': s.id}))""").strip().splitlines()[-1])
+        (d / "fire").touch()
+        wait_until(lambda: not k.km.is_alive(), what="the kernel killed inside the send")
+    finally:
+        if k.km.is_alive():
+            k.kill9()
+        else:
+            k.kc.stop_channels()
+            k.km.cleanup_resources()
+    h = tmp_path / "history.duckdb"
+    with Kernel(env=env) as k2:
+        out = check(k2, "import fm_kernel as fm, json\n"
+                        f"assert fm.get_run({ids['s']!r}).result(60) == 'sent'\n"
+                        f"fm.get_run({ids['r']!r}).signal('end')\n"
+                        f"print(json.dumps(fm.get_run({ids['r']!r}).result(60)))", timeout=90)
+    assert out.strip().splitlines()[-1] == '{"n": 2}', out
+    sent = query(h, "SELECT payload->>'key' FROM events WHERE kind = 'message' AND run_id = ?",
+                 [ids["r"]])
+    assert sent == [(f"{ids['s']}:1",)], f"the receiver was sent {len(sent)} messages: {sent}"
+    steps = query(h, "SELECT status, result->>'seq' FROM run_steps WHERE run_id = ?"
+                     " AND name = 'fm.send(ping)'", [ids["s"]])
+    assert len(steps) == 1 and steps[0][0] == "ok", steps
 
 
 def test_a_receiver_killed_while_waiting_takes_each_message_once(tmp_path: Path) -> None:
