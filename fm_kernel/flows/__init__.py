@@ -4,11 +4,12 @@ out work. This module is the public face (``fm.flow``, ``fm.step``, ``Run``…);
 the machinery is behind it, each module importing only those below it:
 
     routes     the endpoint's flow routes (passed to the endpoint by whoever starts it)
+    messages   messages between runs (send/recv) and events a run publishes (set_event)
     ops        journaled primitives inside a flow: now/random/uuid4, sleep,
                callback, wait_for, map; callback delivery
     dask_map   fm.map on a Dask cluster
     runs       Flow, starting runs (child runs once), registration and resume
-    run        Run: its record, execution, result, cancel, fork, signals
+    run        Run: its record, execution, result, cancel, fork, signals, get_event
     steps      Step, attempts, retries, timeouts
     context    FlowRegistry (one per process, owned by the runtime), the
                current run and step, replay
@@ -33,10 +34,12 @@ from .run import Run, get_run, runs
 from .steps import Step, step
 from .tasks import task
 from .events import event_source, send_event, wait_event
+from .messages import recv, send, set_event
 
 __all__ = [
     "Callback", "Cancelled", "Flow", "FlowError", "FlowRegistry", "NoSuchFlow", "NoSuchRun",
     "NondeterminismError", "NotStorable", "Run", "Step", "StepContext", "StepError", "Timeout",
     "callback", "configure", "flow", "get_run", "map", "now", "random", "registry", "runs", "sleep",
     "step", "step_context", "task", "uuid4", "wait_for", "event_source", "send_event", "wait_event",
+    "recv", "send", "set_event",
 ]

@@ -158,6 +158,9 @@ class RunContext:
         self.latest: dict[int, dict[str, Any]] = {}
         self.attempts: dict[int, int] = {}
         self.consumed: set[int] = set()
+        # The highest seq taken per message topic: recv takes a topic's
+        # messages oldest first, so the ones taken are those up to here.
+        self.topic_seq: dict[str, int] = {}
         for r in rows:
             self._remember(r)
         self.next = 1
@@ -167,8 +170,12 @@ class RunContext:
         p = r["position"]
         self.latest[p] = r
         self.attempts[p] = max(self.attempts.get(p, 0), r.get("attempt") or 0)
-        if (r.get("detail") or {}).get("event_seq") is not None:
-            self.consumed.add(r["detail"]["event_seq"])
+        detail = r.get("detail") or {}
+        if detail.get("event_seq") is not None:
+            self.consumed.add(detail["event_seq"])
+            if detail.get("message") is not None:
+                topic, seq = detail["message"], detail["event_seq"]
+                self.topic_seq[topic] = max(seq, self.topic_seq.get(topic, 0))
 
     def take(self, n: int = 1) -> int:
         with self.lock:

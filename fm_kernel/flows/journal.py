@@ -357,6 +357,19 @@ class Journal:
             " AND payload->>'name' = ? ORDER BY seq", [run_id, name])
         return [(s, json.loads(d) if d is not None else None) for s, d in res.rows]
 
+    def run_event(self, run_id: str, key: str) -> str | None:
+        """The JSON text of the latest value run ``run_id`` set for ``key``
+        (fm.set_event journals it as an ``ok`` step named
+        ``fm.set_event(<key>)``), or None if it set none."""
+        self.flush()
+        res = self.store.query(
+            "SELECT result FROM fm_run_step_records WHERE run_id = ? AND name = ? AND status = 'ok'"
+            " ORDER BY position DESC, seq DESC LIMIT 1", [run_id, f"fm.set_event({key})"])
+        if not res.rows:
+            return None
+        v = res.rows[0][0]
+        return v if v is None or isinstance(v, str) else json.dumps(v)
+
     def callback_run(self, cb_id: str) -> str | None:
         self.flush()
         res = self.store.query(

@@ -1,5 +1,6 @@
 """Run handles (spec: "Python API: Flows"): a run's record, its execution
-on a thread, result, cancel, fork and signals. Flows (runs.py) make runs
+on a thread, result, cancel, fork, signals and the events it publishes
+(get_event; messages.py has the rest). Flows (runs.py) make runs
 through ``new_run``; the primitives (ops.py) drive a run through its small
 API: set_status, pause, wake/wakes/wait_wake, check_cancel."""
 
@@ -168,6 +169,63 @@ class Run:
         seq = deliver_signal(self.id, name, data, key=f"{ctx.run.id}:{p}")
         ctx.record(p, opname, "ok", 1,
                    result=registry().journal.encode({"run_id": self.id, "seq": seq}, opname))
+
+    def get_event(self, key: str, timeout: float | None = None) -> Any:
+        """The latest value this run published for ``key`` (fm.set_event),
+        waiting up to ``timeout`` seconds for the first (None: no limit).
+        Raises Timeout if none was set by then; at once if the run finished
+        without setting it, since it never will. Inside a flow it is
+        journaled: the deadline first, then the answer replay returns.
+        Awaitable in async flows."""
+        ctx = CURRENT_RUN.get()
+        if ctx is None:
+            return self._event(key, timeout)
+        p = ctx.take()
+        rec = ctx.check(p, f"fm.get_event({key})")
+        done, value = replay(rec)
+        if done:
+            return asyncio.to_thread(lambda: value) if ctx.is_async else value
+        if ctx.is_async:
+            return asyncio.to_thread(self._journaled_event, ctx, p, rec, key, timeout)
+        return self._journaled_event(ctx, p, rec, key, timeout)
+
+    def _journaled_event(self, ctx: RunContext, p: int, rec: dict[str, Any] | None, key: str,
+                         timeout: float | None) -> Any:
+        opname, detail = f"fm.get_event({key})", {"run_id": self.id, "key": key}
+        if rec is not None and rec["status"] == "waiting":
+            deadline = rec["detail"].get("deadline")
+        else:
+            deadline = None if timeout is None else time.time() + timeout
+            ctx.record(p, opname, "waiting", detail={**detail, "deadline": deadline})
+        ctx.run.set_status("waiting")
+        try:
+            value = self._event(key, None if deadline is None else max(0.0, deadline - time.time()),
+                                waiter=ctx.run)
+        except Timeout as exc:
+            ctx.record(p, opname, "failed", 1, error=Journal.encode_error(exc))
+            raise
+        finally:
+            ctx.run.set_status("running")
+        ctx.record(p, opname, "ok", 1, result=registry().journal.encode(value, opname), detail=detail)
+        return value
+
+    def _event(self, key: str, timeout: float | None, waiter: "Run | None" = None) -> Any:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            since = self.wakes  # set_event wakes a run's handle; polled as well
+            status, text = event_state(self.id, key)
+            if text is not None:
+                return registry().journal.decode(text)
+            if status in FINISHED_STATUSES:
+                raise Timeout(f"run {self.id} of {self.flow_name!r} finished ({status}) without "
+                              f"setting event {key!r}; it never will")
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise Timeout(f"run {self.id} of {self.flow_name!r} ({status}) has not set event "
+                              f"{key!r} after {timeout:g}s; call get_event again to wait longer")
+            if waiter is not None:  # a flow waiting here can still be cancelled
+                waiter.check_cancel()
+            self.wait_wake(since, 0.5 if left is None else min(left, 0.5))
 
     def cancel(self) -> bool:
         """Stop at the next durable operation; a running step body finishes,
@@ -365,9 +423,26 @@ def runs(limit: int | None = None):
     return registry().journal.runs(limit).to_pandas()
 
 
-def deliver_signal(run_id: str, name: str, data: Any = None, key: str | None = None) -> int:
-    """Store a signal for a run durably and wake the run if it waits here
-    (``key``: see Journal.add_signal)."""
+def event_state(run_id: str, key: str) -> tuple[str, str | None]:
+    """(the run's status, the JSON text of the latest value it set for
+    ``key``, or None). The status is read first: a run that had finished by
+    then had set every value it ever will."""
+    reg = registry()
+    run = reg.runs.get(run_id)
+    if run is not None and run.executing:
+        status = run.status
+    else:
+        row = reg.journal.run_row(run_id)
+        if row is None:
+            raise NoSuchRun(run_id)
+        status = row["status"]
+    return status, reg.journal.run_event(run_id, key)
+
+
+def check_open(run_id: str, what: str) -> "Run | None":
+    """The live handle of ``run_id`` (None if this process has none) when
+    the run may still take ``what`` ("signal 'go'"); NoSuchRun for an
+    unknown run, RunFinished for a finished one."""
     reg = registry()
     run = reg.runs.get(run_id)
     if run is None or not run.executing:
@@ -378,8 +453,15 @@ def deliver_signal(run_id: str, name: str, data: Any = None, key: str | None = N
     else:
         status = run.status
     if status in FINISHED_STATUSES or (run is not None and run.finished):
-        raise RunFinished(run_id, status, f"signal {name!r}")
-    seq = reg.journal.add_signal(run_id, name, data, key)
+        raise RunFinished(run_id, status, what)
+    return run
+
+
+def deliver_signal(run_id: str, name: str, data: Any = None, key: str | None = None) -> int:
+    """Store a signal for a run durably and wake the run if it waits here
+    (``key``: see Journal.add_signal)."""
+    run = check_open(run_id, f"signal {name!r}")
+    seq = registry().journal.add_signal(run_id, name, data, key)
     if run is not None:
         run.wake()
     return seq
