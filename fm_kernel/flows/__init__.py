@@ -8,7 +8,8 @@ the machinery is behind it, each module importing only those below it:
                callback, wait_for, map; callback delivery
     dask_map   fm.map on a Dask cluster
     runs       Flow, starting runs (child runs once), registration and resume
-    run        Run: its record, execution, result, cancel, fork, signals
+    run        Run: its record, execution, result, cancel, timeout, fork, signals
+    deadlines  run timeouts: validation, the thread that expires runs
     steps      Step, attempts, retries, timeouts
     context    FlowRegistry (one per process, owned by the runtime), the
                current run and step, replay

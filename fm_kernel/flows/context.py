@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..errors import FlowError, NondeterminismError, StepError
+from .deadlines import Deadlines
 from .journal import Journal
 from .schedule import Scheduler
 
@@ -33,7 +34,8 @@ if TYPE_CHECKING:
 class FlowRegistry:
     """Everything flows keep per process: the defined flows by name, the
     live Run handles, pending runs waiting for their flow's definition,
-    callbacks made here, the journal, the endpoint's URL and the scheduler.
+    callbacks made here, the journal, the endpoint's URL, the scheduler and
+    the watch on run deadlines.
 
     ``store`` and ``base_url`` may be callables: the runtime passes its own
     accessors, so nothing is opened before the first flow needs it."""
@@ -51,6 +53,7 @@ class FlowRegistry:
         self._base_url = base_url
         self._journal: Journal | None = None
         self.scheduler = Scheduler(lambda: self.journal)
+        self.deadlines = Deadlines()  # run timeouts (deadlines.py)
 
     @property
     def journal(self) -> Journal:
@@ -98,6 +101,7 @@ class FlowRegistry:
     def close(self) -> None:
         """A clean end: the log's records into the history, the log closed."""
         self.scheduler.stop()
+        self.deadlines.stop()
         self.close_journal()
 
 
