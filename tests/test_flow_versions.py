@@ -184,3 +184,156 @@ except Exception as exc:
     # took longer than that: never 6 s after the second kernel came up.
     assert finished <= max(deadline, ready) + 1.5, (finished - started, ready - started)
     assert finished >= deadline - 0.1 and ended < ready + 6 + 5
+
+
+# -- fm.patched: versions of a flow's code ------------------------------------------------------
+
+FLOW_V1 = '''
+import os
+import fm_kernel as fm
+D = os.path.dirname(os.path.abspath(__file__))
+def mark(name):
+    with open(os.path.join(D, name + ".marks"), "a") as f:
+        f.write("x\\n")
+
+@fm.step
+def pick():
+    mark("pick"); return "picked"
+
+@fm.step
+def ship_by_post():
+    mark("post"); return "post"
+
+@fm.step
+def ship_by_courier():
+    mark("courier"); return "courier"
+
+@fm.flow
+def shipping():
+    pick()
+{body}
+    fm.wait_for("go", timeout=600)
+    return how
+'''
+OLD = "    how = ship_by_post()"
+NEW = """    if fm.patched("courier"):
+        how = ship_by_courier()
+    else:
+        how = ship_by_post()"""
+
+
+def _kill(k: Kernel) -> None:
+    try:
+        k.kill9()
+    finally:
+        if k.km.is_alive():
+            k.shutdown()
+
+
+def _waiting(k: Kernel, run_var: str) -> None:
+    wait_until(lambda: check(k, f"print({run_var}.status)").strip() == "waiting", what=run_var)
+    check(k, "flows.registry().journal.flush()")
+
+
+def test_a_patched_flow_keeps_old_runs_on_the_old_path(tmp_path: Path) -> None:
+    env = {"FM_HISTORY": str(tmp_path / "history.duckdb")}
+    module = tmp_path / "shipflow.py"
+    module.write_text(FLOW_V1.format(body=OLD))
+    k1 = Kernel(env=env, cwd=tmp_path)
+    try:
+        check(k1, PRELUDE + "\nimport shipflow\nold = shipflow.shipping.start()")
+        old_id = check(k1, "print(old.id)").strip()
+        _waiting(k1, "old")  # past ship_by_post: its result is journaled
+    finally:
+        _kill(k1)
+    module.write_text(FLOW_V1.format(body=NEW))  # the code changes while no kernel runs
+    k2 = Kernel(env=env, cwd=tmp_path)
+    try:
+        check(k2, PRELUDE + "\nimport shipflow\nnew = shipflow.shipping.start()")
+        new_id = check(k2, "print(new.id)").strip()
+        _waiting(k2, "new")
+        check(k2, f"old = fm.get_run({old_id!r})")
+        _waiting(k2, "old")  # resumed on the new code: replay took the old branch
+    finally:
+        _kill(k2)
+    with Kernel(env=env, cwd=tmp_path) as k3:  # the new run replays its patch marker
+        out = check(k3, "import fm_kernel as fm, json\n"
+                        f"runs = [fm.get_run(i) for i in ({old_id!r}, {new_id!r})]\n"
+                        "for r in runs: r.signal('go')\n"
+                        "print(json.dumps([r.result(30) for r in runs]))", timeout=90)
+    assert json.loads(out.strip().splitlines()[-1]) == ["post", "courier"], out
+    assert lines(tmp_path / "post.marks") == ["x"], "the old run's ship_by_post ran again"
+    assert lines(tmp_path / "courier.marks") == ["x"], "ship_by_courier ran again (or for the old run)"
+    steps = query(tmp_path / "history.duckdb", "SELECT run_id, position, name FROM run_steps "
+                  "WHERE status = 'ok' ORDER BY run_id, position")
+    by_run = {rid: [n for r, _, n in steps if r == rid] for rid in (old_id, new_id)}
+    assert by_run[old_id] == ["pick", "ship_by_post", "fm.wait_for(go)"], by_run
+    assert by_run[new_id] == ["pick", "fm.patched(courier)", "ship_by_courier", "fm.wait_for(go)"], by_run
+
+
+def test_a_removed_patch_call_is_named_and_patched_is_true_outside_flows(fk: Kernel) -> None:
+    check(fk, """
+@fm.step
+def s():
+    return 1
+@fm.flow
+def evolving():
+    if fm.patched("p1"):
+        s()
+    return "ok"
+er = evolving.start(); assert er.result(10) == "ok"
+@fm.flow
+def evolving():      # the patch call removed while a run that took it may replay
+    s()
+    return "ok"
+assert fm.patched("anything") is True   # outside a flow there is no older code to agree with
+""")
+    ename, evalue = fails(fk, "er.fork(from_step=3).result(10)")
+    assert ename == "NondeterminismError", evalue
+    assert "'fm.patched(p1)'" in evalue and "keep that call" in evalue, evalue
+    ename, evalue = fails(fk, "fm.patched('')")
+    assert ename == "UsageError" and "non-empty" in evalue, evalue
+
+
+EDITED_V1 = '''
+import fm_kernel as fm
+
+@fm.step
+def load():
+    return 1
+
+@fm.flow
+def nightly():
+    load()
+    fm.wait_for("go", timeout=600)
+    return "done"
+'''
+EDITED_V2 = EDITED_V1.replace("    load()\n", "    fm.now()\n    load()\n")
+
+
+def test_a_run_whose_code_changed_ends_failed_naming_fm_patched(tmp_path: Path) -> None:
+    env = {"FM_HISTORY": str(tmp_path / "history.duckdb")}
+    module = tmp_path / "nightly_flow.py"
+    module.write_text(EDITED_V1)
+    k1 = Kernel(env=env, cwd=tmp_path)
+    try:
+        check(k1, PRELUDE + "\nimport nightly_flow\nrun = nightly_flow.nightly.start()")
+        run_id = check(k1, "print(run.id)").strip()
+        _waiting(k1, "run")
+    finally:
+        _kill(k1)
+    module.write_text(EDITED_V2)
+    with Kernel(env=env, cwd=tmp_path) as k2:
+        t0 = time.time()
+        out = check(k2, f"""
+import fm_kernel as fm, json
+try:
+    fm.get_run({run_id!r}).result(20)
+except Exception as exc:
+    print(json.dumps([type(exc).__name__, str(exc), fm.get_run({run_id!r}).status]))
+""", timeout=60)
+        took = time.time() - t0
+    ename, message, status = json.loads(out.strip().splitlines()[-1])
+    assert ename == "NondeterminismError" and status == "failed", (ename, message, status)
+    assert "fm.patched" in message and "position 1" in message and "'load'" in message, message
+    assert took < 15, f"the run took {took:.0f}s to end"

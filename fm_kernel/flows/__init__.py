@@ -4,8 +4,8 @@ out work. This module is the public face (``fm.flow``, ``fm.step``, ``Run``…);
 the machinery is behind it, each module importing only those below it:
 
     routes     the endpoint's flow routes (passed to the endpoint by whoever starts it)
-    ops        journaled primitives inside a flow: now/random/uuid4, sleep,
-               callback, wait_for, map; callback delivery
+    ops        journaled primitives inside a flow: now/random/uuid4, patched,
+               sleep, callback, wait_for, map; callback delivery
     dask_map   fm.map on a Dask cluster
     runs       Flow, starting runs (child runs once), registration and resume
     run        Run: its record, execution, result, cancel, timeout, fork, signals
@@ -28,7 +28,7 @@ from ..errors import (
     Timeout,
 )
 from .context import FlowRegistry, StepContext, configure, registry, step_context
-from .ops import Callback, callback, map, now, random, sleep, uuid4, wait_for
+from .ops import Callback, callback, map, now, patched, random, sleep, uuid4, wait_for
 from .runs import Flow, flow  # before .run's runs(): importing the module .runs sets that name
 from .run import Run, get_run, runs
 from .steps import Step, step
@@ -40,4 +40,5 @@ __all__ = [
     "NondeterminismError", "NotStorable", "Run", "Step", "StepContext", "StepError", "Timeout",
     "callback", "configure", "flow", "get_run", "map", "now", "random", "registry", "runs", "sleep",
     "step", "step_context", "task", "uuid4", "wait_for", "event_source", "send_event", "wait_event",
+    "patched",
 ]

@@ -185,8 +185,7 @@ class RunContext:
             raise NondeterminismError(
                 f"run {self.run.id} of flow {self.run.flow_name!r}: position {p} was recorded as "
                 f"{rec['name']!r} but the flow now calls {name!r} there; the flow's code changed "
-                "since this run was recorded; start a new run, or "
-                f"run.fork(from_step={p}) to re-execute from {p} with the current code")
+                f"since this run was recorded. {_fixes(p, rec['name'])}")
         return rec
 
     def record(self, p: int, name: str, status: str, attempt: int = 0, started: float | None = None,
@@ -200,6 +199,18 @@ class RunContext:
         registry().journal.append("step", row)
         with self.lock:
             self._remember(row)
+
+
+def _fixes(p: int, recorded: str) -> str:
+    """What to do about a run recorded by other code (NondeterminismError)."""
+    if recorded.startswith("fm.patched("):
+        return (f"This run took the path of {recorded} there: keep that call (and its branch) "
+                "while runs that took it are pending, or start a new run, or "
+                f"run.fork(from_step={p}) to re-execute from {p} with the current code")
+    return ('To let runs recorded by the old code finish on it, guard the change with '
+            '`if fm.patched("some-name"):` (new code) `else:` (the old code), at the place '
+            f"where the code differs; or start a new run, or run.fork(from_step={p}) to "
+            f"re-execute from {p} with the current code")
 
 
 CURRENT_RUN: contextvars.ContextVar[RunContext | None] = contextvars.ContextVar(
