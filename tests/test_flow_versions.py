@@ -12,6 +12,7 @@ imports the module again, so the resumed run meets the edited code."""
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -337,3 +338,25 @@ except Exception as exc:
     assert ename == "NondeterminismError" and status == "failed", (ename, message, status)
     assert "fm.patched" in message and "position 1" in message and "'load'" in message, message
     assert took < 15, f"the run took {took:.0f}s to end"
+
+
+# -- the docs ----------------------------------------------------------------------------------
+
+FLOWS_MD = Path(__file__).resolve().parent.parent / "docs" / "flows.md"
+
+
+def blocks(section: str, lang: str) -> list[str]:
+    body = FLOWS_MD.read_text().split(f"\n## {section}\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(rf"```{lang}\n(.*?)```", body, re.S)
+
+
+@pytest.mark.parametrize("section, printed, found", [
+    ("Run timeouts", "cancelled | run ", "approval"),
+    ("Changing a flow's code: `fm.patched`", "courier", ""),  # no run pending: no rows
+])
+def test_the_docs_samples_run_as_written(fk: Kernel, section: str, printed: str, found: str) -> None:
+    (code,) = blocks(section, "python")
+    assert printed in check(fk, code)
+    for q in blocks(section, "sql"):
+        assert found in check(fk, f"print(fm.history().sql({q!r}).to_string())")
+
