@@ -78,7 +78,10 @@ def listens():
 @fm.flow(timeout=1)
 def calls_back():
     fm.callback().wait()
-timed = [naps.start(), listens.start(timeout=1), calls_back.start()]
+@fm.flow(timeout=1)
+async def naps_async():
+    await fm.sleep(60)
+timed = [naps.start(), listens.start(timeout=1), calls_back.start(), naps_async.start()]
 t0 = time.time()
 errors = []
 for r in timed:
@@ -90,8 +93,8 @@ waited = time.time() - t0
 """)
     out = check(fk, "print(json.dumps([errors, waited, [r.status for r in timed], [r.id for r in timed]]))")
     errors, waited, statuses, ids = json.loads(out)
-    assert errors == ["Timeout"] * 3, errors
-    assert statuses == ["cancelled"] * 3, statuses
+    assert errors == ["Timeout"] * 4, errors
+    assert statuses == ["cancelled"] * 4, statuses
     assert waited < 5, f"the runs ended {waited:.1f}s after they started, not ~1 s"
     for rid in ids:
         (row,) = sql(fk, "SELECT status, error->>'type', epoch(deadline) - epoch(started_at),"
@@ -159,8 +162,11 @@ def test_a_run_timeout_keeps_its_deadline_across_kill9(tmp_path: Path) -> None:
     k = Kernel(env=env)
     try:
         check(k, PRELUDE + "\n@fm.flow(timeout=6)\ndef long_nap():\n    fm.sleep(600)\n"
-                 "nap = long_nap.start()")
-        run_id = check(k, "print(nap.id)").strip()
+                 "nap = long_nap.start()\n"
+                 # a run whose flow the next kernel will not have: it times out all the same
+                 "@fm.flow(timeout=6)\ndef forgotten():\n    fm.sleep(600)\n"
+                 "lost = forgotten.start()\ndel forgotten")
+        run_id, lost_id = check(k, "print(nap.id, lost.id)").split()
         time.sleep(1.0)
         k.kill9()
     finally:
@@ -168,15 +174,17 @@ def test_a_run_timeout_keeps_its_deadline_across_kill9(tmp_path: Path) -> None:
             k.shutdown()
     with Kernel(env=env) as k2:
         ready = time.time()
-        ename = check(k2, f"""
+        out = check(k2, f"""
 import fm_kernel as fm
-try:
-    fm.get_run({run_id!r}).result(30)
-except Exception as exc:
-    print(type(exc).__name__)
-""", timeout=60).strip().splitlines()[-1]
+for rid in ({run_id!r}, {lost_id!r}):
+    try:
+        fm.get_run(rid).result(30)
+    except Exception as exc:
+        print(type(exc).__name__, fm.get_run(rid).status)
+""", timeout=60)
         ended = time.time()
-    assert ename == "Timeout", ename
+    assert "1 wait for their flow to be defined (forgotten/" in out, out
+    assert out.strip().splitlines()[-2:] == ["Timeout cancelled"] * 2, out
     ((started, deadline, finished, status),) = query(
         tmp_path / "history.duckdb", "SELECT epoch(started_at), epoch(deadline), epoch(finished_at),"
         " status FROM runs WHERE run_id = ?", [run_id])
