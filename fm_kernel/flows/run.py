@@ -74,6 +74,7 @@ class Run:
         self._error: BaseException | None = None
         self._executing = False
         self._cancelled = False
+        self._body_ended = False  # an async body returned or raised: its threads stop
         self._finished = False  # its final status is written (here, or as recorded)
         self._end = threading.Lock()  # cancel() against the final write
         self._done = threading.Event()
@@ -266,6 +267,8 @@ class Run:
             if isinstance(self._stop_error, Timeout):
                 raise Timeout(str(self._stop_error))
             raise Cancelled(f"run {self.id} of {self.flow_name!r} was cancelled")
+        if self._body_ended:  # nobody awaits this operation any more (_async_body)
+            raise Cancelled(f"run {self.id} of {self.flow_name!r}: its flow body has ended")
 
     @property
     def started_at(self) -> float:
@@ -341,7 +344,7 @@ class Run:
         token = CURRENT_RUN.set(RunContext(self, rows, self._flow.is_async))
         try:
             if self._flow.is_async:
-                value = asyncio.run(self._flow.fn(*self._args, **self._kwargs))
+                value = asyncio.run(self._async_body())
             else:
                 value = self._flow.fn(*self._args, **self._kwargs)
             text = j.encode(value, f"the result of flow {self.flow_name!r} (run {self.id})")
@@ -357,6 +360,18 @@ class Run:
             finally:
                 self._executing = False
                 self._done.set()
+
+    async def _async_body(self) -> Any:
+        self._body_ended = False
+        try:
+            return await self._flow.fn(*self._args, **self._kwargs)
+        finally:
+            # A sleep or wait gathered beside a step that raised (a changed
+            # step name on replay, say) still blocks a thread, and asyncio.run
+            # joins those threads before returning: wake them to give up, or
+            # the run would hang until that sleep or wait ended (perhaps never).
+            self._body_ended = True
+            self.wake()
 
     def _succeeded(self, value: Any, text: str) -> None:
         with self._end:
