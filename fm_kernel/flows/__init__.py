@@ -5,11 +5,12 @@ the machinery is behind it, each module importing only those below it:
 
     routes     the endpoint's flow routes (passed to the endpoint by whoever starts it)
     messages   messages between runs (send/recv) and events a run publishes (set_event)
-    ops        journaled primitives inside a flow: now/random/uuid4, sleep,
-               callback, wait_for, map; callback delivery
+    ops        journaled primitives inside a flow: now/random/uuid4, patched,
+               sleep, callback, wait_for, map; callback delivery
     dask_map   fm.map on a Dask cluster
     runs       Flow, starting runs (child runs once), registration and resume
-    run        Run: its record, execution, result, cancel, fork, signals, get_event
+    run        Run: its record, execution, result, cancel, timeout, fork, signals, get_event
+    deadlines  run timeouts: validation, the thread that expires runs
     steps      Step, attempts, retries, timeouts
     context    FlowRegistry (one per process, owned by the runtime), the
                current run and step, replay
@@ -28,7 +29,7 @@ from ..errors import (
     Timeout,
 )
 from .context import FlowRegistry, StepContext, configure, registry, step_context
-from .ops import Callback, callback, map, now, random, sleep, uuid4, wait_for
+from .ops import Callback, callback, map, now, patched, random, sleep, uuid4, wait_for
 from .runs import Flow, flow  # before .run's runs(): importing the module .runs sets that name
 from .run import Run, get_run, runs
 from .steps import Step, step
@@ -41,5 +42,5 @@ __all__ = [
     "NondeterminismError", "NotStorable", "Run", "Step", "StepContext", "StepError", "Timeout",
     "callback", "configure", "flow", "get_run", "map", "now", "random", "registry", "runs", "sleep",
     "step", "step_context", "task", "uuid4", "wait_for", "event_source", "send_event", "wait_event",
-    "recv", "send", "set_event",
+    "recv", "send", "set_event", "patched",
 ]

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..errors import FlowError, NondeterminismError, StepError
+from .deadlines import Deadlines
 from .journal import Journal
 from .schedule import Scheduler
 
@@ -33,7 +34,8 @@ if TYPE_CHECKING:
 class FlowRegistry:
     """Everything flows keep per process: the defined flows by name, the
     live Run handles, pending runs waiting for their flow's definition,
-    callbacks made here, the journal, the endpoint's URL and the scheduler.
+    callbacks made here, the journal, the endpoint's URL, the scheduler and
+    the watch on run deadlines.
 
     ``store`` and ``base_url`` may be callables: the runtime passes its own
     accessors, so nothing is opened before the first flow needs it."""
@@ -51,6 +53,7 @@ class FlowRegistry:
         self._base_url = base_url
         self._journal: Journal | None = None
         self.scheduler = Scheduler(lambda: self.journal)
+        self.deadlines = Deadlines()  # run timeouts (deadlines.py)
 
     @property
     def journal(self) -> Journal:
@@ -98,6 +101,7 @@ class FlowRegistry:
     def close(self) -> None:
         """A clean end: the log's records into the history, the log closed."""
         self.scheduler.stop()
+        self.deadlines.stop()
         self.close_journal()
 
 
@@ -188,8 +192,7 @@ class RunContext:
             raise NondeterminismError(
                 f"run {self.run.id} of flow {self.run.flow_name!r}: position {p} was recorded as "
                 f"{rec['name']!r} but the flow now calls {name!r} there; the flow's code changed "
-                "since this run was recorded; start a new run, or "
-                f"run.fork(from_step={p}) to re-execute from {p} with the current code")
+                f"since this run was recorded. {_fixes(p, rec['name'])}")
         return rec
 
     def record(self, p: int, name: str, status: str, attempt: int = 0, started: float | None = None,
@@ -203,6 +206,18 @@ class RunContext:
         registry().journal.append("step", row)
         with self.lock:
             self._remember(row)
+
+
+def _fixes(p: int, recorded: str) -> str:
+    """What to do about a run recorded by other code (NondeterminismError)."""
+    if recorded.startswith("fm.patched("):
+        return (f"This run took the path of {recorded} there: keep that call (and its branch) "
+                "while runs that took it are pending, or start a new run, or "
+                f"run.fork(from_step={p}) to re-execute from {p} with the current code")
+    return ('To let runs recorded by the old code finish on it, guard the change with '
+            '`if fm.patched("some-name"):` (new code) `else:` (the old code), at the place '
+            f"where the code differs; or start a new run, or run.fork(from_step={p}) to "
+            f"re-execute from {p} with the current code")
 
 
 CURRENT_RUN: contextvars.ContextVar[RunContext | None] = contextvars.ContextVar(

@@ -54,12 +54,12 @@ FINISHED_STATUSES = ("succeeded", "failed", "cancelled")
 _LSN_KEY = "flow_log_lsn"
 
 RUN_COLS = ("run_id", "flow", "status", "args", "result", "error", "started_at", "finished_at",
-            "forked_from_run", "forked_from_step", "parent_run", "parent_position")
+            "forked_from_run", "forked_from_step", "parent_run", "parent_position", "deadline")
 STEP_COLS = ("run_id", "position", "name", "status", "attempt", "started_at", "finished_at",
              "duration_ms", "result", "error", "detail")
 EVENT_COLS = ("at", "kind", "run_id", "payload")
-_TIME_COLS = {"started_at", "finished_at"}
-_TYPES = {"started_at": "TIME", "finished_at": "TIME", "at": "TIME", "position": "INTEGER",
+_TIME_COLS = {"started_at", "finished_at", "deadline"}
+_TYPES = {"started_at": "TIME", "finished_at": "TIME", "deadline": "TIME", "at": "TIME", "position": "INTEGER",
           "attempt": "INTEGER", "forked_from_step": "INTEGER", "parent_position": "INTEGER",
           "duration_ms": "DOUBLE",
           "args": "JSON", "result": "JSON", "error": "JSON", "detail": "JSON", "payload": "JSON"}
@@ -314,6 +314,14 @@ class Journal:
         res = self.store.query(
             f"SELECT {', '.join(RUN_COLS)} FROM runs WHERE list_contains(?, status)"
             " ORDER BY started_at", [list(PENDING_STATUSES)])
+        return [_epoch(r) for r in res.dicts()]
+
+    def pending_children(self, run_id: str) -> list[dict[str, Any]]:
+        """The runs ``run_id`` started from its body (child runs) that have not finished."""
+        self.flush()
+        res = self.store.query(
+            f"SELECT {', '.join(RUN_COLS)} FROM runs WHERE parent_run = ?"
+            " AND list_contains(?, status) ORDER BY started_at", [run_id, list(PENDING_STATUSES)])
         return [_epoch(r) for r in res.dicts()]
 
     def runs(self, limit: int | None = None):

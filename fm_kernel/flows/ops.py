@@ -1,6 +1,6 @@
 """The journaled primitives used inside flows (spec: "Python API: Flows"):
-now/random/uuid4, sleep, callback, wait_for, map, and the delivery of
-callbacks. Each takes the next position of the run's context and replays a
+now/random/uuid4, patched, sleep, callback, wait_for, map, and the delivery
+of callbacks. Each takes the next position of the run's context and replays a
 recorded result as steps do (context.py); the run itself is driven through
 its small API (set_status, pause, wake, wait_wake, check_cancel).
 """
@@ -18,7 +18,7 @@ import time
 import uuid
 from typing import Any, Callable, Iterable
 
-from ..errors import FlowError, Timeout
+from ..errors import FlowError, Timeout, UsageError
 from . import dask_map
 from .context import CURRENT_RUN, CURRENT_STEP, RunContext, registry, replay
 from .journal import Journal
@@ -53,6 +53,31 @@ def random() -> float:
 def uuid4() -> uuid.UUID:
     """uuid.uuid4(), journaled inside a flow."""
     return _value("fm.uuid4", uuid.uuid4, lambda v: v.hex, lambda v: uuid.UUID(v))
+
+
+def patched(name: str) -> bool:
+    """Whether this run takes the code path added under ``name`` (Temporal's
+    ``workflow.patched``). A run reaching this point for the first time
+    journals a marker here and gets True; replay returns True where the
+    marker is. A run whose journal holds something else at this position
+    was recorded by the code from before the patch: it gets False, and the
+    position stays for that older operation, so the run replays the old
+    path. Outside a flow: True (there is nothing older to agree with)."""
+    if not isinstance(name, str) or not name:
+        raise UsageError(f"fm.patched({name!r}): the name must be a non-empty string")
+    ctx = CURRENT_RUN.get()
+    if ctx is None:
+        return True
+    opname = f"fm.patched({name})"
+    with ctx.lock:  # look and take in one go: a position taken meanwhile would be skipped
+        p = ctx.next
+        rec = ctx.latest.get(p)
+        if rec is not None and rec["name"] != opname:
+            return False
+        ctx.next = p + 1
+    if rec is None:
+        ctx.record(p, opname, "ok", 1, result="true")
+    return True
 
 
 def _maybe_async(ctx: RunContext, fn: Callable[..., Any], *args: Any) -> Any:

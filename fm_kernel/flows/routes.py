@@ -17,6 +17,7 @@ import tornado.web
 from ..endpoint import ApiHandler
 from ..errors import FlowError, NoSuchFlow, NoSuchRun, RunFinished, UsageError
 from .context import registry
+from .deadlines import validate_timeout
 from .journal import FINISHED_STATUSES
 from .messages import deliver as deliver_message
 from .ops import deliver_callback
@@ -120,9 +121,11 @@ class StartRunHandler(ApiHandler):
             fl = reg.flows.get(name)
             if fl is None:
                 raise NoSuchFlow(name, reg.flows)
+            limit = validate_timeout(body.get("timeout"), name, f"POST /flows/{name}/runs")
             if run_id is None:
-                return fl.start(*body.get("args", []), **body.get("kwargs", {})).id, True
-            run, started = start_once(fl, run_id, tuple(body.get("args", [])), body.get("kwargs", {}))
+                return fl.start(*body.get("args", []), timeout=limit, **body.get("kwargs", {})).id, True
+            run, started = start_once(fl, run_id, tuple(body.get("args", [])), body.get("kwargs", {}),
+                                      limit)
             return run.id, started
 
         rid, started = await _off_loop(start)
@@ -204,7 +207,8 @@ def run_info(run_id: str) -> dict[str, Any]:
                             "started_at": row["started_at"], "finished_at": row["finished_at"],
                             "forked_from_run": row["forked_from_run"],
                             "forked_from_step": row["forked_from_step"],
-                            "parent_run": row["parent_run"], "parent_position": row["parent_position"]}
+                            "parent_run": row["parent_run"], "parent_position": row["parent_position"],
+                            "deadline": row["deadline"]}
     # The result as stored: plain JSON, or a marker for a pickled value.
     info["result"] = json.loads(row["result"]) if row["result"] else None
     if row["error"]:
