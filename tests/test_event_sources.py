@@ -16,6 +16,8 @@ import fm_kernel as fm
 
 @fm.step
 def read(path):
+    import time
+    time.sleep(0.5)  # so a kill finds runs in flight
     with open(path) as f:
         return f.read().strip()
 
@@ -76,6 +78,8 @@ def test_a_hundred_files_start_a_hundred_runs_across_two_kill9s(tmp_path: Path) 
         assert sorted(json.loads(r[0]) for r in results["rows"]) == sorted(  # type: ignore[index]
             f"row-{i}" for i in range(100))
         assert _one(api, RECEIVED) == 100
+        # the kills came while runs were going: the next kernels resumed them
+        assert _one(api, "SELECT count(*) FROM events WHERE kind = 'run_resumed'") > 0
         assert _one(api, "SELECT count(DISTINCT data->>'path') FROM received_events"
                          " WHERE name = 'files:ingest'") == 100
         assert _one(api, "SELECT any_value(source) FROM received_events") \
