@@ -144,7 +144,8 @@ def _flows_on(name: str) -> list[Any]:
     reg = registry()
     with reg.lock:
         return [fl for fl in reg.flows.values()
-                if getattr(fl, "on", None) == name or getattr(fl.on, "event", None) == name]
+                if getattr(fl, "on", None) == name
+                or getattr(getattr(fl, "on", None), "event", None) == name]
 
 
 def run_id_for(fl: Any, name: str, delivery_id: str) -> str:

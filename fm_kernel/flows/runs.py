@@ -163,7 +163,8 @@ def _register(fl: Flow) -> None:
 def _watch(fl: Flow) -> None:
     """Start the flow's event source (fm.files, fm.poll: sources.py, above
     this module, so reached by its method), stopping the one it replaces."""
-    source = fl.on if hasattr(fl.on, "attach") else None
+    on = getattr(fl, "on", None)
+    source = on if hasattr(on, "attach") else None
     registry().set_source(fl.name, source)
     if source is not None:
         source.attach(fl)

@@ -91,7 +91,7 @@ class Source:
         while not stop.is_set():
             try:
                 if not caught_up:
-                    self.start(fl)
+                    self.catch_up(fl)
                     caught_up = True
                 self.tick(fl, stop)
             except Exception:  # the next tick tries again; never silently
@@ -99,7 +99,7 @@ class Source:
                               self.label, fl.name, self.event, self.every)
             stop.wait(self.every)
 
-    def start(self, fl: Any) -> set[str]:
+    def catch_up(self, fl: Any) -> set[str]:
         """Start the runs missing for events this source stored (a kill came
         between the commit and the runs); the delivery ids it stored."""
         reg = registry()
@@ -150,8 +150,8 @@ class FileSource(Source):
     def label(self) -> str:
         return f"files:{self.pattern}"
 
-    def start(self, fl: Any) -> set[str]:
-        self._seen = super().start(fl)
+    def catch_up(self, fl: Any) -> set[str]:
+        self._seen = super().catch_up(fl)  # files stored before are not looked at again
         return self._seen
 
     def tick(self, fl: Any, stop: threading.Event) -> None:
