@@ -215,3 +215,57 @@ def test_events_stored_before_a_kill_get_their_runs_when_the_source_starts(
                   "    if [r.result for r in fm.runs().itertuples() if r.flow == 'late'] == "
                   "['\"gone.csv\"']: break\n    time.sleep(0.1)\nelse:\n    raise AssertionError(fm.runs())",
           timeout=30)
+
+
+ATOMIC = r'''
+import threading
+import fm_kernel as fm
+from fm_kernel import flows
+from fm_kernel.flows.sources import PollSource
+from fm_kernel.record.store import Store
+
+store = Store.open({path!r})
+flows.configure(store)
+src = PollSource(lambda c: (["a", "b", "c"][c or 0:], 3), every=60)
+
+@fm.flow(on=src)
+def h(item):
+    return item
+
+src.event = "poll:h"  # what attach() sets; the ticks are driven here, not by its thread
+real = store.append_events
+
+def dies_writing_the_cursor(rows):  # after the rows are written, before any commit
+    real(rows)
+    if any(kind == "poll_cursor" for kind, *_ in rows):
+        raise RuntimeError("the process dies here")
+
+store.append_events = dies_writing_the_cursor
+try:
+    src.tick(h, threading.Event())
+except RuntimeError as exc:
+    print("tick 1:", exc)
+count = "SELECT count(*) FROM fm_events WHERE kind = ?"
+print("after:", store.query(count, ["event_received"]).rows, store.query(count, ["poll_cursor"]).rows)
+store.append_events = real
+src.tick(h, threading.Event())
+src.tick(h, threading.Event())  # nothing new: nothing written
+print("again:", store.query(count, ["event_received"]).rows, store.query(count, ["poll_cursor"]).rows,
+      src.cursor(store))
+print(sorted(fm.get_run(r).result(10) for r, in store.query("SELECT DISTINCT run_id FROM fm_run_records").rows))
+flows.registry().close()
+store.close()
+'''
+
+
+def test_a_poll_tick_commits_its_items_and_cursor_together_or_neither(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", ATOMIC.format(path=str(tmp_path / "h.duckdb"))],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "tick 1: the process dies here" in out.stdout, out.stdout
+    assert "after: [(0,)] [(0,)]" in out.stdout, out.stdout  # no item without its cursor
+    assert "again: [(3,)] [(1,)] (1, 3)" in out.stdout, out.stdout
+    assert "['a', 'b', 'c']" in out.stdout, out.stdout
