@@ -1,6 +1,7 @@
 """The OpenAPI document and the routes cannot drift apart: every (method,
 path) a kernel's endpoint serves is in fm_kernel/endpoint/openapi.yaml and
-every one there is served; docs/openapi.yaml is that same file."""
+every one there is served, the routes that need no token are the ones it
+marks so; docs/openapi.yaml is that same file."""
 
 from __future__ import annotations
 
@@ -57,6 +58,18 @@ def test_every_served_route_is_documented_and_every_documented_one_served() -> N
     assert ("post", "/events/{}") in served and ("get", "/openapi.json") in served  # the checker sees
     assert not served - documented, f"served but missing from {DOCUMENT.name}: {sorted(served - documented)}"
     assert not documented - served, f"in {DOCUMENT.name} but not served: {sorted(documented - served)}"
+
+
+def test_the_routes_without_a_token_are_the_ones_documented_so() -> None:
+    doc = document()
+    open_in_doc = {(m, re.sub(r"\{[^}]+\}", "{}", path)) for path, ops in doc["paths"].items()
+                   for m, op in ops.items() if m in METHODS
+                   and (op.get("security", doc["security"]) == [] or {} in op.get("security", []))}
+    open_served = {(m, _template(p)) for p, h in (*BUILTIN_ROUTES, *endpoint_routes())
+                   for m in METHODS if not h.needs_token
+                   and getattr(h, m) is not getattr(tornado.web.RequestHandler, m)}
+    assert open_served == open_in_doc == {("post", "/callbacks/{}"), ("post", "/events/{}"),
+                                          ("get", "/openapi.json")}
 
 
 def test_docs_openapi_yaml_is_the_shipped_file() -> None:
