@@ -16,6 +16,8 @@ the machinery is behind it, each module importing only those below it:
                current run and step, replay
     schedule   cron schedules
     tasks      fm.task: steps done by worker processes over HTTP (task_routes: their routes)
+    events     named events: POST /events/<name> (event_routes), @flow(on=name), wait_event
+    sources    fm.files, fm.poll: watcher threads that deliver named events
     journal    run journals: the append-only flow log, checkpointed into DuckDB
 
 ``registry()`` is internal but supported: tools and tests reach the journal
@@ -36,11 +38,12 @@ from .steps import Step, step
 from .tasks import task
 from .events import event_source, send_event, wait_event
 from .messages import recv, send, set_event
+from .sources import files, poll
 
 __all__ = [
     "Callback", "Cancelled", "Flow", "FlowError", "FlowRegistry", "NoSuchFlow", "NoSuchRun",
     "NondeterminismError", "NotStorable", "Run", "Step", "StepContext", "StepError", "Timeout",
     "callback", "configure", "flow", "get_run", "map", "now", "random", "registry", "runs", "sleep",
     "step", "step_context", "task", "uuid4", "wait_for", "event_source", "send_event", "wait_event",
-    "recv", "send", "set_event", "patched",
+    "recv", "send", "set_event", "patched", "files", "poll",
 ]

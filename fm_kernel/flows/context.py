@@ -47,6 +47,7 @@ class FlowRegistry:
         self.orphans: dict[str, set[str]] = {}
         self.callbacks: dict[str, str] = {}  # callback id -> run id, for those made here
         self.event_secrets: dict[str, str | None] = {}  # fm.event_source (events.py)
+        self.sources: dict[str, Any] = {}  # flow name -> its running fm.files/fm.poll (sources.py)
         self.lock = threading.RLock()
         self.ready = False  # pending runs resumed: later definitions resume theirs at once
         self._store = store
@@ -83,6 +84,17 @@ class FlowRegistry:
         with self.lock:
             self.flows.pop(name, None)
         self.scheduler.remove(name)
+        self.set_source(name, None)
+
+    def set_source(self, name: str, source: Any) -> None:
+        """Make ``source`` (or None) the running event source of flow ``name``,
+        stopping the one it replaces (a re-run cell defines the flow anew)."""
+        with self.lock:
+            old = self.sources.pop(name, None)
+            if source is not None:
+                self.sources[name] = source
+        if old is not None and old is not source:
+            old.stop()
 
     def flush(self) -> None:
         """Move journal records still in the log into the history (before an export)."""
@@ -102,6 +114,10 @@ class FlowRegistry:
         """A clean end: the log's records into the history, the log closed."""
         self.scheduler.stop()
         self.deadlines.stop()
+        with self.lock:
+            sources, self.sources = list(self.sources.values()), {}
+        for source in sources:
+            source.stop()
         self.close_journal()
 
 

@@ -166,8 +166,20 @@ def _register(fl: Flow) -> None:
         waiting = reg.orphans.pop(fl.name, set()) if reg.ready else set()
     for run_id in sorted(waiting):
         _resume(fl, run_id)
-    if fl.schedule is not None and reg.ready:
-        reg.scheduler.add(fl)
+    if reg.ready:
+        if fl.schedule is not None:
+            reg.scheduler.add(fl)
+        _watch(fl)
+
+
+def _watch(fl: Flow) -> None:
+    """Start the flow's event source (fm.files, fm.poll: sources.py, above
+    this module, so reached by its method), stopping the one it replaces."""
+    on = getattr(fl, "on", None)
+    source = on if hasattr(on, "attach") else None
+    registry().set_source(fl.name, source)
+    if source is not None:
+        source.attach(fl)
 
 
 def _resume(fl: Flow, run_id: str) -> bool:
@@ -216,6 +228,7 @@ def resume_pending(rt: Any = None) -> list[str]:
     for fl in list(reg.flows.values()):
         if fl.schedule is not None:
             reg.scheduler.add(fl)
+        _watch(fl)
     if rt is not None and (resumed or waiting):
         line = f"flowmetal: resumed {len(resumed)} flow run(s){_which(resumed)}"
         if waiting:
