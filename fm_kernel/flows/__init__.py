@@ -9,7 +9,8 @@ the machinery is behind it, each module importing only those below it:
                sleep, callback, wait_for, map; callback delivery
     dask_map   fm.map on a Dask cluster
     runs       Flow, starting runs (child runs once), registration and resume
-    run        Run: its record, execution, result, cancel, timeout, fork, signals, get_event
+    run        Run: its record, execution, result, cancel, timeout, fork, signals
+    run_events run.get_event: the values a run publishes, read and waited for
     deadlines  run timeouts: validation, the thread that expires runs
     steps      Step, attempts, retries, timeouts
     context    FlowRegistry (one per process, owned by the runtime), the

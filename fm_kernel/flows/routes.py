@@ -21,7 +21,8 @@ from .deadlines import validate_timeout
 from .journal import FINISHED_STATUSES
 from .messages import deliver as deliver_message
 from .ops import deliver_callback
-from .run import deliver_signal, event_state, get_run
+from .run import deliver_signal, get_run
+from .run_events import event_state
 from .runs import start_once
 
 _ID = r"([A-Za-z0-9_\-]{1,128})"

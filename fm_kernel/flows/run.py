@@ -16,6 +16,7 @@ from typing import Any
 
 from ..errors import Cancelled, NoSuchFlow, NoSuchRun, NotStorable, RunFinished, StepError, Timeout
 from .context import CURRENT_RUN, RunContext, registry, replay
+from . import run_events
 from .journal import FINISHED_STATUSES, Journal
 
 # A run's flow is a runs.Flow (not imported: runs.py sits above this module);
@@ -186,55 +187,7 @@ class Run:
         without setting it, since it never will. Inside a flow it is
         journaled: the deadline first, then the answer replay returns.
         Awaitable in async flows."""
-        ctx = CURRENT_RUN.get()
-        if ctx is None:
-            return self._event(key, timeout)
-        p = ctx.take()
-        rec = ctx.check(p, f"fm.get_event({key})")
-        done, value = replay(rec)
-        if done:
-            return asyncio.to_thread(lambda: value) if ctx.is_async else value
-        if ctx.is_async:
-            return asyncio.to_thread(self._journaled_event, ctx, p, rec, key, timeout)
-        return self._journaled_event(ctx, p, rec, key, timeout)
-
-    def _journaled_event(self, ctx: RunContext, p: int, rec: dict[str, Any] | None, key: str,
-                         timeout: float | None) -> Any:
-        opname, detail = f"fm.get_event({key})", {"run_id": self.id, "key": key}
-        if rec is not None and rec["status"] == "waiting":
-            deadline = rec["detail"].get("deadline")
-        else:
-            deadline = None if timeout is None else time.time() + timeout
-            ctx.record(p, opname, "waiting", detail={**detail, "deadline": deadline})
-        ctx.run.set_status("waiting")
-        try:
-            value = self._event(key, None if deadline is None else max(0.0, deadline - time.time()),
-                                waiter=ctx.run)
-        except Timeout as exc:
-            ctx.record(p, opname, "failed", 1, error=Journal.encode_error(exc))
-            raise
-        finally:
-            ctx.run.set_status("running")
-        ctx.record(p, opname, "ok", 1, result=registry().journal.encode(value, opname), detail=detail)
-        return value
-
-    def _event(self, key: str, timeout: float | None, waiter: "Run | None" = None) -> Any:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            since = self.wakes  # set_event wakes a run's handle; polled as well
-            status, text = event_state(self.id, key)
-            if text is not None:
-                return registry().journal.decode(text)
-            if status in FINISHED_STATUSES:
-                raise Timeout(f"run {self.id} of {self.flow_name!r} finished ({status}) without "
-                              f"setting event {key!r}; it never will")
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
-                raise Timeout(f"run {self.id} of {self.flow_name!r} ({status}) has not set event "
-                              f"{key!r} after {timeout:g}s; call get_event again to wait longer")
-            if waiter is not None:  # a flow waiting here can still be cancelled
-                waiter.check_cancel()
-            self.wait_wake(since, 0.5 if left is None else min(left, 0.5))
+        return run_events.get_event(self, key, timeout)
 
     def cancel(self) -> bool:
         """Stop at the next durable operation; a running step body finishes,
@@ -485,22 +438,6 @@ def get_run(run_id: str) -> Run:
 def runs(limit: int | None = None):
     """The runs of this history, newest first, as a DataFrame."""
     return registry().journal.runs(limit).to_pandas()
-
-
-def event_state(run_id: str, key: str) -> tuple[str, str | None]:
-    """(the run's status, the JSON text of the latest value it set for
-    ``key``, or None). The status is read first: a run that had finished by
-    then had set every value it ever will."""
-    reg = registry()
-    run = reg.runs.get(run_id)
-    if run is not None and run.executing:
-        status = run.status
-    else:
-        row = reg.journal.run_row(run_id)
-        if row is None:
-            raise NoSuchRun(run_id)
-        status = row["status"]
-    return status, reg.journal.run_event(run_id, key)
 
 
 def check_open(run_id: str, what: str) -> "Run | None":
