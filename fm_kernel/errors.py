@@ -16,7 +16,7 @@ in one line.
     │   └── QueryFailed            DuckDB refused a query (internal; surfaces as SQLError)
     └── FlowError                  durable flows
         ├── NondeterminismError    replay met a different step than the journal recorded
-        ├── Timeout                a step, wait, callback or signal did not finish in time
+        ├── Timeout                a step, wait, callback, signal or run did not finish in time
         ├── Cancelled              the run was cancelled
         ├── StepError              a recorded step error whose exception cannot be rebuilt
         ├── NotStorable            a value is neither plain JSON nor picklable
@@ -138,7 +138,8 @@ class NondeterminismError(FlowError):
 
 
 class Timeout(FlowError, TimeoutError):
-    """A step, sleep-free wait, callback or signal did not finish in time."""
+    """A step, sleep-free wait, callback or signal did not finish in time, or
+    a run passed its deadline (``@flow(timeout=...)``: the run is cancelled)."""
 
 
 class Cancelled(FlowError):

@@ -35,6 +35,16 @@ def current() -> "Runtime":
     return _current
 
 
+def endpoint_routes() -> tuple[tuple[str, type], ...]:
+    """The routes a kernel's endpoint serves beside its own (/sql, /openapi.json):
+    flows, tasks, events. tests/unit/test_openapi.py holds the OpenAPI document to them."""
+    from .flows.event_routes import ROUTES as EVENT_ROUTES
+    from .flows.routes import ROUTES as FLOW_ROUTES
+    from .flows.task_routes import ROUTES as TASK_ROUTES
+
+    return FLOW_ROUTES + TASK_ROUTES + EVENT_ROUTES
+
+
 class Runtime:
     def __init__(self, kernel_id: str | None = None, history: Path | None = None):
         self.kernel_id = kernel_id or uuid.uuid4().hex
@@ -182,9 +192,6 @@ class Runtime:
         if str(store.path) == ":memory:":
             return
         from .endpoint import PORT_META, Endpoint, choose_port
-        from .flows.routes import ROUTES as FLOW_ROUTES
-        from .flows.task_routes import ROUTES as TASK_ROUTES
-        from .flows.event_routes import ROUTES as EVENT_ROUTES
 
         try:
             kept = store.meta(PORT_META)
@@ -192,7 +199,7 @@ class Runtime:
             if notice:
                 self.notices.append(notice)
             self.endpoint = Endpoint(store.path, lambda: self.require_store(), self.kernel_id,
-                                     frames=self.frame_path, routes=FLOW_ROUTES + TASK_ROUTES + EVENT_ROUTES,
+                                     frames=self.frame_path, routes=endpoint_routes(),
                                      port=port)
             self.endpoint.start()
         except Exception as exc:  # cells must run even if no port can be had

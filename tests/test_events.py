@@ -58,6 +58,10 @@ def test_signed_webhook_starts_one_run_and_redelivery_nothing_new(tmp_path: Path
         assert api("POST", "/events/order", {"id": 7, "x": "y"})[0] == 201
         status, res = api("GET", f"/runs/{wid}/result?wait=20")
         assert status == 200 and res["result"] == {"id": 7, "x": "y"}, res
+        # the endpoint describes itself, without a token
+        status, doc = api("GET", "/openapi.json", token=False)
+        assert status == 200 and doc["servers"][0]["url"] == info["url"], doc
+        assert "post" in doc["paths"]["/events/{name}"] and "/openapi.json" in doc["paths"], doc
         rows = api("POST", "/sql", {"query": "SELECT kind, payload->>'name', payload->>'delivery_id'"
                                     " FROM events WHERE kind = 'event_received' ORDER BY seq"})[1]["rows"]
         assert [r[1] for r in rows] == ["push", "order", "order"] and rows[0][2] == "d-1", rows

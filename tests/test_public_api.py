@@ -20,15 +20,16 @@ pytestmark = pytest.mark.unit
 FM_ALL = [
     "Callback", "Cancelled", "Flow", "FlowmetalError", "HistoryError", "NoSuchFlow", "NoSuchRun",
     "NondeterminismError", "NotStorable", "Run", "Step", "StepContext", "StepError", "Timeout",
-    "UsageError", "__version__", "callback", "checkout", "flow", "fork", "get_run", "history", "map",
-    "now", "random", "rewind", "runs", "sleep", "step", "step_context", "task", "undo", "uuid4",
-    "wait_for",
+    "UsageError", "__version__", "callback", "checkout", "files", "flow", "fork", "get_run", "history",
+    "map", "now", "patched", "poll", "random", "recv", "rewind", "runs", "send", "set_event", "sleep",
+    "step", "step_context", "task", "undo", "uuid4", "wait_for",
 ]
 FLOWS_ALL = [
     "Callback", "Cancelled", "Flow", "FlowError", "FlowRegistry", "NoSuchFlow", "NoSuchRun",
     "NondeterminismError", "NotStorable", "Run", "Step", "StepContext", "StepError", "Timeout",
-    "callback", "configure", "flow", "get_run", "map", "now", "random", "registry", "runs", "sleep",
-    "step", "step_context", "task", "uuid4", "wait_for", "event_source", "send_event", "wait_event",
+    "callback", "configure", "flow", "get_run", "map", "now", "patched", "random", "registry", "runs",
+    "sleep", "step", "step_context", "task", "uuid4", "wait_for", "event_source", "send_event",
+    "wait_event", "recv", "send", "set_event", "files", "poll",
 ]
 WIDGETS_ALL = [
     "DEFAULT_PANELS", "DiffWidget", "InspectWidget", "RunsWidget", "Source", "TimelineWidget",

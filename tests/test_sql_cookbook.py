@@ -222,6 +222,7 @@ EXPECTED: dict[str, Callable[[Rows], None]] = {
     "History at a glance: events by kind": _events_by_kind,
     "Flow steps that were retried": _empty,
     "Failed flow runs": _empty,
+    "Flow runs that timed out": _empty,
     "Slowest flow steps on average": _empty,
 }
 

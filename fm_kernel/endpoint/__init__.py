@@ -179,6 +179,24 @@ class SqlHandler(ApiHandler):
             self.cancel.cancel_soon("the client closed the connection")
 
 
+class OpenApiHandler(ApiHandler):
+    """GET /openapi.json, without a token: it describes the routes, not the history (openapi.py)."""
+
+    needs_token = False
+
+    def get(self) -> None:
+        from .openapi import document
+
+        self.send_json(document(self.api.url))
+
+
+# Served by every endpoint, beside the routes its starter names.
+BUILTIN_ROUTES: tuple[tuple[str, type], ...] = (
+    (r"/sql", SqlHandler),
+    (r"/openapi.json", OpenApiHandler),
+)
+
+
 class NotFound(ApiHandler):
     needs_token = False
 
@@ -193,7 +211,8 @@ class Endpoint:
                  frames: querying.FrameResolver | None = None, host: str | None = None,
                  max_body: int = MAX_BODY, routes: Sequence[tuple[str, type]] = (),
                  port: int | None = None, limits: Limits | None = None):
-        """``routes`` are the (pattern, handler) pairs served beside ``/sql``:
+        """``routes`` are the (pattern, handler) pairs served beside ``/sql``
+        and ``/openapi.json``:
         whoever starts the endpoint names them (the runtime passes the flows'),
         so nothing is served because some module happened to be imported.
         ``port``: the one to serve on if free (else any, and ``fallback`` says so).
@@ -208,7 +227,7 @@ class Endpoint:
         self.limits = limits or Limits.from_env()
         self.server: GuardedServer | None = None
         self.token = secrets.token_urlsafe(32)
-        self.routes: list[tuple[str, type[ApiHandler]]] = [(r"/sql", SqlHandler), *routes]
+        self.routes: list[tuple[str, type[ApiHandler]]] = [*BUILTIN_ROUTES, *routes]
         self.wanted_port = port
         self.port: int | None = None
         self.fallback: str | None = None  # why the wanted port was not had

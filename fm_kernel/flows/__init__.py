@@ -4,16 +4,21 @@ out work. This module is the public face (``fm.flow``, ``fm.step``, ``Run``…);
 the machinery is behind it, each module importing only those below it:
 
     routes     the endpoint's flow routes (passed to the endpoint by whoever starts it)
-    ops        journaled primitives inside a flow: now/random/uuid4, sleep,
-               callback, wait_for, map; callback delivery
+    messages   messages between runs (send/recv) and events a run publishes (set_event)
+    ops        journaled primitives inside a flow: now/random/uuid4, patched,
+               sleep, callback, wait_for, map; callback delivery
     dask_map   fm.map on a Dask cluster
     runs       Flow, starting runs (child runs once), registration and resume
-    run        Run: its record, execution, result, cancel, fork, signals
+    run        Run: its record, execution, result, cancel, timeout, fork, signals
+    run_events run.get_event: the values a run publishes, read and waited for
+    deadlines  run timeouts: validation, the thread that expires runs
     steps      Step, attempts, retries, timeouts
     context    FlowRegistry (one per process, owned by the runtime), the
                current run and step, replay
     schedule   cron schedules
     tasks      fm.task: steps done by worker processes over HTTP (task_routes: their routes)
+    events     named events: POST /events/<name> (event_routes), @flow(on=name), wait_event
+    sources    fm.files, fm.poll: watcher threads that deliver named events
     journal    run journals: the append-only flow log, checkpointed into DuckDB
 
 ``registry()`` is internal but supported: tools and tests reach the journal
@@ -27,16 +32,19 @@ from ..errors import (
     Timeout,
 )
 from .context import FlowRegistry, StepContext, configure, registry, step_context
-from .ops import Callback, callback, map, now, random, sleep, uuid4, wait_for
+from .ops import Callback, callback, map, now, patched, random, sleep, uuid4, wait_for
 from .runs import Flow, flow  # before .run's runs(): importing the module .runs sets that name
 from .run import Run, get_run, runs
 from .steps import Step, step
 from .tasks import task
 from .events import event_source, send_event, wait_event
+from .messages import recv, send, set_event
+from .sources import files, poll
 
 __all__ = [
     "Callback", "Cancelled", "Flow", "FlowError", "FlowRegistry", "NoSuchFlow", "NoSuchRun",
     "NondeterminismError", "NotStorable", "Run", "Step", "StepContext", "StepError", "Timeout",
     "callback", "configure", "flow", "get_run", "map", "now", "random", "registry", "runs", "sleep",
     "step", "step_context", "task", "uuid4", "wait_for", "event_source", "send_event", "wait_event",
+    "recv", "send", "set_event", "patched", "files", "poll",
 ]

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..errors import FlowError, NondeterminismError, StepError
+from .deadlines import Deadlines
 from .journal import Journal
 from .schedule import Scheduler
 
@@ -33,7 +34,8 @@ if TYPE_CHECKING:
 class FlowRegistry:
     """Everything flows keep per process: the defined flows by name, the
     live Run handles, pending runs waiting for their flow's definition,
-    callbacks made here, the journal, the endpoint's URL and the scheduler.
+    callbacks made here, the journal, the endpoint's URL, the scheduler and
+    the watch on run deadlines.
 
     ``store`` and ``base_url`` may be callables: the runtime passes its own
     accessors, so nothing is opened before the first flow needs it."""
@@ -45,12 +47,14 @@ class FlowRegistry:
         self.orphans: dict[str, set[str]] = {}
         self.callbacks: dict[str, str] = {}  # callback id -> run id, for those made here
         self.event_secrets: dict[str, str | None] = {}  # fm.event_source (events.py)
+        self.sources: dict[str, Any] = {}  # flow name -> its running fm.files/fm.poll (sources.py)
         self.lock = threading.RLock()
         self.ready = False  # pending runs resumed: later definitions resume theirs at once
         self._store = store
         self._base_url = base_url
         self._journal: Journal | None = None
         self.scheduler = Scheduler(lambda: self.journal)
+        self.deadlines = Deadlines()  # run timeouts (deadlines.py)
 
     @property
     def journal(self) -> Journal:
@@ -80,6 +84,17 @@ class FlowRegistry:
         with self.lock:
             self.flows.pop(name, None)
         self.scheduler.remove(name)
+        self.set_source(name, None)
+
+    def set_source(self, name: str, source: Any) -> None:
+        """Make ``source`` (or None) the running event source of flow ``name``,
+        stopping the one it replaces (a re-run cell defines the flow anew)."""
+        with self.lock:
+            old = self.sources.pop(name, None)
+            if source is not None:
+                self.sources[name] = source
+        if old is not None and old is not source:
+            old.stop()
 
     def flush(self) -> None:
         """Move journal records still in the log into the history (before an export)."""
@@ -98,6 +113,11 @@ class FlowRegistry:
     def close(self) -> None:
         """A clean end: the log's records into the history, the log closed."""
         self.scheduler.stop()
+        self.deadlines.stop()
+        with self.lock:
+            sources, self.sources = list(self.sources.values()), {}
+        for source in sources:
+            source.stop()
         self.close_journal()
 
 
@@ -158,6 +178,9 @@ class RunContext:
         self.latest: dict[int, dict[str, Any]] = {}
         self.attempts: dict[int, int] = {}
         self.consumed: set[int] = set()
+        # The highest seq taken per message topic: recv takes a topic's
+        # messages oldest first, so the ones taken are those up to here.
+        self.topic_seq: dict[str, int] = {}
         for r in rows:
             self._remember(r)
         self.next = 1
@@ -167,8 +190,12 @@ class RunContext:
         p = r["position"]
         self.latest[p] = r
         self.attempts[p] = max(self.attempts.get(p, 0), r.get("attempt") or 0)
-        if (r.get("detail") or {}).get("event_seq") is not None:
-            self.consumed.add(r["detail"]["event_seq"])
+        detail = r.get("detail") or {}
+        if detail.get("event_seq") is not None:
+            self.consumed.add(detail["event_seq"])
+            if detail.get("message") is not None:
+                topic, seq = detail["message"], detail["event_seq"]
+                self.topic_seq[topic] = max(seq, self.topic_seq.get(topic, 0))
 
     def take(self, n: int = 1) -> int:
         with self.lock:
@@ -181,8 +208,7 @@ class RunContext:
             raise NondeterminismError(
                 f"run {self.run.id} of flow {self.run.flow_name!r}: position {p} was recorded as "
                 f"{rec['name']!r} but the flow now calls {name!r} there; the flow's code changed "
-                "since this run was recorded; start a new run, or "
-                f"run.fork(from_step={p}) to re-execute from {p} with the current code")
+                f"since this run was recorded. {_fixes(p, rec['name'])}")
         return rec
 
     def record(self, p: int, name: str, status: str, attempt: int = 0, started: float | None = None,
@@ -196,6 +222,18 @@ class RunContext:
         registry().journal.append("step", row)
         with self.lock:
             self._remember(row)
+
+
+def _fixes(p: int, recorded: str) -> str:
+    """What to do about a run recorded by other code (NondeterminismError)."""
+    if recorded.startswith("fm.patched("):
+        return (f"This run took the path of {recorded} there: keep that call (and its branch) "
+                "while runs that took it are pending, or start a new run, or "
+                f"run.fork(from_step={p}) to re-execute from {p} with the current code")
+    return ('To let runs recorded by the old code finish on it, guard the change with '
+            '`if fm.patched("some-name"):` (new code) `else:` (the old code), at the place '
+            f"where the code differs; or start a new run, or run.fork(from_step={p}) to "
+            f"re-execute from {p} with the current code")
 
 
 CURRENT_RUN: contextvars.ContextVar[RunContext | None] = contextvars.ContextVar(

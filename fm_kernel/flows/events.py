@@ -27,7 +27,7 @@ import os
 import re
 import time
 import uuid
-from typing import Any
+from typing import Any, Callable, Sequence
 
 from ..errors import FlowError, Timeout, UsageError
 from .context import CURRENT_RUN, RunContext, registry, replay
@@ -95,23 +95,66 @@ def receive(name: str, data: Any, delivery_id: str | None = None,
     # On a redelivery too: a kill between storing the event and starting its
     # runs leaves them to the sender's retry; start_once makes that idempotent.
     runs = [start_for(fl, name, delivery_id, data) for fl in _flows_on(name)]
-    with reg.lock:
-        live = list(reg.runs.values())
-    for run in live:  # waits look at the history when woken; cheap for those not waiting
-        run.wake()
+    _wake_all()
     return {"event": name, "delivery_id": delivery_id, "seq": seq, "duplicate": bool(found),
             "runs": runs}
 
 
-def _flows_on(name: str) -> list[Any]:
+def receive_many(name: str, source: str, items: list[tuple[str, Any]],
+                 extra: Sequence[tuple[str, Any, Any, dict]] = (),
+                 guard: Callable[[], bool] | None = None) -> int | None:
+    """Store the events ``name`` of ``items`` ((delivery id, data) pairs)
+    not stored before, and the ``extra`` rows (kind, step, run_id, payload),
+    in ONE transaction; then start the runs of every flow on ``name`` for
+    each item. ``guard`` runs inside the transaction first: False stores
+    nothing and answers None (a poll source whose cursor moved meanwhile);
+    it holds the store's lock, so it must take no other lock.
+    Answers how many events were new. What the sources (sources.py) call."""
+    check_name(name)
+    store = registry().journal.store
+    with store.transaction():
+        if guard is not None and not guard():
+            return None
+        stored = {r[0] for r in store.query(
+            f"SELECT payload->>'delivery_id' FROM fm_events WHERE kind = '{KIND}' AND"
+            " payload->>'name' = ? AND list_contains(?, payload->>'delivery_id')",
+            [name, [d for d, _ in items]]).rows} if items else set()
+        new = [(KIND, None, None, {"name": name, "source": source, "delivery_id": d, "data": data})
+               for d, data in items if d not in stored]
+        if new or extra:
+            store.append_events(new + list(extra))
+    flows = _flows_on(name)
+    for d, data in items:  # stored before too: a kill may have come before its runs started
+        for fl in flows:
+            start_for(fl, name, d, data)
+    _wake_all()
+    return len(new)
+
+
+def _wake_all() -> None:
     reg = registry()
     with reg.lock:
-        return [fl for fl in reg.flows.values() if getattr(fl, "on", None) == name]
+        live = list(reg.runs.values())
+    for run in live:  # waits look at the history when woken; cheap for those not waiting
+        run.wake()
+
+
+def _flows_on(name: str) -> list[Any]:
+    """The flows defined with on=name, or with a source (sources.py) delivering as ``name``."""
+    reg = registry()
+    with reg.lock:
+        return [fl for fl in reg.flows.values()
+                if getattr(fl, "on", None) == name
+                or getattr(getattr(fl, "on", None), "event", None) == name]
+
+
+def run_id_for(fl: Any, name: str, delivery_id: str) -> str:
+    """The id of ``fl``'s run for one delivery: the same for every redelivery."""
+    return uuid.uuid5(uuid.NAMESPACE_URL, f"fm-event:{fl.name}:{name}:{delivery_id}").hex
 
 
 def start_for(fl: Any, name: str, delivery_id: str, data: Any) -> str:
-    run_id = uuid.uuid5(uuid.NAMESPACE_URL, f"fm-event:{fl.name}:{name}:{delivery_id}").hex
-    return start_once(fl, run_id, (data,), {})[0].id
+    return start_once(fl, run_id_for(fl, name, delivery_id), (data,), {})[0].id
 
 
 def send_event(name: str, data: Any = None, delivery_id: str | None = None) -> dict[str, Any]:

@@ -54,12 +54,12 @@ FINISHED_STATUSES = ("succeeded", "failed", "cancelled")
 _LSN_KEY = "flow_log_lsn"
 
 RUN_COLS = ("run_id", "flow", "status", "args", "result", "error", "started_at", "finished_at",
-            "forked_from_run", "forked_from_step", "parent_run", "parent_position")
+            "forked_from_run", "forked_from_step", "parent_run", "parent_position", "deadline")
 STEP_COLS = ("run_id", "position", "name", "status", "attempt", "started_at", "finished_at",
              "duration_ms", "result", "error", "detail")
 EVENT_COLS = ("at", "kind", "run_id", "payload")
-_TIME_COLS = {"started_at", "finished_at"}
-_TYPES = {"started_at": "TIME", "finished_at": "TIME", "at": "TIME", "position": "INTEGER",
+_TIME_COLS = {"started_at", "finished_at", "deadline"}
+_TYPES = {"started_at": "TIME", "finished_at": "TIME", "deadline": "TIME", "at": "TIME", "position": "INTEGER",
           "attempt": "INTEGER", "forked_from_step": "INTEGER", "parent_position": "INTEGER",
           "duration_ms": "DOUBLE",
           "args": "JSON", "result": "JSON", "error": "JSON", "detail": "JSON", "payload": "JSON"}
@@ -316,6 +316,14 @@ class Journal:
             " ORDER BY started_at", [list(PENDING_STATUSES)])
         return [_epoch(r) for r in res.dicts()]
 
+    def pending_children(self, run_id: str) -> list[dict[str, Any]]:
+        """The runs ``run_id`` started from its body (child runs) that have not finished."""
+        self.flush()
+        res = self.store.query(
+            f"SELECT {', '.join(RUN_COLS)} FROM runs WHERE parent_run = ?"
+            " AND list_contains(?, status) ORDER BY started_at", [run_id, list(PENDING_STATUSES)])
+        return [_epoch(r) for r in res.dicts()]
+
     def runs(self, limit: int | None = None):
         self.flush()
         sql = "SELECT * FROM runs ORDER BY started_at DESC"
@@ -356,6 +364,19 @@ class Journal:
             "SELECT seq, payload->'data' FROM fm_events WHERE kind = 'signal' AND run_id = ?"
             " AND payload->>'name' = ? ORDER BY seq", [run_id, name])
         return [(s, json.loads(d) if d is not None else None) for s, d in res.rows]
+
+    def run_event(self, run_id: str, key: str) -> str | None:
+        """The JSON text of the latest value run ``run_id`` set for ``key``
+        (fm.set_event journals it as an ``ok`` step named
+        ``fm.set_event(<key>)``), or None if it set none."""
+        self.flush()
+        res = self.store.query(
+            "SELECT result FROM fm_run_step_records WHERE run_id = ? AND name = ? AND status = 'ok'"
+            " ORDER BY position DESC, seq DESC LIMIT 1", [run_id, f"fm.set_event({key})"])
+        if not res.rows:
+            return None
+        v = res.rows[0][0]
+        return v if v is None or isinstance(v, str) else json.dumps(v)
 
     def callback_run(self, cb_id: str) -> str | None:
         self.flush()

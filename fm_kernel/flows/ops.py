@@ -1,6 +1,6 @@
 """The journaled primitives used inside flows (spec: "Python API: Flows"):
-now/random/uuid4, sleep, callback, wait_for, map, and the delivery of
-callbacks. Each takes the next position of the run's context and replays a
+now/random/uuid4, patched, sleep, callback, wait_for, map, and the delivery
+of callbacks. Each takes the next position of the run's context and replays a
 recorded result as steps do (context.py); the run itself is driven through
 its small API (set_status, pause, wake, wait_wake, check_cancel).
 """
@@ -18,7 +18,7 @@ import time
 import uuid
 from typing import Any, Callable, Iterable
 
-from ..errors import FlowError, Timeout
+from ..errors import FlowError, Timeout, UsageError
 from . import dask_map
 from .context import CURRENT_RUN, CURRENT_STEP, RunContext, registry, replay
 from .journal import Journal
@@ -53,6 +53,31 @@ def random() -> float:
 def uuid4() -> uuid.UUID:
     """uuid.uuid4(), journaled inside a flow."""
     return _value("fm.uuid4", uuid.uuid4, lambda v: v.hex, lambda v: uuid.UUID(v))
+
+
+def patched(name: str) -> bool:
+    """Whether this run takes the code path added under ``name`` (Temporal's
+    ``workflow.patched``). A run reaching this point for the first time
+    journals a marker here and gets True; replay returns True where the
+    marker is. A run whose journal holds something else at this position
+    was recorded by the code from before the patch: it gets False, and the
+    position stays for that older operation, so the run replays the old
+    path. Outside a flow: True (there is nothing older to agree with)."""
+    if not isinstance(name, str) or not name:
+        raise UsageError(f"fm.patched({name!r}): the name must be a non-empty string")
+    ctx = CURRENT_RUN.get()
+    if ctx is None:
+        return True
+    opname = f"fm.patched({name})"
+    with ctx.lock:  # look and take in one go: a position taken meanwhile would be skipped
+        p = ctx.next
+        rec = ctx.latest.get(p)
+        if rec is not None and rec["name"] != opname:
+            return False
+        ctx.next = p + 1
+    if rec is None:
+        ctx.record(p, opname, "ok", 1, result="true")
+    return True
 
 
 def _maybe_async(ctx: RunContext, fn: Callable[..., Any], *args: Any) -> Any:
@@ -100,7 +125,7 @@ class Callback:
 
     def wait(self, timeout: float | None = None) -> Any:
         """The JSON body posted to ``url``; Timeout after ``timeout`` seconds."""
-        return _wait(self._ctx, "fm.callback.wait", ("callback", self.id), timeout)
+        return durable_wait(self._ctx, "fm.callback.wait", ("callback", self.id), timeout)
 
     def __repr__(self) -> str:
         return f"<fm callback {self.id}>"
@@ -131,20 +156,31 @@ def wait_for(name: str, timeout: float | None = None) -> Any:
     ctx = CURRENT_RUN.get()
     if ctx is None:
         raise FlowError(f"fm.wait_for({name!r}) works inside a flow only: signals go to a run")
-    return _wait(ctx, f"fm.wait_for({name})", ("signal", name), timeout)
+    return durable_wait(ctx, f"fm.wait_for({name})", ("signal", name), timeout)
 
 
-def _wait(ctx: RunContext, opname: str, source: tuple[str, str], timeout: float | None) -> Any:
+# (seq, data) of what a wait may take, oldest first; consumed ones are skipped.
+Finder = Callable[[], "list[tuple[int, Any]]"]
+_WHAT = {"signal": "signal {!r}", "callback": "callback {}", "message": "a message on topic {!r}"}
+
+
+def durable_wait(ctx: RunContext, opname: str, source: tuple[str, str], timeout: float | None,
+                 find: Finder | None = None) -> Any:
+    """Take the oldest item of ``source`` (kind, name) this run has not taken
+    yet, waiting for one: the deadline is journaled first and the item's seq
+    with the result, so a resumed run waits only what is left and a replay
+    returns the same item. ``find`` lists the candidates (default: the
+    run's signals of that name, or the callback's delivery)."""
     p = ctx.take()
     rec = ctx.check(p, opname)
     done, value = replay(rec)
     if done:
         return _maybe_async(ctx, lambda: value)
-    return _maybe_async(ctx, _wait_blocking, ctx, p, rec, opname, source, timeout)
+    return _maybe_async(ctx, _wait_blocking, ctx, p, rec, opname, source, timeout, find)
 
 
 def _wait_blocking(ctx: RunContext, p: int, rec: dict[str, Any] | None, opname: str,
-                   source: tuple[str, str], timeout: float | None) -> Any:
+                   source: tuple[str, str], timeout: float | None, find: Finder | None) -> Any:
     run, j = ctx.run, registry().journal
     if rec is not None and rec["status"] == "waiting":
         deadline = rec["detail"].get("deadline")
@@ -154,7 +190,10 @@ def _wait_blocking(ctx: RunContext, p: int, rec: dict[str, Any] | None, opname: 
     run.set_status("waiting")
     while True:
         wakes = run.wakes
-        found = j.signals(run.id, source[1]) if source[0] == "signal" else j.callback_events(source[1])
+        if find is not None:
+            found = find()
+        else:
+            found = j.signals(run.id, source[1]) if source[0] == "signal" else j.callback_events(source[1])
         fresh = [(seq, data) for seq, data in found if seq not in ctx.consumed]
         if fresh:
             seq, data = fresh[0]
@@ -165,7 +204,7 @@ def _wait_blocking(ctx: RunContext, p: int, rec: dict[str, Any] | None, opname: 
         run.check_cancel()
         left = None if deadline is None else deadline - time.time()
         if left is not None and left <= 0:
-            what = f"signal {source[1]!r}" if source[0] == "signal" else f"callback {source[1]}"
+            what = _WHAT[source[0]].format(source[1])
             err = Timeout(f"run {run.id} of {run.flow_name!r} waited {timeout}s for {what} "
                           f"at position {p} and none came")
             ctx.record(p, opname, "failed", 1, error=Journal.encode_error(err))

@@ -1,12 +1,14 @@
 """The flow routes of the loopback HTTP API (spec: "HTTP endpoint"):
-callbacks, signals, starting runs (once per run id or Idempotency-Key),
-listing, reading, waiting for and cancelling them. Whoever starts the
-endpoint passes ROUTES to it; the work is done on a worker thread, so the
-endpoint's loop never waits on the history."""
+callbacks, signals, messages and events (messages.py), starting runs (once
+per run id or Idempotency-Key), listing, reading, waiting for and
+cancelling them. Whoever starts the endpoint passes ROUTES to it; the work
+is done on a worker thread, so the endpoint's loop never waits on the
+history."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from typing import Any, Callable
 
@@ -15,9 +17,12 @@ import tornado.web
 from ..endpoint import ApiHandler
 from ..errors import FlowError, NoSuchFlow, NoSuchRun, RunFinished, UsageError
 from .context import registry
+from .deadlines import validate_timeout
 from .journal import FINISHED_STATUSES
+from .messages import deliver as deliver_message
 from .ops import deliver_callback
 from .run import deliver_signal, get_run
+from .run_events import event_state
 from .runs import start_once
 
 _ID = r"([A-Za-z0-9_\-]{1,128})"
@@ -59,6 +64,45 @@ class SignalHandler(ApiHandler):
         self.send_json({"ok": True, "run_id": run_id, "signal": name, "seq": seq})
 
 
+class MessageHandler(ApiHandler):
+    """POST /runs/<id>/messages/<topic>: the JSON body is the message; an
+    Idempotency-Key header stores it once however often it is posted."""
+
+    async def post(self, run_id: str, topic: str) -> None:
+        body = self.json_body()
+        key = self.request.headers.get("Idempotency-Key")
+        seq, dup = await _off_loop(lambda: deliver_message(run_id, topic, body,
+                                                           f"http:{key}" if key else None))
+        self.send_json({"ok": True, "run_id": run_id, "topic": topic, "seq": seq,
+                        "duplicate": dup})
+
+
+class EventHandler(ApiHandler):
+    """GET /runs/<id>/events/<key>?timeout=S: 200 with the latest value the
+    run set; after S seconds (default 0) without one, 202 while the run goes
+    on, 404 once it has finished (it never will set it). Waiters hold no
+    thread: the loop looks again when the live run wakes, or every second."""
+
+    async def get(self, run_id: str, key: str) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _number_arg(self, "timeout", 0, 0, 600)
+        while True:
+            live = registry().runs.get(run_id)
+            since = live.wakes if live is not None else 0
+            status, text = await _off_loop(lambda: event_state(run_id, key))
+            info = {"run_id": run_id, "key": key, "status": status}
+            if text is not None:  # as stored: plain JSON, or a marker for a pickled value
+                return self.send_json({**info, "set": True, "value": json.loads(text)})
+            if status in FINISHED_STATUSES:
+                raise tornado.web.HTTPError(404, reason=f"run {run_id} finished ({status}) without "
+                                            f"setting event {key!r}; it never will")
+            if loop.time() >= deadline:
+                return self.send_json({**info, "set": False, "value": None}, status=202)
+            until = min(deadline, loop.time() + 1.0)
+            while loop.time() < until and (live is None or live.wakes == since):
+                await asyncio.sleep(0.05)
+
+
 class StartRunHandler(ApiHandler):
     async def post(self, name: str) -> None:
         body = self.json_body()
@@ -78,9 +122,11 @@ class StartRunHandler(ApiHandler):
             fl = reg.flows.get(name)
             if fl is None:
                 raise NoSuchFlow(name, reg.flows)
+            limit = validate_timeout(body.get("timeout"), name, f"POST /flows/{name}/runs")
             if run_id is None:
-                return fl.start(*body.get("args", []), **body.get("kwargs", {})).id, True
-            run, started = start_once(fl, run_id, tuple(body.get("args", [])), body.get("kwargs", {}))
+                return fl.start(*body.get("args", []), timeout=limit, **body.get("kwargs", {})).id, True
+            run, started = start_once(fl, run_id, tuple(body.get("args", [])), body.get("kwargs", {}),
+                                      limit)
             return run.id, started
 
         rid, started = await _off_loop(start)
@@ -162,7 +208,8 @@ def run_info(run_id: str) -> dict[str, Any]:
                             "started_at": row["started_at"], "finished_at": row["finished_at"],
                             "forked_from_run": row["forked_from_run"],
                             "forked_from_step": row["forked_from_step"],
-                            "parent_run": row["parent_run"], "parent_position": row["parent_position"]}
+                            "parent_run": row["parent_run"], "parent_position": row["parent_position"],
+                            "deadline": row["deadline"]}
     # The result as stored: plain JSON, or a marker for a pickled value.
     info["result"] = json.loads(row["result"]) if row["result"] else None
     if row["error"]:
@@ -177,6 +224,8 @@ def run_info(run_id: str) -> dict[str, Any]:
 ROUTES: tuple[tuple[str, type], ...] = (
     (r"/callbacks/" + _ID, CallbackHandler),
     (r"/runs/" + _ID + r"/signals/([^/]{1,200})", SignalHandler),
+    (r"/runs/" + _ID + r"/messages/([^/]{1,200})", MessageHandler),
+    (r"/runs/" + _ID + r"/events/([^/]{1,200})", EventHandler),
     (r"/flows/([^/]{1,200})/runs", StartRunHandler),
     (r"/runs", RunListHandler),
     (r"/runs/" + _ID, RunHandler),

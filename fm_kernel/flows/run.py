@@ -1,5 +1,6 @@
 """Run handles (spec: "Python API: Flows"): a run's record, its execution
-on a thread, result, cancel, fork and signals. Flows (runs.py) make runs
+on a thread, result, cancel, its deadline, fork, signals and the events it
+publishes (get_event; messages.py has the rest). Flows (runs.py) make runs
 through ``new_run``; the primitives (ops.py) drive a run through its small
 API: set_status, pause, wake/wakes/wait_wake, check_cancel."""
 
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import datetime as dt
 import threading
 import time
 import uuid
@@ -14,6 +16,7 @@ from typing import Any
 
 from ..errors import Cancelled, NoSuchFlow, NoSuchRun, NotStorable, RunFinished, StepError, Timeout
 from .context import CURRENT_RUN, RunContext, registry, replay
+from . import run_events
 from .journal import FINISHED_STATUSES, Journal
 
 # A run's flow is a runs.Flow (not imported: runs.py sits above this module);
@@ -22,14 +25,18 @@ FlowLike = Any
 
 
 def new_run(fl: FlowLike, args: tuple, kwargs: dict, forked: tuple[str, int] | None = None,
-            run_id: str | None = None, parent: tuple[str, int] | None = None) -> "Run":
-    """A new run of ``fl``, recorded as running (not started yet)."""
+            run_id: str | None = None, parent: tuple[str, int] | None = None,
+            timeout: float | None = None) -> "Run":
+    """A new run of ``fl``, recorded as running (not started yet); its
+    deadline, from ``timeout`` or else the flow's own, is in that record."""
     reg = registry()
     j = reg.journal
     run = Run(run_id or uuid.uuid4().hex, fl.name)
     run._flow, run._args, run._kwargs = fl, args, kwargs
     run._args_json = _encode_args(fl, args, kwargs)
     run._forked, run._parent = forked, parent
+    limit = timeout if timeout is not None else getattr(fl, "timeout", None)
+    run._deadline = run._started_at + limit if limit is not None else None
     with reg.lock:
         reg.runs[run.id] = run
     run._write("running")
@@ -61,12 +68,15 @@ class Run:
         self._started_at = time.time()
         self._forked: tuple[str, int] | None = None
         self._parent: tuple[str, int] | None = None  # (run id, position) that started it
+        self._deadline: float | None = None  # epoch seconds; recorded when the run started
+        self._stop_error: BaseException | None = None  # why cancel() or the deadline stopped it
         self._resumed = False
         self._status: str | None = None  # while this process executes it
         self._result: Any = None
         self._error: BaseException | None = None
         self._executing = False
         self._cancelled = False
+        self._body_ended = False  # an async body returned or raised: its threads stop
         self._finished = False  # its final status is written (here, or as recorded)
         self._end = threading.Lock()  # cancel() against the final write
         self._done = threading.Event()
@@ -90,6 +100,7 @@ class Run:
             self._forked = (row["forked_from_run"], row["forked_from_step"])
         if row.get("parent_run"):
             self._parent = (row["parent_run"], row["parent_position"])
+        self._deadline = row.get("deadline")
         if fl is not None:
             a = registry().journal.decode(row["args"]) or {"args": [], "kwargs": {}}
             self._flow, self._args, self._kwargs = fl, tuple(a["args"]), a["kwargs"]
@@ -169,11 +180,52 @@ class Run:
         ctx.record(p, opname, "ok", 1,
                    result=registry().journal.encode({"run_id": self.id, "seq": seq}, opname))
 
+    def get_event(self, key: str, timeout: float | None = None) -> Any:
+        """The latest value this run published for ``key`` (fm.set_event),
+        waiting up to ``timeout`` seconds for the first (None: no limit).
+        Raises Timeout if none was set by then; at once if the run finished
+        without setting it, since it never will. Inside a flow it is
+        journaled: the deadline first, then the answer replay returns.
+        Awaitable in async flows."""
+        return run_events.get_event(self, key, timeout)
+
     def cancel(self) -> bool:
         """Stop at the next durable operation; a running step body finishes,
         and the run ends ``cancelled`` even if that was its last step. True
         if this call cancelled it; False, changing nothing, if it had
         finished (or been cancelled) already."""
+        return self._stop(Cancelled(f"run {self.id} was cancelled"), "run_cancelled", {})
+
+    @property
+    def deadline(self) -> float | None:
+        """When the run times out (epoch seconds), or None: recorded at its start."""
+        return self._deadline
+
+    def expire(self, parent: "Run | None" = None) -> bool:
+        """End the run ``cancelled`` with ``Timeout``: its deadline passed
+        (``parent`` None), or the run that started it timed out. Its
+        unfinished child runs end the same way (the documented policy: a
+        run's timeout bounds the work it started). False if it had finished."""
+        what = f"run {self.id} of flow {self.flow_name!r}"
+        if parent is not None:
+            err = Timeout(f"{what} was cancelled: its parent run {parent.id} of flow "
+                          f"{parent.flow_name!r} timed out")
+        else:
+            assert self._deadline is not None
+            at = dt.datetime.fromtimestamp(self._deadline, dt.timezone.utc).isoformat(timespec="seconds")
+            err = Timeout(f"{what} timed out and was cancelled: its deadline was {at}, "
+                          f"{self._deadline - self._started_at:g}s after it started (the timeout "
+                          "given to @fm.flow or flow.start)")
+        payload = {"parent": parent.id} if parent is not None else {"deadline": self._deadline}
+        if not self._stop(err, "run_timed_out", payload):
+            return False
+        for row in registry().journal.pending_children(self.id):
+            run_handle(row["run_id"]).expire(parent=self)
+        return True
+
+    def _stop(self, error: BaseException, event: str, payload: dict[str, Any]) -> bool:
+        """Record the run ``cancelled`` with ``error`` and wake it, so that
+        its next durable operation (or the wait it is in) raises."""
         with self._end:
             if self._finished or self._cancelled or self._done.is_set():
                 return False
@@ -184,10 +236,10 @@ class Run:
                 if row["status"] in FINISHED_STATUSES:
                     self._finished = True
                     return False
-            self._cancelled = True
+            self._cancelled, self._stop_error = True, error
             self._status = self._status and "cancelled"
-            self._write("cancelled", error=Journal.encode_error(Cancelled(f"run {self.id} was cancelled")))
-        registry().journal.event("run_cancelled", self.id, {})
+            self._write("cancelled", error=Journal.encode_error(error))
+        registry().journal.event(event, self.id, payload)
         self.wake()
         return True
 
@@ -223,7 +275,11 @@ class Run:
 
     def check_cancel(self) -> None:
         if self._cancelled:
+            if isinstance(self._stop_error, Timeout):
+                raise Timeout(str(self._stop_error))
             raise Cancelled(f"run {self.id} of {self.flow_name!r} was cancelled")
+        if self._body_ended:  # nobody awaits this operation any more (_async_body)
+            raise Cancelled(f"run {self.id} of {self.flow_name!r}: its flow body has ended")
 
     @property
     def started_at(self) -> float:
@@ -267,7 +323,8 @@ class Run:
             "forked_from_run": self._forked[0] if self._forked else None,
             "forked_from_step": self._forked[1] if self._forked else None,
             "parent_run": self._parent[0] if self._parent else None,
-            "parent_position": self._parent[1] if self._parent else None})
+            "parent_position": self._parent[1] if self._parent else None,
+            "deadline": self._deadline})
 
     @property
     def executing(self) -> bool:
@@ -293,10 +350,12 @@ class Run:
         self._status = "running"
         j = registry().journal
         rows = j.step_rows(self.id) if self._forked or self._resumed else []
+        if self._deadline is not None:
+            registry().deadlines.watch(self)
         token = CURRENT_RUN.set(RunContext(self, rows, self._flow.is_async))
         try:
             if self._flow.is_async:
-                value = asyncio.run(self._flow.fn(*self._args, **self._kwargs))
+                value = asyncio.run(self._async_body())
             else:
                 value = self._flow.fn(*self._args, **self._kwargs)
             text = j.encode(value, f"the result of flow {self.flow_name!r} (run {self.id})")
@@ -313,6 +372,18 @@ class Run:
                 self._executing = False
                 self._done.set()
 
+    async def _async_body(self) -> Any:
+        self._body_ended = False
+        try:
+            return await self._flow.fn(*self._args, **self._kwargs)
+        finally:
+            # A sleep or wait gathered beside a step that raised (a changed
+            # step name on replay, say) still blocks a thread, and asyncio.run
+            # joins those threads before returning: wake them to give up, or
+            # the run would hang until that sleep or wait ended (perhaps never).
+            self._body_ended = True
+            self.wake()
+
     def _succeeded(self, value: Any, text: str) -> None:
         with self._end:
             if not self._cancelled:  # else cancel() wrote the final status while the body ran
@@ -322,6 +393,10 @@ class Run:
             registry().journal.event("run_finished", self.id, {})
             return
         self._status = "cancelled"
+        if isinstance(self._stop_error, Timeout):
+            self._error = Timeout(f"{self._stop_error}, during its last step; the step's result "
+                                  "is journaled, the run's is not")
+            return
         self._error = Cancelled(f"run {self.id} of {self.flow_name!r} was cancelled during its "
                                 "last step; the step's result is journaled, the run's is not")
 
@@ -365,9 +440,10 @@ def runs(limit: int | None = None):
     return registry().journal.runs(limit).to_pandas()
 
 
-def deliver_signal(run_id: str, name: str, data: Any = None, key: str | None = None) -> int:
-    """Store a signal for a run durably and wake the run if it waits here
-    (``key``: see Journal.add_signal)."""
+def check_open(run_id: str, what: str) -> "Run | None":
+    """The live handle of ``run_id`` (None if this process has none) when
+    the run may still take ``what`` ("signal 'go'"); NoSuchRun for an
+    unknown run, RunFinished for a finished one."""
     reg = registry()
     run = reg.runs.get(run_id)
     if run is None or not run.executing:
@@ -378,8 +454,15 @@ def deliver_signal(run_id: str, name: str, data: Any = None, key: str | None = N
     else:
         status = run.status
     if status in FINISHED_STATUSES or (run is not None and run.finished):
-        raise RunFinished(run_id, status, f"signal {name!r}")
-    seq = reg.journal.add_signal(run_id, name, data, key)
+        raise RunFinished(run_id, status, what)
+    return run
+
+
+def deliver_signal(run_id: str, name: str, data: Any = None, key: str | None = None) -> int:
+    """Store a signal for a run durably and wake the run if it waits here
+    (``key``: see Journal.add_signal)."""
+    run = check_open(run_id, f"signal {name!r}")
+    seq = registry().journal.add_signal(run_id, name, data, key)
     if run is not None:
         run.wake()
     return seq

@@ -13,6 +13,7 @@ from typing import Any, Callable
 from ..errors import UsageError
 from ..record import trust
 from .context import CURRENT_RUN, RunContext, registry, replay
+from .deadlines import validate_timeout
 from .journal import PENDING_STATUSES
 from .run import Run, new_run, run_handle
 from .schedule import validate_overlap, validate_schedule
@@ -22,10 +23,12 @@ class Flow:
     """A durable function: each call is a run with its own journal."""
 
     def __init__(self, fn: Callable[..., Any], name: str | None = None, schedule: str | None = None,
-                 register: bool = True, on: Any = None, overlap: str = "skip"):
+                 register: bool = True, on: Any = None, overlap: str = "skip",
+                 timeout: float | None = None):
         functools.update_wrapper(self, fn)
         self.fn, self.name, self.schedule = fn, name or fn.__qualname__, schedule
         self.overlap = validate_overlap(overlap, self.name)
+        self.timeout = validate_timeout(timeout, self.name)  # seconds a run may take, or None
         self.on = on  # an event name (events.py) or a source (sources.py): a run per event
         self.is_async = inspect.iscoroutinefunction(fn)
         if schedule is not None:
@@ -34,7 +37,8 @@ class Flow:
             _register(self)
 
     def __reduce__(self):
-        return (restore_flow, (self.fn, self.name, self.schedule, self.on, self.overlap))
+        return (restore_flow, (self.fn, self.name, self.schedule, self.on, self.overlap,
+                               self.timeout))
 
     def busy(self) -> bool:
         """Whether a run of this flow is going in this process (overlap="skip")."""
@@ -43,7 +47,8 @@ class Flow:
     def __repr__(self) -> str:
         sched = f" schedule={self.schedule!r}" if self.schedule else ""
         on = f" on={self.on!r}" if self.on is not None else ""
-        return f"<fm flow {self.name}{sched}{on}>"
+        limit = f" timeout={self.timeout:g}" if self.timeout is not None else ""
+        return f"<fm flow {self.name}{sched}{on}{limit}>"
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if CURRENT_RUN.get() is not None:
@@ -57,21 +62,24 @@ class Flow:
         run.execute()
         return run.result(0)
 
-    def start(self, *args: Any, run_id: str | None = None, **kwargs: Any) -> "Run":
+    def start(self, *args: Any, run_id: str | None = None, timeout: float | None = None,
+              **kwargs: Any) -> "Run":
         """Start a run on a background thread and return its handle at once.
         With ``run_id``, once: a second start with that id returns the run
-        it started (an idempotency key; so a flow argument cannot be named
-        run_id here). Inside a flow the new run is a child of the running
-        one, started once: replay returns the recorded child instead."""
+        it started (an idempotency key). ``timeout``: seconds the run may
+        take, instead of the flow's own (so no flow argument can be named
+        run_id or timeout here). Inside a flow the new run is a child of the
+        running one, started once: replay returns the recorded child instead."""
+        timeout = validate_timeout(timeout, self.name, f"{self.name}.start")
         ctx = CURRENT_RUN.get()
         if ctx is not None:
             if run_id is not None:
                 raise UsageError(f"{self.name}.start(run_id=...) inside a flow: a child run's "
                                  "id is chosen by its position already; leave run_id out")
-            return _start_child(ctx, self, args, kwargs)
+            return _start_child(ctx, self, args, kwargs, timeout)
         if run_id is not None:
-            return start_once(self, run_id, args, kwargs)[0]
-        run = new_run(self, args, kwargs)
+            return start_once(self, run_id, args, kwargs, timeout)[0]
+        run = new_run(self, args, kwargs, timeout=timeout)
         run.start_thread()
         return run
 
@@ -79,7 +87,8 @@ class Flow:
 RUN_ID = re.compile(r"[A-Za-z0-9_\-]{1,128}")
 
 
-def start_once(fl: Flow, run_id: str, args: tuple, kwargs: dict) -> tuple["Run", bool]:
+def start_once(fl: Flow, run_id: str, args: tuple, kwargs: dict,
+               timeout: float | None = None) -> tuple["Run", bool]:
     """(the run with this id, True if this call started it): a run id seen
     before returns that run and starts nothing."""
     if not isinstance(run_id, str) or not RUN_ID.fullmatch(run_id):
@@ -94,12 +103,13 @@ def start_once(fl: Flow, run_id: str, args: tuple, kwargs: dict) -> tuple["Run",
                 raise UsageError(f"run id {run_id!r} is a run of flow {known!r}, not {fl.name!r}; "
                                  "choose another id")
             return run_handle(run_id), False
-        run = new_run(fl, args, kwargs, run_id=run_id)
+        run = new_run(fl, args, kwargs, run_id=run_id, timeout=timeout)
     run.start_thread()
     return run, True
 
 
-def _start_child(ctx: RunContext, fl: Flow, args: tuple, kwargs: dict) -> "Run":
+def _start_child(ctx: RunContext, fl: Flow, args: tuple, kwargs: dict,
+                 timeout: float | None) -> "Run":
     p = ctx.take()
     opname = f"fm.start({fl.name})"
     done, stored = replay(ctx.check(p, opname))
@@ -113,14 +123,14 @@ def _start_child(ctx: RunContext, fl: Flow, args: tuple, kwargs: dict) -> "Run":
     if child_id in reg.runs or reg.journal.run_row(child_id) is not None:
         child = run_handle(child_id)
     else:
-        child = new_run(fl, args, kwargs, run_id=child_id, parent=(ctx.run.id, p))
+        child = new_run(fl, args, kwargs, run_id=child_id, parent=(ctx.run.id, p), timeout=timeout)
         child.start_thread()
     ctx.record(p, opname, "ok", 1, result=reg.journal.encode({"run_id": child_id}, opname))
     return child
 
 
 def restore_flow(fn: Callable[..., Any], name: str, schedule: str | None, on: Any = None,
-                 overlap: str = "skip") -> Flow:
+                 overlap: str = "skip", timeout: float | None = None) -> Flow:
     # A Flow restored into the namespace registers itself, so pending runs
     # find it by name before on_ready resumes them. One loaded only to be
     # looked at (fm.history().value(...): no live namespace to load into)
@@ -128,20 +138,22 @@ def restore_flow(fn: Callable[..., Any], name: str, schedule: str | None, on: An
     from ..state.pickling import LOAD_GLOBALS
 
     return Flow(fn, name, schedule, register=LOAD_GLOBALS.get() is not None, on=on,
-                overlap=overlap)
+                overlap=overlap, timeout=timeout)
 
 
 def flow(fn: Callable[..., Any] | None = None, *, schedule: str | None = None,
-         name: str | None = None, on: Any = None, overlap: str = "skip") -> Any:
+         name: str | None = None, on: Any = None, overlap: str = "skip",
+         timeout: float | None = None) -> Any:
     """``@flow`` or ``@flow(schedule="*/15 * * * *")`` (cron; six fields put
     the seconds first; ``overlap="skip"|"allow"`` for a slot that comes while
     the previous run is going). ``on="name"``: a run per named event (its
-    payload the one argument; events.py), once per delivery id."""
+    payload the one argument; events.py), once per delivery id.
+    ``timeout``: seconds each run may take (deadlines.py)."""
     if on is not None and not isinstance(on, str) and not hasattr(on, "attach"):
         raise UsageError(f"@fm.flow(on={on!r}): expected an event name, fm.files(...) or fm.poll(...)")
     if fn is None:
-        return lambda f: Flow(f, name, schedule, on=on, overlap=overlap)
-    return Flow(fn, name, schedule, on=on, overlap=overlap)
+        return lambda f: Flow(f, name, schedule, on=on, overlap=overlap, timeout=timeout)
+    return Flow(fn, name, schedule, on=on, overlap=overlap, timeout=timeout)
 
 
 # -- registration and resume ------------------------------------------------------------
@@ -154,8 +166,20 @@ def _register(fl: Flow) -> None:
         waiting = reg.orphans.pop(fl.name, set()) if reg.ready else set()
     for run_id in sorted(waiting):
         _resume(fl, run_id)
-    if fl.schedule is not None and reg.ready:
-        reg.scheduler.add(fl)
+    if reg.ready:
+        if fl.schedule is not None:
+            reg.scheduler.add(fl)
+        _watch(fl)
+
+
+def _watch(fl: Flow) -> None:
+    """Start the flow's event source (fm.files, fm.poll: sources.py, above
+    this module, so reached by its method), stopping the one it replaces."""
+    on = getattr(fl, "on", None)
+    source = on if hasattr(on, "attach") else None
+    registry().set_source(fl.name, source)
+    if source is not None:
+        source.attach(fl)
 
 
 def _resume(fl: Flow, run_id: str) -> bool:
@@ -197,11 +221,14 @@ def resume_pending(rt: Any = None) -> list[str]:
             with reg.lock:
                 reg.orphans.setdefault(row["flow"], set()).add(row["run_id"])
             waiting.append(f"{row['flow']}/{row['run_id'][:8]}")
+            if row["deadline"] is not None:  # it times out even if its flow never comes back
+                reg.deadlines.watch(run_handle(row["run_id"]))
         elif _resume(fl, row["run_id"]):
             resumed.append(f"{row['flow']}/{row['run_id'][:8]}")
     for fl in list(reg.flows.values()):
         if fl.schedule is not None:
             reg.scheduler.add(fl)
+        _watch(fl)
     if rt is not None and (resumed or waiting):
         line = f"flowmetal: resumed {len(resumed)} flow run(s){_which(resumed)}"
         if waiting:

@@ -294,4 +294,29 @@ FROM ev q JOIN agg a USING (task_id)
 WHERE q.kind = 'task_queued';
 """
 
-MIGRATIONS: list[str] = [_V1, _V2, _V3, _V4_STATES, _V5_FLOWS, _V6_TRACKED, _V7_CHILD_RUNS, _V8_TASKS]
+# Run timeouts: the deadline (start + timeout) is recorded with the run when
+# it starts, so a run resumed after a kill keeps the original one.
+_V9_RUN_DEADLINES = r"""
+ALTER TABLE fm_run_records ADD COLUMN deadline TIMESTAMPTZ;
+
+CREATE OR REPLACE VIEW runs AS
+SELECT run_id, flow, status, args, result, error, started_at, finished_at,
+       forked_from_run, forked_from_step, parent_run, parent_position, deadline
+FROM fm_run_records
+QUALIFY row_number() OVER (PARTITION BY run_id ORDER BY seq DESC) = 1;
+"""
+
+# Named events (flows/events.py, sources.py): one row per event stored, with
+# where it came from: `http:token`, `http:signature`, `python`,
+# `files:<glob>`, `poll:<function>`. The same rows are `event_received` in
+# `events`; this view spells out their payload.
+_V10_RECEIVED_EVENTS = r"""
+CREATE OR REPLACE VIEW received_events AS
+SELECT seq, "at", payload->>'name' AS name, payload->>'source' AS source,
+       payload->>'delivery_id' AS delivery_id, payload->'data' AS data
+FROM fm_events
+WHERE kind = 'event_received';
+"""
+
+MIGRATIONS: list[str] = [_V1, _V2, _V3, _V4_STATES, _V5_FLOWS, _V6_TRACKED, _V7_CHILD_RUNS, _V8_TASKS,
+                         _V9_RUN_DEADLINES, _V10_RECEIVED_EVENTS]

@@ -33,7 +33,7 @@ from .store import Store
 
 # The views of migrations.py: the stable interface, and all a query may read.
 VIEWS = frozenset({"steps", "outputs", "variables", "branches", "events", "runs", "run_steps",
-                   "tasks"})
+                   "tasks", "received_events"})
 # Table functions that only make rows from their arguments; `frame` is ours
 # and is replaced by a table the kernel hands over before the query runs.
 TABLE_FUNCTIONS = frozenset({"range", "generate_series", "unnest"})

@@ -15,18 +15,39 @@ if TYPE_CHECKING:
 
 
 class CaptureRun:
+    """One capture. When the last capture's bindings are known (``ids_known``)
+    nothing here walks every name: the names bound anew since are one C-level
+    difference of {name: id} dicts, the small re-checks take turns within a
+    budget, and the next state is derived from the last (Manifest.derive)."""
+
     def __init__(self, snap: Snapshotter, ns: dict, prev: Manifest | None) -> None:
         self.snap, self.ns, self.prev = snap, ns, prev
-        self.live = snap.visible(ns)
-        self.live_set = set(self.live)
         self.hashed = [0]
         self.hash_memo: dict[tuple[int, int], tuple] = {}
         self.walks: dict[str, ObjectWalk] = {}
         self.budget = [WALK_LIMIT]
         self.cost: dict[str, float] = {}
         self.payloads: dict[str, Payload | str] = {}  # name -> payload, or why it cannot be pickled
+        self.keys, self.vals = list(ns), list(map(id, ns.values()))
         self.ids_known = prev is not None and snap._ids_sig == prev.signature()
         self.prev_groups = prev.groups() if prev is not None else {}
+        if self.ids_known:
+            assert prev is not None
+            moved, gone = snap.bound_since(self.keys, self.vals)
+            self.moved = {n for n in moved if self.is_live(n)}
+            self.deleted = {n for n in gone if n in prev}
+            self.deleted |= {n for n in moved if n in prev and not self.is_live(n)}
+        else:
+            live = snap.visible(ns)
+            self.moved = set(live)
+            self.deleted = set(prev) - set(live) if prev is not None else set()
+
+    def is_live(self, n: str) -> bool:
+        return n in self.ns and self.snap._walkable(self.ns, n)
+
+    def live_names(self) -> list[str]:
+        """Every name of the state after this cell (O(names): the full-scan path only)."""
+        return self.snap.visible(self.ns)
 
     def walk(self, n: str) -> ObjectWalk:
         if n not in self.walks:
@@ -46,36 +67,35 @@ class CaptureRun:
 
     def candidates(self, code: str) -> tuple[set[str], str | None]:
         """The names the cell could have touched, or all of them and why."""
-        prev, live, ns, snap = self.prev, self.live, self.ns, self.snap
+        prev, ns, snap = self.prev, self.ns, self.snap
         if prev is None:
-            return set(live), "no previous state"
+            return set(self.live_names()), "no previous state"
         if not self.ids_known:
-            return set(live), "the previous state was not captured by this process"
+            return set(self.live_names()), "the previous state was not captured by this process"
         names, reason = analyse_code(code)
         if reason is not None:
-            return set(live), reason
-        cands, reason = snap._touched(ns, names & self.live_set, self.walk)
+            return set(self.live_names()), reason
+        cands, reason = snap._touched(ns, {n for n in names if self.is_live(n)}, self.walk)
         if reason is not None:
-            return set(live), reason
-        cands &= self.live_set
-        cands |= {n for n in live if n not in prev}
-        cands |= {n for n in live if snap._ids.get(n) != id(ns[n])}
-        cands |= snap._small(prev, self.live_set)
+            return set(self.live_names()), reason
+        cands = {n for n in cands if self.is_live(n)} | self.moved
+        cands |= snap._small(prev, self.is_live)
         return cands, None
 
     def run(self, code: str) -> Capture:
         from .snapshot import Capture, Manifest
 
         t0 = time.perf_counter()
-        prev, ns, snap, live = self.prev, self.ns, self.snap, self.live
+        prev, snap = self.prev, self.snap
         cands, reason = self.candidates(code)
-        rebound = {n for n in live if self.ids_known and n in snap._ids and snap._ids[n] != id(ns[n])}
+        rebound = {n for n in self.moved if prev is not None and n in prev} if self.ids_known \
+            else set()
         # Names sharing a stored group with a candidate are walked too, so a
         # group is never split by looking at only part of it.
         walkset = set(cands)
         for n in cands:
             if prev is not None and n in prev and prev[n].ref:
-                walkset.update(m for m in self.prev_groups[prev[n].ref] if m in self.live_set)
+                walkset.update(m for m in self.prev_groups[prev[n].ref] if self.is_live(m))
         comps = snap._components(sorted(walkset), self.walk)
         for n in sorted(cands):
             self.fingerprint(n)
@@ -90,16 +110,20 @@ class CaptureRun:
             written += self._store_group(comp, entries)
             changed.update(n for n in comp if prev is None or n not in prev
                            or prev[n].fp != entries[n].fp or n in rebound)
-        for n in live:
-            if n not in entries:
-                entries[n] = prev[n]  # type: ignore[index]  # untouched: prev holds it
-        manifest = Manifest({n: entries[n] for n in live})
-        deleted = set(prev) - self.live_set if prev is not None else set()
+        deleted = self.deleted
+        if prev is not None and reason is None:  # untouched names: prev holds them
+            manifest, touched = prev.derive(entries, deleted), set(entries)
+        else:
+            live = self.live_names()
+            for n in live:
+                if n not in entries:
+                    entries[n] = prev[n]  # type: ignore[index]  # untouched: prev holds it
+            manifest, touched = Manifest({n: entries[n] for n in live}), None
         snap._cost.update(self.cost)
-        snap._remember(ns, live, manifest)
+        snap._remember_ids(self.keys, self.vals, manifest)
         return Capture(manifest=manifest, changed=changed, deleted=deleted, bytes_written=written,
-                       bytes_hashed=self.hashed[0], candidates=cands, full_scan_reason=reason,
-                       seconds=time.perf_counter() - t0)
+                       bytes_hashed=self.hashed[0], candidates=cands, touched=touched,
+                       full_scan_reason=reason, seconds=time.perf_counter() - t0)
 
     def _unchanged(self, comp: list[str]) -> bool:
         """Whether ``comp`` is exactly one stored group whose fingerprinted members are as stored."""

@@ -16,7 +16,9 @@ fingerprints those candidates.  See docs/time-travel.md for what can be missed.
 from __future__ import annotations
 
 import io
+import itertools
 import json
+import operator
 import os
 import pickle
 import re
@@ -24,8 +26,8 @@ import reprlib
 import sys
 import tempfile
 import types
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,7 @@ from ..record import trust
 from ..record.objects import ObjectFiles, chunk_keys, digest
 from .pickling import LOAD_GLOBALS, array_roots, IsolatedUnpickler, Payload, SnapshotPickler, qualname
 from .capturing import CaptureRun
+from .manifest import Manifest, VarEntry
 from .restoring import Aside, Restore
 from .surrogate import state_fingerprint
 
@@ -44,6 +47,7 @@ CHUNK = 2 * 1024 * 1024  # 1% of a 100 MB array dirties at most 2 chunks (4%)
 SMALL_ONE = 256 * 1024   # objects this small are re-fingerprinted every cell...
 SMALL_TOTAL = 1024 * 1024  # ...up to this many bytes in all...
 SMALL_BUDGET = 0.004      # ...within this many seconds a cell, taking turns...
+SMALL_SCAN = 64           # ...looking at this many names at most...
 SMALL_COST = 0.002        # ...unless walking and pickling one took longer than this (s):
                           # a matplotlib Figure is small in bytes but costs ~40 ms a cell
 VALUE_MAX = 1024         # JSON values kept in the manifest up to this size
@@ -64,80 +68,6 @@ def user_name(n: str) -> bool:
 
 
 
-# --------------------------------------------------------------------------
-# Records
-# --------------------------------------------------------------------------
-@dataclass
-class VarEntry:
-    name: str
-    type: str
-    size_bytes: int
-    summary: str
-    value: Any = None          # JSON-able value for scalars/short strings/small containers
-    restorable: bool = True
-    reason: str | None = None  # why not restorable
-    ref: str = ""              # key of the stored group header ("" if not stored)
-    fp: str = ""               # content fingerprint: equal fp <=> equal pickled content;
-                               # "~…" the state an unpicklable object exposes, "!…" its identity
-    tracked: bool = True       # False: nothing shows whether the object changed (fp is its identity)
-
-    def to_json(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict | str) -> VarEntry:
-        if isinstance(data, str):
-            data = json.loads(data)
-        known = {f.name for f in fields(cls)}
-        entry = cls(**{k: v for k, v in data.items() if k in known})
-        if "tracked" not in data:  # written before `tracked`: an identity fp was all there was
-            entry.tracked = not entry.fp.startswith("!")
-        return entry
-
-
-class Manifest(Mapping[str, VarEntry]):
-    """The full state after a step.  Immutable once built."""
-
-    def __init__(self, entries: Mapping[str, VarEntry] | None = None) -> None:
-        self._entries: dict[str, VarEntry] = dict(entries or {})
-        self._sig: str | None = None
-
-    def __getitem__(self, name: str) -> VarEntry:
-        return self._entries[name]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._entries)
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def __repr__(self) -> str:
-        return f"Manifest({sorted(self._entries)})"
-
-    def groups(self) -> dict[str, list[str]]:
-        """Stored group ref -> the names it holds."""
-        out: dict[str, list[str]] = {}
-        for n, e in self._entries.items():
-            if e.ref:
-                out.setdefault(e.ref, []).append(n)
-        return out
-
-    def signature(self) -> str:
-        if self._sig is None:
-            parts = sorted(f"{n}\0{e.ref}\0{e.fp}" for n, e in self._entries.items())
-            self._sig = digest("\n".join(parts).encode())
-        return self._sig
-
-    def to_json(self) -> str:
-        return json.dumps({"v": 1, "vars": {n: e.to_json() for n, e in self._entries.items()}})
-
-    @classmethod
-    def from_json(cls, data: str | dict) -> Manifest:
-        if isinstance(data, str):
-            data = json.loads(data)
-        return cls({n: VarEntry.from_json(e) for n, e in data["vars"].items()})
-
-
 @dataclass
 class Capture:
     manifest: Manifest
@@ -146,6 +76,7 @@ class Capture:
     bytes_written: int = 0
     bytes_hashed: int = 0            # bytes fingerprinted: proves untouched buffers were skipped
     candidates: set[str] = field(default_factory=set)
+    touched: set[str] | None = None  # names whose entries were made anew; None: all of them
     full_scan_reason: str | None = None  # why every name was checked, if it was
     seconds: float = 0.0
 
@@ -226,7 +157,10 @@ class Snapshotter:
         self.gate = gate  # a history's objects load only through its trust gate
         self.hidden = hidden if hidden is not None else set()
         self.chunk_size = chunk_size
-        self._ids: dict[str, int] = {}
+        # ns's names and the ids of their values at the last capture or restore
+        self._keys: list[str] = []
+        self._vals: list[int] = []
+        self._ids_dict: dict[str, int] | None = {}
         self._ids_sig: str | None = None
         self._cost: dict[str, float] = {}  # seconds the last check of each name took
         self._turn = 0  # where the next cell's round of small re-checks starts
@@ -268,26 +202,31 @@ class Snapshotter:
     def _walkable(self, ns: dict, n: str) -> bool:
         return user_name(n) and n not in self.hidden
 
-    def _small(self, prev: Manifest, live: set[str]) -> set[str]:
+    def _small(self, prev: Manifest, is_live: Callable[[str], bool]) -> set[str]:
         """Small objects the cell did not name are re-fingerprinted too: it
         catches mutation through references we cannot see. Within a time
-        budget per cell, in turn: with hundreds of names, checking them all
-        every cell made each cell cost ~60 ms (bench/soak.py); in turn, a
-        hidden mutation is caught within a few cells instead of at once.
-        Objects that proved slow to check are left to the analysis."""
-        eligible = [n for n, e in sorted(prev.items(), key=lambda kv: kv[1].size_bytes)
-                    if n in live and e.size_bytes <= SMALL_ONE and self._cost.get(n, 0.0) <= SMALL_COST]
+        budget per cell, in turn round the names (at most SMALL_SCAN looked
+        at a cell, so the cost does not grow with the namespace): with
+        hundreds of names, checking them all every cell made each cell cost
+        ~60 ms (bench/soak.py); in turn, a hidden mutation is caught within a
+        few cells instead of at once. Objects that proved slow to check are
+        left to the analysis."""
+        names = prev.names()
         out: set[str] = set()
-        total, spent = 0, 0.0
-        start = self._turn % len(eligible) if eligible else 0
-        for n in eligible[start:] + eligible[:start]:
-            size = prev[n].size_bytes
-            if total + size > SMALL_TOTAL or spent > SMALL_BUDGET:
+        total, spent, i = 0, 0.0, self._turn % len(names) if names else 0
+        for _ in range(min(len(names), SMALL_SCAN)):
+            n = names[i]
+            i = (i + 1) % len(names)
+            e = prev[n]
+            if e.size_bytes > SMALL_ONE or self._cost.get(n, 0.0) > SMALL_COST or not is_live(n):
+                continue
+            if total + e.size_bytes > SMALL_TOTAL or spent > SMALL_BUDGET:
+                i = (i - 1) % len(names)  # its turn comes first next cell
                 break
             out.add(n)
-            total += size
+            total += e.size_bytes
             spent += self._cost.get(n, 0.0002)
-        self._turn = start + len(out)
+        self._turn = i
         return out
 
     def _components(self, names: list[str], walk: Callable[[str], ObjectWalk]) -> list[list[str]]:
@@ -371,8 +310,29 @@ class Snapshotter:
         return f"~{state}" if state is not None else f"!{id(obj):x}"
 
     def _remember(self, ns: dict, live: list[str], manifest: Manifest) -> None:
-        self._ids = {n: id(ns[n]) for n in live if n in ns}
+        self._remember_ids(list(ns), list(map(id, ns.values())), manifest)
+
+    def _remember_ids(self, keys: list[str], vals: list[int], manifest: Manifest) -> None:
+        """What every name of ns was bound to when ``manifest`` was made."""
+        self._keys, self._vals, self._ids_dict = keys, vals, None
         self._ids_sig = manifest.signature()
+
+    @property
+    def _ids(self) -> dict[str, int]:
+        if self._ids_dict is None:
+            self._ids_dict = dict(zip(self._keys, self._vals))
+        return self._ids_dict
+
+    def bound_since(self, keys: list[str], vals: list[int]) -> tuple[set[str], set[str]]:
+        """Names of ns bound anew or rebound since _remember, and names unbound
+        since. All C-level passes: a cell usually only appends names (IPython's
+        ``_i7`` among them), so the old names are compared position by position."""
+        k = len(self._keys)
+        if keys[:k] == self._keys:
+            same = map(operator.ne, vals[:k], self._vals)
+            return {keys[i] for i in itertools.compress(range(k), same)} | set(keys[k:]), set()
+        now = dict(zip(keys, vals))
+        return {n for n, _ in now.items() - self._ids.items()}, set(self._ids.keys() - now.keys())
 
     # -- restore ---------------------------------------------------------
     def restore(self, target: Manifest, ns: dict, live: Manifest | None,

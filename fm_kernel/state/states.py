@@ -17,7 +17,7 @@ from typing import Any, Callable, Mapping
 
 from .. import errors
 from ..record import gc, trust
-from ..record.objects import ObjectFiles, digest
+from ..record.objects import ObjectFiles
 from .snapshot import Capture, Manifest, RestoreReport, Snapshotter, VarEntry
 from ..record.store import Store
 from ..tables import human_bytes
@@ -26,15 +26,6 @@ log = logging.getLogger(__name__)
 GC_AT_OPEN = 5.0  # seconds the orphan pass at open may take; `fm gc` has no limit
 
 BRANCH_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_./@")
-
-
-def entry_id(entry: VarEntry) -> str:
-    import json
-    from dataclasses import fields
-
-    # fields directly, not dataclasses.asdict: asdict deep-copies the value
-    return digest(json.dumps([getattr(entry, f.name) for f in fields(entry)],
-                             default=str).encode())
 
 
 @dataclass
@@ -85,7 +76,6 @@ class States:
             self.gc_line = gc.collect(store, objects, GC_AT_OPEN).line()
             log.info(self.gc_line)
         self._known = store.known_entry_ids()
-        self._entry_ids: dict[int, tuple[VarEntry, str]] = {}
 
     @property
     def trusted(self) -> bool:
@@ -104,19 +94,12 @@ class States:
             self._write_failed = True
             raise
         self._uncommitted = True
-        names, ids, new = [], [], []
-        ids_of = {}
-        for name, entry in cap.manifest.items():
-            # an entry carried over unchanged is the same object as last cell's
-            cached = self._entry_ids.get(id(entry))
-            eid = cached[1] if cached is not None and cached[0] is entry else entry_id(entry)
-            ids_of[id(entry)] = (entry, eid)
-            names.append(name)
-            ids.append(eid)
-            if eid not in self._known:
-                new.append({"id": eid, **entry.to_json()})
-        state = {"names": names, "ids": ids, "changed": sorted(cap.changed)}
-        self._entry_ids = ids_of
+        m = cap.manifest
+        eids = m.entry_ids()  # carried over from the last state for untouched names
+        new = [{"id": eids[n], **m[n].to_json()}
+               for n in (m.names() if cap.touched is None else cap.touched)
+               if n in eids and eids[n] not in self._known]
+        state = {"names": list(eids), "ids": list(eids.values()), "changed": sorted(cap.changed)}
         return state, new, cap
 
     def committed(self, new: list[dict[str, Any]], cap: Capture) -> None:

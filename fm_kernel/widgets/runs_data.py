@@ -208,4 +208,8 @@ def pending_text(status: str, detail: dict[str, Any]) -> str:
         return f"waits for signal {detail['signal']!r}{until}"
     if detail.get("callback") is not None:
         return f"waits for a POST to {callback_url(detail['callback'])}{until}"
+    if detail.get("message") is not None:  # fm.recv
+        return f"waits for a message on topic {detail['message']!r}{until}"
+    if detail.get("key") is not None and detail.get("run_id"):  # run.get_event in a flow
+        return f"waits for event {detail['key']!r} of run {str(detail['run_id'])[:8]}{until}"
     return "waiting" + until

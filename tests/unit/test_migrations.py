@@ -15,7 +15,8 @@ from fm_kernel import errors
 from fm_kernel.record.migrations import MIGRATIONS
 from fm_kernel.record.store import SCHEMA_VERSION, Store
 
-VIEWS = {"steps", "outputs", "variables", "branches", "events", "runs", "run_steps"}
+VIEWS = {"steps", "outputs", "variables", "branches", "events", "runs", "run_steps", "tasks",
+         "received_events"}
 T0 = dt.datetime(2026, 1, 2, tzinfo=dt.timezone.utc)
 
 

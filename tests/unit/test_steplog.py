@@ -174,3 +174,46 @@ def test_power_loss_keeps_what_each_mode_promises(history_file: Path, tmp_path: 
     # FM_FSYNC=1: every acknowledged record; the default: none since the last
     # batch (here no batch ran; the default's window is one checkpoint interval)
     assert kept == ([1, 2, 3, 4, 5] if fsync else [])
+
+
+def test_states_are_logged_as_changes_and_replayed_whole(history_file: Path, tmp_path: Path,
+                                                        slow_batches: None) -> None:
+    """A state names every variable: with 2,000 names the log line of a cell
+    that changed one holds that one (and the names added), not all of them."""
+    store = Store.open(history_file)
+    names = [f"v{i}" for i in range(2000)]
+    states = [(names, [f"e{i}" for i in range(2000)])]
+    states.append((names, [*states[0][1][:5], "x5", *states[0][1][6:]]))  # v5 changed
+    states.append((names + ["w"], [*states[1][1], "ew"]))                 # w added
+    states.append((names[1:] + ["w"], [*states[1][1][1:], "ew"]))         # v0 deleted: whole
+    for step, (n, i) in enumerate(states, 1):
+        r = rec(step)
+        r.state = {"names": list(n), "ids": list(i), "changed": []}
+        store.append_step(r)
+    log = Path(str(history_file) + steplog.SUFFIX)
+    sizes = [len(line) for line in log.read_bytes().split(b"\n")[:-1]]
+    assert sizes[1] < 1000 and sizes[2] < 1000 and sizes[0] > 20000 and sizes[3] > 20000, sizes
+    copy = crash_copy(store, tmp_path / "crash")
+    store.abandon()
+    reopened = Store.open(copy)
+    for step, (n, i) in enumerate(states, 1):
+        assert reopened.step(step).state["names"] == n and reopened.step(step).state["ids"] == i
+    reopened.close()
+
+
+def test_a_change_whose_base_line_is_damaged_is_left_out_never_guessed(
+        history_file: Path, tmp_path: Path, slow_batches: None) -> None:
+    store = Store.open(history_file)
+    for step in (1, 2, 3):
+        r = rec(step)
+        r.state = {"names": ["a", "b"], "ids": ["1", str(step)], "changed": ["b"]}
+        store.append_step(r)
+    copy = crash_copy(store, tmp_path / "crash")
+    store.abandon()
+    log = Path(str(copy) + steplog.SUFFIX)
+    lines = log.read_bytes().split(b"\n")
+    lines[1] = b"{damaged" + lines[1][8:]
+    log.write_bytes(b"\n".join(lines))
+    reopened = Store.open(copy)
+    assert [r[0] for r in reopened.query("SELECT step FROM steps ORDER BY step").rows] == [1]
+    reopened.close()
