@@ -3,6 +3,7 @@ way a frontend drives it. Shared by the real-kernel tests."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -98,6 +99,14 @@ def query(history: Path, sql: str, params: list[Any] | None = None) -> list[tupl
         return con.execute(sql, params or []).fetchall()
     finally:
         con.close()
+
+
+def endpoint_info(history: Path, timeout: float = 30) -> dict[str, Any]:
+    """The endpoint file of a kernel's history: the endpoint starts once the
+    history is open, in the background after the kernel answers, so wait."""
+    path = Path(str(history) + ".endpoint.json")
+    wait_until(path.exists, timeout, what=f"{path.name} to be written")
+    return json.loads(path.read_text())
 
 
 def wait_until(pred, timeout: float = 30, what: str = "condition", poll: float = 0.05) -> None:

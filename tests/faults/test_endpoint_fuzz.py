@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from kernel_driver import Kernel, query  # noqa: E402
+from kernel_driver import Kernel, endpoint_info, query  # noqa: E402
 
 REQUESTS = int(os.environ.get("FM_FUZZ_REQUESTS", "10000"))
 
@@ -117,7 +117,7 @@ def test_slow_bodies_and_connections_past_the_cap_get_no_5xx(tmp_path: Path) -> 
     env = {"FM_HISTORY": str(history), "FM_ENDPOINT_MAX_CONNECTIONS": "64",
            "FM_ENDPOINT_BODY_TIMEOUT": "3", "FM_ENDPOINT_HEADER_TIMEOUT": "3"}
     with Kernel(env=env) as k:
-        info = json.loads(Path(str(history) + ".endpoint.json").read_text())
+        info = endpoint_info(history)
         port, auth = info["port"], f"token {info['token']}"
         held = []
         for i in range(120):  # idle connections, past the cap of 64
