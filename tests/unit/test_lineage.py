@@ -11,7 +11,7 @@ def graph(steps: list[tuple[int, int | None, str, bool]], heads: dict[str, int |
           recorded_bases: dict[str, int | None] | None = None) -> Graph:
     """steps as (step, parent, ran on, finished)."""
     return Graph(parent={s: p for s, p, _, _ in steps}, ran_on={s: b for s, _, b, _ in steps},
-                 finished={s: f for s, _, _, f in steps}, seq={s: s for s, *_ in steps},
+                 finished={s: f for s, _, _, f in steps},
                  heads=heads, bases=recorded_bases or {n: None for n in heads},
                  created={n: "" for n in heads}, session_seqs=[0], session_at=[""], head=None)
 
@@ -28,11 +28,11 @@ def test_a_cell_that_never_finished_is_on_its_parents_branch_and_in_its_log() ->
     g = graph([(1, None, "main", True), (2, 1, "main", False), (3, 1, "main", True)], {"main": 3})
     line = lines(g, ("main", 3))
     assert line[2] == "main"
-    assert shown(g, line, 3, every=False) == [1, 2, 3]
+    assert [s for s, _ in shown(g, line, 3, every=False)] == [1, 2, 3]
     # a finished step off the ancestry is not HEAD's: it is left to --all
     g = graph([(1, None, "main", True), (2, 1, "main", True), (3, 1, "main", True)],
               {"main": 3, "main@2": 2})
-    assert shown(g, lines(g, ("main", 3)), 3, every=False) == [1, 3]
+    assert [s for s, _ in shown(g, lines(g, ("main", 3)), 3, every=False)] == [1, 3]
 
 
 def test_a_step_two_tips_reach_goes_to_the_tip_that_ran_on_its_branch() -> None:
