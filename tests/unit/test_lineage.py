@@ -63,3 +63,40 @@ def test_session_lines_mark_where_a_new_kernel_session_began() -> None:
     ]
     later = step_log_table(rows[2:], head=3, sessions=[(2, "t2")]).splitlines()
     assert later[2] == "-- kernel session 2, started t2 --"  # the first row's session named
+
+
+def test_a_long_history_is_walked_as_a_few_runs(tmp_path) -> None:
+    """1,000 steps, a rewind to 500 (main@1000 keeps the old tip), 10 new
+    steps: the graph DuckDB hands over has a node per run, not per step, and
+    the log and branches read off it are those of the step-by-step rules."""
+    import datetime as dt
+
+    from fm_kernel.record.lineage import branch_table, step_log
+    from fm_kernel.record.rows import StepRecord
+    from fm_kernel.record.store import Store
+
+    now = dt.datetime.now(dt.timezone.utc)
+
+    def rec(step: int, parent: int | None) -> StepRecord:
+        return StepRecord(step=step, branch="main", parent=parent, kernel_id="k", cell_id=None,
+                          execution_count=step, code=f"x = {step}", status="ok",
+                          started_at=now, finished_at=now, duration_ms=1.0)
+
+    store = Store.open(tmp_path / "h.duckdb")
+    store.append_steps([rec(s, s - 1 or None) for s in range(1, 1001)])
+    store.append_branch("main@1000", 1000, 1000)  # what a rewind does (state/navigate.py)
+    store.append_branch("main", 500, None)
+    store.append_event("rewind", step=500, payload={"branch": "main"})
+    store.append_steps([rec(1001, 500), *[rec(s, s - 1) for s in range(1002, 1011)]])
+    g = Graph.load(store.query, 1010)
+    assert sorted(g.parent) == [500, 1000, 1010]  # 1..500, 501..1000, 1001..1010
+    log = step_log(store.query, ("main", 1010), limit=12)
+    assert [(r[0], r[1], r[2]) for r in log.rows] == \
+        [(499, "main", 498), (500, "main", 499)] + [(s, "main", s - 1 if s > 1001 else 500)
+                                                      for s in range(1001, 1011)]
+    assert log.total == 1010
+    every = step_log(store.query, ("main", 1010), every=True, limit=None)
+    assert len(every.rows) == 1010 and every.rows[700][1] == "main@1000"
+    rows, current = branch_table(store.query, ("main", 1010))
+    assert current == "main" and {r[0]: r[2] for r in rows} == {"main": None, "main@1000": 500}
+    store.close()
