@@ -43,7 +43,8 @@ class BulkWrites:
                 if sid is not None and sid not in self._states and sid not in states:
                     states[sid] = rec.state
                 rows.append(self._step_params(rec, sid, None if seqs is None else seqs[i]))
-                self._step = max(self._step, rec.step)
+            with self._seq_lock:  # step numbers are handed out on other threads meanwhile
+                self._step = max(self._step, *(rec.step for rec in recs), 0)
             entry_rows = [(e["id"], e["name"], e["type"], e["size_bytes"], e["summary"],
                            json.dumps(e["value"]) if e.get("value") is not None else None,
                            e["restorable"], e["reason"], json.dumps(e)) for e in entries]

@@ -100,6 +100,9 @@ class StepLog:
         self.fsync = fsync_wanted()
         self.interval = CHECKPOINT_INTERVAL if interval is None else interval
         self._pending: list[tuple] = []  # (seq, table, record or row, entries)
+        # Appends take only this lock, never the store's: a cell's record
+        # must not wait while a batch is written into DuckDB.
+        self._lock = threading.Lock()  # the fd, _size, _pending, _states
         self._wake = threading.Event()
         self._closed = False
         self._states = StateDeltas()  # the first state written by this process is whole
@@ -138,12 +141,13 @@ class StepLog:
     def append(self, seq: int, rec: StepRecord, entries: Sequence[dict[str, Any]]) -> None:
         """Make a step record durable (one write) and queue it for DuckDB."""
         line = rec.to_json()
-        if rec.state is not None:
-            line["state"] = self._states.encode(rec.state)
-        self._append({"seq": seq, "table": "steps", "rec": line, "entries": list(entries)},
-                     (seq, "steps", rec, entries))
-        if rec.state is not None:  # written: later deltas may refer to it
-            self._states.base = (seq, rec.state["names"], rec.state["ids"])
+        with self._lock:
+            if rec.state is not None:
+                line["state"] = self._states.encode(rec.state)
+            self._write({"seq": seq, "table": "steps", "rec": line, "entries": list(entries)},
+                        (seq, "steps", rec, entries))
+            if rec.state is not None:  # written: later deltas may refer to it
+                self._states.base = (seq, rec.state["names"], rec.state["ids"])
 
     def append_row(self, table: str, row: list[Any]) -> None:
         """An event, branch record or setting (``table``: events, branches,
@@ -152,10 +156,11 @@ class StepLog:
         at = _AT.get(table)
         line = {"seq": row[0], "table": table,
                 "row": row if at is None else [*row[:at], row[at].isoformat(), *row[at + 1:]]}
-        self._append(line, (row[0], table, row, None))
+        with self._lock:
+            self._write(line, (row[0], table, row, None))
 
-    def _append(self, line: dict[str, Any], record: tuple) -> None:
-        """One write of one line; the caller holds the store's lock. A write
+    def _write(self, line: dict[str, Any], record: tuple) -> None:
+        """One write of one line; the caller holds the log's lock. A write
         the disk refused is cut off again, so the log never holds half a
         record before a whole one."""
         data = (json.dumps(line) + "\n").encode()
@@ -182,23 +187,34 @@ class StepLog:
         """Move every waiting record into DuckDB now (one transaction).
         Called by reads, copies, close and the checkpointer."""
         with self.store.lock:
-            # none wait inside a transaction: it flushed them before it began
+            # a transaction flushed before it began; what other threads
+            # append meanwhile waits for the next flush
             if not self._pending or self.store.in_transaction:
                 return
-            with self.store.transaction(log_first=False):
-                _insert(self.store, self._pending)
-            self._pending = []
+            with self._lock:
+                batch, self._pending = self._pending, []
+            try:
+                with self.store.transaction(log_first=False):
+                    _insert(self.store, batch)
+            except BaseException:
+                with self._lock:
+                    self._pending[:0] = batch
+                raise
             if self._size > KEEP_BYTES:
                 self._checkpoint()
 
     def _checkpoint(self) -> None:
-        """DuckDB's CHECKPOINT, then an empty log. Until then the log keeps
-        every record DuckDB holds only in its write-ahead log: if that log
-        replays short (a cut file), the records are replayed from here."""
+        """DuckDB's CHECKPOINT, then an empty log, if nothing was appended
+        meanwhile. Until then the log keeps every record DuckDB holds only in
+        its write-ahead log: if that log replays short (a cut file), the
+        records are replayed from here. The caller holds the store's lock."""
         self.store.execute("CHECKPOINT")
-        os.ftruncate(self._fd, 0)
-        self._size = 0
-        self._states.reset()  # the next state line is the file's first: whole
+        with self._lock:
+            if self._pending:
+                return  # they are in the file only: it is emptied another time
+            os.ftruncate(self._fd, 0)
+            self._size = 0
+            self._states.reset()  # the next state line is the file's first: whole
 
     def _checkpointer(self) -> None:
         while not self._closed:
@@ -220,7 +236,7 @@ class StepLog:
         """Close leaving the file as it is, records and all (a damaged history)."""
         self._closed = True
         self._wake.set()
-        with self.store.lock:
+        with self._lock:
             os.close(self._fd)
 
     def close(self) -> bool:
@@ -237,9 +253,9 @@ class StepLog:
         except Exception:
             log.exception("step log %s: records left for the next open to replay", self.path)
             done = False
-        with self.store.lock:
+        with self._lock:
             os.close(self._fd)
-            if done:
+            if done and not self._pending:
                 try:
                     self.path.unlink()
                 except OSError:

@@ -60,8 +60,10 @@ class Store(BulkWrites, HistoryReads):
         self.read_only = read_only
         self.created = False  # set by open() when this process made the file
         self._conn = conn
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # the connection
+        self._seq_lock = threading.Lock()  # seq and step numbers, taken without the connection
         self._in_txn = False
+        self._txn_owner: int | None = None
         self._log: steplog.StepLog | None = None  # set once seq and step are known
         self._scratch: Path | None = None  # sidecars of an in-memory history
         # Writers that buffer records outside DuckDB (the flow journal's log)
@@ -178,7 +180,7 @@ class Store(BulkWrites, HistoryReads):
     def release_step(self, step: int) -> None:
         """Give back ``step`` when its record could not be written: numbers
         are reserved only by a committed record, so a failure leaves no gap."""
-        with self._lock:
+        with self._seq_lock:
             if self._step == step:
                 self._step -= 1
 
@@ -213,7 +215,7 @@ class Store(BulkWrites, HistoryReads):
                 self._log.flush()
             if outer:
                 self._conn.execute("BEGIN")
-                self._in_txn = True
+                self._in_txn, self._txn_owner = True, threading.get_ident()
             try:
                 yield
             except BaseException:
@@ -232,12 +234,12 @@ class Store(BulkWrites, HistoryReads):
             self._conn.execute(sql, params)
 
     def next_seq(self) -> int:
-        with self._lock:
+        with self._seq_lock:
             self._seq += 1
             return self._seq
 
     def next_step(self) -> int:
-        with self._lock:
+        with self._seq_lock:
             self._step += 1
             return self._step
 
@@ -253,17 +255,26 @@ class Store(BulkWrites, HistoryReads):
     def in_transaction(self) -> bool:
         return self._in_txn
 
+    def _log_here(self) -> steplog.StepLog | None:
+        """The step log, unless this thread is inside a transaction (its
+        writes then go into that transaction, atomic with it)."""
+        if self._log is None or (self._in_txn and self._txn_owner == threading.get_ident()):
+            return None
+        return self._log
+
     # -- writes --------------------------------------------------------------
 
     def append_step(self, rec: StepRecord, entries: Sequence[dict[str, Any]] = ()) -> None:
         """Append one record of a step, and the variable entries its state
         names for the first time; committed on return (to the step log)."""
-        with self._lock:
+        with self._seq_lock:
             self._step = max(self._step, rec.step)
-            if self._log is not None and not self._in_txn:
-                self._log.append(self.next_seq(), rec, entries)  # committed on return
-                return
-            self.append_steps([rec], entries, columnar=False)  # in a transaction: atomic with it
+        log = self._log_here()
+        if log is not None:  # no wait for the connection: a batch may be going in
+            log.append(self.next_seq(), rec, entries)  # committed on return
+            return
+        with self._lock:
+            self.append_steps([rec], entries, columnar=False)
 
     def _step_params(self, rec: StepRecord, state_id: str | None,
                      seq: int | None = None) -> list[Any]:
@@ -280,14 +291,15 @@ class Store(BulkWrites, HistoryReads):
         self, kind: str, step: int | None = None, run_id: str | None = None,
         payload: dict[str, Any] | None = None,
     ) -> int:
-        with self._lock:
-            seq = self.next_seq()
-            row = [seq, utcnow(), kind, step, run_id, json.dumps(payload or {}, default=str)]
-            if self._log is not None and not self._in_txn:
-                self._log.append_row("events", row)
-            else:
-                self._conn.execute("INSERT INTO fm_events VALUES (?, ?, ?, ?, ?, ?)", row)
+        seq = self.next_seq()
+        row = [seq, utcnow(), kind, step, run_id, json.dumps(payload or {}, default=str)]
+        log = self._log_here()
+        if log is not None:
+            log.append_row("events", row)
             return seq
+        with self._lock:
+            self._conn.execute("INSERT INTO fm_events VALUES (?, ?, ?, ?, ?, ?)", row)
+        return seq
 
     # -- reads ---------------------------------------------------------------
 
@@ -349,12 +361,13 @@ class Store(BulkWrites, HistoryReads):
 
     def append_branch(self, name: str, head: int | None, base: int | None) -> None:
         """A branch's creation, or a move of its head not made by running a cell."""
+        row = [self.next_seq(), name, head, base, utcnow()]
+        log = self._log_here()
+        if log is not None:
+            log.append_row("branches", row)
+            return
         with self._lock:
-            row = [self.next_seq(), name, head, base, utcnow()]
-            if self._log is not None and not self._in_txn:
-                self._log.append_row("branches", row)
-            else:
-                self._conn.execute("INSERT INTO fm_branch_records VALUES (?, ?, ?, ?, ?)", row)
+            self._conn.execute("INSERT INTO fm_branch_records VALUES (?, ?, ?, ?, ?)", row)
 
     def copy_to(self, target: Path) -> None:
         """A consistent copy of the whole history as a new database file."""
@@ -375,10 +388,12 @@ class Store(BulkWrites, HistoryReads):
 
     def set_meta(self, key: str, value: str | None) -> None:
         """Set (or, with None, delete) a setting of this history."""
+        log = self._log_here()
+        if log is not None:
+            log.append_row("meta", [0, key, value])
+            return
         with self._lock:
-            if self._log is not None and not self._in_txn:
-                self._log.append_row("meta", [0, key, value])
-            elif value is None:
+            if value is None:
                 self._conn.execute("DELETE FROM fm_meta WHERE key = ?", [key])
             else:
                 self._conn.execute("INSERT OR REPLACE INTO fm_meta VALUES (?, ?)", [key, value])
