@@ -38,6 +38,14 @@ def _parser(name: str) -> _Parser:
     return _Parser(prog=prog, description=magic_help.SUMMARY.get(name))
 
 
+def _with_rebuild(p: _Parser) -> _Parser:
+    p.add_argument("--rebuild", metavar="NAME[,NAME]", default=[],
+                   type=lambda v: [n.strip() for n in v.split(",") if n.strip()],
+                   help="re-create these untracked objects by re-running the statement that "
+                        "made them (kept as they are otherwise)")
+    return p
+
+
 def _inert(data: dict[str, Any], history: Any) -> dict[str, Any]:
     """The parts of a stored output a frontend cannot run; one line for the rest."""
     from .record.trust import inert_parts
@@ -241,12 +249,14 @@ class FlowmetalMagics(Magics):
     def _rewind(self, argv: list[str]) -> None:
         p = _parser("rewind")
         p.add_argument("step", type=int)
-        print(navigate.rewind(runtime.current(), p.parse_args(argv).step))
+        a = _with_rebuild(p).parse_args(argv)
+        print(navigate.rewind(runtime.current(), a.step, rebuild=a.rebuild))
 
     def _undo(self, argv: list[str]) -> None:
         p = _parser("undo")
         p.add_argument("n", type=int, nargs="?", default=1)
-        print(navigate.undo(runtime.current(), p.parse_args(argv).n))
+        a = _with_rebuild(p).parse_args(argv)
+        print(navigate.undo(runtime.current(), a.n, rebuild=a.rebuild))
 
     def _fork(self, argv: list[str]) -> None:
         p = _parser("fork")
@@ -258,7 +268,8 @@ class FlowmetalMagics(Magics):
     def _checkout(self, argv: list[str]) -> None:
         p = _parser("checkout")
         p.add_argument("ref", metavar="BRANCH|STEP")
-        print(navigate.checkout(runtime.current(), p.parse_args(argv).ref))
+        a = _with_rebuild(p).parse_args(argv)
+        print(navigate.checkout(runtime.current(), a.ref, rebuild=a.rebuild))
 
     def _resume(self, argv: list[str]) -> None:
         _parser("resume").parse_args(argv)

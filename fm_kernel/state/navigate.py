@@ -5,7 +5,7 @@ The events are what a next kernel derives HEAD from (Store.head)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from .. import errors
 from .states import check_branch_name, progress_printer
@@ -18,7 +18,7 @@ Progress = Callable[[int, int], None]  # bytes done, bytes in all
 
 
 def _move(rt: "Runtime", step: int, branch: str, kind: str, verb: str,
-          progress: Progress | None = None) -> str:
+          progress: Progress | None = None, rebuild: Sequence[str] = ()) -> str:
     tl = rt.require_states()
     store = tl.store
     heads = store.branch_heads()
@@ -30,7 +30,7 @@ def _move(rt: "Runtime", step: int, branch: str, kind: str, verb: str,
         keep = f"{before_branch}@{before}"
         if keep not in heads:
             store.append_branch(keep, before, before)
-    moved = tl.restore(step, progress or progress_printer(verb))  # a view shows its own
+    moved = tl.restore(step, progress or progress_printer(verb), rebuild)  # a view shows its own
     moved.branch = branch
     rt.branch, rt.head = branch, step
     store.append_branch(branch, step, None)
@@ -41,17 +41,18 @@ def _move(rt: "Runtime", step: int, branch: str, kind: str, verb: str,
     return moved.line(verb)
 
 
-def rewind(rt: "Runtime", step: int, progress: Progress | None = None) -> str:
-    return _move(rt, step, rt.branch, "rewind", "rewound to", progress)
+def rewind(rt: "Runtime", step: int, progress: Progress | None = None,
+           rebuild: Sequence[str] = ()) -> str:
+    return _move(rt, step, rt.branch, "rewind", "rewound to", progress, rebuild)
 
 
-def undo(rt: "Runtime", n: int = 1) -> str:
+def undo(rt: "Runtime", n: int = 1, rebuild: Sequence[str] = ()) -> str:
     if n < 1:
         raise errors.UsageError("undo takes a number of steps of at least 1")
     if rt.head is None:
         raise errors.UsageError("nothing to undo: the namespace holds no recorded step yet")
     target = rt.require_states().parent_chain(rt.head, n)
-    return _move(rt, target, rt.branch, "rewind", f"undid {n}, rewound to")
+    return _move(rt, target, rt.branch, "rewind", f"undid {n}, rewound to", rebuild=rebuild)
 
 
 def fork(rt: "Runtime", name: str, from_step: int | None = None,
@@ -72,7 +73,7 @@ def fork(rt: "Runtime", name: str, from_step: int | None = None,
     return line + f"; new cells go on {name}"
 
 
-def checkout(rt: "Runtime", ref: str) -> str:
+def checkout(rt: "Runtime", ref: str, rebuild: Sequence[str] = ()) -> str:
     tl = rt.require_states()
     heads = tl.store.branch_heads()
     if ref in heads:
@@ -84,13 +85,13 @@ def checkout(rt: "Runtime", ref: str) -> str:
                 "from_branch": rt.branch, "from_step": rt.head, "branch": ref})
             rt.branch = ref
             return f"on branch {ref} (no steps yet)"
-        return _move(rt, head, ref, "checkout", "checked out")
+        return _move(rt, head, ref, "checkout", "checked out", rebuild=rebuild)
     if not ref.isdigit():
         raise errors.UsageError(f"no branch {ref!r} and not a step number; `%fm branches` lists branches")
     rec = tl.store.step(int(ref))
     if rec is None:
         raise errors.NoSuchStep(ref)
-    return _move(rt, rec.step, rec.branch, "checkout", "checked out")
+    return _move(rt, rec.step, rec.branch, "checkout", "checked out", rebuild=rebuild)
 
 
 def resume(rt: "Runtime") -> str | None:

@@ -13,7 +13,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 from .. import errors
 from ..record import gc, trust
@@ -57,6 +57,8 @@ class Moved:
         if gone:
             text += "; not restored: " + ", ".join(
                 f"{n} ({why})" for n, why in sorted(gone.items()))
+        if r.untracked:
+            text += f"; --rebuild {','.join(r.untracked)} re-runs the statements that made them"
         return text
 
 
@@ -147,11 +149,24 @@ class States:
 
     # -- moving HEAD ---------------------------------------------------------
 
-    def restore(self, step: int, progress: Callable[[int, int], None] | None = None) -> Moved:
+    def restore(self, step: int, progress: Callable[[int, int], None] | None = None,
+                rebuild: Sequence[str] = ()) -> Moved:
+        """Make ns the state after ``step``. Names in ``rebuild`` that would
+        be kept as they are (not tracked) are made again by re-running the
+        statement that made them, as objects no store holds are."""
         t0 = time.perf_counter()
         self._require_trust()
         target = self.manifest(step)
+        missing = [n for n in rebuild if n not in target]
+        if missing:
+            raise errors.UsageError(f"--rebuild: step {step} has no variable {missing[0]!r}; "
+                                    f"it holds: {', '.join(sorted(target)) or 'nothing'}")
         report = self.snap.restore(target, self.ns, self.live, progress)
+        for n in rebuild:
+            if n in report.untracked:
+                report.untracked.remove(n)
+                report.not_restored[n] = "not tracked"
+                report.kept.append(n)  # stays bound until the rebuild succeeds
         self.rebuild(step, report, target)
         self.live = report.manifest if report.manifest is not None else target
         return Moved(step, "", report, time.perf_counter() - t0)
