@@ -322,13 +322,19 @@ def test_frame_change_counts():
     b = pd.concat([b, pd.DataFrame({"a": [4], "b": [4.0], "c": [0]}, index=[3])])
     c = frame_change_counts(a, b)
     assert c == {"columns_added": 1, "columns_removed": 0, "rows_added": 1, "rows_removed": 0,
-                 "rows_changed": 1, "columns_changed": 1, "cells_changed": 1, "by_position": 0}
+                 "rows_changed": 1, "columns_changed": 1, "cells_changed": 1, "by_position": 0,
+                 "rows_changed_by_position": 1}
     assert describe_frame_change(c) == ("1 row changed, 1 column changed, 1 row added, "
-                                        "1 column added (rows matched by index label)")
-    # after a reset_index every label moved: the text says how rows were paired
+                                        "1 column added (rows matched by index label); "
+                                        "matched by position instead: 1 row changed")
+    # after a reset_index every label moved: the text says how rows were paired,
+    # and what pairing them by position gives
     shifted = a.iloc[1:].reset_index(drop=True)
     assert describe_frame_change(frame_change_counts(a, shifted)).endswith(
-        "(rows matched by index label)")
+        "(rows matched by index label); matched by position instead: 2 rows changed")
+    # sorted: by label nothing changed but the order; by position every moved row differs
+    flipped = a.iloc[::-1]
+    assert describe_frame_change(frame_change_counts(a, flipped)).startswith("0 rows changed")
     dup = pd.DataFrame({"a": [1, 2]}, index=[0, 0])
     assert describe_frame_change(frame_change_counts(dup, dup)).endswith(
         "(rows matched by position (the index has repeated labels))")

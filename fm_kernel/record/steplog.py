@@ -87,7 +87,7 @@ def replay_for_reader(path: Path, open_writable: Callable[[Path], Any]) -> None:
         open_writable(path).close()
     except HistoryLocked:
         raise
-    except HistoryError as exc:  # cannot be written: the reader gets what DuckDB has, and a log line
+    except HistoryError as exc:  # cannot be written: the reader gets what DuckDB has; say so
         log.warning("%s: records in its step log could not be replayed (%s)", path, exc)
 
 
@@ -305,7 +305,8 @@ class StateDeltas:
 
 # the position of the timestamp in an event's and a branch record's row
 _AT = {"events": 1, "branches": 4}
-_INSERT = {"events": "INSERT INTO fm_events VALUES ", "branches": "INSERT INTO fm_branch_records VALUES "}
+_INSERT = {"events": "INSERT INTO fm_events VALUES ",
+           "branches": "INSERT INTO fm_branch_records VALUES "}
 
 
 def _loaded(d: dict[str, Any], states: StateDeltas) -> tuple | None:

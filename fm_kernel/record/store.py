@@ -280,7 +280,8 @@ class Store(BulkWrites, HistoryReads):
                      seq: int | None = None) -> list[Any]:
         return [
             self.next_seq() if seq is None else seq, rec.step, rec.branch, rec.parent,
-            rec.kernel_id, rec.cell_id, rec.execution_count, rec.code, rec.status, rec.started_at, rec.finished_at,
+            rec.kernel_id, rec.cell_id, rec.execution_count, rec.code, rec.status,
+            rec.started_at, rec.finished_at,
             rec.duration_ms, rec.error_name, rec.error_value,
             json.dumps(rec.traceback) if rec.traceback is not None else None,
             json.dumps(rec.outputs), state_id,

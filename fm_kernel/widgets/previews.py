@@ -228,6 +228,13 @@ def frame_change_counts(a: Any, b: Any) -> dict[str, int] | None:
         counts["rows_changed"] = int(mask.any(axis=1).sum())
         counts["columns_changed"] = int(mask.any(axis=0).sum())
     counts["cells_changed"] = int(mask.values.sum()) if mask is not None else 0
+    if not counts["by_position"] and (counts["rows_added"] or counts["rows_removed"]):
+        # labels differ (a reset_index, a sort, rows dropped): pairing rows by
+        # position may be what the user means, so count that way too
+        n = min(len(a), len(b))
+        pos = frame_cell_mask(a.iloc[:n][common].reset_index(drop=True),
+                              b.iloc[:n][common].reset_index(drop=True))
+        counts["rows_changed_by_position"] = int(pos.any(axis=1).sum()) if pos is not None else 0
     return counts
 
 
@@ -244,4 +251,8 @@ def describe_frame_change(c: dict[str, int]) -> str:
             parts.append(_count(c[key], noun[:-1], verb))
     how = "by position (the index has repeated labels)" if c.get("by_position") else \
         "by index label"
-    return ", ".join(parts) + f" (rows matched {how})"
+    text = ", ".join(parts) + f" (rows matched {how})"
+    if "rows_changed_by_position" in c:
+        by_pos = _count(c["rows_changed_by_position"], "row", "changed")
+        text += f"; matched by position instead: {by_pos}"
+    return text
