@@ -339,16 +339,19 @@ class FlowmetalMagics(Magics):
     def _runs(self, argv: list[str]) -> None:
         p = _parser("runs")
         p.add_argument("-n", type=int, default=20)
+        p.add_argument("--failed", action="store_true", help="only runs that ended with an error")
+        p.add_argument("--status", help="only runs in this status")
+        p.add_argument("--flow", help="only runs of this flow")
         a = p.parse_args(argv)
-        from .flows import runs as flow_runs
+        from .flows import registry
         from . import widgets
 
-        if widgets.in_widget_frontend():
+        if widgets.in_widget_frontend() and not (a.failed or a.status or a.flow):
             display(widgets.runs_widget(a.n))
             return
-        frame = flow_runs(a.n)
-        if frame.empty:
-            print("no flow runs yet; define one with @fm.flow and start it with .start(...)")
+        res = registry().journal.listing(a.n, a.status, a.flow, a.failed)
+        if not res.rows:
+            print("no flow runs match" if a.failed or a.status or a.flow else
+                  "no flow runs yet; define one with @fm.flow and start it with .start(...)")
             return
-        cols = ["run_id", "flow", "status", "started_at", "finished_at"]
-        print(format_table(cols, frame[cols].itertuples(index=False)))
+        print(format_table(res.columns, res.rows))

@@ -190,9 +190,9 @@ def cmd_gc(a: argparse.Namespace) -> int:
 def cmd_runs(a: argparse.Namespace) -> int:
     from ..record.rows import runs_query
 
-    res = run_sql(_history_arg(a.history), runs_query(a.n))
+    res = run_sql(_history_arg(a.history), *runs_query(a.n, a.status, a.flow, a.failed))
     if not res.rows:
-        print("no flow runs in this history")
+        print("no flow runs in this history" + (" match" if a.status or a.flow or a.failed else ""))
         return 0
     print(format_table(res.columns, res.rows))
     return 0
@@ -333,6 +333,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("runs", help="flow runs of a history, newest first")
     s.add_argument("--history", metavar="H", help="history file or notebook")
     s.add_argument("-n", type=int, default=50)
+    s.add_argument("--failed", action="store_true", help="only runs that ended with an error")
+    s.add_argument("--status", help="only runs in this status (running, waiting, failed, ...)")
+    s.add_argument("--flow", help="only runs of this flow")
     s.set_defaults(func=cmd_runs)
 
     s = sub.add_parser("signal", help="send a named signal to a flow run")

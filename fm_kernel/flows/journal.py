@@ -331,6 +331,14 @@ class Journal:
             sql += f" LIMIT {int(limit)}"
         return self.store.query(sql)
 
+    def listing(self, limit: int, status: str | None = None, flow: str | None = None,
+                failed: bool = False) -> Any:
+        """The runs as `fm runs` lists them (record/rows.py RUNS_SQL)."""
+        from ..record.rows import runs_query
+
+        self.flush()
+        return self.store.query(*runs_query(limit, status, flow, failed))
+
     def find_runs(self, flow: str | None, status: str | None, limit: int) -> list[dict[str, Any]]:
         """Runs newest first, optionally of one flow and/or status (GET /runs)."""
         self.flush()

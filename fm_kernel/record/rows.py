@@ -86,6 +86,28 @@ def step_log_query(branch: str | None = None, limit: int | None = None) -> tuple
             f" ORDER BY step DESC{limit_sql}) ORDER BY step", params)
 
 
-def runs_query(limit: int) -> str:
-    return ("SELECT run_id, flow, status, started_at, finished_at FROM runs"
-            f" ORDER BY started_at DESC LIMIT {int(limit)}")
+# What `fm runs` and `%fm runs` (text) show of each run: its parent (the
+# first 8 characters, as the widgets show ids), how many children it
+# started, what a pending run waits in, and the first line of its error.
+RUNS_SQL = """
+SELECT r.run_id, r.flow, r.status, strftime(r.started_at, '%Y-%m-%d %H:%M:%S') AS started_at,
+       strftime(r.finished_at, '%Y-%m-%d %H:%M:%S') AS finished_at,
+       left(r.parent_run, 8) AS parent,
+       (SELECT count(*) FROM runs c WHERE c.parent_run = r.run_id) AS children,
+       (SELECT arg_max(s.name, s.position) FROM run_steps s
+        WHERE s.run_id = r.run_id AND s.status = 'waiting') AS waiting_in,
+       CASE WHEN r.error IS NOT NULL THEN left(concat(r.error->>'type', ': ',
+           split_part(r.error->>'message', chr(10), 1)), 80) END AS error
+FROM runs r
+WHERE ($1 IS NULL OR r.status = $1) AND ($2 IS NULL OR r.flow = $2)
+  AND (NOT $3 OR r.error IS NOT NULL)
+ORDER BY r.started_at DESC
+LIMIT $4
+"""
+
+
+def runs_query(limit: int, status: str | None = None, flow: str | None = None,
+               failed: bool = False) -> tuple[str, list]:
+    """The runs listing, newest first: SQL and its parameters (``failed``:
+    runs that ended with an error: failed, or cancelled by a timeout)."""
+    return RUNS_SQL, [status, flow, failed, int(limit)]
