@@ -296,6 +296,16 @@ def _add_log_parsers(sub: Any) -> None:
     s.set_defaults(func=cmd_branches)
 
 
+def _add_runs_parser(sub: Any) -> None:
+    s = sub.add_parser("runs", help="flow runs of a history, newest first")
+    s.add_argument("--history", metavar="H", help="history file or notebook")
+    s.add_argument("-n", type=int, default=50)
+    s.add_argument("--failed", action="store_true", help="only runs that ended with an error")
+    s.add_argument("--status", help="only runs in this status (running, waiting, failed, ...)")
+    s.add_argument("--flow", help="only runs of this flow")
+    s.set_defaults(func=cmd_runs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fm", description="Flowmetal kernel: durable notebook history.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -330,13 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--force", action="store_true", help="replace an existing history")
     s.set_defaults(func=cmd_import)
 
-    s = sub.add_parser("runs", help="flow runs of a history, newest first")
-    s.add_argument("--history", metavar="H", help="history file or notebook")
-    s.add_argument("-n", type=int, default=50)
-    s.add_argument("--failed", action="store_true", help="only runs that ended with an error")
-    s.add_argument("--status", help="only runs in this status (running, waiting, failed, ...)")
-    s.add_argument("--flow", help="only runs of this flow")
-    s.set_defaults(func=cmd_runs)
+    _add_runs_parser(sub)
 
     s = sub.add_parser("signal", help="send a named signal to a flow run")
     s.add_argument("run", metavar="RUN")
