@@ -134,11 +134,14 @@ class Scheduler:
         flow and the slot, so a second firing of the same slot (the flow
         registered again while its catch-up run was starting, or a kill
         between the start and the slot's record) returns the first run."""
-        if getattr(fl, "overlap", "skip") == "skip" and fl.busy():
+        run_id = slot_run_id(fl.name, slot)
+        # the slot's own run going is no overlap: firing the slot again returns it
+        if getattr(fl, "overlap", "skip") == "skip" and fl.busy() and \
+                self.journal().run_row(run_id) is None:
             log.info("flow %r: slot %s skipped, its previous run is still going", fl.name, slot)
             self.journal().record_slot(fl.name, slot, None)
             return None
-        run = fl.start(run_id=slot_run_id(fl.name, slot))
+        run = fl.start(run_id=run_id)
         self.journal().record_slot(fl.name, slot, run.id)
         return run
 
