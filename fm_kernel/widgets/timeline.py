@@ -41,6 +41,7 @@ from .render import (
 )
 from .runs import RunsWidget
 from .style import CODE_BG, CODE_FONT, FG, HEAD_BG, HEAD_FG, dot
+from .text import graph_lines
 from .variables import VariablesList
 from .source import Source, StepRow
 
@@ -127,6 +128,7 @@ class TimelineWidget(LiveView, W.VBox):
         self.next_button = W.Button(description="newer", icon="chevron-right",
                                     layout=W.Layout(width="84px"))
         self.page_label = W.HTML()
+        self.page_label.add_class("fm-page-label")
         self.goto = W.Text(placeholder="go to step", continuous_update=False,
                            layout=W.Layout(width="100px"))
         self.head_label = W.HTML()
@@ -343,11 +345,12 @@ class TimelineWidget(LiveView, W.VBox):
         self.next_button.disabled = page >= self._pages() - 1
 
     def text(self) -> str:
-        """What frontends without widgets show instead."""
-        n = len(self._rows_data)
-        return (f"flowmetal timeline: {n} step{'s' * (n != 1)}, HEAD {self.source.branch} @ step "
-                f"{self.source.head} (a widget: open the notebook in JupyterLab or Notebook; "
-                f"`%fm log` prints the steps as text)")
+        """What frontends without widgets (nbconvert, `fm run`) show instead:
+        the branch graph of the newest steps, as `%fm timeline` prints it there."""
+        n, head, branch = len(self._rows_data), self.source.head, self.source.branch
+        top = f"HEAD: {branch} @ step {head if head else '–'} · {n:,} step{'s' * (n != 1)}"
+        lines = graph_lines(self._rows_data, self._heads, head, branch)
+        return "\n".join([top, *lines])
 
     # -- internals ------------------------------------------------------------------
 
