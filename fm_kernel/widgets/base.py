@@ -105,9 +105,12 @@ class ListRow:
     def show(self, key: Any, label: str, text_html: str, selected: bool,
              classes: tuple[str, ...]) -> None:
         self.key = key
-        self.button.description = label
-        self.button.button_style = "info" if selected else ""
-        self.button._dom_classes = classes
+        # one comm message for the button's three changes, not three: a page
+        # turn is ~50 rows of them, and each message costs the page a re-render
+        with self.button.hold_sync():
+            self.button.description = label
+            self.button.button_style = "info" if selected else ""
+            self.button._dom_classes = classes
         self.info.value = text_html
         self.box.layout.display = None
 

@@ -30,8 +30,8 @@ import ipywidgets as W
 from .. import errors
 from ..record.recorder import unflatten_outputs
 from .base import (
-    ROW_PX, ListRow, LiveView, fill_rows, follow_cells, kernel_loop, message_html, plain_text,
-    report_failure, section, themed,
+    ROW_PX, LiveView, follow_cells, kernel_loop, message_html, plain_text, report_failure,
+    section, themed,
 )
 from .busy import Busy, restore_text
 from .inspector import DiffWidget, InspectWidget
@@ -44,12 +44,14 @@ from .style import CODE_BG, CODE_FONT, FG, HEAD_BG, HEAD_FG, dot
 from .text import graph_lines
 from .variables import VariablesList
 from .source import Source, StepRow
+from .steplist import StepList
 
 __all__ = ["DEFAULT_PANELS", "PAGE_SIZE", "Panels", "TimelineWidget"]
 
 log = logging.getLogger(__name__)
 
 PAGE_SIZE = 50
+LIST_ROWS = 20   # rows the step list shows before it scrolls
 Panels = Mapping[str, Callable[[Source], W.Widget]]
 
 
@@ -98,12 +100,16 @@ class TimelineWidget(LiveView, W.VBox):
         self._graph: list[Any] = []
         self._heads: dict[str, int | None] = {}
         self._version: tuple[Any, ...] | None = None
-        self._rows: list[ListRow] = []  # grown to a page's length as needed, then reused
         self.panel_factories: dict[str, Callable[[Source], W.Widget]] = dict(
             DEFAULT_PANELS if panels is None else panels)
         toolbar = self._build_toolbar(all_branches)
-        self.step_list = W.VBox(layout=W.Layout(flex="1 1 45%", min_width="380px", max_width="100%",
-                                                overflow="hidden"))
+        self.rows = StepList(self.select, *self._row_layouts)
+        # A page of 50 rows scrolls inside LIST_ROWS rows' height, so the widget
+        # stays within a screen; column-reverse starts the box scrolled to its
+        # end, where the newest steps (and usually HEAD) are.
+        self.step_list = W.VBox([self.rows], layout=W.Layout(
+            flex="1 1 45%", min_width="380px", max_width="100%", overflow="hidden auto",
+            max_height=f"{LIST_ROWS * ROW_PX}px", flex_flow="column-reverse"))
         self.step_list.add_class("fm-step-list")
         # wraps: on a narrow page (Notebook 7) the details go below the steps
         body = W.HBox([self.step_list, self._build_detail()],
@@ -136,13 +142,12 @@ class TimelineWidget(LiveView, W.VBox):
         self.prev_button.on_click(lambda _b: self.show_page(self.page - 1))
         self.next_button.on_click(lambda _b: self.show_page(self.page + 1))
         self.goto.observe(lambda c: self._goto(c["new"]), names="value")
-        # Layouts are shared by all rows: a page is ~150 widgets instead of ~250,
-        # which is most of what building the timeline costs.
+        # One layout for every step button: making widgets is most of what
+        # building the timeline costs.
         self._row_layouts = (
-            W.Layout(width="58px", flex="0 0 58px", height=f"{ROW_PX - 2}px",
-                     margin="1px 4px 1px 0", padding="0"),
-            W.Layout(margin="0", height=f"{ROW_PX}px", overflow="hidden", flex="1 1 0",
-                     min_width="0"))
+            W.Layout(width="58px", flex="0 0 auto", height=f"{ROW_PX - 2}px",
+                     margin="1px 4px 1px 0", padding="0"),  # in a column: auto, not 58px high
+            W.Layout(margin="0", overflow="hidden", flex="1 1 0", min_width="0"))
         return W.HBox([self.scope, self.prev_button, self.page_label, self.next_button,
                        self.goto, self.head_label],
                       layout=W.Layout(flex_flow="row wrap", align_items="center"))
@@ -335,8 +340,7 @@ class TimelineWidget(LiveView, W.VBox):
                                      d.step == head)),
                   d.step == self.selected, ("fm-step-button", f"fm-step-{d.step}"))
                  for d, g in zip(chunk, graph)]
-        fill_rows(self._rows, self.step_list, items,
-                  lambda: ListRow(self.select, *self._row_layouts))
+        self.rows.show(items)
         total = len(self._rows_data)
         self.page_label.value = ('<span style="font-size:12px;padding:0 6px">'
                                  + (f"steps {start + 1:,}–{start + len(chunk):,} of {total:,}"
