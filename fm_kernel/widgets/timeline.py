@@ -226,6 +226,7 @@ class TimelineWidget(LiveView, W.VBox):
         step = step if step is not None else self.selected
         if step is None:
             return self._say("select a step first", ok=False)
+        self.busy.start(f"rewinding to step {step}")  # at once: the size below takes reads
         return self._do(lambda: self.source.rewind(step, self.busy.progress),
                         busy=self._restoring(step, "rewinding to"))
 
@@ -237,6 +238,7 @@ class TimelineWidget(LiveView, W.VBox):
         name = (name or "").strip()
         if not name:
             return self._say("type a name for the new branch first", ok=False)
+        self.busy.start(f"forking {name} from step {step}")
         line = self._do(lambda: self.source.fork(name, step, self.busy.progress),
                         busy=self._restoring(step, f"forking {name} from"))
         if not line.startswith("error"):
