@@ -156,7 +156,7 @@ def select_times(page, cell: int, repeats: int) -> list[float]:
     return times
 
 
-def page_turns(page, cell: int, repeats: int) -> list[float]:
+def page_turns(page, cell: int, repeats: int, size: int = 50) -> list[float]:
     t = f"fmT({cell})"
     older = f"[...{t}.querySelectorAll('button')].find((b) => b.textContent.trim() === 'older')"
     times = []
@@ -165,10 +165,10 @@ def page_turns(page, cell: int, repeats: int) -> list[float]:
         start = int(label.split()[1].split("–")[0].replace(",", ""))
         if start == 1:
             break
-        new = max(1, start - 50)
-        done = (f"fmPage({t}).startsWith('steps {new:,}–{new + 49:,} ')"
+        new = max(1, start - size)
+        done = (f"fmPage({t}).startsWith('steps {new:,}–{new + size - 1:,} ')"
                 f" && [...{t}.querySelectorAll('.fm-step-list .fm-step-button')]"
-                f".filter((b) => b.offsetParent).length === 50")
+                f".filter((b) => b.offsetParent).length === {size}")
         times.append(measure(page, f"{older}.click()", done))
     return times
 
@@ -203,15 +203,18 @@ def rewind(page, nb: Notebook, cell: int, step: int) -> tuple[float, float, str]
     return got[0], got[1], got[2]
 
 
-def lab_cells(mib: int) -> list[str]:
+def lab_cells(mib: int, page_size: int | None = None) -> list[str]:
     n = mib * (1 << 20) // 8
+    # --page-size: the widget class itself, with a page of another length
+    show = (f"__import__('fm_kernel.widgets.timeline', fromlist=['x']).TimelineWidget("
+            f"all_branches=True, page_size={page_size})" if page_size else
+            "timeline_widget(all_branches=True)")
     return ["%fm resume",
             "import numpy as np\nimport fm_kernel as fm\nfrom fm_kernel.widgets import timeline_widget\n"
             f"big = np.ones({n})\nprint('made')",
             # HEAD, during this cell, is the step above: the array's
             "big = big + 1\nprint('big at step', fm.runtime.current().head)",
-            "timeline_widget(all_branches=True)",
-            "timeline_widget(all_branches=True)"]
+            show, show]
 
 
 def run_in_lab(tmp: Path, history: Path, args) -> dict:
@@ -219,7 +222,7 @@ def run_in_lab(tmp: Path, history: Path, args) -> dict:
     res: dict = {}
     with jupyter_server(tmp / "lab", "lab", env={"FM_HISTORY": str(history)}) as server, \
             chromium() as browser:
-        write_notebook(server["root"], "bench.ipynb", lab_cells(args.mib))
+        write_notebook(server["root"], "bench.ipynb", lab_cells(args.mib, args.page_size))
         page = browser.new_context(viewport={"width": 1440, "height": 1000}).new_page()
         try:
             _measure_all(page, Notebook(page, server, "bench.ipynb"), args, res)
@@ -240,7 +243,7 @@ def _measure_all(page, nb: Notebook, args, res: dict) -> None:
     res["first render, second timeline"] = [first_render(page, 4, big + 2)]
     finished(page, 4)
     page.wait_for_timeout(1000)
-    res["page turn"] = page_turns(page, 3, args.repeats + 1)
+    res["page turn"] = page_turns(page, 3, args.repeats + 1, args.page_size or 50)
     res["select a step"] = select_times(page, 3, args.repeats)
     res["height"] = page.evaluate("() => fmT(3).getBoundingClientRect().height")
     res["variables"] = page.evaluate("() => fmText(fmT(3).querySelector('.fm-variables-page')).trim()")
@@ -281,6 +284,8 @@ def main() -> int:
     ap.add_argument("--names", type=int, default=500)
     ap.add_argument("--mib", type=int, default=1024, help="the array a rewind restores")
     ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--page-size", type=int, default=None,
+                    help="steps a page of the timeline shows (default: the widget's, 50)")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (screenshot, logs)")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="fm-bench-browser-"))
