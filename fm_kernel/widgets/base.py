@@ -106,7 +106,7 @@ class ListRow:
              classes: tuple[str, ...]) -> None:
         self.key = key
         # one comm message for the button's three changes, not three: a page
-        # turn is ~50 rows of them, and each message costs the page a re-render
+        # turn is a page of rows of them, and each message costs the page a re-render
         with self.button.hold_sync():
             self.button.description = label
             self.button.button_style = "info" if selected else ""

@@ -3,9 +3,9 @@ holding every row's graph slice and text.
 
 Why one HTML and not a row widget each: a page turn is a comm message per
 changed widget, and the page re-renders on each. Rows of their own cost two
-or three messages a row (~150 a page of 50, ~140 ms in JupyterLab over a
-1,000-step history); here a page is one message for the text and one per
-button (its label, style and classes held into one with ``hold_sync``).
+or three messages a row (~150 a page of 50 rows, ~140-190 ms in JupyterLab,
+bench/widgets_browser.py); here a page is one message for the text and one
+per button (its label, style and classes held into one with ``hold_sync``).
 Buttons beyond the page are kept, hidden by a class, for the next long page.
 """
 

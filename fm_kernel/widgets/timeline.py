@@ -10,7 +10,7 @@ collapsed sections (panels) below, the flow runs view by default.
 
 Everything is read through `Source`; the live namespace changes only
 through the buttons that say so (Rewind here, Fork here). Widgets read
-lazily: a page of 50 steps at a time, a step's record and variable list on
+lazily: a page of 20 steps at a time, a step's record and variable list on
 click. Callbacks run on the kernel's main thread between cells, never inside
 one, and update widgets through comm messages only: nothing they do is
 recorded as a cell output.
