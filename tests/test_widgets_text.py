@@ -94,3 +94,18 @@ def test_text_inspect_lists_the_variables_of_a_step(three_branches):
     assert head.startswith("step 8 on main: 4 variables, 1 changed by it"), head
     r = three_branches.execute("%fm inspect 99")
     assert r.status == "error" and "no step 99" in r.content["evalue"]
+
+
+def test_a_widget_shown_where_it_cannot_render_carries_the_text_form(three_branches):
+    # nbconvert and `fm run` keep a displayed widget's text/plain: the graph
+    # and the table, not a pointer elsewhere. (Runs last: it adds steps.)
+    r = three_branches.execute(
+        "from fm_kernel.widgets import timeline_widget, inspect_widget\n"
+        "display(timeline_widget(all_branches=True), inspect_widget(2))")
+    assert r.status == "ok", r.content.get("evalue")
+    texts = [m["content"]["data"]["text/plain"] for m in r.outputs()
+             if m["msg_type"] == "display_data"]
+    assert len(texts) == 2, texts
+    assert "(experiment) e = 2" in texts[0] and "(third) t = 1" in texts[0], texts[0]
+    assert "|\\" in texts[0] and "HEAD -> main" in texts[0], texts[0]
+    assert texts[1].startswith("4 variables after step 2") and "not tracked" in texts[1], texts[1]
