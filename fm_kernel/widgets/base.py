@@ -97,11 +97,6 @@ class ListRow:
             height=f"{ROW_PX}px", margin="0", overflow="hidden", align_items="center"))
         self.button.on_click(lambda _b: self.key is not None and on_click(self.key))
 
-    @property
-    def step(self) -> Any:
-        """The key under its timeline name: the step this row shows."""
-        return self.key
-
     def show(self, key: Any, label: str, text_html: str, selected: bool,
              classes: tuple[str, ...]) -> None:
         self.key = key
