@@ -323,10 +323,18 @@ class FlowmetalMagics(Magics):
     def _timeline(self, argv: list[str]) -> None:
         p = _parser("timeline")
         p.add_argument("--all", action="store_true", help="all branches")
+        p.add_argument("-n", type=int, default=50,
+                       help="where widgets cannot be shown: how many steps the graph draws (the newest)")
         a = p.parse_args(argv)
+        if a.n < 1:
+            raise UsageError("%fm timeline: -n must be at least 1")
         from . import widgets
 
-        display(widgets.timeline_widget(all_branches=a.all))
+        if widgets.in_widget_frontend():
+            display(widgets.timeline_widget(all_branches=a.all))
+            return
+        # a console or a script's client: the graph as text, no widget built
+        print(widgets.timeline_text(all_branches=a.all, shown=a.n))
 
     def _inspect(self, argv: list[str]) -> None:
         p = _parser("inspect")
@@ -334,7 +342,10 @@ class FlowmetalMagics(Magics):
         a = p.parse_args(argv)
         from . import widgets
 
-        display(widgets.inspect_widget(a.step))
+        if widgets.in_widget_frontend():
+            display(widgets.inspect_widget(a.step))
+            return
+        print(widgets.inspect_text(step=a.step))
 
     def _runs(self, argv: list[str]) -> None:
         p = _parser("runs")

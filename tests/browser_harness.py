@@ -383,6 +383,7 @@ HISTORY_CELLS = _branchy_history()
 HISTORY_STEPS = 30
 # the timeline and inspector cells are steps too (%fm diff and %fm runs are not)
 SHOWN_STEPS = HISTORY_STEPS + 2
+PAGE_STEPS = 20  # a timeline page (fm_kernel/widgets/timeline.py PAGE_SIZE)
 VIEW_CELLS = ["timeline_widget(all_branches=True)", "inspect_widget(here, compare=here + 1)",
               "%fm diff {here} {here + 1}", "%fm runs"]
 VIEWS = {"timeline": ".fm-timeline", "inspector": ".fm-inspector", "diff": ".fm-diff-view",
@@ -402,7 +403,11 @@ def open_views(nb: Notebook) -> dict:
     for v in views.values():
         expect(v).to_be_visible(timeout=30_000)
     timeline = views["timeline"]
-    expect(timeline.locator(".fm-step-list .fm-step-button")).to_have_count(SHOWN_STEPS)
+    # it opens on the last page (steps 21-32); older turns to 1-20, with step 2
+    expect(timeline.locator(".fm-step-list .fm-step-button")).to_have_count(SHOWN_STEPS - PAGE_STEPS)
+    expect(timeline.locator(".fm-page-label")).to_contain_text(f"of {SHOWN_STEPS}")
+    timeline.get_by_role("button", name="older").click()
+    expect(timeline.locator(".fm-step-list .fm-step-button")).to_have_count(PAGE_STEPS)
     timeline.locator(".fm-step-2").click()
     expect(timeline.locator(".fm-detail")).to_contain_text("Step 2 on main")
     views["inspector"].locator(".fm-var-df").click()
@@ -426,7 +431,7 @@ def check_views_in_themes(nb: Notebook, views: dict, tmp_path: Path, prefix: str
                 assert overflows == [], f"{name} in the {theme} theme: {overflows}"
                 bad = low_contrast(view.locator(TEXT))
                 assert bad == [], f"{name} in the {theme} theme: {bad}"
-            assert_graph_joins(views["timeline"].locator(".fm-step-list"), SHOWN_STEPS)
+            assert_graph_joins(views["timeline"].locator(".fm-step-list"), PAGE_STEPS)
             code = views["timeline"].locator(".fm-code")
             if theme == "dark":  # the code block itself went dark, not just its text light
                 bg = code.evaluate(CONTRAST_JS)["bg"]

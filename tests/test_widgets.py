@@ -212,18 +212,18 @@ def test_timeline_follows_new_cells(wk):
         assert time.monotonic() < deadline, peek(wk, "[r.code for r in w._rows_data]")
         time.sleep(0.1)
     head = peek(wk, "fm.runtime.current().head")
-    assert peek(wk, "[r.step for r in w._rows if r.step][-1]") == head
-    assert "HEAD" in peek(wk, "[r.info.value for r in w._rows if r.step][-1]")
+    assert peek(wk, "w.rows.steps[-1]") == head
+    assert "HEAD" in peek(wk, "w.rows.texts[-1]")
 
 
 def test_paging_and_the_all_branches_toggle(wk):
     run(wk, "fm.rewind(2)")
     run(wk, "z = 'after the rewind'")
-    res = probe(wk, "(lambda w: ([r.step for r in w._rows if r.step], w.page_label.value.count('of'),"
+    res = probe(wk, "(lambda w: (w.rows.steps, w.page_label.value.count('of'),"
                     " w.prev_button.disabled))(timeline_widget(all_branches=True))")
     steps, _, prev_disabled = res
     assert steps[:4] == [1, 2, 3, 4] and prev_disabled
-    paged = probe(wk, "(lambda w: (w.page_size, [r.step for r in w._rows if r.step]))"
+    paged = probe(wk, "(lambda w: (w.page_size, w.rows.steps))"
                       "(__import__('fm_kernel.widgets.timeline', fromlist=['x']).TimelineWidget(page_size=2))")
     assert paged[0] == 2 and len(paged[1]) <= 2
 

@@ -121,3 +121,33 @@ def test_strings_are_shown_as_text_not_as_their_repr():
     text = value_html("two\nlines, 'quoted' inside")
     assert "str</b> · 26 characters" in text
     assert "two\nlines, &#x27;quoted&#x27; inside</pre>" in text   # the text itself, unquoted
+
+
+def test_text_graph_draws_forks_both_ways_and_restarts_dashed():
+    from fm_kernel.widgets.source import StepRow
+    from fm_kernel.widgets.text import graph_lines
+
+    def row(step, branch, parent):
+        return StepRow(step, branch, parent, "ok", 1.0, f"s{step} = 1\nmore")
+
+    # 1 -> 2 (main), 1 -> 3 (a) in lane 1; 4 -> 5 (b); 6 is main's first
+    # cell after a clean restart (no parent), joined to 4 by a dashed line
+    rows = [row(1, "main", None), row(2, "main", 1), row(3, "a", 1), row(4, "main", 2),
+            row(5, "b", 4), row(6, "main", None)]
+    lines = graph_lines(rows, {"main": 6, "a": 3, "b": 5}, 6, "main")
+    assert lines == [
+        "*   1  ok          s1 = 1",
+        "|\\",
+        "* | 2  ok          s2 = 1",
+        "| * 3  ok          (a) s3 = 1",
+        "*   4  ok          s4 = 1",
+        "|\\",
+        "* : 5  ok          (b) s5 = 1",       # b continues 4's lane; the restart's
+        "  * 6  ok          (HEAD -> main) s6 = 1",  # dashed joint takes the next
+    ], "\n".join(lines)
+    # a child whose free lane is left of its parent's gets "/": main ends at
+    # 3 and frees lane 0 before a's step 4 forks d
+    rows = [row(1, "main", None), row(2, "a", 1), row(3, "main", 1), row(4, "a", 2),
+            row(5, "a", 4), row(6, "d", 4)]
+    assert [ln[:4] for ln in graph_lines(rows, {}, None, "main")] == [
+        "*   ", "|\\", "| * ", "* | ", "  * ", " /|", "| * ", "*   "]

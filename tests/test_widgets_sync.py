@@ -101,8 +101,8 @@ def test_two_timelines_follow_a_rewind_a_magic_and_a_new_cell(history):
                           and "side" in s.get("value", ""))
         new_step = peek(k, "__import__('fm_kernel').runtime.current().head")
         assert f"@ step {new_step}" in state["value"]
-        assert peek(k, f"[r.step for r in {b}._rows if r.step][-1]") == new_step
-        assert peek(k, f"[r.step for r in {a}._rows if r.step][-1]") == new_step
+        assert peek(k, f"{b}.rows.steps[-1]") == new_step
+        assert peek(k, f"{a}.rows.steps[-1]") == new_step
 
 
 FLOW = """

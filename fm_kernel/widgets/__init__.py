@@ -6,7 +6,8 @@
 Behind them: ``base`` (what every view shares), ``source`` (the door to the
 history), ``render`` (pure HTML/SVG fragments), ``loader`` (heavy work off the
 kernel's main thread), ``timeline``, ``inspector`` (inspector and diff), and
-``runs`` over ``runs_data`` (the flow runs view).
+``runs`` over ``runs_data`` (the flow runs view), and ``text`` (the text
+forms of the timeline and the inspector, for frontends without widgets).
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ from .base import in_widget_frontend
 from .inspector import DiffWidget, InspectWidget
 from .runs import RunsWidget, runs_widget
 from .source import Source
+from .text import inspect_text, timeline_text
 from .timeline import DEFAULT_PANELS, Panels, TimelineWidget
 
 __all__ = ["DEFAULT_PANELS", "DiffWidget", "InspectWidget", "RunsWidget", "Source",
            "TimelineWidget", "diff_widget", "in_widget_frontend", "inspect_widget", "runs_widget",
-           "timeline_widget"]
+           "inspect_text", "timeline_text", "timeline_widget"]
 
 
 def timeline_widget(all_branches: bool = False, *, select: int | None = None,

@@ -97,17 +97,15 @@ class ListRow:
             height=f"{ROW_PX}px", margin="0", overflow="hidden", align_items="center"))
         self.button.on_click(lambda _b: self.key is not None and on_click(self.key))
 
-    @property
-    def step(self) -> Any:
-        """The key under its timeline name: the step this row shows."""
-        return self.key
-
     def show(self, key: Any, label: str, text_html: str, selected: bool,
              classes: tuple[str, ...]) -> None:
         self.key = key
-        self.button.description = label
-        self.button.button_style = "info" if selected else ""
-        self.button._dom_classes = classes
+        # one comm message for the button's three changes, not three: a page
+        # turn is a page of rows of them, and each message costs the page a re-render
+        with self.button.hold_sync():
+            self.button.description = label
+            self.button.button_style = "info" if selected else ""
+            self.button._dom_classes = classes
         self.info.value = text_html
         self.box.layout.display = None
 

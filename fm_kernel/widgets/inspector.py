@@ -17,6 +17,7 @@ from .loader import load
 from .source import Source
 from .style import BG, ERR, MUTED, OK, WARN, dot
 from .variables import natural_key
+from .text import variables_text
 from .previews import describe_frame_change, frame_change_counts, value_html
 from .render import badge, col, esc, row_box, size_text, table_html
 
@@ -213,9 +214,9 @@ class InspectWidget(W.VBox):
             self.right.value = ""
 
     def text(self) -> str:
-        return (f"flowmetal inspector: {len(self._manifest)} variables after step {self.step} "
-                f"(a widget: open the notebook in JupyterLab or Notebook; "
-                f"`%fm show {self.step}` prints them as text)")
+        """The variables table, as `%fm inspect` prints it where widgets cannot be shown."""
+        return (f"{len(self._manifest)} variables after step {self.step}\n"
+                + variables_text(self._manifest, self._changed))
 
     def _repr_mimebundle_(self, **kwargs: Any):
         return with_text(super()._repr_mimebundle_(**kwargs), self.text())

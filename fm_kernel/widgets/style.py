@@ -86,6 +86,8 @@ STYLESHEET = (
     "@keyframes fm-spin{to{transform:rotate(360deg)}}"
     ".fm-view .fm-icon-spinner{animation:fm-spin .8s linear infinite;transform-origin:50% 50%}"
     ".fm-view.fm-busy{cursor:progress}"
+    # a step button with no row on this page (widgets/steplist.py)
+    ".fm-view .fm-step-spare{display:none !important}"
 )
 
 

@@ -10,7 +10,7 @@ collapsed sections (panels) below, the flow runs view by default.
 
 Everything is read through `Source`; the live namespace changes only
 through the buttons that say so (Rewind here, Fork here). Widgets read
-lazily: a page of 50 steps at a time, a step's record and variable list on
+lazily: a page of 20 steps at a time, a step's record and variable list on
 click. Callbacks run on the kernel's main thread between cells, never inside
 one, and update widgets through comm messages only: nothing they do is
 recorded as a cell output.
@@ -30,8 +30,8 @@ import ipywidgets as W
 from .. import errors
 from ..record.recorder import unflatten_outputs
 from .base import (
-    ROW_PX, ListRow, LiveView, fill_rows, follow_cells, kernel_loop, message_html, plain_text,
-    report_failure, section, themed,
+    ROW_PX, LiveView, follow_cells, kernel_loop, message_html, plain_text, report_failure,
+    section, themed,
 )
 from .busy import Busy, restore_text
 from .inspector import DiffWidget, InspectWidget
@@ -41,14 +41,19 @@ from .render import (
 )
 from .runs import RunsWidget
 from .style import CODE_BG, CODE_FONT, FG, HEAD_BG, HEAD_FG, dot
+from .text import graph_lines
 from .variables import VariablesList
 from .source import Source, StepRow
+from .steplist import StepList
 
 __all__ = ["DEFAULT_PANELS", "PAGE_SIZE", "Panels", "TimelineWidget"]
 
 log = logging.getLogger(__name__)
 
-PAGE_SIZE = 50
+# Steps on a page. 20 rows are 520 px, so the widget stays within a screen
+# beside a step's details; and a page turn is a comm message per row's button
+# (steplist.py): in JupyterLab under load, ~95 ms for 50 rows, ~60 for 25.
+PAGE_SIZE = 20
 Panels = Mapping[str, Callable[[Source], W.Widget]]
 
 
@@ -97,12 +102,12 @@ class TimelineWidget(LiveView, W.VBox):
         self._graph: list[Any] = []
         self._heads: dict[str, int | None] = {}
         self._version: tuple[Any, ...] | None = None
-        self._rows: list[ListRow] = []  # grown to a page's length as needed, then reused
         self.panel_factories: dict[str, Callable[[Source], W.Widget]] = dict(
             DEFAULT_PANELS if panels is None else panels)
         toolbar = self._build_toolbar(all_branches)
-        self.step_list = W.VBox(layout=W.Layout(flex="1 1 45%", min_width="380px", max_width="100%",
-                                                overflow="hidden"))
+        self.rows = StepList(self.select, *self._row_layouts)
+        self.step_list = W.VBox([self.rows], layout=W.Layout(
+            flex="1 1 45%", min_width="380px", max_width="100%", overflow="hidden"))
         self.step_list.add_class("fm-step-list")
         # wraps: on a narrow page (Notebook 7) the details go below the steps
         body = W.HBox([self.step_list, self._build_detail()],
@@ -127,6 +132,7 @@ class TimelineWidget(LiveView, W.VBox):
         self.next_button = W.Button(description="newer", icon="chevron-right",
                                     layout=W.Layout(width="84px"))
         self.page_label = W.HTML()
+        self.page_label.add_class("fm-page-label")
         self.goto = W.Text(placeholder="go to step", continuous_update=False,
                            layout=W.Layout(width="100px"))
         self.head_label = W.HTML()
@@ -134,13 +140,12 @@ class TimelineWidget(LiveView, W.VBox):
         self.prev_button.on_click(lambda _b: self.show_page(self.page - 1))
         self.next_button.on_click(lambda _b: self.show_page(self.page + 1))
         self.goto.observe(lambda c: self._goto(c["new"]), names="value")
-        # Layouts are shared by all rows: a page is ~150 widgets instead of ~250,
-        # which is most of what building the timeline costs.
+        # One layout for every step button: making widgets is most of what
+        # building the timeline costs.
         self._row_layouts = (
-            W.Layout(width="58px", flex="0 0 58px", height=f"{ROW_PX - 2}px",
-                     margin="1px 4px 1px 0", padding="0"),
-            W.Layout(margin="0", height=f"{ROW_PX}px", overflow="hidden", flex="1 1 0",
-                     min_width="0"))
+            W.Layout(width="58px", flex="0 0 auto", height=f"{ROW_PX - 2}px",
+                     margin="1px 4px 1px 0", padding="0"),  # in a column: auto, not 58px high
+            W.Layout(margin="0", overflow="hidden", flex="1 1 0", min_width="0"))
         return W.HBox([self.scope, self.prev_button, self.page_label, self.next_button,
                        self.goto, self.head_label],
                       layout=W.Layout(flex_flow="row wrap", align_items="center"))
@@ -219,6 +224,7 @@ class TimelineWidget(LiveView, W.VBox):
         step = step if step is not None else self.selected
         if step is None:
             return self._say("select a step first", ok=False)
+        self.busy.start(f"rewinding to step {step}")  # at once: the size below takes reads
         return self._do(lambda: self.source.rewind(step, self.busy.progress),
                         busy=self._restoring(step, "rewinding to"))
 
@@ -230,6 +236,7 @@ class TimelineWidget(LiveView, W.VBox):
         name = (name or "").strip()
         if not name:
             return self._say("type a name for the new branch first", ok=False)
+        self.busy.start(f"forking {name} from step {step}")
         line = self._do(lambda: self.source.fork(name, step, self.busy.progress),
                         busy=self._restoring(step, f"forking {name} from"))
         if not line.startswith("error"):
@@ -333,8 +340,7 @@ class TimelineWidget(LiveView, W.VBox):
                                      d.step == head)),
                   d.step == self.selected, ("fm-step-button", f"fm-step-{d.step}"))
                  for d, g in zip(chunk, graph)]
-        fill_rows(self._rows, self.step_list, items,
-                  lambda: ListRow(self.select, *self._row_layouts))
+        self.rows.show(items)
         total = len(self._rows_data)
         self.page_label.value = ('<span style="font-size:12px;padding:0 6px">'
                                  + (f"steps {start + 1:,}–{start + len(chunk):,} of {total:,}"
@@ -343,11 +349,12 @@ class TimelineWidget(LiveView, W.VBox):
         self.next_button.disabled = page >= self._pages() - 1
 
     def text(self) -> str:
-        """What frontends without widgets show instead."""
-        n = len(self._rows_data)
-        return (f"flowmetal timeline: {n} step{'s' * (n != 1)}, HEAD {self.source.branch} @ step "
-                f"{self.source.head} (a widget: open the notebook in JupyterLab or Notebook; "
-                f"`%fm log` prints the steps as text)")
+        """What frontends without widgets (nbconvert, `fm run`) show instead:
+        the branch graph of the newest steps, as `%fm timeline` prints it there."""
+        n, head, branch = len(self._rows_data), self.source.head, self.source.branch
+        top = f"HEAD: {branch} @ step {head if head else '–'} · {n:,} step{'s' * (n != 1)}"
+        lines = graph_lines(self._rows_data, self._heads, head, branch)
+        return "\n".join([top, *lines])
 
     # -- internals ------------------------------------------------------------------
 

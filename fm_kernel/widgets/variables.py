@@ -45,6 +45,7 @@ class VariablesList(W.VBox):
         self.filter.add_class("fm-variables-filter")
         self.prev_button, self.next_button = pager_buttons("fm-variables")
         self.page_label = W.HTML()
+        self.page_label.add_class("fm-variables-page")
         self.table = W.HTML(layout=W.Layout(max_height=MAX_HEIGHT, overflow="auto"))
         self.table.add_class("fm-variables-table")
         self.filter.observe(lambda _c: self._refilter(), names="value")
