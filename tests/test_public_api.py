@@ -33,7 +33,8 @@ FLOWS_ALL = [
 ]
 WIDGETS_ALL = [
     "DEFAULT_PANELS", "DiffWidget", "InspectWidget", "RunsWidget", "Source", "TimelineWidget",
-    "diff_widget", "in_widget_frontend", "inspect_widget", "runs_widget", "timeline_widget",
+    "diff_widget", "in_widget_frontend", "inspect_text", "inspect_widget", "runs_widget",
+    "timeline_text", "timeline_widget",
 ]
 # `import fm_kernel` must not load any of these (module names or their prefixes).
 NOT_AT_IMPORT = ("fm_kernel.flows", "fm_kernel.widgets", "fm_kernel.endpoint", "tornado", "duckdb",
