@@ -92,6 +92,7 @@ class States:
             self.snap.objects.sync()
         except BaseException:
             self._write_failed = True
+            self.snap.objects.abandon()
             raise
         self._uncommitted = True
         m = cap.manifest
