@@ -1,19 +1,22 @@
-"""Chunk files written and read on worker threads, beside the page cache.
+"""Chunk files written and read on worker threads.
 
 A large capture spends its time in three places: hashing (xxhash holds the
 GIL), copying the bytes into the page cache, and waiting for the disk. Here
 the copy and the wait leave the kernel's thread: chunk files are written by a
 small pool of threads (``write(2)``/``read(2)`` release the GIL), so they
-overlap the hashing the capture does meanwhile on its own thread.
+overlap the hashing the capture does meanwhile on its own thread, and each
+file's writeback is started as soon as it is written
+(``sync_file_range(WRITE)``), so the disk works during the capture and the
+cell's one ``syncfs`` mostly finds it done. Reads fill the destination
+buffer in place, from several threads.
 
-Whole 4 KiB-multiple chunks go around the page cache (``O_DIRECT``) when the
-file system allows it: a 1 GiB array then costs the disk's time, not 1 GiB
-of page-cache memory first (on the 2-core VM of docs/benchmarks.md, memory
-touched for the first time costs 2–4 s a GiB), and a rewind reads the bytes
-straight into the destination buffer. Unaligned lengths, buffers and file
-systems that refuse ``O_DIRECT`` (EINVAL) use ordinary buffered calls.
-Durability is unchanged: the caller's one ``syncfs`` per cell still makes the
-files, their names and the device's cache durable (objects.py ``sync``).
+``FM_DIRECT_IO=1`` sends whole 4 KiB-multiple chunks around the page cache
+(``O_DIRECT``, through a per-thread aligned buffer): a large capture then
+evicts nothing and costs the disk's time, but a rewind soon after reads from
+the disk instead of the cache (docs/benchmarks.md measures both). Unaligned
+lengths and file systems that refuse it (EINVAL) use buffered calls.
+Durability is the same either way: the caller's one ``syncfs`` per cell makes
+the files, their names and the device's cache durable (objects.py ``sync``).
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ class ChunkIO:
         self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
         self._local = threading.local()
-        self.direct = bool(_O_DIRECT) and os.environ.get("FM_DIRECT_IO", "1") != "0"
+        self.direct = bool(_O_DIRECT) and os.environ.get("FM_DIRECT_IO", "0") == "1"
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
         with self._lock:
@@ -51,8 +54,9 @@ class ChunkIO:
         return self._pool.submit(fn, *args)
 
     # -- writing ---------------------------------------------------------------
-    def write_fd(self, fd: int, data: memoryview) -> None:
-        """Write all of ``data`` to the new file ``fd``."""
+    def write_fd(self, fd: int, data: memoryview, writeback: bool = False) -> None:
+        """Write all of ``data`` to the new file ``fd``; ``writeback``: start
+        writing it to the disk now (it is synced later)."""
         data = data.cast("B") if data.format != "B" or data.ndim != 1 else data
         n = data.nbytes
         if self.direct and n and n % ALIGN == 0 and self._set_direct(fd, True):
@@ -66,6 +70,8 @@ class ChunkIO:
                 os.ftruncate(fd, 0)
                 os.lseek(fd, 0, os.SEEK_SET)
         _write_all(fd, data)
+        if writeback:
+            _start_writeback(fd)
 
     def _set_direct(self, fd: int, on: bool) -> bool:
         flags = fcntl.fcntl(fd, fcntl.F_GETFL)
@@ -149,6 +155,26 @@ def _read_all(fd: int, out: memoryview) -> None:
         if got == 0:
             raise OSError(f"file shorter than its recorded {n} bytes")
         off += got
+
+
+def _start_writeback(fd: int) -> None:
+    fn = getattr(libc(), "sync_file_range", None)
+    if fn is not None:
+        fn(fd, ctypes.c_int64(0), ctypes.c_int64(0), ctypes.c_uint(_SYNC_FILE_RANGE_WRITE))
+
+
+_SYNC_FILE_RANGE_WRITE = 2
+_LIBC: list[Any] = []
+
+
+def libc() -> Any:
+    """The C library (for syncfs and sync_file_range), or None."""
+    if not _LIBC:
+        try:
+            _LIBC.append(ctypes.CDLL(None, use_errno=True))
+        except OSError:
+            _LIBC.append(None)
+    return _LIBC[0]
 
 
 def _address(mv: memoryview) -> int:

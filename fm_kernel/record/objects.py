@@ -21,7 +21,6 @@ tampering: what may be unpickled is decided by trust.py, per history.
 """
 from __future__ import annotations
 
-import ctypes
 import os
 import tempfile
 from collections.abc import Callable
@@ -32,7 +31,7 @@ from typing import Any
 import xxhash
 
 from ..errors import CorruptObject
-from .chunkio import ChunkIO, aligned_buffer
+from .chunkio import ChunkIO, aligned_buffer, libc
 from .packs import Packs
 
 __all__ = ["ObjectFiles", "CorruptObject", "digest", "chunk_keys"]
@@ -236,7 +235,7 @@ class ObjectFiles:
         try:
             try:
                 os.fchmod(fd, 0o600)
-                self.io.write_fd(fd, memoryview(data))
+                self.io.write_fd(fd, memoryview(data), writeback=self.fsync and self.defer)
                 if self.fsync and not self.defer:
                     os.fsync(fd)
             finally:
@@ -395,7 +394,7 @@ class ObjectFiles:
 
 def _syncfs(root: Path) -> bool:
     """One sync of the file system holding ``root`` (Linux); False if unavailable."""
-    fn = getattr(_libc(), "syncfs", None)
+    fn = getattr(libc(), "syncfs", None)
     if fn is None:
         return False
     fd = os.open(root, os.O_RDONLY)
@@ -403,18 +402,6 @@ def _syncfs(root: Path) -> bool:
         return fn(fd) == 0
     finally:
         os.close(fd)
-
-
-_LIBC: list[Any] = []
-
-
-def _libc() -> Any:
-    if not _LIBC:
-        try:
-            _LIBC.append(ctypes.CDLL(None, use_errno=True))
-        except OSError:
-            _LIBC.append(None)
-    return _LIBC[0]
 
 
 def _wait_all(jobs: list[tuple[Future, int]]) -> int:
