@@ -103,7 +103,29 @@ class HistoryReads:
         return [rec for (n,) in res.rows if (rec := self.step(n)) is not None]
 
     def branch_heads(self) -> dict[str, int | None]:
-        return dict(self.query("SELECT name, head FROM branches").rows)
+        """Branch name -> its head step. Read from the ``branches`` view once,
+        then kept current by this store's own appends (head_moved): this
+        process is the history's one writer, and a HEAD move reads the heads
+        every time (~3 ms a query, plus the batch a read moves into DuckDB)."""
+        with self._lock:
+            if self._heads is None or self.read_only:
+                heads = dict(self.query("SELECT name, head FROM branches").rows)
+                self._heads = heads if not self.read_only else None
+                return dict(heads)
+            return dict(self._heads)
+
+    def head_moved(self, branch: str, head: int | None, created: bool = False) -> None:
+        """A record appended through the step log moved ``branch`` to ``head``
+        (a step record, or a branch record when ``created`` may be new), as the
+        ``branches`` view would count it: the latest non-null head per branch;
+        branches with no branch record are not in it. A new branch is read again."""
+        with self._lock:
+            if self._heads is None:
+                return
+            if created and branch not in self._heads:
+                self._heads = None
+            elif head is not None and branch in self._heads:
+                self._heads[branch] = head
 
     def last_event(self, kinds: Sequence[str]) -> dict[str, Any] | None:
         marks = ", ".join("?" for _ in kinds)

@@ -69,6 +69,8 @@ class Store(BulkWrites, HistoryReads):
         self.before_copy: list[Callable[[], None]] = []
         self._view_cache: dict[tuple, tuple[Any, Any, list[str]]] = {}  # views_as_arrow
         self._view_cols: dict[str, list[str]] = {}
+        # branch name -> head, kept current by this process's appends (reads.py)
+        self._heads: dict[str, int | None] | None = None
         # DuckDB wakes its thread pool for every statement; for the small
         # writes of the step log's batches one thread is ~0.7 ms faster (bench/).
         # User SQL runs on its own instance with its own threads (run_isolated).
@@ -211,7 +213,12 @@ class Store(BulkWrites, HistoryReads):
             outer = not self._in_txn
             if outer and log_first and self._log is not None:
                 self._log.flush()
+            # A write transaction may change branches however it likes (an
+            # import): the heads are read again after it. The step log's own
+            # batches (log_first=False) hold records the heads already count.
+            forget = outer and log_first
             if outer:
+                self._heads = None if forget else self._heads
                 self._conn.execute("BEGIN")
                 self._in_txn = True
             try:
@@ -219,10 +226,12 @@ class Store(BulkWrites, HistoryReads):
             except BaseException:
                 if outer:
                     self._in_txn = False
+                    self._heads = None if forget else self._heads
                     self._conn.execute("ROLLBACK")
                 raise
             if outer:
                 self._in_txn = False
+                self._heads = None if forget else self._heads
                 self._conn.execute("COMMIT")
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
@@ -262,6 +271,7 @@ class Store(BulkWrites, HistoryReads):
             self._step = max(self._step, rec.step)
             if self._log is not None and not self._in_txn:
                 self._log.append(self.next_seq(), rec, entries)  # committed on return
+                self.head_moved(rec.branch, rec.step)
                 return
             self.append_steps([rec], entries, columnar=False)  # in a transaction: atomic with it
 
@@ -353,6 +363,7 @@ class Store(BulkWrites, HistoryReads):
             row = [self.next_seq(), name, head, base, utcnow()]
             if self._log is not None and not self._in_txn:
                 self._log.append_row("branches", row)
+                self.head_moved(name, head, created=True)
             else:
                 self._conn.execute("INSERT INTO fm_branch_records VALUES (?, ?, ?, ?, ?)", row)
 
