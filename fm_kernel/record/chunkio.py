@@ -4,19 +4,23 @@ A large capture spends its time in three places: hashing (xxhash holds the
 GIL), copying the bytes into the page cache, and waiting for the disk. Here
 the copy and the wait leave the kernel's thread: chunk files are written by a
 small pool of threads (``write(2)``/``read(2)`` release the GIL), so they
-overlap the hashing the capture does meanwhile on its own thread, and each
-file's writeback is started as soon as it is written
-(``sync_file_range(WRITE)``), so the disk works during the capture and the
-cell's one ``syncfs`` mostly finds it done. Reads fill the destination
-buffer in place, from several threads.
+overlap the hashing the capture does meanwhile on its own thread. Reads fill
+the destination buffer in place, from several threads.
 
-``FM_DIRECT_IO=1`` sends whole 4 KiB-multiple chunks around the page cache
-(``O_DIRECT``, through a per-thread aligned buffer): a large capture then
-evicts nothing and costs the disk's time, but a rewind soon after reads from
-the disk instead of the cache (docs/benchmarks.md measures both). Unaligned
-lengths and file systems that refuse it (EINVAL) use buffered calls.
-Durability is the same either way: the caller's one ``syncfs`` per cell makes
-the files, their names and the device's cache durable (objects.py ``sync``).
+Whole 4 KiB-multiple chunks go around the page cache (``O_DIRECT``, through
+a per-thread aligned buffer; reads straight into the aligned destination):
+a 1 GiB capture then costs the disk's time and evicts nothing, where
+buffered writes first had to find 1 GiB of page-cache memory — on the VM of
+docs/benchmarks.md, memory touched for the first time costs 0.3–4 s a GiB,
+and the buffered capture measured 3.3x the disk's write+fsync against 0.8x
+direct. The price: a rewind soon after reads from the disk, not the cache
+(1.3x reading the bytes from the cache, against 0.96x buffered).
+``FM_DIRECT_IO=0`` writes through the page cache instead, each file's
+writeback started as soon as it is written (``sync_file_range(WRITE)``) so
+the cell's one ``syncfs`` mostly finds it done. Unaligned lengths and file
+systems that refuse ``O_DIRECT`` (EINVAL) use buffered calls. Durability is
+the same either way: the caller's one ``syncfs`` per cell makes the files,
+their names and the device's cache durable (objects.py ``sync``).
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ log = logging.getLogger(__name__)
 
 ALIGN = 4096          # O_DIRECT wants address, length and offset in these units
 BOUNCE = 2 << 20      # per-thread aligned buffer a direct write copies through
-WORKERS = 4           # IO waits, not CPU: more threads than the 2 cores is fine
+WORKERS = 8           # IO waits, not CPU: direct reads of 2 MiB gain ~10% from 4 to 8
 _O_DIRECT = getattr(os, "O_DIRECT", 0)
 
 
@@ -45,7 +49,7 @@ class ChunkIO:
         self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
         self._local = threading.local()
-        self.direct = bool(_O_DIRECT) and os.environ.get("FM_DIRECT_IO", "0") == "1"
+        self.direct = bool(_O_DIRECT) and os.environ.get("FM_DIRECT_IO", "1") != "0"
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
         with self._lock:
