@@ -26,6 +26,7 @@ their names and the device's cache durable (objects.py ``sync``).
 from __future__ import annotations
 
 import ctypes
+import errno
 import fcntl
 import logging
 import mmap
@@ -67,7 +68,10 @@ class ChunkIO:
             try:
                 self._write_direct(fd, data)
                 return
-            except OSError as e:  # e.g. a file system that takes the flag, then refuses the write
+            except OSError as e:
+                if e.errno != errno.EINVAL:
+                    raise  # a full disk is a failed write, not a reason to stop writing direct
+                # a file system that takes the flag, then refuses the write
                 log.info("direct writes off for object files: %s", e)
                 self.direct = False
                 self._set_direct(fd, False)

@@ -156,3 +156,27 @@ def test_recent_states_kept_in_memory_equal_the_record(store: Store, make_step) 
     held["k"] = 99  # mutated behind the history's back while set aside
     states.restore(steps[0])
     assert ns["d"] == {"k": 1} and ns["d"] is not held  # loaded again, never the stale object
+
+
+def test_a_full_disk_during_a_direct_write_fails_that_write_only(tmp_path: Path,
+                                                                 monkeypatch: Any) -> None:
+    from fm_kernel.record import chunkio
+
+    objs = ObjectFiles(tmp_path / "h.objects", defer=True)
+    objs.io.direct = True
+    calls = []
+    real = chunkio._write_all
+
+    def full(fd: int, data: memoryview) -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(fd, data)
+
+    monkeypatch.setattr(chunkio, "_write_all", full)
+    data = memoryview(bytes(range(256)) * 4096)  # 1 MiB: one loose object
+    with pytest.raises(OSError, match="No space"):
+        objs.put(data)
+    assert objs.io.direct  # still direct once space is back
+    key = objs.put(data)
+    assert objs.get(key) == bytes(data)
