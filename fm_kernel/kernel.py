@@ -236,7 +236,7 @@ class FlowmetalKernel(IPythonKernel):
                 rec = recorder.finish(reply, state, entries)
                 rt.head = rec.step
                 if cap is not None:
-                    rt.states.committed(entries, cap)
+                    rt.states.committed(entries, cap, rec.step)
             except Exception as exc:  # a broken history must not break the notebook
                 print(f"flowmetal: could not record this cell: {exc}", file=sys.stderr)
         if not silent:

@@ -29,6 +29,18 @@ def _arrow_type(name: str) -> Any:
 
 
 class BulkWrites:
+    def _step_params(self, rec: StepRecord, state_id: str | None,
+                     seq: int | None = None) -> list[Any]:
+        return [
+            self.next_seq() if seq is None else seq, rec.step, rec.branch, rec.parent,
+            rec.kernel_id, rec.cell_id, rec.execution_count, rec.code, rec.status,
+            rec.started_at, rec.finished_at,
+            rec.duration_ms, rec.error_name, rec.error_value,
+            json.dumps(rec.traceback) if rec.traceback is not None else None,
+            json.dumps(rec.outputs), state_id,
+            rec.state["changed"] if rec.state is not None else None,
+        ]
+
     def append_steps(self, recs: Sequence[StepRecord], entries: Sequence[dict[str, Any]] = (),
                      seqs: Sequence[int] | None = None, columnar: bool = True) -> None:
         """Many step records in one transaction: columnar through Arrow

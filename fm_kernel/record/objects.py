@@ -21,16 +21,17 @@ tampering: what may be unpickled is decided by trust.py, per history.
 """
 from __future__ import annotations
 
-import ctypes
 import os
 import tempfile
 from collections.abc import Callable
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
 import xxhash
 
 from ..errors import CorruptObject
+from .chunkio import ChunkIO, aligned_buffer, libc
 from .packs import Packs
 
 __all__ = ["ObjectFiles", "CorruptObject", "digest", "chunk_keys"]
@@ -134,6 +135,9 @@ class ObjectFiles:
         # re-checked every cell.  Objects are never deleted behind our back
         # except by corruption, which get() detects.
         self._known: set[str] = set()
+        self.io = ChunkIO()
+        # loose chunks being written on the pool: key -> (its write, its length)
+        self._pending: dict[str, tuple[Future, int]] = {}
 
     # -- paths -----------------------------------------------------------
     def path(self, key: str) -> Path:
@@ -160,23 +164,59 @@ class ObjectFiles:
         self._write(key, data)
         return key, memoryview(data).nbytes
 
-    def put_chunks(self, mv: memoryview, keys: Chunks) -> int:
-        """Write the pieces of ``mv`` not yet stored; return bytes written."""
-        written = off = 0
-        for key, n in keys:
-            if not self.has(key):
-                written += self.put_new(mv[off:off + n], key)[1]
-            off += n
-        return written
+    def stage_chunks(self, mv: memoryview, chunk_size: int) -> Chunks:
+        """``chunk_keys(mv, chunk_size)``, and every loose-sized piece not
+        stored yet starts being written on the pool as soon as it is hashed:
+        the writes overlap the hashing of the rest (xxhash holds the GIL,
+        write(2) does not). A piece not stored yet means its group changed, so
+        it is written anyway when the group is; a capture that fails after this
+        leaves it as an orphan, which ``.unsettled`` makes gc look for."""
+        mv = mv.cast("B") if mv.format != "B" or mv.ndim != 1 else mv
+        keys, n = [], mv.nbytes
+        for start in range(0, n, chunk_size):
+            piece = mv[start:start + chunk_size]
+            key = digest(piece)
+            keys.append((key, piece.nbytes))
+            if piece.nbytes >= PACKED_MAX and key not in self._pending and not self.has(key):
+                self._start_loose(key, piece)
+        return keys or [(digest(b""), 0)]
 
-    def _write(self, key: str, data: bytes | bytearray | memoryview) -> None:
-        target = self.path(key)
+    def put_chunks(self, mv: memoryview, keys: Chunks) -> int:
+        """Write the pieces of ``mv`` not yet stored (large ones in parallel,
+        with those ``stage_chunks`` started); return bytes written."""
+        mv = mv.cast("B") if mv.format != "B" or mv.ndim != 1 else mv
+        written = off = 0
+        waits: dict[str, tuple[Future, int]] = {}  # a key twice in one buffer: one write
+        for key, n in keys:
+            if key in waits:
+                pass
+            elif key in self._pending:
+                waits[key] = self._pending.pop(key)
+            elif not self.has(key):
+                if n >= PACKED_MAX and self.defer:
+                    waits[key] = self._start_loose(key, mv[off:off + n])
+                    self._pending.pop(key)
+                else:
+                    written += self.put_new(mv[off:off + n], key)[1]
+            off += n
+        return written + _wait_all(list(waits.values()))
+
+    def _prepare(self) -> None:
         if not self._root_made:
             self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
             self._root_made = True
         if self.defer and not self._unsettled:
             (self.root / UNSETTLED).touch(mode=0o600)
             self._unsettled = True
+
+    def _start_loose(self, key: str, data: memoryview) -> tuple[Future, int]:
+        self._prepare()
+        job = (self.io.submit(self._write_loose, key, data), data.nbytes)
+        self._pending[key] = job
+        return job
+
+    def _write(self, key: str, data: bytes | bytearray | memoryview) -> None:
+        self._prepare()
         if memoryview(data).nbytes < PACKED_MAX:
             self.packs.put(key, data)
             # Undeferred writers (the flow journal) name the key in a record
@@ -185,15 +225,21 @@ class ObjectFiles:
                 self.packs.sync() if self.fsync else self.packs.flush()
             self._known.add(key)
             return
+        self._write_loose(key, data)
+
+    def _write_loose(self, key: str, data: bytes | bytearray | memoryview) -> None:
+        """One loose file (safe on a pool thread): temp file, then its name."""
+        target = self.path(key)
         target.parent.mkdir(mode=0o700, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=target.parent)
         try:
-            os.fchmod(fd, 0o600)
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
+            try:
+                os.fchmod(fd, 0o600)
+                self.io.write_fd(fd, memoryview(data), writeback=self.fsync and self.defer)
                 if self.fsync and not self.defer:
-                    f.flush()
-                    os.fsync(f.fileno())
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
             os.replace(tmp, target)
             if self.fsync and self.defer:
                 self._unsynced.append(target)
@@ -206,7 +252,11 @@ class ObjectFiles:
         self._known.add(key)
 
     def sync(self) -> None:
-        """Make every object written since the last sync durable: one pass."""
+        """Make every object written since the last sync durable: one pass.
+        Writes still running on the pool are waited for first (their errors
+        raised here: a chunk that failed must fail the capture)."""
+        jobs, self._pending = list(self._pending.values()), {}
+        _wait_all(jobs)
         self.packs.sync()  # also writes out buffered records when fsync is off
         files, self._unsynced = self._unsynced, []
         if not self.fsync or not files:
@@ -218,6 +268,16 @@ class ObjectFiles:
                     os.fsync(fd)
                 finally:
                     os.close(fd)
+
+    def abandon(self) -> None:
+        """A capture failed: wait for the writes it started and drop their
+        errors (it failed already); what they wrote stays unsettled, for gc."""
+        jobs, self._pending = list(self._pending.values()), {}
+        for job, _ in jobs:
+            try:
+                job.result()
+            except BaseException:
+                pass
 
     def settle(self) -> None:
         """The record naming everything written so far is committed."""
@@ -271,35 +331,55 @@ class ObjectFiles:
     def read_into(self, key: str, out: memoryview) -> int:
         """Read the object into ``out`` (no intermediate copy), verify it, and
         return its length.  Used to reassemble big buffers chunk by chunk."""
-        p = self.path(key)
-        extra = b""
+        self._check(key, out, self._fill(key, out))
+        return out.nbytes
+
+    def _fill(self, key: str, out: memoryview) -> int:
+        """Read the object into ``out`` (safe on a pool thread); its length,
+        which the caller compares with ``len(out)`` before trusting it."""
         try:
-            with open(p, "rb") as f:
-                n = f.readinto(out)
-                extra = f.read(1)
+            return self.io.read_file(self.path(key), out)
         except FileNotFoundError:
-            data = self._read(key)
-            n = len(data)
-            if n > len(out):
-                raise CorruptObject(key, p, "corrupt (longer than recorded)") from None
-            out[:n] = data
-        if extra or digest(out[:n]) != key:
-            raise CorruptObject(key, p, "corrupt (its content does not match its hash)")
-        return n
+            pass
+        data = self._read(key)
+        if len(data) == out.nbytes:
+            out[:] = data
+        return len(data)
+
+    def _check(self, key: str, out: memoryview, got: int) -> None:
+        if got != out.nbytes:
+            raise CorruptObject(key, self.path(key),
+                                f"corrupt ({got} bytes where {out.nbytes} were recorded)")
+        if digest(out) != key:
+            raise CorruptObject(key, self.path(key), "corrupt (its content does not match its hash)")
 
     def read_chunks(self, keys: Chunks, progress: Callable[[int], None] | None = None) -> Any:
-        """Reassemble a buffer, writable (numpy arrays rebuilt on it must be).
-        Large ones go into uninitialised memory: a zero-filled bytearray
-        touches every page twice, ~0.7 s of a 1 GiB restore."""
+        """Reassemble a buffer, writable (numpy arrays rebuilt on it must be),
+        straight into its final place: large ones into uninitialised aligned
+        memory, each chunk read there by a pool thread while this thread
+        verifies the chunks already read (in order, so a corrupt one is named
+        before any later one)."""
         total = sum(n for _, n in keys)
-        out = _uninitialised(total) if total >= (1 << 20) else bytearray(total)
+        out = aligned_buffer(total) if total >= (1 << 20) else bytearray(total)
         mv = memoryview(out)
-        off = 0
+        jobs, off = [], 0
         for key, n in keys:
-            self.read_into(key, mv[off:off + n])
+            piece = mv[off:off + n]
             off += n
-            if progress is not None:
-                progress(n)
+            jobs.append((key, piece, self.io.submit(self._fill, key, piece) if len(keys) > 1 else None))
+        try:
+            for key, piece, job in jobs:
+                self._check(key, piece, job.result() if job is not None else self._fill(key, piece))
+                if progress is not None:
+                    progress(piece.nbytes)
+        except BaseException:
+            for _, _, job in jobs:  # nothing may still write into ``out`` once we leave
+                if job is not None and not job.cancel():
+                    try:
+                        job.result()
+                    except BaseException:
+                        pass
+            raise
         return out
 
     def total_bytes(self) -> int:
@@ -314,7 +394,7 @@ class ObjectFiles:
 
 def _syncfs(root: Path) -> bool:
     """One sync of the file system holding ``root`` (Linux); False if unavailable."""
-    fn = getattr(_libc(), "syncfs", None)
+    fn = getattr(libc(), "syncfs", None)
     if fn is None:
         return False
     fd = os.open(root, os.O_RDONLY)
@@ -324,21 +404,17 @@ def _syncfs(root: Path) -> bool:
         os.close(fd)
 
 
-_LIBC: list[Any] = []
-
-
-def _libc() -> Any:
-    if not _LIBC:
+def _wait_all(jobs: list[tuple[Future, int]]) -> int:
+    """Wait for every write, then raise the first error: a failed write must
+    not leave others running behind the caller's back. Bytes written."""
+    first: BaseException | None = None
+    written = 0
+    for job, n in jobs:
         try:
-            _LIBC.append(ctypes.CDLL(None, use_errno=True))
-        except OSError:
-            _LIBC.append(None)
-    return _LIBC[0]
-
-
-def _uninitialised(n: int) -> Any:
-    try:
-        import numpy as np
-    except ImportError:
-        return bytearray(n)
-    return np.empty(n, dtype=np.uint8)
+            job.result()
+            written += n
+        except BaseException as e:
+            first = first or e
+    if first is not None:
+        raise first
+    return written

@@ -105,7 +105,38 @@ class HistoryReads:
         return [rec for (n,) in res.rows if (rec := self.step(n)) is not None]
 
     def branch_heads(self) -> dict[str, int | None]:
-        return dict(self.query("SELECT name, head FROM branches").rows)
+        """Branch name -> its head step. Read from the ``branches`` view once,
+        then kept current by this store's own appends (head_moved): this
+        process is the history's one writer, and a HEAD move reads the heads
+        every time (~3 ms a query, plus the batch a read moves into DuckDB)."""
+        with self._seq_lock:  # not the connection's: appends move heads without it
+            cached, version = self._heads, self._heads_version
+        if cached is not None and not self.read_only:
+            return dict(cached)
+        heads = dict(self.query("SELECT name, head FROM branches").rows)
+        with self._seq_lock:  # kept only if no head moved while the query ran
+            if not self.read_only and version == self._heads_version:
+                self._heads = heads
+        return dict(heads)
+
+    def _forget_heads(self, forget: bool) -> None:
+        if forget:
+            with self._seq_lock:
+                self._heads, self._heads_version = None, self._heads_version + 1
+
+    def head_moved(self, branch: str, head: int | None, created: bool = False) -> None:
+        """A record appended through the step log moved ``branch`` to ``head``
+        (a step record, or a branch record when ``created`` may be new), as the
+        ``branches`` view would count it: the latest non-null head per branch;
+        branches with no branch record are not in it. A new branch is read again."""
+        with self._seq_lock:
+            self._heads_version += 1
+            if self._heads is None:
+                return
+            if created and branch not in self._heads:
+                self._heads = None
+            elif head is not None and branch in self._heads:
+                self._heads = {**self._heads, branch: head}  # readers hold the old dict
 
     def last_event(self, kinds: Sequence[str]) -> dict[str, Any] | None:
         marks = ", ".join("?" for _ in kinds)

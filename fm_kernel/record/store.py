@@ -71,6 +71,9 @@ class Store(BulkWrites, HistoryReads):
         self.before_copy: list[Callable[[], None]] = []
         self._view_cache: dict[tuple, tuple[Any, Any, list[str]]] = {}  # views_as_arrow
         self._view_cols: dict[str, list[str]] = {}
+        # branch name -> head, kept current by this process's appends (reads.py)
+        self._heads: dict[str, int | None] | None = None
+        self._heads_version = 0  # bumped by every move, so a read racing one is not kept
         # DuckDB wakes its thread pool for every statement; for the small
         # writes of the step log's batches one thread is ~0.7 ms faster (bench/).
         # User SQL runs on its own instance with its own threads (run_isolated).
@@ -213,7 +216,12 @@ class Store(BulkWrites, HistoryReads):
             outer = not self._in_txn
             if outer and log_first and self._log is not None:
                 self._log.flush()
+            # A write transaction may change branches however it likes (an
+            # import): the heads are read again after it. The step log's own
+            # batches (log_first=False) hold records the heads already count.
+            forget = outer and log_first
             if outer:
+                self._forget_heads(forget)
                 self._conn.execute("BEGIN")
                 self._in_txn, self._txn_owner = True, threading.get_ident()
             try:
@@ -221,10 +229,12 @@ class Store(BulkWrites, HistoryReads):
             except BaseException:
                 if outer:
                     self._in_txn = False
+                    self._forget_heads(forget)
                     self._conn.execute("ROLLBACK")
                 raise
             if outer:
                 self._in_txn = False
+                self._forget_heads(forget)
                 self._conn.execute("COMMIT")
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
@@ -272,21 +282,10 @@ class Store(BulkWrites, HistoryReads):
         log = self._log_here()
         if log is not None:  # no wait for the connection: a batch may be going in
             log.append(self.next_seq(), rec, entries)  # committed on return
+            self.head_moved(rec.branch, rec.step)
             return
         with self._lock:
             self.append_steps([rec], entries, columnar=False)
-
-    def _step_params(self, rec: StepRecord, state_id: str | None,
-                     seq: int | None = None) -> list[Any]:
-        return [
-            self.next_seq() if seq is None else seq, rec.step, rec.branch, rec.parent,
-            rec.kernel_id, rec.cell_id, rec.execution_count, rec.code, rec.status,
-            rec.started_at, rec.finished_at,
-            rec.duration_ms, rec.error_name, rec.error_value,
-            json.dumps(rec.traceback) if rec.traceback is not None else None,
-            json.dumps(rec.outputs), state_id,
-            rec.state["changed"] if rec.state is not None else None,
-        ]
 
     def append_event(
         self, kind: str, step: int | None = None, run_id: str | None = None,
@@ -366,6 +365,7 @@ class Store(BulkWrites, HistoryReads):
         log = self._log_here()
         if log is not None:
             log.append_row("branches", row)
+            self.head_moved(name, head, created=True)
             return
         with self._lock:
             self._conn.execute("INSERT INTO fm_branch_records VALUES (?, ?, ?, ?, ?)", row)

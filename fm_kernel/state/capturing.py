@@ -61,7 +61,7 @@ class CaptureRun:
             roots = array_roots(self.walk(n).arrays)
             t = time.perf_counter()
             self.payloads[n] = self.snap._pickle((self.ns[n],), self.ns, self.hash_memo, self.hashed,
-                                                 roots)
+                                                 roots, stage=True)
             self.cost[n] = self.cost.get(n, 0.0) + time.perf_counter() - t
         return self.payloads[n]
 
@@ -152,7 +152,8 @@ class CaptureRun:
                 group = payloads[ok[0]]
             else:
                 roots = array_roots([a for n in ok for a in self.walk(n).arrays])
-                group = snap._pickle(tuple(ns[n] for n in ok), ns, self.hash_memo, self.hashed, roots)
+                group = snap._pickle(tuple(ns[n] for n in ok), ns, self.hash_memo, self.hashed, roots,
+                                     stage=True)
             if isinstance(group, Payload):
                 ref, written = snap._store(ok, group)
             else:  # together they fail though each pickles alone: store singly

@@ -250,7 +250,10 @@ class Snapshotter:
         return [sorted(c) for c in comps.values()]
 
     def _pickle(self, objs: tuple, ns: dict, memo: dict, hashed: list[int],
-                roots: dict[int, Any]) -> Payload | str:
+                roots: dict[int, Any], *, stage: bool = False) -> Payload | str:
+        """Pickle and fingerprint ``objs``. ``stage``: a capture's candidates,
+        whose new chunks start being written while the rest is hashed
+        (ObjectFiles.stage_chunks); inspections and checks write nothing."""
         buffers: list[pickle.PickleBuffer] = []
         f = io.BytesIO()
         try:
@@ -270,13 +273,15 @@ class Snapshotter:
             # cannot be reused by a later temporary.
             k = (id(mv.obj), mv.nbytes)
             if k not in memo:
-                memo[k] = (mv.obj, self._chunk_keys(mv, hashed))
+                memo[k] = (mv.obj, self._chunk_keys(mv, hashed, stage))
             buffer_keys.append(memo[k][1])
         fp = digest("|".join([main_digest, *(k for b in buffer_keys for k, _ in b)]).encode())
         return Payload(main, main_digest, raws, buffer_keys, fp, len(main) + sum(m.nbytes for m in raws))
 
-    def _chunk_keys(self, mv: memoryview, hashed: list[int]) -> list[tuple[str, int]]:
+    def _chunk_keys(self, mv: memoryview, hashed: list[int], stage: bool = False) -> list[tuple[str, int]]:
         hashed[0] += mv.nbytes
+        if stage:
+            return self.objects.stage_chunks(mv, self.chunk_size)
         return chunk_keys(mv, self.chunk_size)
 
     def _store(self, names: list[str], p: Payload | str) -> tuple[str, int]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -24,6 +25,7 @@ from ..tables import human_bytes
 
 log = logging.getLogger(__name__)
 GC_AT_OPEN = 5.0  # seconds the orphan pass at open may take; `fm gc` has no limit
+MANIFESTS_KEPT = 64  # states of recent steps kept in memory (a step's state never changes)
 
 BRANCH_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_./@")
 
@@ -78,6 +80,10 @@ class States:
             self.gc_line = gc.collect(store, objects, GC_AT_OPEN).line()
             log.info(self.gc_line)
         self._known = store.known_entry_ids()
+        # step -> its state, for HEAD moves among recent steps: a step record
+        # that carries a state is final (this process is the one writer), so
+        # nothing here can go stale; reading it again costs two DuckDB queries.
+        self._manifests: OrderedDict[int, Manifest] = OrderedDict()
 
     @property
     def trusted(self) -> bool:
@@ -94,6 +100,7 @@ class States:
             self.snap.objects.sync()
         except BaseException:
             self._write_failed = True
+            self.snap.objects.abandon()
             raise
         self._uncommitted = True
         m = cap.manifest
@@ -104,9 +111,12 @@ class States:
         state = {"names": list(eids), "ids": list(eids.values()), "changed": sorted(cap.changed)}
         return state, new, cap
 
-    def committed(self, new: list[dict[str, Any]], cap: Capture) -> None:
+    def committed(self, new: list[dict[str, Any]], cap: Capture, step: int | None = None) -> None:
+        """The record of ``step`` holding ``cap``'s state is committed."""
         self._known.update(e["id"] for e in new)
         self.live = cap.manifest
+        if step is not None:
+            self._keep(step, cap.manifest)
         self._uncommitted = False
         if not self._write_failed:
             self.snap.objects.settle()
@@ -116,7 +126,17 @@ class States:
     def _require_trust(self) -> None:
         self.gate.require()
 
+    def _keep(self, step: int, m: Manifest) -> Manifest:
+        self._manifests[step] = m
+        self._manifests.move_to_end(step)
+        while len(self._manifests) > MANIFESTS_KEPT:
+            self._manifests.popitem(last=False)
+        return m
+
     def manifest(self, step: int) -> Manifest:
+        if step in self._manifests:
+            self._manifests.move_to_end(step)
+            return self._manifests[step]
         rec = self.store.step(step)
         if rec is None:
             raise errors.NoSuchStep(step)
@@ -125,8 +145,8 @@ class States:
                 f"step {step} has no recorded state ({rec.status}); "
                 f"pick a step that finished, e.g. its parent {rec.parent}")
         entries = self.store.entries(rec.state["ids"])
-        return Manifest({n: VarEntry.from_json(entries[i])
-                         for n, i in zip(rec.state["names"], rec.state["ids"]) if i in entries})
+        return self._keep(step, Manifest({n: VarEntry.from_json(entries[i]) for n, i in
+                                          zip(rec.state["names"], rec.state["ids"]) if i in entries}))
 
     def value(self, name: str, step: int) -> Any:
         m = self.manifest(step)
