@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from ..errors import FlowError, NondeterminismError, StepError
 from .deadlines import Deadlines
 from .journal import Journal
+from .parking import Park, Parking
 from .schedule import Scheduler
 
 if TYPE_CHECKING:
@@ -55,6 +56,7 @@ class FlowRegistry:
         self._journal: Journal | None = None
         self.scheduler = Scheduler(lambda: self.journal)
         self.deadlines = Deadlines()  # run timeouts (deadlines.py)
+        self.parking = Parking()  # workers and timers of runs that wait (parking.py)
 
     @property
     def journal(self) -> Journal:
@@ -114,6 +116,7 @@ class FlowRegistry:
         """A clean end: the log's records into the history, the log closed."""
         self.scheduler.stop()
         self.deadlines.stop()
+        self.parking.stop()
         with self.lock:
             sources, self.sources = list(self.sources.values()), {}
         for source in sources:
@@ -185,6 +188,10 @@ class RunContext:
             self._remember(r)
         self.next = 1
         self.lock = threading.Lock()
+        # parking.py: the thread whose body may park (None: it may not), and
+        # the Park raised, so a body that swallowed it is still parked.
+        self.park_thread: int | None = None
+        self.parking: Park | None = None
 
     def _remember(self, r: dict[str, Any]) -> None:
         p = r["position"]
@@ -198,6 +205,8 @@ class RunContext:
                 self.topic_seq[topic] = max(seq, self.topic_seq.get(topic, 0))
 
     def take(self, n: int = 1) -> int:
+        if self.parking is not None:  # a bare except swallowed the Park: the run is parked
+            raise self.parking
         with self.lock:
             p, self.next = self.next, self.next + n
         return p

@@ -32,6 +32,7 @@ from typing import Any, Callable, Sequence
 from ..errors import FlowError, Timeout, UsageError
 from .context import CURRENT_RUN, RunContext, registry, replay
 from .journal import Journal
+from .parking import can_park, park
 from .runs import start_once
 
 KIND = "event_received"
@@ -230,4 +231,6 @@ def _wait(ctx: RunContext, p: int, rec: dict[str, Any] | None, opname: str, name
             ctx.record(p, opname, "failed", 1, error=Journal.encode_error(err))
             run.set_status("running")
             raise err
+        if can_park(ctx, left):  # raises; the event's delivery or the deadline executes it again
+            park(ctx, deadline, wakes, f"{opname} at position {p}")
         run.wait_wake(wakes, 5.0 if left is None else min(left, 5.0))
