@@ -191,6 +191,8 @@ class RunContext:
         # parking.py: the thread whose body may park (None: it may not), and
         # the Park raised, so a body that swallowed it is still parked.
         self.park_thread: int | None = None
+        self.park_async = False  # an async flow's waits park from their helper threads
+        self.failure: BaseException | None = None  # replay found other code (check)
         self.parking: Park | None = None
 
     def _remember(self, r: dict[str, Any]) -> None:
@@ -205,7 +207,7 @@ class RunContext:
                 self.topic_seq[topic] = max(seq, self.topic_seq.get(topic, 0))
 
     def take(self, n: int = 1) -> int:
-        if self.parking is not None:  # a bare except swallowed the Park: the run is parked
+        if self.parking is not None and not self.is_async:  # a bare except swallowed the Park
             raise self.parking
         with self.lock:
             p, self.next = self.next, self.next + n
@@ -214,11 +216,17 @@ class RunContext:
     def check(self, p: int, name: str) -> dict[str, Any] | None:
         rec = self.latest.get(p)
         if rec is not None and rec["name"] != name:
-            raise NondeterminismError(
+            raise self._failing(NondeterminismError(
                 f"run {self.run.id} of flow {self.run.flow_name!r}: position {p} was recorded as "
                 f"{rec['name']!r} but the flow now calls {name!r} there; the flow's code changed "
-                f"since this run was recorded. {_fixes(p, rec['name'])}")
+                f"since this run was recorded. {_fixes(p, rec['name'])}"))
         return rec
+
+    def _failing(self, exc: BaseException) -> BaseException:
+        # An async branch may park while another fails here: the run then
+        # fails at once rather than at its wake-up (Run.execute).
+        self.failure = exc
+        return exc
 
     def record(self, p: int, name: str, status: str, attempt: int = 0, started: float | None = None,
                result: str | None = None, error: str | None = None,

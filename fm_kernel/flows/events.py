@@ -137,7 +137,9 @@ def _wake_all() -> None:
     with reg.lock:
         live = list(reg.runs.values())
     for run in live:  # waits look at the history when woken; cheap for those not waiting
-        run.wake()
+        at = run.parked_at  # a run parked elsewhere would only replay to park again
+        if at is None or at.startswith("fm.wait_event("):
+            run.wake()
 
 
 def _flows_on(name: str) -> list[Any]:

@@ -14,12 +14,16 @@ which every delivery calls already. When woken, the run is executed again
 from the top on a worker: replay returns each recorded operation at once up
 to the wait, which now finds its condition met and goes on.
 
-Workers: a small pool runs the executions ("segments") of runs. A segment
-that blocks for long (a step body doing slow I/O, a wait that does not park)
-must not starve the queue, so a watchdog adds a worker whenever work waits
-and no segment has ended for ``STUCK`` seconds; workers leave after
-``LINGER`` idle seconds. So threads are bounded by what actually runs, not
-by how many runs exist.
+Workers: a pool runs the executions ("segments") of runs. At most ``CORE``
+workers run flowmetal's own code (replay, journaling) at once; a worker that
+enters user code or a blocking wait (a step body, a retry's backoff, a wait
+too short to park, an async flow's event loop) says so (``blocking()``) and
+stops counting, so a queued segment gets another worker at once, as it got a
+thread of its own before (Java's ForkJoinPool calls this managed blocking).
+For anything else that blocks, a watchdog adds a worker whenever work waits
+and no segment has ended for ``STUCK`` seconds. Workers leave after
+``LINGER`` idle seconds. So threads are bounded by what actually runs or
+blocks, never by how many runs are waiting.
 
 Waits shorter than ``PARK_AFTER`` keep blocking their thread: a replay costs
 a pass over the run's journal, and a short wait is cheaper kept
@@ -28,13 +32,17 @@ a pass over the run's journal, and a short wait is cheaper kept
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import contextlib
 import heapq
 import itertools
 import logging
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
+
+from ..errors import Cancelled
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +50,7 @@ PARK_AFTER = 1.0  # seconds: a shorter sleep or wait blocks its thread instead
 CORE = 8  # workers kept busy without question
 MOST = 512  # the watchdog's ceiling (today's thread per run had none)
 STUCK = 0.5  # seconds without a segment ending, with work queued: add a worker
-LINGER = 10.0  # an idle worker leaves after this
+LINGER = 2.0  # an idle worker leaves after this (seconds)
 
 
 class Park(BaseException):
@@ -63,10 +71,10 @@ class Park(BaseException):
 
 def can_park(ctx: Any, seconds: float | None = None) -> bool:
     """Whether the flow body of ``ctx`` may park here: it runs on the
-    thread of a segment that allows it (not a direct call, not an async
-    flow's helper thread, not an fm.map worker), and the wait is long
-    enough (``seconds`` None: open-ended)."""
-    if getattr(ctx, "park_thread", None) != threading.get_ident():
+    thread of a segment that allows it (not a direct call, not an fm.map
+    worker) or is an async flow's (whose waits run in helper threads the
+    body awaits), and the wait is long enough (``seconds`` None: open-ended)."""
+    if getattr(ctx, "park_thread", None) != threading.get_ident() and not getattr(ctx, "park_async", False):
         return False
     return seconds is None or seconds >= PARK_AFTER
 
@@ -80,6 +88,43 @@ def park(ctx: Any, wake_at: float | None, since: int | None, what: str) -> None:
     raise exc
 
 
+async def settle_branches(ctx: Any) -> None:
+    """At the end of an async flow body (its ``finally``): if it is parking,
+    let the other branches of the loop end first. A step still running in
+    another gathered branch finishes and is journaled before the run parks
+    (asyncio.run would cancel it midway, and a replay would run it again);
+    a branch that failed for real (not by the body's end) is the run's
+    error, as gather would have raised it had nothing parked."""
+    if ctx is None or ctx.parking is None:
+        return
+    me = asyncio.current_task()
+    ends = await asyncio.gather(*(t for t in asyncio.all_tasks() if t is not me),
+                                return_exceptions=True)
+    real = [e for e in ends if isinstance(e, Exception) and not isinstance(e, Cancelled)]
+    if real:
+        ctx.parking = None
+        raise real[0]
+
+
+_local = threading.local()  # .workers: the pool whose worker this thread is
+
+
+@contextlib.contextmanager
+def blocking() -> Iterator[None]:
+    """Around code that may block for long on a worker (user code, a
+    blocking wait): the worker stops counting towards ``CORE`` meanwhile.
+    Elsewhere, nothing."""
+    w: Workers | None = getattr(_local, "workers", None)
+    if w is None:
+        yield
+        return
+    w.enter_blocking()
+    try:
+        yield
+    finally:
+        w.leave_blocking()
+
+
 class Workers:
     """Runs segments (callables) on few threads; see the module doc."""
 
@@ -87,7 +132,7 @@ class Workers:
         self.core, self.most = core, most
         self._q: collections.deque[Callable[[], None]] = collections.deque()
         self._cv = threading.Condition()
-        self._threads = self._idle = 0
+        self._threads = self._idle = self._blocked = 0
         self._ended_at = time.monotonic()
         self._watching = False
         self._names = itertools.count(1)
@@ -97,7 +142,7 @@ class Workers:
             self._q.append(fn)
             if self._idle > len(self._q) - 1:
                 self._cv.notify()
-            elif self._threads < self.core:
+            elif self._threads - self._blocked < self.core:
                 self._spawn()
             elif not self._watching:
                 self._watching = True
@@ -107,6 +152,16 @@ class Workers:
     def threads(self) -> int:
         return self._threads
 
+    def enter_blocking(self) -> None:
+        with self._cv:
+            self._blocked += 1
+            if self._q and self._idle == 0 and self._threads - self._blocked < self.core:
+                self._spawn()
+
+    def leave_blocking(self) -> None:
+        with self._cv:
+            self._blocked -= 1
+
     def _spawn(self) -> None:
         self._threads += 1
         self._ended_at = time.monotonic()  # a new worker gets its chance before the next
@@ -114,6 +169,7 @@ class Workers:
                          daemon=True).start()
 
     def _loop(self) -> None:
+        _local.workers = self
         while True:
             with self._cv:
                 while not self._q:
@@ -237,6 +293,12 @@ class Wakeable:
         """True while the run waits holding no thread."""
         return self._parked is not None
 
+    @property
+    def parked_at(self) -> str | None:
+        """What the parked run waits at ("fm.wait_for(go) at position 3"), or None."""
+        p = self._parked
+        return p.what if p is not None else None
+
     def wake(self) -> None:
         """A delivery (or cancel, or a watched run's change) for this run:
         blocking waits look again, a parked run that waits on deliveries (or
@@ -284,15 +346,16 @@ class Wakeable:
 
     def wait_wake(self, since: int, timeout: float) -> None:
         """Block until a wake-up after the count ``since``, or ``timeout``."""
-        with self._cv:
+        with blocking(), self._cv:
             if self._wakes == since:
                 self._cv.wait(timeout)
 
     def pause(self, seconds: float) -> None:
         """Sleep, waking early only to honour cancel()."""
         end = time.monotonic() + seconds
-        while (left := end - time.monotonic()) > 0:
-            self.check_cancel()
-            with self._cv:
-                self._cv.wait(min(left, 1.0))
+        with blocking():
+            while (left := end - time.monotonic()) > 0:
+                self.check_cancel()
+                with self._cv:
+                    self._cv.wait(min(left, 1.0))
         self.check_cancel()

@@ -16,7 +16,7 @@ from typing import Any
 
 from ..errors import Cancelled, NoSuchFlow, NoSuchRun, NotStorable, RunFinished, StepError, Timeout
 from .context import CURRENT_RUN, RunContext, registry, replay
-from .parking import Park, Wakeable, can_park, park
+from .parking import Wakeable, blocking, can_park, park, settle_branches
 from . import run_events
 from .journal import FINISHED_STATUSES, Journal
 
@@ -358,18 +358,21 @@ class Run(Wakeable):
             self._deadline_watched = True
             registry().deadlines.watch(self)
         ctx = RunContext(self, rows, self._flow.is_async)
-        if parkable and not self._flow.is_async:
-            ctx.park_thread = threading.get_ident()
+        if parkable:
+            ctx.park_thread, ctx.park_async = threading.get_ident(), self._flow.is_async
         token = CURRENT_RUN.set(ctx)
         try:
             if self._flow.is_async:
-                value = asyncio.run(self._async_body())
+                with blocking():  # its loop holds this worker until it ends or parks
+                    value = asyncio.run(self._async_body())
             else:
                 value = self._flow.fn(*self._args, **self._kwargs)
             if ctx.parking is None:
                 text = j.encode(value, f"the result of flow {self.flow_name!r} (run {self.id})")
                 self._succeeded(value, text)
         except BaseException as exc:
+            if ctx.failure is not None:  # not worth parking for: replay would end the same
+                exc, ctx.parking = ctx.failure, None
             # A Park, or whatever a finally raised while one unwound: parked.
             if ctx.parking is None:
                 self._failed(exc)
@@ -400,8 +403,11 @@ class Run(Wakeable):
             # step name on replay, say) still blocks a thread, and asyncio.run
             # joins those threads before returning: wake them to give up, or
             # the run would hang until that sleep or wait ended (perhaps never).
+            # A body that parks lets its other branches settle first (parking.py).
+            await settle_branches(CURRENT_RUN.get())
             self._body_ended = True
-            self.wake()
+            with self._cv:  # not wake(): that would count as a delivery and unpark a park
+                self._cv.notify_all()
 
     def _succeeded(self, value: Any, text: str) -> None:
         with self._end:
