@@ -154,7 +154,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-n", type=int, default=10_000, help="runs sleeping at once")
     ap.add_argument("--sleep", type=float, default=5.0, help="seconds all sleep after the last started")
-    ap.add_argument("--est", type=float, default=0.003, help="estimated seconds per start")
+    ap.add_argument("--est", type=float, default=0.001, help="estimated seconds per start")
     ap.add_argument("--dbos-python", default="/tmp/dbos-venv/bin/python")
     ap.add_argument("--json", help="also write the figures here")
     a = ap.parse_args()

@@ -383,16 +383,18 @@ class Run(Wakeable):
             if ctx.parking is not None:
                 self._kept_rows = list(ctx.latest.values())
                 self.park_segment(ctx.parking, registry().parking.timers)
+            elif parkable:  # its result once checkpointed with others: this worker goes on
+                j.when_flushed(self._ended)
             else:
-                self._end_execution(j)
+                try:
+                    j.flush()  # the SQL views show the finished run at once
+                finally:
+                    self._ended()
 
-    def _end_execution(self, j: Journal) -> None:
-        try:
-            j.flush()  # the SQL views show the finished run at once
-        finally:
-            self._executing = False
-            self._done.set()
-            self.wake()  # runs parked on this one's result look again
+    def _ended(self) -> None:
+        self._executing = False
+        self._done.set()
+        self.wake()  # runs parked on this one's result look again
 
     async def _async_body(self) -> Any:
         self._body_ended = False
