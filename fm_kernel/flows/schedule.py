@@ -134,11 +134,14 @@ class Scheduler:
         flow and the slot, so a second firing of the same slot (the flow
         registered again while its catch-up run was starting, or a kill
         between the start and the slot's record) returns the first run."""
+        run_id = slot_run_id(fl.name, slot)
+        if self.journal().run_row(run_id) is not None:  # fired already: that run, not a skip
+            return fl.start(run_id=run_id)
         if getattr(fl, "overlap", "skip") == "skip" and fl.busy():
             log.info("flow %r: slot %s skipped, its previous run is still going", fl.name, slot)
             self.journal().record_slot(fl.name, slot, None)
             return None
-        run = fl.start(run_id=slot_run_id(fl.name, slot))
+        run = fl.start(run_id=run_id)
         self.journal().record_slot(fl.name, slot, run.id)
         return run
 
