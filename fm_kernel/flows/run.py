@@ -1,6 +1,7 @@
 """Run handles (spec: "Python API: Flows"): a run's record, its execution
-on a thread, result, cancel, its deadline, fork, signals and the events it
-publishes (get_event; messages.py has the rest). Flows (runs.py) make runs
+on a worker (a waiting run parks, holding no thread: parking.py), result,
+cancel, its deadline, fork, signals and the events it publishes
+(get_event; messages.py has the rest). Flows (runs.py) make runs
 through ``new_run``; the primitives (ops.py) drive a run through its small
 API: set_status, pause, wake/wakes/wait_wake, check_cancel."""
 
@@ -344,8 +345,9 @@ class Run(Wakeable):
 
     def execute(self, parkable: bool = False) -> None:
         """Run the flow function on this thread, journaling it: to its end,
-        or (``parkable``, a sync flow) to a wait it parks at (parking.py);
-        a parked run executes again from the top when woken, replaying."""
+        or (``parkable``: on a worker, not a direct call) to a wait it parks
+        at (parking.py); a parked run executes again from the top when
+        woken, replaying what it had journaled."""
         assert self._flow is not None
         self._executing = True
         j = registry().journal
