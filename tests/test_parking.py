@@ -141,11 +141,14 @@ print(json.dumps({"peak": peak[0], "ok": results == [i * 3 for i in range(1000)]
     figures = json.loads(out.strip().splitlines()[-1])
     assert figures["ok"], figures
     assert figures["peak"] < 50, f"{figures['peak']} threads while 1,000 runs slept"
+    print(f"1,000 sleeping runs: peak {figures['peak']} threads")
 
 
 def test_a_parked_run_wakes_on_a_signal(pk: Kernel) -> None:
     check(pk, "s = by_signal.start()")
     parked(pk, "s")
+    seen = check(pk, "print(s.status, flows.registry().journal.run_row(s.id)['status'])").split()
+    assert seen == ["waiting", "waiting"], seen  # the runs view says what it waits for
     check(pk, "s.signal('go', {'n': 7})")
     assert check(pk, "print(s.result(20))").strip() == "{'n': 7}"
     assert len(lines(pk.dir / "sig.before")) == 1 and len(lines(pk.dir / "sig.after")) == 1  # type: ignore[attr-defined]
