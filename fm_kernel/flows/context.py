@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from ..errors import FlowError, NondeterminismError, StepError
 from .deadlines import Deadlines
 from .journal import Journal
+from .parking import Park, Parking
 from .schedule import Scheduler
 
 if TYPE_CHECKING:
@@ -55,6 +56,7 @@ class FlowRegistry:
         self._journal: Journal | None = None
         self.scheduler = Scheduler(lambda: self.journal)
         self.deadlines = Deadlines()  # run timeouts (deadlines.py)
+        self.parking = Parking()  # workers and timers of runs that wait (parking.py)
 
     @property
     def journal(self) -> Journal:
@@ -114,6 +116,7 @@ class FlowRegistry:
         """A clean end: the log's records into the history, the log closed."""
         self.scheduler.stop()
         self.deadlines.stop()
+        self.parking.stop()
         with self.lock:
             sources, self.sources = list(self.sources.values()), {}
         for source in sources:
@@ -185,6 +188,12 @@ class RunContext:
             self._remember(r)
         self.next = 1
         self.lock = threading.Lock()
+        # parking.py: the thread whose body may park (None: it may not), and
+        # the Park raised, so a body that swallowed it is still parked.
+        self.park_thread: int | None = None
+        self.park_async = False  # an async flow's waits park from their helper threads
+        self.failure: BaseException | None = None  # replay found other code (check)
+        self.parking: Park | None = None
 
     def _remember(self, r: dict[str, Any]) -> None:
         p = r["position"]
@@ -198,6 +207,8 @@ class RunContext:
                 self.topic_seq[topic] = max(seq, self.topic_seq.get(topic, 0))
 
     def take(self, n: int = 1) -> int:
+        if self.parking is not None and not self.is_async:  # a bare except swallowed the Park
+            raise self.parking
         with self.lock:
             p, self.next = self.next, self.next + n
         return p
@@ -205,11 +216,17 @@ class RunContext:
     def check(self, p: int, name: str) -> dict[str, Any] | None:
         rec = self.latest.get(p)
         if rec is not None and rec["name"] != name:
-            raise NondeterminismError(
+            raise self._failing(NondeterminismError(
                 f"run {self.run.id} of flow {self.run.flow_name!r}: position {p} was recorded as "
                 f"{rec['name']!r} but the flow now calls {name!r} there; the flow's code changed "
-                f"since this run was recorded. {_fixes(p, rec['name'])}")
+                f"since this run was recorded. {_fixes(p, rec['name'])}"))
         return rec
+
+    def _failing(self, exc: BaseException) -> BaseException:
+        # An async branch may park while another fails here: the run then
+        # fails at once rather than at its wake-up (Run.execute).
+        self.failure = exc
+        return exc
 
     def record(self, p: int, name: str, status: str, attempt: int = 0, started: float | None = None,
                result: str | None = None, error: str | None = None,

@@ -32,6 +32,7 @@ from typing import Any, Callable, Sequence
 from ..errors import FlowError, Timeout, UsageError
 from .context import CURRENT_RUN, RunContext, registry, replay
 from .journal import Journal
+from .parking import can_park, park
 from .runs import start_once
 
 KIND = "event_received"
@@ -136,7 +137,9 @@ def _wake_all() -> None:
     with reg.lock:
         live = list(reg.runs.values())
     for run in live:  # waits look at the history when woken; cheap for those not waiting
-        run.wake()
+        at = run.parked_at  # a run parked elsewhere would only replay to park again
+        if at is None or at.startswith("fm.wait_event("):
+            run.wake()
 
 
 def _flows_on(name: str) -> list[Any]:
@@ -230,4 +233,6 @@ def _wait(ctx: RunContext, p: int, rec: dict[str, Any] | None, opname: str, name
             ctx.record(p, opname, "failed", 1, error=Journal.encode_error(err))
             run.set_status("running")
             raise err
+        if can_park(ctx, left):  # raises; the event's delivery or the deadline executes it again
+            park(ctx, deadline, wakes, f"{opname} at position {p}")
         run.wait_wake(wakes, 5.0 if left is None else min(left, 5.0))

@@ -22,6 +22,7 @@ from ..errors import FlowError, Timeout, UsageError
 from . import dask_map
 from .context import CURRENT_RUN, CURRENT_STEP, RunContext, registry, replay
 from .journal import Journal
+from .parking import can_park, park
 from .steps import Step, attempts
 
 
@@ -108,6 +109,9 @@ def _sleep(ctx: RunContext, p: int, rec: dict[str, Any] | None, seconds: float) 
         wake = time.time() + seconds
         ctx.record(p, "fm.sleep", "sleeping", detail={"wake_at": wake, "seconds": seconds})
     ctx.run.set_status("sleeping")
+    if can_park(ctx, wake - time.time()):
+        ctx.run.check_cancel()
+        park(ctx, wake, None, f"fm.sleep at position {p}")  # raises; replay comes back here
     ctx.run.pause(wake - time.time())
     ctx.record(p, "fm.sleep", "ok", 1, detail={"wake_at": wake, "seconds": seconds})
     ctx.run.set_status("running")
@@ -210,6 +214,8 @@ def _wait_blocking(ctx: RunContext, p: int, rec: dict[str, Any] | None, opname: 
             ctx.record(p, opname, "failed", 1, error=Journal.encode_error(err))
             run.set_status("running")
             raise err
+        if can_park(ctx, left):  # raises; a delivery or the deadline executes the run again
+            park(ctx, deadline, wakes, f"{opname} at position {p}")
         run.wait_wake(wakes, 5.0 if left is None else min(left, 5.0))
 
 

@@ -1,6 +1,7 @@
 """Run handles (spec: "Python API: Flows"): a run's record, its execution
-on a thread, result, cancel, its deadline, fork, signals and the events it
-publishes (get_event; messages.py has the rest). Flows (runs.py) make runs
+on a worker (a waiting run parks, holding no thread: parking.py), result,
+cancel, its deadline, fork, signals and the events it publishes
+(get_event; messages.py has the rest). Flows (runs.py) make runs
 through ``new_run``; the primitives (ops.py) drive a run through its small
 API: set_status, pause, wake/wakes/wait_wake, check_cancel."""
 
@@ -16,6 +17,7 @@ from typing import Any
 
 from ..errors import Cancelled, NoSuchFlow, NoSuchRun, NotStorable, RunFinished, StepError, Timeout
 from .context import CURRENT_RUN, RunContext, registry, replay
+from .parking import Wakeable, blocking, can_park, park, settle_branches
 from . import run_events
 from .journal import FINISHED_STATUSES, Journal
 
@@ -56,7 +58,7 @@ def _encode_args(fl: FlowLike, args: tuple, kwargs: dict) -> str:
         raise
 
 
-class Run:
+class Run(Wakeable):
     """A handle on one run; pickles as its id (it survives namespace restore)."""
 
     def __init__(self, run_id: str, flow_name: str | None = None):
@@ -81,8 +83,10 @@ class Run:
         self._end = threading.Lock()  # cancel() against the final write
         self._done = threading.Event()
         self._cv = threading.Condition()
-        self._wakes = 0  # bumped on every wake-up (signal, callback, cancel)
-        self._thread: threading.Thread | None = None
+        self._init_waking()
+        self._context: contextvars.Context | None = None  # the starter's (output to its cell)
+        self._kept_rows: list[dict[str, Any]] | None = None  # its journal, while parked
+        self._deadline_watched = False
 
     @classmethod
     def from_row(cls, row: dict[str, Any], fl: "FlowLike | None" = None) -> "Run":
@@ -126,7 +130,10 @@ class Run:
         return row["status"]
 
     def result(self, timeout: float | None = None) -> Any:
-        """The flow's return value; raises its error, or Timeout."""
+        """The flow's return value; raises its error, or Timeout. In a flow
+        body, with no timeout, a run that has not finished parks the caller."""
+        if timeout is None and not self._done.is_set():
+            self._park_caller(CURRENT_RUN.get())
         if self._executing or self._done.is_set():
             if not self._done.wait(timeout):
                 raise Timeout(f"run {self.id} of {self.flow_name!r} is still {self._status} after "
@@ -154,6 +161,21 @@ class Run:
             if deadline is not None and time.monotonic() > deadline:
                 raise Timeout(f"run {self.id} is still {row['status']} after {timeout}s")
             time.sleep(0.1)
+
+    def _park_caller(self, ctx: RunContext | None) -> None:
+        """A flow waiting for this run's result (a child's, say) holds no
+        thread: it parks until this run ends (its end wakes watchers)."""
+        if ctx is None or ctx.run is self or not can_park(ctx):
+            return
+        since = ctx.run.wakes
+        self.watch_by(ctx.run)
+        if self._done.is_set():
+            return
+        if not self._executing:
+            row = registry().journal.run_row(self.id)
+            if row is None or row["status"] in FINISHED_STATUSES:
+                return
+        park(ctx, None, since, f"the result of run {self.id}")
 
     async def wait_async(self) -> Any:
         await asyncio.get_running_loop().run_in_executor(None, self._done.wait)
@@ -286,32 +308,6 @@ class Run:
         """When the run was first started (epoch seconds), kept across resumes."""
         return self._started_at
 
-    @property
-    def wakes(self) -> int:
-        """How many wake-ups so far: pass it to wait_wake to miss none."""
-        with self._cv:
-            return self._wakes
-
-    def wake(self) -> None:
-        with self._cv:
-            self._wakes += 1
-            self._cv.notify_all()
-
-    def wait_wake(self, since: int, timeout: float) -> None:
-        """Block until a wake-up after the count ``since``, or ``timeout``."""
-        with self._cv:
-            if self._wakes == since:
-                self._cv.wait(timeout)
-
-    def pause(self, seconds: float) -> None:
-        """Sleep, waking early only to honour cancel()."""
-        end = time.monotonic() + seconds
-        while (left := end - time.monotonic()) > 0:
-            self.check_cancel()
-            with self._cv:
-                self._cv.wait(min(left, 1.0))
-        self.check_cancel()
-
     # -- execution --
 
     def _write(self, status: str, result: str | None = None, error: str | None = None) -> None:
@@ -336,41 +332,71 @@ class Run:
         return self._finished or self._done.is_set()
 
     def start_thread(self) -> None:
-        """Execute on a background thread (output goes to the cell that started it)."""
+        """Execute on a worker (parking.py), in a copy of the caller's
+        context (output goes to the cell that started it); a wait parks it."""
         self._executing = True
-        run = contextvars.copy_context().run
-        self._thread = threading.Thread(target=run, args=(self.execute,), daemon=True,
-                                        name=f"fm-run-{self.id[:8]}")
-        self._thread.start()
+        self._context = contextvars.copy_context()
+        self._resubmit()
 
-    def execute(self) -> None:
-        """Run the flow function to its end on this thread, journaling it."""
+    def _resubmit(self) -> None:
+        ctx = self._context if self._context is not None else contextvars.copy_context()
+        # A copy per segment: the one before may still be leaving its context.
+        registry().parking.workers.submit(lambda: ctx.copy().run(self.execute, True))
+
+    def execute(self, parkable: bool = False) -> None:
+        """Run the flow function on this thread, journaling it: to its end,
+        or (``parkable``: on a worker, not a direct call) to a wait it parks
+        at (parking.py); a parked run executes again from the top when
+        woken, replaying what it had journaled."""
         assert self._flow is not None
         self._executing = True
-        self._status = "running"
         j = registry().journal
-        rows = j.step_rows(self.id) if self._forked or self._resumed else []
-        if self._deadline is not None:
+        if self._kept_rows is not None:  # woken from a park: replay what this process holds
+            rows, self._kept_rows = self._kept_rows, None
+        else:
+            self._status = "running"
+            rows = j.step_rows(self.id) if self._forked or self._resumed else []
+        if self._deadline is not None and not self._deadline_watched:
+            self._deadline_watched = True
             registry().deadlines.watch(self)
-        token = CURRENT_RUN.set(RunContext(self, rows, self._flow.is_async))
+        ctx = RunContext(self, rows, self._flow.is_async)
+        if parkable:
+            ctx.park_thread, ctx.park_async = threading.get_ident(), self._flow.is_async
+        token = CURRENT_RUN.set(ctx)
         try:
             if self._flow.is_async:
-                value = asyncio.run(self._async_body())
+                with blocking():  # its loop holds this worker until it ends or parks
+                    value = asyncio.run(self._async_body())
             else:
                 value = self._flow.fn(*self._args, **self._kwargs)
-            text = j.encode(value, f"the result of flow {self.flow_name!r} (run {self.id})")
-            self._succeeded(value, text)
+            if ctx.parking is None:
+                text = j.encode(value, f"the result of flow {self.flow_name!r} (run {self.id})")
+                self._succeeded(value, text)
         except BaseException as exc:
-            self._failed(exc)
-            if not isinstance(exc, Exception) and threading.current_thread() is threading.main_thread():
-                raise
+            if ctx.failure is not None:  # not worth parking for: replay would end the same
+                exc, ctx.parking = ctx.failure, None
+            # A Park, or whatever a finally raised while one unwound: parked.
+            if ctx.parking is None:
+                self._failed(exc)
+                if not isinstance(exc, Exception) and threading.current_thread() is threading.main_thread():
+                    raise
         finally:
             CURRENT_RUN.reset(token)
-            try:
-                j.flush()  # the SQL views show the finished run at once
-            finally:
-                self._executing = False
-                self._done.set()
+            if ctx.parking is not None:
+                self._kept_rows = list(ctx.latest.values())
+                self.park_segment(ctx.parking, registry().parking.timers)
+            elif parkable:  # its result once checkpointed with others: this worker goes on
+                j.when_flushed(self._ended)
+            else:
+                try:
+                    j.flush()  # the SQL views show the finished run at once
+                finally:
+                    self._ended()
+
+    def _ended(self) -> None:
+        self._executing = False
+        self._done.set()
+        self.wake()  # runs parked on this one's result look again
 
     async def _async_body(self) -> Any:
         self._body_ended = False
@@ -381,8 +407,11 @@ class Run:
             # step name on replay, say) still blocks a thread, and asyncio.run
             # joins those threads before returning: wake them to give up, or
             # the run would hang until that sleep or wait ended (perhaps never).
+            # A body that parks lets its other branches settle first (parking.py).
+            await settle_branches(CURRENT_RUN.get())
             self._body_ended = True
-            self.wake()
+            with self._cv:  # not wake(): that would count as a delivery and unpark a park
+                self._cv.notify_all()
 
     def _succeeded(self, value: Any, text: str) -> None:
         with self._end:

@@ -11,6 +11,7 @@ from typing import Any
 from ..errors import NoSuchRun, Timeout
 from .context import CURRENT_RUN, RunContext, registry, replay
 from .journal import FINISHED_STATUSES, Journal
+from .parking import Park, can_park, park
 
 
 def get_event(run: Any, key: str, timeout: float | None = None) -> Any:
@@ -39,20 +40,28 @@ def _journaled_event(run: Any, ctx: RunContext, p: int, rec: dict[str, Any] | No
     ctx.run.set_status("waiting")
     try:
         value = _event(run, key, None if deadline is None else max(0.0, deadline - time.time()),
-                            waiter=ctx.run)
+                       waiter=ctx)
+    except Park:
+        raise  # still waiting, holding no thread
     except Timeout as exc:
+        ctx.run.set_status("running")
         ctx.record(p, opname, "failed", 1, error=Journal.encode_error(exc))
         raise
-    finally:
+    except BaseException:
         ctx.run.set_status("running")
+        raise
+    ctx.run.set_status("running")
     ctx.record(p, opname, "ok", 1, result=registry().journal.encode(value, opname), detail=detail)
     return value
 
 
-def _event(run: Any, key: str, timeout: float | None, waiter: Any = None) -> Any:
+def _event(run: Any, key: str, timeout: float | None, waiter: RunContext | None = None) -> Any:
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
         since = run.wakes  # set_event wakes a run's handle; polled as well
+        mine = waiter.run.wakes if waiter is not None else 0
+        if waiter is not None and can_park(waiter):
+            run.watch_by(waiter.run)  # before looking: a value set meanwhile wakes the waiter
         status, text = event_state(run.id, key)
         if text is not None:
             return registry().journal.decode(text)
@@ -64,7 +73,10 @@ def _event(run: Any, key: str, timeout: float | None, waiter: Any = None) -> Any
             raise Timeout(f"run {run.id} of {run.flow_name!r} ({status}) has not set event "
                           f"{key!r} after {timeout:g}s; call get_event again to wait longer")
         if waiter is not None:  # a flow waiting here can still be cancelled
-            waiter.check_cancel()
+            waiter.run.check_cancel()
+            if can_park(waiter, left):  # raises; set_event, the run's end or the deadline wake it
+                park(waiter, None if left is None else time.time() + left, mine,
+                     f"get_event({key!r}) of run {run.id}")
         run.wait_wake(since, 0.5 if left is None else min(left, 0.5))
 
 

@@ -135,9 +135,9 @@ class Scheduler:
         registered again while its catch-up run was starting, or a kill
         between the start and the slot's record) returns the first run."""
         run_id = slot_run_id(fl.name, slot)
-        # the slot's own run going is no overlap: firing the slot again returns it
-        if getattr(fl, "overlap", "skip") == "skip" and fl.busy() and \
-                self.journal().run_row(run_id) is None:
+        if self.journal().run_row(run_id) is not None:  # fired already: that run, not a skip
+            return fl.start(run_id=run_id)
+        if getattr(fl, "overlap", "skip") == "skip" and fl.busy():
             log.info("flow %r: slot %s skipped, its previous run is still going", fl.name, slot)
             self.journal().record_slot(fl.name, slot, None)
             return None

@@ -14,6 +14,7 @@ from typing import Any, Callable
 from ..errors import NotStorable, Timeout, UsageError
 from .context import CURRENT_RUN, CURRENT_STEP, RunContext, StepContext, registry, replay
 from .journal import Journal
+from .parking import blocking
 
 
 class Step:
@@ -165,7 +166,8 @@ def _call(body: Callable[[], Any], sctx: StepContext, timeout: float | None) -> 
 
     run = contextvars.copy_context().run
     if timeout is None:
-        return run(inside)
+        with blocking():  # user code: a run worker may wait in it for long (parking.py)
+            return run(inside)
     box: dict[str, Any] = {}
 
     def target() -> None:
@@ -176,7 +178,8 @@ def _call(body: Callable[[], Any], sctx: StepContext, timeout: float | None) -> 
 
     t = threading.Thread(target=target, name=f"fm-step-{sctx.name}", daemon=True)
     t.start()
-    t.join(timeout)
+    with blocking():
+        t.join(timeout)
     if t.is_alive():
         raise _TimedOut()
     if "error" in box:
