@@ -50,16 +50,20 @@ LOG_SUFFIX = ".flowlog"
 CHECKPOINT_INTERVAL = 0.5
 # A run in one of these has not finished: a kernel opening the history resumes it.
 PENDING_STATUSES = ("running", "sleeping", "waiting")
+# A run waiting in an fm.Queue (queues.py) has not started: its queue starts it.
+ENQUEUED = "enqueued"
 FINISHED_STATUSES = ("succeeded", "failed", "cancelled")
 _LSN_KEY = "flow_log_lsn"
 
 RUN_COLS = ("run_id", "flow", "status", "args", "result", "error", "started_at", "finished_at",
-            "forked_from_run", "forked_from_step", "parent_run", "parent_position", "deadline")
+            "forked_from_run", "forked_from_step", "parent_run", "parent_position", "deadline",
+            "queue", "enqueued_at", "priority")
 STEP_COLS = ("run_id", "position", "name", "status", "attempt", "started_at", "finished_at",
              "duration_ms", "result", "error", "detail")
 EVENT_COLS = ("at", "kind", "run_id", "payload")
-_TIME_COLS = {"started_at", "finished_at", "deadline"}
-_TYPES = {"started_at": "TIME", "finished_at": "TIME", "deadline": "TIME", "at": "TIME", "position": "INTEGER",
+_TIME_COLS = {"started_at", "finished_at", "deadline", "enqueued_at"}
+_TYPES = {"started_at": "TIME", "finished_at": "TIME", "deadline": "TIME", "enqueued_at": "TIME",
+          "at": "TIME", "position": "INTEGER", "priority": "INTEGER",
           "attempt": "INTEGER", "forked_from_step": "INTEGER", "parent_position": "INTEGER",
           "duration_ms": "DOUBLE",
           "args": "JSON", "result": "JSON", "error": "JSON", "detail": "JSON", "payload": "JSON"}
@@ -315,6 +319,24 @@ class Journal:
             f"SELECT {', '.join(RUN_COLS)} FROM runs WHERE list_contains(?, status)"
             " ORDER BY started_at", [list(PENDING_STATUSES)])
         return [_epoch(r) for r in res.dicts()]
+
+    def queue_rows(self, queue: str) -> list[dict[str, Any]]:
+        """The runs of ``queue`` that are enqueued or have started and not
+        finished (queues.py), oldest first."""
+        self.flush()
+        res = self.store.query(
+            f"SELECT {', '.join(RUN_COLS)} FROM runs WHERE queue = ? AND list_contains(?, status)"
+            " ORDER BY enqueued_at", [queue, [ENQUEUED, *PENDING_STATUSES]])
+        return [_epoch(r) for r in res.dicts()]
+
+    def queue_starts(self, queue: str, since: float) -> list[float]:
+        """When the runs of ``queue`` started since ``since`` (epoch seconds):
+        what a rate limit counts after a restart."""
+        self.flush()
+        res = self.store.query(
+            "SELECT epoch(started_at) FROM runs WHERE queue = ? AND started_at >= to_timestamp(?)"
+            " ORDER BY started_at", [queue, since])
+        return [r[0] for r in res.rows]
 
     def pending_children(self, run_id: str) -> list[dict[str, Any]]:
         """The runs ``run_id`` started from its body (child runs) that have not finished."""

@@ -17,7 +17,7 @@ from typing import Any
 from ..errors import Cancelled, NoSuchFlow, NoSuchRun, NotStorable, RunFinished, StepError, Timeout
 from .context import CURRENT_RUN, RunContext, registry, replay
 from . import run_events
-from .journal import FINISHED_STATUSES, Journal
+from .journal import ENQUEUED, FINISHED_STATUSES, Journal
 
 # A run's flow is a runs.Flow (not imported: runs.py sits above this module);
 # what a run uses of it is .fn, .name and .is_async.
@@ -26,9 +26,11 @@ FlowLike = Any
 
 def new_run(fl: FlowLike, args: tuple, kwargs: dict, forked: tuple[str, int] | None = None,
             run_id: str | None = None, parent: tuple[str, int] | None = None,
-            timeout: float | None = None) -> "Run":
+            timeout: float | None = None, queue: tuple[str, int | None] | None = None) -> "Run":
     """A new run of ``fl``, recorded as running (not started yet); its
-    deadline, from ``timeout`` or else the flow's own, is in that record."""
+    deadline, from ``timeout`` or else the flow's own, is in that record.
+    With ``queue`` (its name, the priority) it is recorded ``enqueued``
+    instead, for that queue to start (queues.py)."""
     reg = registry()
     j = reg.journal
     run = Run(run_id or uuid.uuid4().hex, fl.name)
@@ -37,8 +39,15 @@ def new_run(fl: FlowLike, args: tuple, kwargs: dict, forked: tuple[str, int] | N
     run._forked, run._parent = forked, parent
     limit = timeout if timeout is not None else getattr(fl, "timeout", None)
     run._deadline = run._started_at + limit if limit is not None else None
+    if queue is not None:
+        run.queue, run.priority = queue
+        run.enqueued_at, run.in_queue = run._started_at, True
     with reg.lock:
         reg.runs[run.id] = run
+    if queue is not None:
+        run._write(ENQUEUED)
+        j.event("run_enqueued", run.id, {"flow": fl.name, "queue": run.queue, "parent": parent})
+        return run
     run._write("running")
     j.event("run_started", run.id, {"flow": fl.name, "forked_from": forked, "parent": parent})
     return run
@@ -83,6 +92,13 @@ class Run:
         self._cv = threading.Condition()
         self._wakes = 0  # bumped on every wake-up (signal, callback, cancel)
         self._thread: threading.Thread | None = None
+        self._on_done: list[Any] = []  # add_done_callback
+        # Queues (queues.py): the queue that starts this run, when it was
+        # enqueued (epoch s), its priority; started_at is NULL until it starts.
+        self.queue: str | None = None
+        self.enqueued_at: float | None = None
+        self.priority: int | None = None
+        self.in_queue = False  # enqueued, not started (nor cancelled) yet
 
     @classmethod
     def from_row(cls, row: dict[str, Any], fl: "FlowLike | None" = None) -> "Run":
@@ -101,6 +117,8 @@ class Run:
         if row.get("parent_run"):
             self._parent = (row["parent_run"], row["parent_position"])
         self._deadline = row.get("deadline")
+        self.queue, self.enqueued_at = row.get("queue"), row.get("enqueued_at")
+        self.priority, self.in_queue = row.get("priority"), row["status"] == ENQUEUED
         if fl is not None:
             a = registry().journal.decode(row["args"]) or {"args": [], "kwargs": {}}
             self._flow, self._args, self._kwargs = fl, tuple(a["args"]), a["kwargs"]
@@ -318,13 +336,23 @@ class Run:
         done = status in FINISHED_STATUSES
         registry().journal.append("run", {
             "run_id": self.id, "flow": self.flow_name, "status": status, "args": self._args_json,
-            "result": result, "error": error, "started_at": self._started_at,
+            "result": result, "error": error, "started_at": None if self.in_queue else self._started_at,
             "finished_at": time.time() if done else None,
             "forked_from_run": self._forked[0] if self._forked else None,
             "forked_from_step": self._forked[1] if self._forked else None,
             "parent_run": self._parent[0] if self._parent else None,
             "parent_position": self._parent[1] if self._parent else None,
-            "deadline": self._deadline})
+            "deadline": self._deadline, "queue": self.queue, "enqueued_at": self.enqueued_at,
+            "priority": self.priority})
+
+    def add_done_callback(self, fn: Any) -> None:
+        """Call ``fn(run)`` when this process ends executing the run (a
+        queue frees its slot then); at once if it has already."""
+        with self._cv:
+            if not self._done.is_set():
+                self._on_done.append(fn)
+                return
+        fn(self)
 
     @property
     def executing(self) -> bool:
@@ -370,7 +398,11 @@ class Run:
                 j.flush()  # the SQL views show the finished run at once
             finally:
                 self._executing = False
-                self._done.set()
+                with self._cv:
+                    self._done.set()
+                    on_done, self._on_done = self._on_done, []
+                for fn in on_done:
+                    fn(self)
 
     async def _async_body(self) -> Any:
         self._body_ended = False
