@@ -9,6 +9,7 @@ which the assertions read."""
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -143,6 +144,18 @@ def test_http_start_with_a_queue_enqueues_there_and_refuses_an_unknown_queue(qk:
     assert out.split()[0] == "100" and "two" in out, out
     status, body = http(url, {"args": [1], "queue": "nope"}, token)
     assert status == 400 and "nope" in body["error"], body
+
+
+def test_the_docs_sample_runs_as_written(qk: Kernel) -> None:
+    text = (Path(__file__).resolve().parent.parent / "docs" / "flows.md").read_text()
+    section = text.split("\n## Queues\n", 1)[1].split("\n## ", 1)[0]
+    (code,) = re.findall(r"```python\n(.*?)```", section, re.S)
+    out = check(qk, code, timeout=120).strip().splitlines()
+    expected = re.findall(r"^print\(.*?# (.*)$", code, re.M)
+    assert out[-2:] == expected and len(expected) == 2, (out, expected)
+    (sql,) = re.findall(r"```sql\n(.*?)```", section, re.S)
+    out = check(qk, f"print(fm.history().sql({sql!r}).to_string())")
+    assert "thumbs" in out and "urgent" in out, out
 
 
 # -- across kill -9 -------------------------------------------------------------------------
