@@ -61,6 +61,9 @@ def note(name, text):
 def wait_file(name):
     while not os.path.exists(os.path.join(D, name)):
         time.sleep(0.02)
+@fm.flow
+def gate(name):   # holds its queue's slot until the file is there
+    wait_file(name)
 ''')
         k.path, k.dir = path, base  # type: ignore[attr-defined]
         yield k
@@ -86,9 +89,6 @@ assert [r.result(120) for r in runs] == list(range(8))
 
 def test_priority_orders_the_starts_lower_first_and_fifo_otherwise(qk: Kernel) -> None:
     check(qk, """
-@fm.flow
-def gate(name):
-    wait_file(name)
 @fm.flow
 def order(queue, i):
     note(queue + ".order", str(i))
@@ -117,6 +117,8 @@ def never(i):
 g = one.enqueue(gate, "one.go")
 c = one.enqueue(never, 1)
 assert c.status == "enqueued", c.status
+listed = fm.flows.registry().journal.listing(50).dicts()   # what `fm runs` shows
+assert [r["waiting_in"] for r in listed if r["run_id"] == c.id] == ["fm.Queue(one)"], listed
 assert c.cancel() is True and c.cancel() is False
 assert c.status == "cancelled"
 open(os.path.join(D, "one.go"), "w").close()

@@ -348,7 +348,7 @@ class Journal:
 
     def runs(self, limit: int | None = None):
         self.flush()
-        sql = "SELECT * FROM runs ORDER BY started_at DESC"
+        sql = "SELECT * FROM runs ORDER BY coalesce(started_at, enqueued_at) DESC"
         if limit:
             sql += f" LIMIT {int(limit)}"
         return self.store.query(sql)
@@ -368,7 +368,8 @@ class Journal:
             "SELECT run_id, flow, status, epoch(started_at) AS started_at,"
             " epoch(finished_at) AS finished_at, parent_run FROM runs"
             " WHERE (?::VARCHAR IS NULL OR flow = ?) AND (?::VARCHAR IS NULL OR status = ?)"
-            " ORDER BY started_at DESC LIMIT ?", [flow, flow, status, status, limit])
+            " ORDER BY coalesce(runs.started_at, runs.enqueued_at) DESC LIMIT ?",
+            [flow, flow, status, status, limit])
         return res.dicts()
 
     # -- external events -----------------------------------------------------
