@@ -343,7 +343,8 @@ class Journal:
         self.flush()
         res = self.store.query(
             f"SELECT {', '.join(RUN_COLS)} FROM runs WHERE parent_run = ?"
-            " AND list_contains(?, status) ORDER BY started_at", [run_id, list(PENDING_STATUSES)])
+            " AND list_contains(?, status) ORDER BY started_at",
+            [run_id, [ENQUEUED, *PENDING_STATUSES]])
         return [_epoch(r) for r in res.dicts()]
 
     def runs(self, limit: int | None = None):

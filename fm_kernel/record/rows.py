@@ -73,7 +73,7 @@ class Result:
 # Plain SELECTs over the spec's views, so that the CLI can also send them to a
 # live kernel's endpoint as user SQL (the read-only door) when it holds the file.
 
-PENDING_RUN_STATUSES = ("running", "sleeping", "waiting")
+PENDING_RUN_STATUSES = ("enqueued", "running", "sleeping", "waiting")
 STEP_LOG_COLUMNS = ("step", "branch", "parent", "status", "execution_count", "duration_ms",
                     "started_at", "code", "error_name")
 
