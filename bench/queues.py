@@ -60,9 +60,15 @@ def flowmetal(n: int, conc: int) -> dict[str, float]:
     assert most[0] <= conc, most
     done = store.query("SELECT count(*) FROM runs WHERE queue = 'bench' AND status = 'succeeded'")
     assert done.rows[0][0] == n, done.rows
+    # the same runs with no queue: what a run costs to start and finish at all
+    t = time.perf_counter()
+    direct = [one.start(i) for i in range(n)]
+    assert sum(r.result(600) for r in direct) == sum(range(n))
+    unqueued = n / (time.perf_counter() - t)
     fm.registry().close()
     store.close()
-    return {"enqueues_per_s": n / enq, "starts_per_s": n / total, "most_at_once": most[0]}
+    return {"enqueues_per_s": n / enq, "starts_per_s": n / total, "most_at_once": most[0],
+            "unqueued_per_s": unqueued}
 
 
 def dbos_side(n: int, conc: int) -> None:
@@ -147,6 +153,8 @@ def main() -> None:
     print(f"| starts, concurrency {a.concurrency} (enqueue to last result) | {fs:,.0f}/s | "
           f"{ds:,.0f}/s | — ({fs / ds:.1f}×) |" if dbos_runs else
           f"| starts, concurrency {a.concurrency} | {fs:,.0f}/s | — | — |")
+    print(f"| the same runs with no queue (flow.start, all at once) | "
+          f"{med(fm_runs, 'unqueued_per_s'):,.0f}/s | — | — |")
 
 
 if __name__ == "__main__":

@@ -135,6 +135,34 @@ after.result(60)
     assert json.loads(out.strip().splitlines()[-1]) == [["cancelled", "one", True, True]]
 
 
+def test_a_parents_timeout_cancels_its_enqueued_child(qk: Kernel) -> None:
+    check(qk, """
+held = fm.Queue("held", concurrency=1)
+hg = held.enqueue(gate, "held.go")          # holds the queue's one slot
+@fm.flow(timeout=1)
+def impatient():
+    kid = held.enqueue(never, 3)
+    fm.wait_for("never-sent")
+    return kid.id
+ip = impatient.start()
+try:
+    ip.result(60)
+except fm.Timeout:
+    pass
+kid_id = fm.history().sql("SELECT run_id FROM runs WHERE parent_run = '" + ip.id + "'").values[0][0]
+t = time.time()
+while fm.get_run(kid_id).status != "cancelled" and time.time() - t < 30:
+    time.sleep(0.05)
+open(os.path.join(D, "held.go"), "w").close()
+hg.result(60)
+time.sleep(0.5)
+""", timeout=120)
+    out = check(qk, "print(fm.get_run(kid_id).status, fm.history().sql(\"SELECT error->>'type', "
+                    "started_at IS NULL FROM runs WHERE run_id = '\" + kid_id + \"'\").values.tolist())")
+    assert out.split()[0] == "cancelled" and "fm_kernel.errors.Timeout" in out and "True" in out, out
+    assert "3" not in lines(qk.dir / "never.ran"), "the cancelled child ran"
+
+
 def test_http_start_with_a_queue_enqueues_there_and_refuses_an_unknown_queue(qk: Kernel) -> None:
     info = json.loads(Path(str(qk.path) + ".endpoint.json").read_text())
     url, token = info["url"] + "/flows/work/runs", info["token"]
