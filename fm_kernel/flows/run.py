@@ -29,8 +29,7 @@ def new_run(fl: FlowLike, args: tuple, kwargs: dict, forked: tuple[str, int] | N
             timeout: float | None = None, queue: tuple[str, int | None] | None = None) -> "Run":
     """A new run of ``fl``, recorded as running (not started yet); its
     deadline, from ``timeout`` or else the flow's own, is in that record.
-    With ``queue`` (its name, the priority) it is recorded ``enqueued``
-    instead, for that queue to start (queues.py)."""
+    ``queue`` (name, priority): recorded ``enqueued``, for queues.py to start."""
     reg = registry()
     j = reg.journal
     run = Run(run_id or uuid.uuid4().hex, fl.name)
@@ -44,12 +43,9 @@ def new_run(fl: FlowLike, args: tuple, kwargs: dict, forked: tuple[str, int] | N
         run.enqueued_at, run.in_queue = run._started_at, True
     with reg.lock:
         reg.runs[run.id] = run
-    if queue is not None:
-        run._write(ENQUEUED)
-        j.event("run_enqueued", run.id, {"flow": fl.name, "queue": run.queue, "parent": parent})
-        return run
-    run._write("running")
-    j.event("run_started", run.id, {"flow": fl.name, "forked_from": forked, "parent": parent})
+    run._write("running" if queue is None else ENQUEUED)
+    j.event("run_started" if queue is None else "run_enqueued", run.id,
+            {"flow": fl.name, "forked_from": forked, "parent": parent})
     return run
 
 
@@ -93,12 +89,9 @@ class Run:
         self._wakes = 0  # bumped on every wake-up (signal, callback, cancel)
         self._thread: threading.Thread | None = None
         self._on_done: list[Any] = []  # add_done_callback
-        # Queues (queues.py): the queue that starts this run, when it was
-        # enqueued (epoch s), its priority; started_at is NULL until it starts.
-        self.queue: str | None = None
-        self.enqueued_at: float | None = None
-        self.priority: int | None = None
-        self.in_queue = False  # enqueued, not started (nor cancelled) yet
+        # fm.Queue (queues.py): its queue, when enqueued (epoch s), its priority;
+        # in_queue until the queue starts it (started_at is NULL until then).
+        self.queue, self.enqueued_at, self.priority, self.in_queue = None, None, None, False
 
     @classmethod
     def from_row(cls, row: dict[str, Any], fl: "FlowLike | None" = None) -> "Run":
