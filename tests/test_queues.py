@@ -174,6 +174,14 @@ def test_http_start_with_a_queue_enqueues_there_and_refuses_an_unknown_queue(qk:
     assert out.split()[0] == "100" and "two" in out, out
     status, body = http(url, {"args": [1], "queue": "nope"}, token)
     assert status == 400 and "nope" in body["error"], body
+    # a run id enqueues once, over HTTP and from Python
+    first = http(url, {"args": [7], "queue": "two", "run_id": "w-7"}, token)
+    again = http(url, {"args": [7], "queue": "two", "run_id": "w-7"}, token)
+    assert (first[0], again[0], again[1]["started"]) == (201, 200, False), (first, again)
+    check(qk, "a = two.enqueue(work, 8, run_id='w-8'); b = two.enqueue(work, 8, run_id='w-8')\n"
+              "assert a is b and a.result(60) == 8 and fm.get_run('w-7').result(60) == 7\n"
+              "assert fm.history().sql(\"SELECT count(*) FROM runs WHERE run_id IN ('w-7', 'w-8')\""
+              ").values[0][0] == 2")
 
 
 def test_the_docs_sample_runs_as_written(qk: Kernel) -> None:
