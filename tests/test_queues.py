@@ -49,6 +49,15 @@ def most_in_window(starts: list[float], window: float) -> int:
     return max(sum(1 for t in starts[i:] if t - s < window) for i, s in enumerate(starts))
 
 
+@pytest.mark.parametrize("options", [{"concurrency": 0}, {"worker_concurrency": 1.5},
+                                     {"rate": (5,)}, {"rate": (0, 1)}, {"rate": (5, float("nan"))}])
+def test_limits_that_mean_nothing_are_refused_where_the_queue_is_made(options: dict) -> None:
+    import fm_kernel as fm
+
+    with pytest.raises(fm.UsageError, match=r"fm\.Queue\('x', "):
+        fm.Queue("x", register=False, **options)
+
+
 @pytest.fixture(scope="module")
 def qk(tmp_path_factory):
     base = tmp_path_factory.mktemp("queues")

@@ -41,14 +41,14 @@ def _limit(value: Any, what: str) -> int | None:
     if value is None:
         return None
     if type(value) is not int or value < 1:
-        raise UsageError(f"{what}={value!r}: expected a whole number >= 1, or None for no limit")
+        raise UsageError(f"{what}={value!r}): expected a whole number >= 1, or None for no limit")
     return value
 
 
 def _rate(rate: Any, name: str) -> tuple[int, float] | None:
     if rate is None:
         return None
-    ok = isinstance(rate, tuple) and len(rate) == 2 and type(rate[0]) is int and rate[0] >= 1 \
+    ok = isinstance(rate, (tuple, list)) and len(rate) == 2 and type(rate[0]) is int and rate[0] >= 1 \
         and isinstance(rate[1], (int, float)) and not isinstance(rate[1], bool) \
         and math.isfinite(rate[1]) and rate[1] > 0
     if not ok:
