@@ -149,6 +149,8 @@ def install(reg: FlowRegistry) -> None:
         with reg.lock:
             for name, fl in old.flows.items():
                 reg.flows.setdefault(name, fl)
+            for name, q in old.queues.items():  # its dispatcher reaches registry(): this one now
+                reg.queues.setdefault(name, q)
 
 
 def configure(store: "Store", base_url: str | None = None) -> Journal:

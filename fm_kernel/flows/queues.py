@@ -144,9 +144,8 @@ class Queue:
             thread.join(5)
 
     def _loop(self) -> None:
-        reg = registry()
         with self._cv:  # a kernel resumes pending runs first; a script's enqueue kicks it
-            while not (reg.ready or self._kicked or self._stopped):
+            while not (registry().ready or self._kicked or self._stopped):
                 self._cv.wait(0.1)
         try:
             self._load()
