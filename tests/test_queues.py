@@ -307,3 +307,49 @@ def test_an_enqueue_in_a_flow_happens_once_across_kill9(tmp_path: Path) -> None:
     steps = query(path, "SELECT name, status, result->>'run_id' FROM run_steps WHERE run_id = ?"
                         " ORDER BY position", [pid])
     assert steps == [("fm.enqueue(kids:child)", "ok", child_id)], steps
+
+
+LATER = r'''
+D = {d!r}
+later = fm.Queue("later", concurrency=1)
+@fm.flow
+def hold():
+    while not os.path.exists(os.path.join(D, "go")):
+        time.sleep(0.05)
+@fm.flow
+def step_in_line(i):
+    with open(os.path.join(D, "line"), "a") as f:
+        f.write(f"{{i}}\n")
+'''
+
+
+def test_fm_worker_starts_what_a_closed_notebook_left_enqueued(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    path = tmp_path / "history.duckdb"
+    with Kernel(env={"FM_HISTORY": str(path)}) as k:
+        check(k, PRELUDE + LATER.format(d=str(tmp_path)))
+        check(k, "h = later.enqueue(hold); time.sleep(0.3)\n"
+                 "ids = [later.enqueue(step_in_line, i).id for i in range(3)]\n"
+                 "assert h.status == 'running' and fm.get_run(ids[0]).status == 'enqueued'")
+    (tmp_path / "go").touch()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FM_", "JPY_"))}
+    worker = subprocess.Popen([str(Path(sys.executable).parent / "fm"), "worker", "--history",
+                               str(path)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
+    try:
+        wait_until(lambda: len(lines(tmp_path / "line")) >= 3, timeout=90,
+                   what="the worker to start the enqueued runs")
+        time.sleep(0.5)
+        worker.send_signal(signal.SIGTERM)
+        _, err = worker.communicate(timeout=60)
+        assert worker.returncode == 0, err
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    assert lines(tmp_path / "line") == ["0", "1", "2"]
+    rows = query(path, "SELECT status, count(*) FROM runs WHERE queue = 'later' GROUP BY status")
+    assert rows == [("succeeded", 4)], rows
