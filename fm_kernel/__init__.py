@@ -24,7 +24,7 @@ __version__ = "0.1.0"
 # name -> the module that defines it (relative to this package)
 _LAZY = {
     **dict.fromkeys(["checkout", "fork", "history", "rewind", "undo"], ".api"),
-    **dict.fromkeys(["Callback", "Flow", "Run", "Step", "StepContext", "callback", "files", "flow",
+    **dict.fromkeys(["Callback", "Flow", "Queue", "Run", "Step", "StepContext", "callback", "files", "flow",
                      "get_run", "map", "now", "patched", "poll", "random", "recv", "runs", "send",
                      "set_event", "sleep", "step", "step_context", "task", "uuid4", "wait_for"],
                     ".flows"),
@@ -38,8 +38,9 @@ __all__ = sorted([
 if TYPE_CHECKING:
     from .api import checkout, fork, history, rewind, undo
     from .flows import (
-        Callback, Flow, Run, Step, StepContext, callback, files, flow, get_run, map, now, patched,
-        poll, random, recv, runs, send, set_event, sleep, step, step_context, task, uuid4, wait_for,
+        Callback, Flow, Queue, Run, Step, StepContext, callback, files, flow, get_run, map, now,
+        patched, poll, random, recv, runs, send, set_event, sleep, step, step_context, task, uuid4,
+        wait_for,
     )
 
 

@@ -19,8 +19,8 @@ pytestmark = pytest.mark.unit
 
 FM_ALL = [
     "Callback", "Cancelled", "Flow", "FlowmetalError", "HistoryError", "NoSuchFlow", "NoSuchRun",
-    "NondeterminismError", "NotStorable", "Run", "Step", "StepContext", "StepError", "Timeout",
-    "UsageError", "__version__", "callback", "checkout", "files", "flow", "fork", "get_run", "history",
+    "NondeterminismError", "NotStorable", "Queue", "Run", "Step", "StepContext", "StepError",
+    "Timeout", "UsageError", "__version__", "callback", "checkout", "files", "flow", "fork", "get_run", "history",
     "map", "now", "patched", "poll", "random", "recv", "rewind", "runs", "send", "set_event", "sleep",
     "step", "step_context", "task", "undo", "uuid4", "wait_for",
 ]
@@ -29,7 +29,7 @@ FLOWS_ALL = [
     "NondeterminismError", "NotStorable", "Run", "Step", "StepContext", "StepError", "Timeout",
     "callback", "configure", "flow", "get_run", "map", "now", "patched", "random", "registry", "runs",
     "sleep", "step", "step_context", "task", "uuid4", "wait_for", "event_source", "send_event",
-    "wait_event", "recv", "send", "set_event", "files", "poll",
+    "wait_event", "recv", "send", "set_event", "files", "poll", "Queue",
 ]
 WIDGETS_ALL = [
     "DEFAULT_PANELS", "DiffWidget", "InspectWidget", "RunsWidget", "Source", "TimelineWidget",

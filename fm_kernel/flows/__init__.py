@@ -9,6 +9,7 @@ the machinery is behind it, each module importing only those below it:
                sleep, callback, wait_for, map; callback delivery
     dask_map   fm.map on a Dask cluster
     runs       Flow, starting runs (child runs once), registration and resume
+    queues     fm.Queue: enqueued runs started within concurrency, rate and priority
     run        Run: its record, execution, result, cancel, timeout, fork, signals
     run_events run.get_event: the values a run publishes, read and waited for
     deadlines  run timeouts: validation, the thread that expires runs
@@ -35,6 +36,7 @@ from .context import FlowRegistry, StepContext, configure, registry, step_contex
 from .ops import Callback, callback, map, now, patched, random, sleep, uuid4, wait_for
 from .runs import Flow, flow  # before .run's runs(): importing the module .runs sets that name
 from .run import Run, get_run, runs
+from .queues import Queue
 from .steps import Step, step
 from .tasks import task
 from .events import event_source, send_event, wait_event
@@ -46,5 +48,5 @@ __all__ = [
     "NondeterminismError", "NotStorable", "Run", "Step", "StepContext", "StepError", "Timeout",
     "callback", "configure", "flow", "get_run", "map", "now", "random", "registry", "runs", "sleep",
     "step", "step_context", "task", "uuid4", "wait_for", "event_source", "send_event", "wait_event",
-    "recv", "send", "set_event", "patched", "files", "poll",
+    "recv", "send", "set_event", "patched", "files", "poll", "Queue",
 ]

@@ -49,6 +49,7 @@ class FlowRegistry:
         self.callbacks: dict[str, str] = {}  # callback id -> run id, for those made here
         self.event_secrets: dict[str, str | None] = {}  # fm.event_source (events.py)
         self.sources: dict[str, Any] = {}  # flow name -> its running fm.files/fm.poll (sources.py)
+        self.queues: dict[str, Any] = {}  # queue name -> the fm.Queue dispatching it (queues.py)
         self.lock = threading.RLock()
         self.ready = False  # pending runs resumed: later definitions resume theirs at once
         self._store = store
@@ -121,6 +122,10 @@ class FlowRegistry:
             sources, self.sources = list(self.sources.values()), {}
         for source in sources:
             source.stop()
+        with self.lock:
+            queues, self.queues = list(self.queues.values()), {}
+        for queue in queues:  # nothing starts once the journal is closed
+            queue.stop()
         self.close_journal()
 
 
@@ -147,6 +152,8 @@ def install(reg: FlowRegistry) -> None:
         with reg.lock:
             for name, fl in old.flows.items():
                 reg.flows.setdefault(name, fl)
+            for name, q in old.queues.items():  # its dispatcher reaches registry(): this one now
+                reg.queues.setdefault(name, q)
 
 
 def configure(store: "Store", base_url: str | None = None) -> Journal:

@@ -20,25 +20,20 @@ rare and the HTTP client is told "stored" only once they are committed).
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import json
 import logging
-import math
 import os
-import reprlib
 import threading
-import traceback
 from pathlib import Path
 from typing import Any, Callable
 
-import cloudpickle
-
-from ..errors import NotStorable, RunFinished
-from ..record import changes, trust
+from ..errors import RunFinished
+from ..record import changes
 from ..record.objects import ObjectFiles
 from ..record.steplog import fsync_wanted
 from ..record.store import Store
+from .values import JournalValues
 
 log = logging.getLogger(__name__)
 
@@ -50,16 +45,20 @@ LOG_SUFFIX = ".flowlog"
 CHECKPOINT_INTERVAL = 0.5
 # A run in one of these has not finished: a kernel opening the history resumes it.
 PENDING_STATUSES = ("running", "sleeping", "waiting")
+# A run waiting in an fm.Queue (queues.py) has not started: its queue starts it.
+ENQUEUED = "enqueued"
 FINISHED_STATUSES = ("succeeded", "failed", "cancelled")
 _LSN_KEY = "flow_log_lsn"
 
 RUN_COLS = ("run_id", "flow", "status", "args", "result", "error", "started_at", "finished_at",
-            "forked_from_run", "forked_from_step", "parent_run", "parent_position", "deadline")
+            "forked_from_run", "forked_from_step", "parent_run", "parent_position", "deadline",
+            "queue", "enqueued_at", "priority")
 STEP_COLS = ("run_id", "position", "name", "status", "attempt", "started_at", "finished_at",
              "duration_ms", "result", "error", "detail")
 EVENT_COLS = ("at", "kind", "run_id", "payload")
-_TIME_COLS = {"started_at", "finished_at", "deadline"}
-_TYPES = {"started_at": "TIME", "finished_at": "TIME", "deadline": "TIME", "at": "TIME", "position": "INTEGER",
+_TIME_COLS = {"started_at", "finished_at", "deadline", "enqueued_at"}
+_TYPES = {"started_at": "TIME", "finished_at": "TIME", "deadline": "TIME", "enqueued_at": "TIME",
+          "at": "TIME", "position": "INTEGER", "priority": "INTEGER",
           "attempt": "INTEGER", "forked_from_step": "INTEGER", "parent_position": "INTEGER",
           "duration_ms": "DOUBLE",
           "args": "JSON", "result": "JSON", "error": "JSON", "detail": "JSON", "payload": "JSON"}
@@ -67,29 +66,7 @@ _TYPES = {"started_at": "TIME", "finished_at": "TIME", "deadline": "TIME", "at":
 
 # -- values ------------------------------------------------------------------
 
-def _plain(v: Any, depth: int = 0) -> bool:
-    """JSON that reads back as the very same value (a tuple would come back
-    a list, a NaN would not parse in DuckDB): only those go in as JSON."""
-    t = type(v)
-    if v is None or t in (str, bool, int):
-        return True
-    if t is float:
-        return math.isfinite(v)
-    if depth > 50:
-        return False
-    if t is list:
-        return all(_plain(x, depth + 1) for x in v)
-    if t is dict:
-        return "$fm" not in v and all(type(k) is str and _plain(x, depth + 1) for k, x in v.items())
-    return False
-
-
-def _qualname(t: type) -> str:
-    mod = getattr(t, "__module__", "") or ""
-    return t.__qualname__ if mod in ("builtins", "") else f"{mod}.{t.__qualname__}"
-
-
-class Journal:
+class Journal(JournalValues):
     """The run tables of one history, with their log and checkpointer."""
 
     def __init__(self, store: Store, checkpoint_interval: float = CHECKPOINT_INTERVAL):
@@ -110,67 +87,6 @@ class Journal:
                                         daemon=True)
         self._thread.start()
         store.before_copy.append(self.flush)  # an export holds every acknowledged record
-
-    @property
-    def objects(self) -> ObjectFiles:
-        if self._objects is None:
-            self._objects = ObjectFiles(self.store.sidecar(".objects"), fsync=self.fsync)
-        return self._objects
-
-    # -- encoding ----------------------------------------------------------
-
-    def encode(self, value: Any, what: str,
-               fix: str = "return plain data (dict, list, str, numbers) or an object "
-                          "cloudpickle can serialise") -> str:
-        """JSON text for a journal column: the value itself when it is plain
-        JSON (so SQL sees it), else a marker naming a cloudpickle in the
-        history's objects folder. ``what`` names the value ("the result of
-        step 'fetch' ..."), ``fix`` what to do if it cannot be stored."""
-        if _plain(value):
-            return json.dumps(value)
-        try:
-            data = cloudpickle.dumps(value)
-        except Exception as exc:
-            raise NotStorable(
-                f"{what} is a {_qualname(type(value))}, which is neither JSON nor picklable "
-                f"({type(exc).__name__}: {exc}); {fix}") from None
-        key = self.objects.put(data)
-        return json.dumps({"$fm": "pickle", "key": key, "type": _qualname(type(value)),
-                           "repr": reprlib.repr(value)})
-
-    def decode(self, text: str | None) -> Any:
-        if text is None:
-            return None
-        value = json.loads(text)
-        if isinstance(value, dict) and value.get("$fm") == "pickle":
-            return trust.unpickle(trust.gate(self.store), self.objects.get(value["key"]))
-        return value
-
-    @staticmethod
-    def encode_error(exc: BaseException) -> str:
-        try:
-            pickled = base64.b64encode(cloudpickle.dumps(exc)).decode() if len(str(exc)) < 65536 else None
-        except Exception:
-            pickled = None
-        tb = _user_traceback(exc)[-8000:]
-        return json.dumps({"type": _qualname(type(exc)), "message": str(exc), "traceback": tb,
-                           "pickle": pickled}, default=str)
-
-    def decode_error(self, text: str | None) -> tuple[BaseException | None, dict[str, Any]]:
-        """(the recorded exception rebuilt, or None if it cannot be; the record).
-        Raises Untrusted rather than run an untrusted history's pickle."""
-        info = json.loads(text) if text else {}
-        exc = None
-        if info.get("pickle"):
-            gate = trust.gate(self.store)
-            gate.require()  # outside the try: refusing is not "cannot be rebuilt"
-            try:
-                exc = trust.unpickle(gate, base64.b64decode(info["pickle"]))
-            except Exception:
-                exc = None
-        return exc, info
-
-    # -- appending -----------------------------------------------------------
 
     def append(self, kind: str, row: dict[str, Any]) -> None:
         """Make one record durable (see the module doc); DuckDB gets it at the
@@ -355,17 +271,36 @@ class Journal:
             " ORDER BY started_at", [list(PENDING_STATUSES)])
         return [_epoch(r) for r in res.dicts()]
 
+    def queue_rows(self, queue: str) -> list[dict[str, Any]]:
+        """The runs of ``queue`` that are enqueued or have started and not
+        finished (queues.py), oldest first."""
+        self.flush()
+        res = self.store.query(
+            f"SELECT {', '.join(RUN_COLS)} FROM runs WHERE queue = ? AND list_contains(?, status)"
+            " ORDER BY enqueued_at", [queue, [ENQUEUED, *PENDING_STATUSES]])
+        return [_epoch(r) for r in res.dicts()]
+
+    def queue_starts(self, queue: str, since: float) -> list[float]:
+        """When the runs of ``queue`` started since ``since`` (epoch seconds):
+        what a rate limit counts after a restart."""
+        self.flush()
+        res = self.store.query(
+            "SELECT epoch(started_at) FROM runs WHERE queue = ? AND started_at >= to_timestamp(?)"
+            " ORDER BY started_at", [queue, since])
+        return [r[0] for r in res.rows]
+
     def pending_children(self, run_id: str) -> list[dict[str, Any]]:
         """The runs ``run_id`` started from its body (child runs) that have not finished."""
         self.flush()
         res = self.store.query(
             f"SELECT {', '.join(RUN_COLS)} FROM runs WHERE parent_run = ?"
-            " AND list_contains(?, status) ORDER BY started_at", [run_id, list(PENDING_STATUSES)])
+            " AND list_contains(?, status) ORDER BY started_at",
+            [run_id, [ENQUEUED, *PENDING_STATUSES]])
         return [_epoch(r) for r in res.dicts()]
 
     def runs(self, limit: int | None = None):
         self.flush()
-        sql = "SELECT * FROM runs ORDER BY started_at DESC"
+        sql = "SELECT * FROM runs ORDER BY coalesce(started_at, enqueued_at) DESC"
         if limit:
             sql += f" LIMIT {int(limit)}"
         return self.store.query(sql)
@@ -385,7 +320,8 @@ class Journal:
             "SELECT run_id, flow, status, epoch(started_at) AS started_at,"
             " epoch(finished_at) AS finished_at, parent_run FROM runs"
             " WHERE (?::VARCHAR IS NULL OR flow = ?) AND (?::VARCHAR IS NULL OR status = ?)"
-            " ORDER BY started_at DESC LIMIT ?", [flow, flow, status, status, limit])
+            " ORDER BY coalesce(runs.started_at, runs.enqueued_at) DESC LIMIT ?",
+            [flow, flow, status, status, limit])
         return res.dicts()
 
     # -- external events -----------------------------------------------------
@@ -471,19 +407,6 @@ def signal_offline(store: Store, run_id: str, name: str, data: Any = None) -> in
         if not (log.exists() and run_id.encode() in log.read_bytes()):
             raise KeyError(f"no flow run {run_id!r} in {store.path}; `fm runs` lists them")
     return store.append_event("signal", run_id=run_id, payload={"name": name, "data": data})
-
-
-_PACKAGE = str(Path(__file__).resolve().parent.parent)
-
-
-def _user_traceback(exc: BaseException) -> str:
-    """The traceback without fm_kernel's own frames: what is stored is for
-    the flow's author, who needs their lines, not our replay machinery."""
-    frames = [f for f in traceback.extract_tb(exc.__traceback__)
-              if not str(Path(f.filename).resolve()).startswith(_PACKAGE)]
-    head = "Traceback (most recent call last):\n" if frames else ""
-    return head + "".join(traceback.format_list(frames)) + \
-        "".join(traceback.format_exception_only(type(exc), exc))
 
 
 def _epoch(row: dict[str, Any]) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from .context import CURRENT_RUN, RunContext, registry, replay
 from .events import check_name
 from .journal import Journal
 from .ops import durable_wait
-from .run import check_open
+from .run_events import check_open
 
 KIND = "message"
 

@@ -21,8 +21,9 @@ from .deadlines import validate_timeout
 from .journal import FINISHED_STATUSES
 from .messages import deliver as deliver_message
 from .ops import deliver_callback
-from .run import deliver_signal, get_run
-from .run_events import event_state
+from .queues import enqueue_once, live_queue
+from .run import get_run
+from .run_events import deliver_signal, event_state
 from .runs import start_once
 
 _ID = r"([A-Za-z0-9_\-]{1,128})"
@@ -123,6 +124,13 @@ class StartRunHandler(ApiHandler):
             if fl is None:
                 raise NoSuchFlow(name, reg.flows)
             limit = validate_timeout(body.get("timeout"), name, f"POST /flows/{name}/runs")
+            queue = body.get("queue")
+            if queue is not None:  # enqueued there (queues.py); 400 for a queue not defined here
+                if not isinstance(queue, str):
+                    raise UsageError(f'"queue": {queue!r}: expected the name of an fm.Queue')
+                run, made = enqueue_once(live_queue(queue), fl, tuple(body.get("args", [])),
+                                         body.get("kwargs", {}), run_id=run_id, timeout=limit)
+                return run.id, made
             if run_id is None:
                 return fl.start(*body.get("args", []), timeout=limit, **body.get("kwargs", {})).id, True
             run, started = start_once(fl, run_id, tuple(body.get("args", [])), body.get("kwargs", {}),

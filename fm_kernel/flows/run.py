@@ -15,11 +15,12 @@ import time
 import uuid
 from typing import Any
 
-from ..errors import Cancelled, NoSuchFlow, NoSuchRun, NotStorable, RunFinished, StepError, Timeout
+from ..errors import Cancelled, NoSuchFlow, NoSuchRun, NotStorable, StepError, Timeout
 from .context import CURRENT_RUN, RunContext, registry, replay
 from .parking import Wakeable, blocking, can_park, park, settle_branches
 from . import run_events
-from .journal import FINISHED_STATUSES, Journal
+from .run_events import deliver_signal
+from .journal import ENQUEUED, FINISHED_STATUSES, Journal
 
 # A run's flow is a runs.Flow (not imported: runs.py sits above this module);
 # what a run uses of it is .fn, .name and .is_async.
@@ -28,9 +29,10 @@ FlowLike = Any
 
 def new_run(fl: FlowLike, args: tuple, kwargs: dict, forked: tuple[str, int] | None = None,
             run_id: str | None = None, parent: tuple[str, int] | None = None,
-            timeout: float | None = None) -> "Run":
+            timeout: float | None = None, queue: tuple[str, int | None] | None = None) -> "Run":
     """A new run of ``fl``, recorded as running (not started yet); its
-    deadline, from ``timeout`` or else the flow's own, is in that record."""
+    deadline, from ``timeout`` or else the flow's own, is in that record.
+    ``queue`` (name, priority): recorded ``enqueued``, for queues.py to start."""
     reg = registry()
     j = reg.journal
     run = Run(run_id or uuid.uuid4().hex, fl.name)
@@ -39,10 +41,14 @@ def new_run(fl: FlowLike, args: tuple, kwargs: dict, forked: tuple[str, int] | N
     run._forked, run._parent = forked, parent
     limit = timeout if timeout is not None else getattr(fl, "timeout", None)
     run._deadline = run._started_at + limit if limit is not None else None
+    if queue is not None:
+        run.queue, run.priority = queue
+        run.enqueued_at, run.in_queue = run._started_at, True
     with reg.lock:
         reg.runs[run.id] = run
-    run._write("running")
-    j.event("run_started", run.id, {"flow": fl.name, "forked_from": forked, "parent": parent})
+    run._write("running" if queue is None else ENQUEUED)
+    j.event("run_started" if queue is None else "run_enqueued", run.id,
+            {"flow": fl.name, "forked_from": forked, "parent": parent})
     return run
 
 
@@ -87,6 +93,10 @@ class Run(Wakeable):
         self._context: contextvars.Context | None = None  # the starter's (output to its cell)
         self._kept_rows: list[dict[str, Any]] | None = None  # its journal, while parked
         self._deadline_watched = False
+        self._on_done: list[Any] = []  # add_done_callback
+        # fm.Queue (queues.py): its queue, when enqueued (epoch s), its priority;
+        # in_queue until the queue starts it (started_at is NULL until then).
+        self.queue, self.enqueued_at, self.priority, self.in_queue = None, None, None, False
 
     @classmethod
     def from_row(cls, row: dict[str, Any], fl: "FlowLike | None" = None) -> "Run":
@@ -105,6 +115,8 @@ class Run(Wakeable):
         if row.get("parent_run"):
             self._parent = (row["parent_run"], row["parent_position"])
         self._deadline = row.get("deadline")
+        self.queue, self.enqueued_at = row.get("queue"), row.get("enqueued_at")
+        self.priority, self.in_queue = row.get("priority"), row["status"] == ENQUEUED
         if fl is not None:
             a = registry().journal.decode(row["args"]) or {"args": [], "kwargs": {}}
             self._flow, self._args, self._kwargs = fl, tuple(a["args"]), a["kwargs"]
@@ -314,13 +326,23 @@ class Run(Wakeable):
         done = status in FINISHED_STATUSES
         registry().journal.append("run", {
             "run_id": self.id, "flow": self.flow_name, "status": status, "args": self._args_json,
-            "result": result, "error": error, "started_at": self._started_at,
+            "result": result, "error": error, "started_at": None if self.in_queue else self._started_at,
             "finished_at": time.time() if done else None,
             "forked_from_run": self._forked[0] if self._forked else None,
             "forked_from_step": self._forked[1] if self._forked else None,
             "parent_run": self._parent[0] if self._parent else None,
             "parent_position": self._parent[1] if self._parent else None,
-            "deadline": self._deadline})
+            "deadline": self._deadline, "queue": self.queue, "enqueued_at": self.enqueued_at,
+            "priority": self.priority})
+
+    def add_done_callback(self, fn: Any) -> None:
+        """Call ``fn(run)`` when this process ends executing the run (a
+        queue frees its slot then); at once if it has already."""
+        with self._cv:
+            if not self._done.is_set():
+                self._on_done.append(fn)
+                return
+        fn(self)
 
     @property
     def executing(self) -> bool:
@@ -395,7 +417,11 @@ class Run(Wakeable):
 
     def _ended(self) -> None:
         self._executing = False
-        self._done.set()
+        with self._cv:
+            self._done.set()
+            on_done, self._on_done = self._on_done, []
+        for fn in on_done:  # a queue frees the run's slot (queues.py)
+            fn(self)
         self.wake()  # runs parked on this one's result look again
 
     async def _async_body(self) -> Any:
@@ -467,31 +493,3 @@ def get_run(run_id: str) -> Run:
 def runs(limit: int | None = None):
     """The runs of this history, newest first, as a DataFrame."""
     return registry().journal.runs(limit).to_pandas()
-
-
-def check_open(run_id: str, what: str) -> "Run | None":
-    """The live handle of ``run_id`` (None if this process has none) when
-    the run may still take ``what`` ("signal 'go'"); NoSuchRun for an
-    unknown run, RunFinished for a finished one."""
-    reg = registry()
-    run = reg.runs.get(run_id)
-    if run is None or not run.executing:
-        row = reg.journal.run_row(run_id)
-        if row is None:
-            raise NoSuchRun(run_id)
-        status = row["status"]
-    else:
-        status = run.status
-    if status in FINISHED_STATUSES or (run is not None and run.finished):
-        raise RunFinished(run_id, status, what)
-    return run
-
-
-def deliver_signal(run_id: str, name: str, data: Any = None, key: str | None = None) -> int:
-    """Store a signal for a run durably and wake the run if it waits here
-    (``key``: see Journal.add_signal)."""
-    run = check_open(run_id, f"signal {name!r}")
-    seq = registry().journal.add_signal(run_id, name, data, key)
-    if run is not None:
-        run.wake()
-    return seq

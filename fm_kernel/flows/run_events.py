@@ -1,6 +1,8 @@
-"""What a run publishes for others to read (fm.set_event's values), read
-through a run handle: Run.get_event, waiting, journaled inside a flow.
-Apart from run.py so a Run stays one module's worth of code."""
+"""What reaches a run from outside and what it publishes: whether a run can
+still take a signal or message (check_open), signals (deliver_signal), and
+fm.set_event's values read through a handle (Run.get_event, waiting,
+journaled inside a flow). Apart from run.py so a Run stays one module's
+worth of code."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import asyncio
 import time
 from typing import Any
 
-from ..errors import NoSuchRun, Timeout
+from ..errors import NoSuchRun, RunFinished, Timeout
 from .context import CURRENT_RUN, RunContext, registry, replay
 from .journal import FINISHED_STATUSES, Journal
 from .parking import Park, can_park, park
@@ -94,3 +96,31 @@ def event_state(run_id: str, key: str) -> tuple[str, str | None]:
             raise NoSuchRun(run_id)
         status = row["status"]
     return status, reg.journal.run_event(run_id, key)
+
+
+def check_open(run_id: str, what: str) -> Any:
+    """The live handle of ``run_id`` (None if this process has none) when
+    the run may still take ``what`` ("signal 'go'"); NoSuchRun for an
+    unknown run, RunFinished for a finished one."""
+    reg = registry()
+    run = reg.runs.get(run_id)
+    if run is None or not run.executing:
+        row = reg.journal.run_row(run_id)
+        if row is None:
+            raise NoSuchRun(run_id)
+        status = row["status"]
+    else:
+        status = run.status
+    if status in FINISHED_STATUSES or (run is not None and run.finished):
+        raise RunFinished(run_id, status, what)
+    return run
+
+
+def deliver_signal(run_id: str, name: str, data: Any = None, key: str | None = None) -> int:
+    """Store a signal for a run durably and wake the run if it waits here
+    (``key``: see Journal.add_signal)."""
+    run = check_open(run_id, f"signal {name!r}")
+    seq = registry().journal.add_signal(run_id, name, data, key)
+    if run is not None:
+        run.wake()
+    return seq

@@ -15,6 +15,7 @@ from ..record import trust
 from .context import CURRENT_RUN, RunContext, registry, replay
 from .deadlines import validate_timeout
 from .journal import PENDING_STATUSES
+from .queues import enqueue_once
 from .run import Run, new_run, run_handle
 from .schedule import validate_overlap, validate_schedule
 
@@ -63,13 +64,17 @@ class Flow:
         return run.result(0)
 
     def start(self, *args: Any, run_id: str | None = None, timeout: float | None = None,
-              **kwargs: Any) -> "Run":
+              queue: Any = None, **kwargs: Any) -> "Run":
         """Start a run on a background thread and return its handle at once.
         With ``run_id``, once: a second start with that id returns the run
         it started (an idempotency key). ``timeout``: seconds the run may
         take, instead of the flow's own (so no flow argument can be named
         run_id or timeout here). Inside a flow the new run is a child of the
-        running one, started once: replay returns the recorded child instead."""
+        running one, started once: replay returns the recorded child instead.
+        ``queue`` (an fm.Queue or its name): enqueue the run there instead,
+        as ``queue.enqueue(flow, ...)`` does."""
+        if queue is not None:
+            return enqueue_once(queue, self, args, kwargs, run_id=run_id, timeout=timeout)[0]
         timeout = validate_timeout(timeout, self.name, f"{self.name}.start")
         ctx = CURRENT_RUN.get()
         if ctx is not None:

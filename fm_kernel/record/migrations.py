@@ -318,5 +318,21 @@ FROM fm_events
 WHERE kind = 'event_received';
 """
 
+# Queues (flows/queues.py): a run enqueued on an fm.Queue is recorded
+# `enqueued` with its queue, when it was enqueued and its priority (NULL on
+# a FIFO queue), and started_at NULL until the queue starts it.
+_V11_RUN_QUEUES = r"""
+ALTER TABLE fm_run_records ADD COLUMN queue VARCHAR;
+ALTER TABLE fm_run_records ADD COLUMN enqueued_at TIMESTAMPTZ;
+ALTER TABLE fm_run_records ADD COLUMN priority INTEGER;
+
+CREATE OR REPLACE VIEW runs AS
+SELECT run_id, flow, status, args, result, error, started_at, finished_at,
+       forked_from_run, forked_from_step, parent_run, parent_position, deadline,
+       queue, enqueued_at, priority
+FROM fm_run_records
+QUALIFY row_number() OVER (PARTITION BY run_id ORDER BY seq DESC) = 1;
+"""
+
 MIGRATIONS: list[str] = [_V1, _V2, _V3, _V4_STATES, _V5_FLOWS, _V6_TRACKED, _V7_CHILD_RUNS, _V8_TASKS,
-                         _V9_RUN_DEADLINES, _V10_RECEIVED_EVENTS]
+                         _V9_RUN_DEADLINES, _V10_RECEIVED_EVENTS, _V11_RUN_QUEUES]

@@ -73,7 +73,7 @@ class Result:
 # Plain SELECTs over the spec's views, so that the CLI can also send them to a
 # live kernel's endpoint as user SQL (the read-only door) when it holds the file.
 
-PENDING_RUN_STATUSES = ("running", "sleeping", "waiting")
+PENDING_RUN_STATUSES = ("enqueued", "running", "sleeping", "waiting")
 STEP_LOG_COLUMNS = ("step", "branch", "parent", "status", "execution_count", "duration_ms",
                     "started_at", "code", "error_name")
 
@@ -88,20 +88,24 @@ def step_log_query(branch: str | None = None, limit: int | None = None) -> tuple
 
 # What `fm runs` and `%fm runs` (text) show of each run: its parent (the
 # first 8 characters, as the widgets show ids), how many children it
-# started, what a pending run waits in, and the first line of its error.
+# started, what a pending run waits in (an enqueued run: its queue), and
+# the first line of its error. Enqueued runs have no start yet: they sort by
+# when they were enqueued.
 RUNS_SQL = """
 SELECT r.run_id, r.flow, r.status, strftime(r.started_at, '%Y-%m-%d %H:%M:%S') AS started_at,
        strftime(r.finished_at, '%Y-%m-%d %H:%M:%S') AS finished_at,
        left(r.parent_run, 8) AS parent,
        (SELECT count(*) FROM runs c WHERE c.parent_run = r.run_id) AS children,
-       (SELECT arg_max(s.name, s.position) FROM run_steps s
-        WHERE s.run_id = r.run_id AND s.status = 'waiting') AS waiting_in,
+       coalesce((SELECT arg_max(s.name, s.position) FROM run_steps s
+                 WHERE s.run_id = r.run_id AND s.status = 'waiting'),
+                CASE WHEN r.status = 'enqueued' THEN concat('fm.Queue(', r.queue, ')') END)
+           AS waiting_in,
        CASE WHEN r.error IS NOT NULL THEN left(concat(r.error->>'type', ': ',
            split_part(r.error->>'message', chr(10), 1)), 80) END AS error
 FROM runs r
 WHERE ($1 IS NULL OR r.status = $1) AND ($2 IS NULL OR r.flow = $2)
   AND (NOT $3 OR r.error IS NOT NULL)
-ORDER BY r.started_at DESC
+ORDER BY coalesce(r.started_at, r.enqueued_at) DESC
 LIMIT $4
 """
 

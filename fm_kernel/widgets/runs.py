@@ -290,8 +290,8 @@ class RunsWidget(LiveView, W.VBox):
             run = get_run(run_id)
             status = run.status
             if status not in PENDING:
-                raise errors.UsageError(f"run {run_id[:8]} is {status} already; only running, "
-                                        "sleeping or waiting runs can be cancelled")
+                raise errors.UsageError(f"run {run_id[:8]} is {status} already; only enqueued, "
+                                        "running, sleeping or waiting runs can be cancelled")
             run.cancel()
             self._later(0.3)
             return f"cancelled run {run_id[:8]}"

@@ -22,7 +22,7 @@ __all__ = ["PENDING", "RUN_LIMIT", "RunRow", "StepView", "clock", "error_text", 
            "get_run", "pending_text", "read_run", "read_runs", "read_steps", "value_text"]
 
 RUN_LIMIT = 100
-PENDING = ("running", "sleeping", "waiting")
+PENDING = ("enqueued", "running", "sleeping", "waiting")  # enqueued: on an fm.Queue, not started
 FAILED_ATTEMPT = ("error", "timeout", "failed")
 
 
