@@ -344,7 +344,7 @@ def _enqueue_child(ctx: Any, q: Queue, fl: Any, args: tuple, kwargs: dict,
         return run_handle(stored["run_id"])
     child_id = uuid.uuid5(uuid.NAMESPACE_URL, f"fm-child:{ctx.run.id}:{p}").hex
     reg = registry()
-    if child_id in reg.runs or reg.journal.run_row(child_id) is not None:
+    if child_id in reg.runs or (ctx.run._resumed and reg.journal.run_row(child_id) is not None):
         child = run_handle(child_id)
     else:
         child = new_run(fl, args, kwargs, run_id=child_id, parent=(ctx.run.id, p), timeout=timeout,

@@ -125,7 +125,10 @@ def _start_child(ctx: RunContext, fl: Flow, args: tuple, kwargs: dict,
     # than starting a second child.
     child_id = uuid.uuid5(uuid.NAMESPACE_URL, f"fm-child:{ctx.run.id}:{p}").hex
     reg = registry()
-    if child_id in reg.runs or reg.journal.run_row(child_id) is not None:
+    # Only a run resumed from the record can have started this child in an
+    # earlier process; for any other the handles in memory are all there is
+    # (asking DuckDB would commit the flow log's batch once per child).
+    if child_id in reg.runs or (ctx.run._resumed and reg.journal.run_row(child_id) is not None):
         child = run_handle(child_id)
     else:
         child = new_run(fl, args, kwargs, run_id=child_id, parent=(ctx.run.id, p), timeout=timeout)

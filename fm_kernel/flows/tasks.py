@@ -220,9 +220,13 @@ class TaskBoard:
             if t is not None and t.status not in FINISHED:
                 self._record("task_cancelled", t, status="cancelled")
 
-    def expire_due(self) -> None:
+    def expire_due(self, task_id: str | None = None) -> None:
+        """Offer again (or fail) claimed tasks whose lease ran out: all, or
+        ``task_id`` alone (what its waiting run checks: O(1), not O(open))."""
         with self.lock:
-            self._expire_due(time.time())
+            t = self.tasks.get(task_id) if task_id is not None else None
+            if task_id is None or t is not None:
+                self._expire_due(time.time(), only=t)
 
     def _expire_due(self, now: float, only: Task | None = None) -> None:
         for t in [only] if only is not None else list(self.open.values()):
@@ -321,5 +325,5 @@ def _wait_task(ctx: RunContext, p: int, rec: dict[str, Any] | None, opname: str,
         except Cancelled:
             b.cancel(task_id)  # no worker is to start it now
             raise
-        b.expire_due()
+        b.expire_due(task_id)
         run.wait_wake(wakes, 1.0)

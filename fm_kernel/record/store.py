@@ -66,8 +66,8 @@ class Store(BulkWrites, HistoryReads):
         self._txn_owner: int | None = None
         self._log: steplog.StepLog | None = None  # set once seq and step are known
         self._scratch: Path | None = None  # sidecars of an in-memory history
-        # Writers that buffer records outside DuckDB (the flow journal's log)
-        # register a flush here, so a copy of the history holds them too.
+        # Writers that buffer records outside DuckDB (the step log, the flow
+        # journal's log) register a flush here: copies and user SQL hold them.
         self.before_copy: list[Callable[[], None]] = []
         self._view_cache: dict[tuple, tuple[Any, Any, list[str]]] = {}  # views_as_arrow
         self._view_cols: dict[str, list[str]] = {}
@@ -320,9 +320,9 @@ class Store(BulkWrites, HistoryReads):
         (at least one per view). Read in one read-only snapshot on a cursor
         of its own, so cell recording does not wait for it; kept until a
         table's committed row count changes (they are append-only)."""
+        for flush in list(self.before_copy):  # the step log's and flow log's waiting records
+            flush()
         with self._lock:
-            if self._log is not None:
-                self._log.flush()
             cur = self._conn.cursor()
         try:
             if cancel is not None:
