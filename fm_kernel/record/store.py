@@ -257,13 +257,15 @@ class Store(BulkWrites, HistoryReads):
     def last_step(self) -> int:
         return self._step
 
-    @property
-    def lock(self) -> threading.RLock:
-        return self._lock
-
-    @property
-    def in_transaction(self) -> bool:
-        return self._in_txn
+    def flush_writers(self) -> None:
+        """The records buffered outside DuckDB (step log, flow log) into it. A
+        thread holding the connection (in a transaction) flushes only the step
+        log: the flow log's checkpoint waits for the connection (deadlock)."""
+        if not self._lock._is_owned():  # type: ignore[attr-defined]
+            for flush in list(self.before_copy):
+                flush()
+        elif self._log is not None:
+            self._log.flush()
 
     def _log_here(self) -> steplog.StepLog | None:
         """The step log, unless this thread is inside a transaction (its
@@ -305,9 +307,8 @@ class Store(BulkWrites, HistoryReads):
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> Result:
         """A read over the history; every acknowledged record is in it."""
+        self.flush_writers()
         with self._lock:
-            if self._log is not None:
-                self._log.flush()
             cur = self._conn.execute(sql, params)
             cols = [d[0] for d in cur.description] if cur.description else []
             return Result(cols, cur.fetchall() if cols else [])
@@ -320,8 +321,7 @@ class Store(BulkWrites, HistoryReads):
         (at least one per view). Read in one read-only snapshot on a cursor
         of its own, so cell recording does not wait for it; kept until a
         table's committed row count changes (they are append-only)."""
-        for flush in list(self.before_copy):  # the step log's and flow log's waiting records
-            flush()
+        self.flush_writers()
         with self._lock:
             cur = self._conn.cursor()
         try:
@@ -372,8 +372,7 @@ class Store(BulkWrites, HistoryReads):
 
     def copy_to(self, target: Path) -> None:
         """A consistent copy of the whole history as a new database file."""
-        for flush in list(self.before_copy):
-            flush()
+        self.flush_writers()
         with self._lock:
             db = self._scalar("SELECT current_database()")
             self._conn.execute("CHECKPOINT")
