@@ -191,6 +191,14 @@ class Packs:
                 os.close(fd)
             self._rfds.clear()
 
+    def __del__(self) -> None:
+        # a history opened and dropped (fm.history(path) in a loop) must not
+        # keep its pack descriptors until the process ends
+        try:
+            self.close()
+        except Exception:
+            pass
+
     def writing(self) -> str | None:
         return self._w.name if self._w is not None else None
 
