@@ -30,10 +30,13 @@ from ..errors import UsageError
 from .context import CURRENT_RUN, registry, replay
 from .journal import ENQUEUED, PENDING_STATUSES
 from .run import Run, new_run, run_handle
+from .run_ids import once_per_id
+
+# what a queue name may hold (as a run id, and dots)
+_RUN_ID_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
 
 log = logging.getLogger(__name__)
 
-_RUN_ID_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
 _MAX_PRIORITY = 2**31 - 1
 
 
@@ -315,21 +318,11 @@ def enqueue_once(queue: "Queue | str", fl: Any, args: tuple, kwargs: dict,
 
 def _enqueue_by_id(q: Queue, fl: Any, run_id: str, args: tuple, kwargs: dict,
                    priority: int | None, timeout: float | None) -> tuple[Run, bool]:
-    if not isinstance(run_id, str) or not set(run_id) <= _RUN_ID_CHARS or not 1 <= len(run_id) <= 128:
-        raise UsageError(f"run id {run_id!r} is not allowed; use 1-128 letters, digits, '_' or '-'")
-    reg = registry()
-    with reg.lock:  # one run per id, however many ask at once
-        live = reg.runs.get(run_id)
-        row = reg.journal.run_row(run_id)
-        known = row["flow"] if row is not None else (live.flow_name if live is not None else None)
-        if known is not None:
-            if known != fl.name:
-                raise UsageError(f"run id {run_id!r} is a run of flow {known!r}, not {fl.name!r}; "
-                                 "choose another id")
-            return run_handle(run_id), False
-        run = new_run(fl, args, kwargs, run_id=run_id, timeout=timeout, queue=(q.name, priority))
-    q._add(run)
-    return run, True
+    run, made = once_per_id(fl.name, run_id, lambda: new_run(
+        fl, args, kwargs, run_id=run_id, timeout=timeout, queue=(q.name, priority)))
+    if made:
+        q._add(run)
+    return run, made
 
 
 def _enqueue_child(ctx: Any, q: Queue, fl: Any, args: tuple, kwargs: dict,

@@ -407,13 +407,8 @@ class Run(Wakeable):
             if ctx.parking is not None:
                 self._kept_rows = list(ctx.latest.values())
                 self.park_segment(ctx.parking, registry().parking.timers)
-            elif parkable:
-                # Its final record is in the flow log: durable against kill -9
-                # (FM_FSYNC=1: power loss too). It reaches DuckDB with the next
-                # batch; every reader of the run tables flushes first (the
-                # journal's reads, user SQL through Store.before_copy), so the
-                # result is there for whoever waits, without a commit per run.
-                self._ended()
+            elif parkable:  # its final record is durable in the flow log, and every
+                self._ended()  # read flushes that log first: no DuckDB commit per run
             else:
                 try:
                     j.flush()  # the SQL views show the finished run at once

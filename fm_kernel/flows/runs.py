@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import re
 import uuid
 from typing import Any, Callable
 
@@ -17,6 +16,7 @@ from .deadlines import validate_timeout
 from .journal import PENDING_STATUSES
 from .queues import enqueue_once
 from .run import Run, new_run, run_handle
+from .run_ids import once_per_id
 from .schedule import validate_overlap, validate_schedule
 
 
@@ -89,28 +89,15 @@ class Flow:
         return run
 
 
-RUN_ID = re.compile(r"[A-Za-z0-9_\-]{1,128}")
-
-
 def start_once(fl: Flow, run_id: str, args: tuple, kwargs: dict,
                timeout: float | None = None) -> tuple["Run", bool]:
     """(the run with this id, True if this call started it): a run id seen
     before returns that run and starts nothing."""
-    if not isinstance(run_id, str) or not RUN_ID.fullmatch(run_id):
-        raise UsageError(f"run id {run_id!r} is not allowed; use 1-128 letters, digits, '_' or '-'")
-    reg = registry()
-    with reg.lock:  # one start per id, however many ask at once
-        live = reg.runs.get(run_id)
-        row = reg.journal.run_row(run_id)
-        known = row["flow"] if row is not None else (live.flow_name if live is not None else None)
-        if known is not None:
-            if known != fl.name:
-                raise UsageError(f"run id {run_id!r} is a run of flow {known!r}, not {fl.name!r}; "
-                                 "choose another id")
-            return run_handle(run_id), False
-        run = new_run(fl, args, kwargs, run_id=run_id, timeout=timeout)
-    run.start_thread()
-    return run, True
+    run, made = once_per_id(fl.name, run_id,
+                            lambda: new_run(fl, args, kwargs, run_id=run_id, timeout=timeout))
+    if made:
+        run.start_thread()
+    return run, made
 
 
 def _start_child(ctx: RunContext, fl: Flow, args: tuple, kwargs: dict,
