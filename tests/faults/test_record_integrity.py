@@ -159,7 +159,8 @@ def test_a_record_the_full_disk_refused_leaves_no_gap_in_step_numbers(small_disk
     with Kernel(env={"FM_HISTORY": str(history)}) as k:
         for i in range(3):
             check(k, f"a{i} = {i}")
-        with open(filler, "wb") as f:  # every free block, so the record's own write fails
+        with open(filler, "wb", buffering=0) as f:  # every free block; unbuffered, so closing it
+            # has no bytes left to write (the last, refused write stays refused)
             try:
                 while True:
                     f.write(b"\0" * (1 << 16))
