@@ -220,9 +220,11 @@ class Snapshotter:
             e = prev[n]
             if e.size_bytes > SMALL_ONE or self._cost.get(n, 0.0) > SMALL_COST or not is_live(n):
                 continue
-            if total + e.size_bytes > SMALL_TOTAL or spent > SMALL_BUDGET:
+            if spent > SMALL_BUDGET:
                 i = (i - 1) % len(names)  # its turn comes first next cell
                 break
+            if total + e.size_bytes > SMALL_TOTAL:
+                continue  # too big for what is left of the bytes: smaller names still fit
             out.add(n)
             total += e.size_bytes
             spent += self._cost.get(n, 0.0002)
