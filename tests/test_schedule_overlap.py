@@ -11,7 +11,7 @@ import json
 import time
 from pathlib import Path
 
-from kernel_driver import Kernel, check, query, wait_until
+from kernel_driver import Kernel, check, most_at_once, query
 
 FLOWS = r'''
 import time
@@ -39,17 +39,6 @@ def test_skip_is_default_and_allow_overlaps(tmp_path: Path) -> None:
     counts = dict(query(history, "SELECT flow, count(DISTINCT run_id) FROM runs GROUP BY flow"))
     assert 1 <= counts.get("skipping", 0) <= 3, counts   # one run per ~4 s at most
     assert counts.get("allowing", 0) >= 5, counts         # one per second
-
-
-def most_at_once(intervals: list[tuple[float, float]]) -> int:
-    """The largest number of intervals that overlap at one instant (an end
-    before a start at the same instant)."""
-    edges = sorted([(s, 1) for s, _ in intervals] + [(e, -1) for _, e in intervals])
-    most = cur = 0
-    for _, d in edges:
-        cur += d
-        most = max(most, cur)
-    return most
 
 
 def slot_of(run_id: str) -> int:
