@@ -161,3 +161,13 @@ def test_a_waiting_slot_survives_kill9_and_runs_once_after_the_previous(tmp_path
     assert marks.count(b) == 1, marks  # its body ran once
     slots = [slot_of(r[0]) for r in rows]
     assert slots == sorted(slots), slots
+
+
+def test_every_flow_name_gives_a_queue_name_a_queue_takes() -> None:
+    from fm_kernel.flows.queues import Queue
+    from fm_kernel.flows.schedule import slot_queue_name
+
+    names = ("report", "outer.<locals>.inner", "a b/c", "x" * 300)
+    queues = [Queue(slot_queue_name(n), concurrency=1, register=False).name for n in names]
+    assert queues[:2] == ["schedule.report", "schedule.outer._locals_.inner"], queues
+    assert len(set(queues)) == len(names)
