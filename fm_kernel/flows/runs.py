@@ -141,8 +141,9 @@ def flow(fn: Callable[..., Any] | None = None, *, schedule: str | None = None,
          timeout: float | None = None) -> Any:
     """``@flow`` or ``@flow(schedule="*/15 * * * *")`` (cron; six fields put
     the seconds first; ``overlap="skip"|"queue"|"allow"`` for a slot that
-    comes while the previous run is going: schedule.py). ``on="name"``: a run per named event (its
-    payload the one argument; events.py), once per delivery id.
+    comes while the previous run is going: schedule.py). ``on="name"``: a
+    run per named event (its payload the one argument; events.py), once per
+    delivery id.
     ``timeout``: seconds each run may take (deadlines.py)."""
     if on is not None and not isinstance(on, str) and not hasattr(on, "attach"):
         raise UsageError(f"@fm.flow(on={on!r}): expected an event name, fm.files(...) or fm.poll(...)")

@@ -170,7 +170,8 @@ class Scheduler:
         the record, not of memory, so a slot left waiting by a killed kernel
         counts before its queue has loaded it."""
         queue = slot_queue_name(fl.name)
-        if any(r["status"] == ENQUEUED for r in self.journal().queue_rows(queue)):
+        rows = self.journal().queue_rows(queue)
+        if any(r["status"] == ENQUEUED and r["flow"] == fl.name for r in rows):
             log.info("flow %r: slot %s dropped, an earlier slot already waits for the previous "
                      "run to end", fl.name, slot)
             self.journal().record_slot(fl.name, slot, None)
