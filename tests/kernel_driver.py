@@ -135,3 +135,20 @@ def fails(k: Kernel, code: str) -> tuple[str, str]:
 
 def lines(path: Path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
+
+
+def most_at_once(intervals: list[tuple[float, float]]) -> int:
+    """The largest number of intervals that overlap at one instant."""
+    edges = sorted([(s, 1) for s, _ in intervals] + [(e, -1) for _, e in intervals],
+                   key=lambda x: (x[0], x[1]))  # an end before a start at the same instant
+    most = cur = 0
+    for _, d in edges:
+        cur += d
+        most = max(most, cur)
+    return most
+
+
+def most_in_window(starts: list[float], window: float) -> int:
+    """The most starts within any ``window`` seconds (what a rate limit bounds)."""
+    starts = sorted(starts)
+    return max(sum(1 for t in starts[i:] if t - s < window) for i, s in enumerate(starts))
