@@ -473,14 +473,21 @@ def test_read_only_fm_sql_and_fm_log_create_no_files(tmp_path: Path) -> None:
     assert list(data_home.rglob("*")) == []  # no machine id made for a read
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="planting files as another user needs root")
-def test_files_planted_by_another_user_are_not_used(tmp_path: Path) -> None:
+def shared_history(tmp_path: Path) -> Path:
+    """A history of one cell (``mine = 1``) in a folder every user may write:
+    where another user can plant files beside it."""
     shared = tmp_path / "shared"
     shared.mkdir()
     shared.chmod(0o777)
     history = shared / "h.duckdb"
     with Kernel(env={"FM_HISTORY": str(history)}) as k:
         check(k, "mine = 1")
+    return history
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="planting files as another user needs root")
+def test_files_planted_by_another_user_are_not_used(tmp_path: Path) -> None:
+    history = shared_history(tmp_path)
     precious = tmp_path / "precious.txt"
     precious.write_text("the user's own file")
     nobody = 65534
@@ -523,12 +530,7 @@ def injected_step_log() -> str:
     "a symbolic link",
 ])
 def test_a_planted_step_log_is_never_replayed(tmp_path: Path, planted: str) -> None:
-    shared = tmp_path / "shared"
-    shared.mkdir()
-    shared.chmod(0o777)
-    history = shared / "h.duckdb"
-    with Kernel(env={"FM_HISTORY": str(history)}) as k:
-        check(k, "mine = 1")
+    history = shared_history(tmp_path)
     log = Path(str(history) + ".steplog")
     assert not log.exists()  # a clean close moved every record into DuckDB
     lines = injected_step_log()
