@@ -18,19 +18,15 @@ from pathlib import Path
 
 import pytest
 
-from kernel_driver import Kernel, check, fails, lines, query, wait_until
-
-PRELUDE = "import os, time, json\nimport fm_kernel as fm\nimport fm_kernel.flows as flows"
+from kernel_driver import FLOW_PRELUDE as PRELUDE
+from kernel_driver import Kernel, check, fails, flow_kernel, lines, query, wait_until
 
 
 @pytest.fixture(scope="module")
 def fk(tmp_path_factory):
     base = tmp_path_factory.mktemp("versions")
     path = base / "history.duckdb"
-    with Kernel(env={"FM_HISTORY": str(path)}) as k:
-        check(k, PRELUDE)
-        info = json.loads(Path(str(path) + ".endpoint.json").read_text())
-        k.url, k.token, k.path = info["url"], info["token"], path  # type: ignore[attr-defined]
+    with flow_kernel(path) as k:
         yield k
 
 
@@ -159,8 +155,7 @@ except Exception as exc:
 
 def test_a_run_timeout_keeps_its_deadline_across_kill9(tmp_path: Path) -> None:
     env = {"FM_HISTORY": str(tmp_path / "history.duckdb")}
-    k = Kernel(env=env)
-    try:
+    with Kernel(env=env) as k:
         check(k, PRELUDE + "\n@fm.flow(timeout=6)\ndef long_nap():\n    fm.sleep(600)\n"
                  "nap = long_nap.start()\n"
                  # a run whose flow the next kernel will not have: it times out all the same
@@ -169,9 +164,6 @@ def test_a_run_timeout_keeps_its_deadline_across_kill9(tmp_path: Path) -> None:
         run_id, lost_id = check(k, "print(nap.id, lost.id)").split()
         time.sleep(1.0)
         k.kill9()
-    finally:
-        if k.km.is_alive():
-            k.shutdown()
     with Kernel(env=env) as k2:
         ready = time.time()
         out = check(k2, f"""

@@ -27,7 +27,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from kernel_driver import Kernel, query, wait_until  # noqa: E402
+from kernel_driver import Kernel, fm_cli, query, wait_until  # noqa: E402
 
 PACKAGE = Path(__file__).resolve().parents[2] / "fm_kernel"
 
@@ -38,13 +38,6 @@ class Evil:
     def __reduce__(self):
         return (exec, (f"open({self.path!r}, 'w').write('ran')",))
 '''
-
-
-def fm_cli(*args: str, env: dict[str, str] | None = None, **kw) -> subprocess.CompletedProcess[str]:
-    fm = str(Path(sys.executable).parent / "fm")
-    full = {k: v for k, v in os.environ.items() if not k.startswith(("FM_", "JPY_"))}
-    full.update(env or {})
-    return subprocess.run([fm, *args], capture_output=True, text=True, env=full, timeout=300, **kw)
 
 
 def check(k: Kernel, code: str) -> str:
