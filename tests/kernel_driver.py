@@ -10,6 +10,8 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -135,6 +137,22 @@ def tmpfs(folder: Path, size: str) -> Iterator[Path]:
         yield folder
     finally:
         subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def http_json(url: str, method: str = "GET", data: bytes | None = None, token: str | None = None,
+              headers: dict[str, str] | None = None, timeout: float = 30) -> tuple[int, Any]:
+    """One request to a kernel's endpoint: (status, its JSON body or None),
+    an error status answered like any other."""
+    req = urllib.request.Request(url, data=data, method=method)
+    if token is not None:
+        req.add_header("Authorization", f"token {token}")
+    for name, value in (headers or {}).items():
+        req.add_header(name, value)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, json.loads(resp.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"null")
 
 
 def endpoint_info(history: Path, timeout: float = 30) -> dict[str, Any]:

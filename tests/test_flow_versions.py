@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from kernel_driver import FLOW_PRELUDE as PRELUDE
-from kernel_driver import Kernel, check, fails, flow_kernel, lines, query, wait_until
+from kernel_driver import Kernel, check, fails, flow_kernel, http_json, lines, query, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -31,17 +31,8 @@ def fk(tmp_path_factory):
 
 
 def http(k: Kernel, path: str, body: dict | None = None) -> tuple[int, dict]:
-    import urllib.error
-    import urllib.request
-
     data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(k.url + path, data=data, method="POST" if body is not None else "GET")  # type: ignore[attr-defined]
-    req.add_header("Authorization", f"token {k.token}")  # type: ignore[attr-defined]
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
+    return http_json(k.url + path, "POST" if body is not None else "GET", data, k.token, timeout=10)
 
 
 def sql(k: Kernel, q: str, *params: str) -> list[list]:

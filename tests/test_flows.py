@@ -13,23 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from kernel_driver import MARKS, Kernel, check, fails, flow_kernel, lines, query, wait_until
+from kernel_driver import (MARKS, Kernel, check, fails, flow_kernel, http_json, lines, query,
+                           wait_until)
 
 PRELUDE = "import time\nimport fm_kernel.flows as fm"
 
 
 def http(url: str, method: str = "POST", body: bytes | None = b"{}", token: str | None = None):
-    import urllib.error
-    import urllib.request
-
-    req = urllib.request.Request(url, data=body if method == "POST" else None, method=method)
-    if token:
-        req.add_header("Authorization", f"token {token}")
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
+    return http_json(url, method, body if method == "POST" else None, token, timeout=10)
 
 
 # -- exactly-once across kill -9 --------------------------------------------------------

@@ -9,16 +9,14 @@ import json
 import re
 import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from kernel_driver import FLOW_PRELUDE as PRELUDE
-from kernel_driver import (HOLD, MARKS, Kernel, check, endpoint_info, fails, flow_kernel, lines,
-                           query, wait_until)
+from kernel_driver import (HOLD, MARKS, Kernel, check, endpoint_info, fails, flow_kernel, http_json,
+                           lines, query, wait_until)
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
@@ -26,16 +24,7 @@ DOCS = Path(__file__).resolve().parent.parent / "docs"
 def http(url: str, token: str | None, method: str, path: str, body: Any = None,
          headers: dict[str, str] | None = None) -> tuple[int, Any]:
     data = json.dumps(body).encode() if method == "POST" else None
-    req = urllib.request.Request(url + path, data=data, method=method)
-    if token is not None:
-        req.add_header("Authorization", f"token {token}")
-    for k, v in (headers or {}).items():
-        req.add_header(k, v)
-    try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            return resp.status, json.loads(resp.read() or b"null")
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"null")
+    return http_json(url + path, method, data, token, headers)
 
 
 @pytest.fixture(scope="module")
