@@ -133,11 +133,16 @@ class ChunkIO:
             os.close(fd)
 
 
+class Anonymous(mmap.mmap):
+    """An anonymous mapping made here: process memory, no file behind it (a
+    patch may write into an array on it; never into a user's mapped file)."""
+
+
 def aligned_buffer(n: int) -> Any:
     """Uninitialised, writable, page-aligned memory of ``n`` bytes (an anonymous
     mapping: a zero-filled bytearray touches every page twice, and an aligned
     destination lets chunks be read into it directly)."""
-    return mmap.mmap(-1, n) if n else bytearray()
+    return Anonymous(-1, n) if n else bytearray()
 
 
 def _copy(dst: memoryview, src: memoryview) -> None:

@@ -14,7 +14,9 @@ dtype, alone in its stored group, large (``PATCH_MIN``), whose memory no other
 Python object references: the array is referenced by the namespace alone and
 each array or buffer object under it (``.base``) by the one above it alone
 (a view, a memoryview, an ``Out[n]`` entry, a list holding it: all show in a
-reference count; then the rewind loads a new array as before). The pickle
+reference count; then the rewind loads a new array as before), and the memory
+is the process's own: numpy's, a ``bytearray``, or a mapping a restore made
+(never a mapped file, which the patch would rewrite, nor a library's). The
 stream of the live array (dtype, shape, order) must equal the target's, so
 the result is the very array a load would give, with the same fingerprint.
 
@@ -25,12 +27,12 @@ namespace changes (``Patch.apply`` from ``Restore._apply``).
 
 from __future__ import annotations
 
-import mmap
 import pickle
 import sys
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
+from ..record.chunkio import Anonymous
 from ..record.objects import chunk_keys
 from .pickling import loaded_numpy
 
@@ -143,5 +145,5 @@ def _patchable(ns: dict, n: str, nbytes: int) -> bool:
         elif isinstance(under, memoryview):
             under = under.obj
         else:
-            return isinstance(under, (bytearray, mmap.mmap))
-    return True
+            return isinstance(under, (bytearray, Anonymous))
+    return ns[n].flags.owndata  # no base, not its own memory: a C library's

@@ -103,6 +103,17 @@ def test_a_loaded_array_is_patched_unless_a_view_of_its_memory_is_held(cells: Ce
     assert np.array_equal(cells.ns["big"], expected)
 
 
+def test_an_array_on_a_mapped_file_is_never_patched(cells: Cells, tmp_path: Path) -> None:
+    path = tmp_path / "data.bin"
+    path.write_bytes(arange().tobytes())
+    cells.ns["path"] = str(path)
+    cells.run("import mmap\nwith open(path, 'r+b') as f:\n    big = np.frombuffer(mmap.mmap(f.fileno(), 0), np.float64)")
+    cells.run("big[0] = -1.0")  # written through to the file
+    r = cells.rewind(len(cells.states) - 2)
+    assert r.restored == ["big"] and r.patched == [] and cells.ns["big"][0] == 0.0
+    assert np.frombuffer(path.read_bytes(), np.float64)[0] == -1.0  # the file is the user's
+
+
 def test_bytes_changed_since_the_last_capture_are_found_by_hashing(cells: Cells) -> None:
     cells.run("big[N // 2] = -1.0")
     cells.ns["big"][5] = 7.0  # no capture saw this: the live state is stale
