@@ -185,6 +185,10 @@ def main() -> None:
               f"baseline {med[base] * 1000:7.1f} ms  {ratio:5.2f}x (stage "
               f"{med[what + '_stage'] / med[base]:4.2f}x)  target <= {target}x  "
               f"{'PASS' if ratio <= target else 'FAIL'}")
+    print("  each round, added / baseline: " + "; ".join(
+        ", ".join(f"{what} {r[what] / r[base]:.2f}x" for what, base in
+                  (("capture", "base_write"), ("edit", "base_edit"), ("rewind", "base_read")))
+        for r in rounds))
     print(f"  rewind when the live array is held elsewhere too (not patched, every chunk read): "
           f"added {med['rewind_full'] * 1000:.1f} ms, stage {med['rewind_full_stage'] * 1000:.1f} ms, "
           f"{med['rewind_full'] / med['base_read']:.2f}x the page-cache read, "
