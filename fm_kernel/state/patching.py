@@ -131,14 +131,12 @@ def _patchable(ns: dict, n: str, nbytes: int) -> bool:
             or not (a.flags.c_contiguous or a.flags.f_contiguous):
         return False
     del a
-    # ns holds it, getrefcount's argument is the other reference: nothing else may
-    if sys.getrefcount(ns[n]) != 2:
+    if _holders(ns[n]) != 1:  # the namespace: nothing else may hold it
         return False
     # A loaded array sits on a chain: array -> array -> memoryview -> mmap.
     under: Any = ns[n].base
     while under is not None:
-        # held by the object above it and by ``under`` here (+1 for the argument)
-        if sys.getrefcount(under) != 3:
+        if _holders(under) != 2:  # the object above it, and ``under`` here
             return False
         if isinstance(under, np.ndarray):
             under = under.base
@@ -147,3 +145,18 @@ def _patchable(ns: dict, n: str, nbytes: int) -> bool:
         else:
             return isinstance(under, (bytearray, Anonymous))
     return ns[n].flags.owndata  # no base, not its own memory: a C library's
+
+
+def _raw_count(x: Any) -> int:
+    return sys.getrefcount(x)
+
+
+# What a call of _raw_count adds to the count by itself (its argument, and
+# the interpreter's own reference to it, which may be borrowed or not from
+# one Python version to the next): measured here rather than assumed.
+_SELF = _raw_count(object())
+
+
+def _holders(x: Any) -> int:
+    """References to ``x`` held outside this call."""
+    return _raw_count(x) - _SELF - 1  # -1: ``x`` of this function's frame
