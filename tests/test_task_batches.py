@@ -114,8 +114,12 @@ def test_runs_waiting_for_tasks_hold_no_thread(kernel: Kernel) -> None:
     api = kernel.api  # type: ignore[attr-defined]
     runs = start(api, "idle", 300)
     wait_until(lambda: queued(api, "idle") == 300, what="300 queued tasks", timeout=60)
-    threads = len(os.listdir(f"/proc/{kernel.pid}/task"))
-    assert threads < 100, f"{threads} threads in the kernel for 300 runs waiting on tasks"
+    # a few may hold their thread for a second (tasks.py: HOLD_MOST), then park too
+    threads = lambda: len(os.listdir(f"/proc/{kernel.pid}/task"))  # noqa: E731
+    try:
+        wait_until(lambda: threads() < 60, what="the waiting runs to park", timeout=15)
+    except AssertionError:
+        raise AssertionError(f"{threads()} threads in the kernel for 300 runs waiting on tasks") from None
     done = 0
     while done < 300:
         status, body = api("POST", "/queues/idle/claim", {"worker": "w", "wait": 5, "max_tasks": 64})

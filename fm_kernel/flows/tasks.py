@@ -19,7 +19,9 @@ lease as they were. The flow's position records the result once the task
 has completed (replay returns it, running nothing).
 
 A run waiting for its task holds no thread: it parks (parking.py), and the
-board wakes it when the task completes, fails or expires for good.
+board wakes it when the task completes, fails or expires for good. A few
+runs at a time wait for a quick task on their thread first (_wait_task says
+why).
 """
 
 from __future__ import annotations
@@ -27,16 +29,21 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
+import time
 import uuid
 from typing import Any, Callable
 
 from ..errors import Cancelled, FlowError, TaskFailed, UsageError
 from .context import CURRENT_RUN, RunContext, registry, replay
 from .journal import Journal
-from .parking import can_park, park
-from .task_board import board
+from .parking import PARK_AFTER, can_park, park
+from .task_board import Task, board
 
 log = logging.getLogger(__name__)
+
+HOLD_MOST = 32  # runs that may keep their thread while their task is out (_wait_task)
+_holders = threading.BoundedSemaphore(HOLD_MOST)
 
 
 def _maybe_async(ctx: RunContext, fn: Callable[..., Any], *args: Any) -> Any:
@@ -97,27 +104,45 @@ def _wait_task(ctx: RunContext, p: int, rec: dict[str, Any] | None, opname: str,
     if rec is None or rec["status"] != "waiting":
         ctx.record(p, opname, "waiting", detail=detail)
     run.set_status("waiting")
-    while True:
-        wakes = run.wakes
-        t = b.get(task_id)
-        if t.status == "completed":
-            ctx.record(p, opname, "ok", t.attempt, result=registry().journal.encode(t.result, opname),
-                       detail={**detail, "worker": t.worker})
-            run.set_status("running")
-            return t.result
-        if t.status in ("failed", "cancelled"):
-            message = (t.error or {}).get("message") if isinstance(t.error, dict) else t.error
-            err = TaskFailed(f"task {task_id} on queue {spec['queue']!r} (position {p} of run "
-                             f"{run.id}) {t.status} after attempt {t.attempt}: {message}")
-            ctx.record(p, opname, "failed", t.attempt, error=Journal.encode_error(err), detail=detail)
-            run.set_status("running")
-            raise err
-        try:
-            run.check_cancel()
-        except Cancelled:
-            b.cancel(task_id)  # no worker is to start it now
-            raise
-        if can_park(ctx):  # raises; the task's completion (or failure, expiry) executes it again
-            park(ctx, None, wakes, f"{opname} at position {p}")
-        b.expire_due(task_id)  # a wait that cannot park (a direct call) watches its own lease
-        run.wait_wake(wakes, 1.0)
+    # Held: this run keeps its thread for up to PARK_AFTER, as a short sleep
+    # does. Parked, a run executes again from the top when its task is done,
+    # replaying its journal: for a flow of many quick tasks that costs more
+    # than the task (O(n^2) over the flow). At most HOLD_MOST runs hold on
+    # at once, so the threads stay few however many tasks are out.
+    held = can_park(ctx) and _holders.acquire(blocking=False)
+    until = time.monotonic() + PARK_AFTER
+    try:
+        while True:
+            wakes = run.wakes
+            t = b.get(task_id)
+            if t.status in ("completed", "failed", "cancelled"):
+                return _finish(ctx, p, opname, t, detail)
+            try:
+                run.check_cancel()
+            except Cancelled:
+                b.cancel(task_id)  # no worker is to start it now
+                raise
+            left = until - time.monotonic()
+            if can_park(ctx) and (not held or left <= 0):  # raises; the task's end executes it again
+                park(ctx, None, wakes, f"{opname} at position {p}")
+            b.expire_due(task_id)  # a wait that cannot park (a direct call) watches its own lease
+            run.wait_wake(wakes, min(left, 1.0) if held else 1.0)
+    finally:
+        if held:
+            _holders.release()
+
+
+def _finish(ctx: RunContext, p: int, opname: str, t: Task, detail: dict[str, Any]) -> Any:
+    """Journal the end of task ``t`` at position ``p``: its result, or TaskFailed raised."""
+    run = ctx.run
+    if t.status == "completed":
+        ctx.record(p, opname, "ok", t.attempt, result=registry().journal.encode(t.result, opname),
+                   detail={**detail, "worker": t.worker})
+        run.set_status("running")
+        return t.result
+    message = (t.error or {}).get("message") if isinstance(t.error, dict) else t.error
+    err = TaskFailed(f"task {t.task_id} on queue {t.queue!r} (position {p} of run "
+                     f"{run.id}) {t.status} after attempt {t.attempt}: {message}")
+    ctx.record(p, opname, "failed", t.attempt, error=Journal.encode_error(err), detail=detail)
+    run.set_status("running")
+    raise err
