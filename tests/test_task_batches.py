@@ -178,3 +178,25 @@ def test_kill9_after_many_acknowledged_completions_none_lost_none_twice(tmp_path
         assert api("POST", "/queues/many/claim", {"worker": "w", "wait": 0})[0] == 204
         tid, lease = next(iter(leases.items()))
         assert api("POST", f"/tasks/{tid}/complete", {"lease": lease, "result": {"i": -1}})[1]["duplicate"]
+
+
+def test_with_fsync_on_the_routes_answer_the_same(tmp_path: Path) -> None:
+    # FM_FSYNC=1: each record is fdatasync-ed, so the routes work on a thread, not the loop
+    history = tmp_path / "history.duckdb"
+    with Kernel(env={"FM_HISTORY": str(history), "FM_FSYNC": "1"}) as k:
+        check(k, FLOWS)
+        api = api_of(history)
+        runs = start(api, "synced", 3)
+        status, body = api("POST", "/queues/synced/claim", {"worker": "w", "wait": 10, "max_tasks": 3})
+        assert status == 200, body
+        got = body["tasks"]
+        while len(got) < 3:  # the runs queue their tasks as they start
+            got += api("POST", "/queues/synced/claim", {"worker": "w", "wait": 10, "max_tasks": 3})[1]["tasks"]
+        assert api("POST", f"/tasks/{got[0]['task_id']}/complete",
+                   {"lease": got[0]["lease"], "result": "alone"})[0] == 200
+        status, body = api("POST", "/tasks/complete", {"tasks": [
+            {"task_id": t["task_id"], "lease": t["lease"], "result": "together"} for t in got[1:]]})
+        assert [o["status"] for o in body["tasks"]] == [200, 200], body
+        assert api("POST", f"/tasks/{got[0]['task_id']}/complete", {"lease": "stale"})[0] == 409
+        assert sorted(api("GET", f"/runs/{r}/result?wait=30")[1]["result"] for r in runs) == \
+            ["alone", "together", "together"]

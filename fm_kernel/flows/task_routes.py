@@ -5,7 +5,8 @@ They run on the endpoint's loop itself, with no hop to a worker thread: the
 board (task_board.py) answers from memory and records with one write(2),
 microseconds, where a hop to a thread and back costs a GIL hand-over each
 way and, with 8 busy workers, most of a task's time. Only the first use of
-the board, which reads the history, goes to a thread.
+the board, which reads the history, and every call under FM_FSYNC=1 (an
+fdatasync per record) go to a thread.
 
 A claim is a long poll: when its queue has no task it leaves a one-shot
 wake-up with the board, registered in the same look as the claim, and
@@ -27,16 +28,21 @@ MAX_WAIT = 300.0  # seconds one claim may wait
 ID = r"([A-Za-z0-9_\-]{1,128})"  # task ids (as run ids in routes.py)
 
 
-async def _board() -> TaskBoard:
+async def _on_board(fn: Callable[[TaskBoard], Any]) -> Any:
+    """``fn(board)``, on the loop; or on a thread for the first use (the board
+    is built from a read of the history) and when every record is also
+    fdatasync-ed (FM_FSYNC=1: milliseconds each, and the loop serves every
+    route). NoSuchTask is answered 404, LeaseLost 409."""
     b = board_ready()
-    if b is None:  # first use: built from a read of the history, off the loop
-        b = await asyncio.get_running_loop().run_in_executor(None, board)
-    return b
+    if b is None or b.journal.fsync:
+        return await asyncio.get_running_loop().run_in_executor(
+            None, lambda: _answered(fn, b or board()))
+    return _answered(fn, b)
 
 
-def _task_call(fn: Callable[[], Any]) -> Any:
+def _answered(fn: Callable[[TaskBoard], Any], b: TaskBoard) -> Any:
     try:
-        return fn()
+        return fn(b)
     except NoSuchTask as exc:
         raise tornado.web.HTTPError(404, reason=str(exc)) from None
     except LeaseLost as exc:
@@ -77,7 +83,6 @@ class ClaimHandler(ApiHandler):
 
     async def post(self, queue: str) -> None:
         worker, wait, most = _claim_args(self.json_body() or {})
-        b = await _board()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
         while not self.gone:
@@ -89,7 +94,8 @@ class ClaimHandler(ApiHandler):
                 except RuntimeError:  # the endpoint's loop has stopped
                     pass
 
-            got = b.claim(queue, worker, most or 1, wake if wait > 0 else None)
+            got = await _on_board(lambda b: b.claim(queue, worker, most or 1,
+                                                    wake if wait > 0 else None))
             if got:
                 return self.send_json({"tasks": got} if most is not None else got[0])
             left = deadline - loop.time()
@@ -100,7 +106,7 @@ class ClaimHandler(ApiHandler):
             except asyncio.TimeoutError:
                 pass
             finally:
-                b.unwait(queue, wake)
+                await _on_board(lambda b: b.unwait(queue, wake))
         if not self.gone:
             self.set_status(204)
             self.finish()
@@ -115,15 +121,13 @@ class ClaimHandler(ApiHandler):
 class HeartbeatHandler(ApiHandler):
     async def post(self, task_id: str) -> None:
         body = _body(self, "lease")
-        b = await _board()
-        self.send_json(_task_call(lambda: b.heartbeat(task_id, body["lease"])))
+        self.send_json(await _on_board(lambda b: b.heartbeat(task_id, body["lease"])))
 
 
 class CompleteHandler(ApiHandler):
     async def post(self, task_id: str) -> None:
         body = _body(self, "lease")
-        b = await _board()
-        stored = _task_call(lambda: b.complete(task_id, body["lease"], body.get("result")))
+        stored = await _on_board(lambda b: b.complete(task_id, body["lease"], body.get("result")))
         self.send_json({"ok": True, "task_id": task_id, "duplicate": not stored})
 
 
@@ -131,8 +135,8 @@ class FailHandler(ApiHandler):
     async def post(self, task_id: str) -> None:
         body = _body(self, "lease")
         retryable = body.get("retryable", True)
-        b = await _board()
-        status = _task_call(lambda: b.fail(task_id, body["lease"], body.get("error"), bool(retryable)))
+        status = await _on_board(lambda b: b.fail(task_id, body["lease"], body.get("error"),
+                                                  bool(retryable)))
         self.send_json({"ok": True, "task_id": task_id, "status": status})
 
 
@@ -148,8 +152,8 @@ class CompleteManyHandler(ApiHandler):
                 for i in items):
             raise tornado.web.HTTPError(400, reason=f'tasks must be a list of 1 to {MAX_TASKS} '
                                         '{"task_id": ..., "lease": ..., "result": ...}')
-        b = await _board()
-        got = b.complete_many([(i["task_id"], i["lease"], i.get("result")) for i in items])
+        got = await _on_board(lambda b: b.complete_many(
+            [(i["task_id"], i["lease"], i.get("result")) for i in items]))
         self.send_json({"tasks": [
             {"task_id": i["task_id"], "status": 200, "duplicate": not g} if isinstance(g, bool) else
             {"task_id": i["task_id"], "status": 404 if isinstance(g, NoSuchTask) else 409,
@@ -158,8 +162,7 @@ class CompleteManyHandler(ApiHandler):
 
 class TaskHandler(ApiHandler):
     async def get(self, task_id: str) -> None:
-        b = await _board()
-        t = _task_call(lambda: b.get(task_id))
+        t = await _on_board(lambda b: b.get(task_id))
         self.send_json({"task_id": t.task_id, "run_id": t.run_id, "position": t.position,
                         "queue": t.queue, "status": t.status, "attempt": t.attempt,
                         "worker": t.worker, "payload": t.payload, "result": t.result,
