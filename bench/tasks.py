@@ -9,17 +9,21 @@ workers over many runs of one task each.
 A real kernel on a fresh history; workers are processes (as real workers
 are: threads of one Python would measure its GIL), each with one keep-alive
 HTTP connection (no curl: a process per request would measure curl).
-Throughput workers claim up to ``--batch`` tasks at once (``max_tasks``) and
-complete each; the same run also measures claims of one task each.
+Throughput is measured three ways: workers that claim up to ``--batch``
+tasks at once (``max_tasks``) and complete them in one request
+(``POST /tasks/complete``), the target's figure; workers that claim in
+batches and complete one by one; and workers that take one task per
+request both ways. The kernel's CPU time per task is printed beside each:
+it moves far less with the machine's load than the rates do.
 
 Baseline, in the same run and kernel: the raw HTTP round trip of a trivial
 route (``GET /tasks/<id>``: token check, one dict look-up, a JSON answer)
 with 1 client, and its requests/s with 8 client processes. Ratios say what a
 task costs in such requests.
 
-Targets: round trip median <= 5 ms; >= 1,000 tasks/s with 8 workers. The
-figures move with the machine's load (printed); so does kernel CPU per task,
-far less, which is printed beside them.
+Targets: round trip median <= 5 ms (1 worker, all trials); >= 1,000
+tasks/s with 8 workers (the best trial, batched). The load is printed per
+trial.
 """
 
 from __future__ import annotations
@@ -247,13 +251,15 @@ def main() -> int:
                 print(f"  throughput, {a.workers} workers, {what}: {rate:,.0f} tasks/s "
                       f"({rate / base_rate:.2f}x the baseline's requests/s), kernel CPU "
                       f"{cpu:.2f} ms/task")
-    best = max(rows, key=lambda r: r[4][0])
-    med1 = statistics.median(best[2]) * 1e3
-    ok_rt, ok_rate = med1 <= 5.0, best[4][0] >= 1000
-    print(f"round trip median (1 worker) {med1:.2f} ms  {'PASS' if ok_rt else 'FAIL'} (target <= 5 ms)")
-    print(f"throughput (batched claims and completions), best of {a.trials} trials: "
-          f"{best[4][0]:,.0f} tasks/s  "
-          f"{'PASS' if ok_rate else 'FAIL'} (target >= 1,000 tasks/s with {a.workers} workers)")
+    rt1 = [g for r in rows for g in r[2]]
+    med1 = statistics.median(rt1) * 1e3
+    rates = sorted(r[4][0] for r in rows)
+    ok_rt, ok_rate = med1 <= 5.0, rates[-1] >= 1000
+    print(f"round trip, 1 worker, all trials: {ms(rt1)}  {'PASS' if ok_rt else 'FAIL'} "
+          f"(target median <= 5 ms)")
+    print(f"throughput, {a.workers} workers, batches of {a.batch}: best {rates[-1]:,.0f} tasks/s, "
+          f"median {statistics.median(rates):,.0f} of {a.trials} trials  "
+          f"{'PASS' if ok_rate else 'FAIL'} (target >= 1,000 tasks/s)")
     return 0 if ok_rt and ok_rate else 1
 
 
