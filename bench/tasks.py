@@ -18,8 +18,9 @@ it moves far less with the machine's load than the rates do.
 
 Baseline, in the same run and kernel: the raw HTTP round trip of a trivial
 route (``GET /tasks/<id>``: token check, one dict look-up, a JSON answer)
-with 1 client, and its requests/s with 8 client processes. Ratios say what a
-task costs in such requests.
+with 1 client, and its requests/s and kernel CPU per request with 8 client
+processes. Ratios say what a task costs in such requests; the CPU ratio is
+the one the machine's load moves least.
 
 Targets: round trip median <= 5 ms (1 worker, all trials); >= 1,000
 tasks/s with 8 workers (the best trial, batched). The load is printed per
@@ -116,17 +117,20 @@ def _hammer(port: int, token: str, path: str, n: int, out) -> None:
     out.put(gaps)
 
 
-def baseline(port: int, token: str, path: str, clients: int, n: int) -> tuple[list[float], float]:
-    """Round trips (s) of ``path`` and requests/s over ``clients`` processes."""
+def baseline(port: int, token: str, path: str, clients: int, n: int,
+             pid: int) -> tuple[list[float], float, float]:
+    """Round trips (s) of ``path``, requests/s over ``clients`` processes,
+    and the kernel's CPU ms per request."""
     q = CTX.Queue()
     procs = [CTX.Process(target=_hammer, args=(port, token, path, n, q)) for _ in range(clients)]
-    t0 = time.perf_counter()
+    cpu0, t0 = kernel_cpu(pid), time.perf_counter()
     for p in procs:
         p.start()
     gaps = [g for _ in procs for g in q.get()]
     for p in procs:
         p.join()
-    return gaps, clients * n / (time.perf_counter() - t0)
+    rate = clients * n / (time.perf_counter() - t0)
+    return gaps, rate, (kernel_cpu(pid) - cpu0) / (clients * n) * 1e3
 
 
 # -- round trip: chains of tasks ----------------------------------------------------------
@@ -230,8 +234,8 @@ def main() -> int:
         tid = found["rows"][0][0]  # type: ignore[index]
         rows = []
         for trial in range(a.trials):
-            base1, _ = baseline(port, token, f"/tasks/{tid}", 1, 1000)
-            _, base_rate = baseline(port, token, f"/tasks/{tid}", a.workers, 500)
+            base1, _, _ = baseline(port, token, f"/tasks/{tid}", 1, 1000, info["pid"])
+            _, base_rate, base_cpu = baseline(port, token, f"/tasks/{tid}", a.workers, 500, info["pid"])
             rt1 = round_trip(k, port, token, a.sequential, 1)
             rt8 = round_trip(k, port, token, a.sequential, a.workers)
             both = fan(k, port, token, a.runs, a.workers, a.batch, together=True)
@@ -240,7 +244,7 @@ def main() -> int:
             rows.append((base1, base_rate, rt1, rt8, both, claims, single))
             print(f"trial {trial + 1} (load {os.getloadavg()[0]:.2f}):")
             print(f"  baseline GET /tasks/<id>: 1 client {ms(base1)}; {a.workers} clients "
-                  f"{base_rate:,.0f} requests/s")
+                  f"{base_rate:,.0f} requests/s, kernel CPU {base_cpu:.2f} ms/request")
             print(f"  round trip, 1 worker:  {ms(rt1)} "
                   f"({statistics.median(rt1) / statistics.median(base1):.1f}x the baseline request)")
             print(f"  round trip, {a.workers} workers: {ms(rt8)} "
@@ -250,7 +254,7 @@ def main() -> int:
                                       ("one task per claim and per completion", single)):
                 print(f"  throughput, {a.workers} workers, {what}: {rate:,.0f} tasks/s "
                       f"({rate / base_rate:.2f}x the baseline's requests/s), kernel CPU "
-                      f"{cpu:.2f} ms/task")
+                      f"{cpu:.2f} ms/task ({cpu / base_cpu:.1f} baseline requests)")
     rt1 = [g for r in rows for g in r[2]]
     med1 = statistics.median(rt1) * 1e3
     rates = sorted(r[4][0] for r in rows)
