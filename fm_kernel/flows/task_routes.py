@@ -25,6 +25,7 @@ from ..errors import LeaseLost, NoSuchTask
 from .task_board import MAX_TASKS, TaskBoard, board, board_ready
 
 MAX_WAIT = 300.0  # seconds one claim may wait
+LOOK = 1.0  # seconds a waiting claim sleeps at most before it looks again
 ID = r"([A-Za-z0-9_\-]{1,128})"  # task ids (as run ids in routes.py)
 
 
@@ -102,7 +103,10 @@ class ClaimHandler(ApiHandler):
             try:
                 if left <= 0:
                     break
-                await asyncio.wait_for(woken, left)  # then look again, once more at the end
+                # then look again (once more at the end); at least every LOOK
+                # seconds, on the board of the moment: the history may have
+                # been handed over, and its wake-up left with the old board
+                await asyncio.wait_for(woken, min(left, LOOK))
             except asyncio.TimeoutError:
                 pass
             finally:
