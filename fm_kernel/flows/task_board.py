@@ -139,11 +139,11 @@ class TaskBoard:
         first = self.leases[0][0]
         if self._timer_at is None or first < self._timer_at:
             self._timer_at = first
-            self._timer_gen += 1
-            self.timers.at(first + 0.001, self, self._timer_gen)  # strictly past it: expired then
+            self._timer_gen += 1  # strictly past the end: expired then
+            self.timers.at(first + 0.001, _Alarm(self, self._timer_gen), "task lease ends")
 
     def timer_fired(self, gen: int) -> None:
-        """The timer heap's call (as to a parked run): expire what is due, re-arm."""
+        """The timer heap's call (through _Alarm): expire what is due, re-arm."""
         if getattr(registry(), "_task_board", None) is not self:
             return  # a board of a history closed since
         with self.lock:
@@ -315,6 +315,22 @@ class TaskBoard:
                    f"completion{' or heartbeat' if t.heartbeat else ''} in time")
             self._record("task_expired", t, status="queued" if again else "failed",
                          error={"message": msg, "attempt": t.attempt, "retryable": True})
+
+
+class _Alarm:
+    """The board's entry on the registry's timer heap (parking.Timers). The
+    heap calls a parked run's ``timer_fired``; a change under way makes it
+    call plain callables instead: this is both, so either heap reaches the
+    board with the generation it was armed with."""
+
+    def __init__(self, board: TaskBoard, gen: int):
+        self.board, self.gen = board, gen
+
+    def __call__(self) -> None:
+        self.board.timer_fired(self.gen)
+
+    def timer_fired(self, _gen: Any = None) -> None:
+        self.board.timer_fired(self.gen)
 
 
 _board_lock = threading.Lock()
