@@ -200,3 +200,14 @@ def test_with_fsync_on_the_routes_answer_the_same(tmp_path: Path) -> None:
         assert api("POST", f"/tasks/{got[0]['task_id']}/complete", {"lease": "stale"})[0] == 409
         assert sorted(api("GET", f"/runs/{r}/result?wait=30")[1]["result"] for r in runs) == \
             ["alone", "together", "together"]
+
+
+def test_a_run_past_its_deadline_cancels_its_task(kernel: Kernel) -> None:
+    api = kernel.api  # type: ignore[attr-defined]
+    check(kernel, '@fm.flow(timeout=1.5)\ndef hurried():\n    return fm.task("late", {"x": 1})')
+    rid = api("POST", "/flows/hurried/runs", {})[1]["run_id"]
+    status, body = api("GET", f"/runs/{rid}/result?wait=20")
+    assert status == 200 and body["status"] == "cancelled", body
+    wait_until(lambda: sql(api, "SELECT status FROM tasks WHERE run_id = ?", [rid]) == [["cancelled"]],
+               what="the run's task to be cancelled at its deadline")
+    assert api("POST", "/queues/late/claim", {"worker": "w", "wait": 0})[0] == 204

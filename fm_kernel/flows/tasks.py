@@ -34,7 +34,7 @@ import time
 import uuid
 from typing import Any, Callable
 
-from ..errors import Cancelled, FlowError, TaskFailed, UsageError
+from ..errors import Cancelled, FlowError, TaskFailed, Timeout, UsageError
 from .context import CURRENT_RUN, RunContext, registry, replay
 from .journal import Journal
 from .parking import PARK_AFTER, can_park, park
@@ -117,14 +117,14 @@ def _wait_task(ctx: RunContext, p: int, rec: dict[str, Any] | None, opname: str,
             t = b.get(task_id)
             if t.status in ("completed", "failed", "cancelled"):
                 return _finish(ctx, p, opname, t, detail)
+            left = until - time.monotonic()
             try:
                 run.check_cancel()
-            except Cancelled:
+                if can_park(ctx) and (not held or left <= 0):  # raises; the task's end runs it again
+                    park(ctx, None, wakes, f"{opname} (task {task_id}) at position {p}")
+            except (Cancelled, Timeout):  # cancelled, or the run's deadline passed
                 b.cancel(task_id)  # no worker is to start it now
                 raise
-            left = until - time.monotonic()
-            if can_park(ctx) and (not held or left <= 0):  # raises; the task's end executes it again
-                park(ctx, None, wakes, f"{opname} at position {p}")
             b.expire_due(task_id)  # a wait that cannot park (a direct call) watches its own lease
             run.wait_wake(wakes, min(left, 1.0) if held else 1.0)
     finally:
