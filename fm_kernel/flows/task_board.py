@@ -191,8 +191,13 @@ class TaskBoard:
                 raise NoSuchTask(task_id)
             return Task(**vars(t))
 
-    def claim(self, queue: str, worker: str, most: int = 1,
-              wake: Callable[[], None] | None = None) -> list[dict[str, Any]]:
+    def claim(self, queue: str, worker: str) -> dict[str, Any] | None:
+        """The oldest task of ``queue`` with a new lease, or None."""
+        got = self.claim_many(queue, worker, 1)
+        return got[0] if got else None
+
+    def claim_many(self, queue: str, worker: str, most: int,
+                   wake: Callable[[], None] | None = None) -> list[dict[str, Any]]:
         """Up to ``most`` tasks of ``queue``, oldest first, each with a new
         lease. None there: ``wake`` (if given) is called once when one is
         (registered in the same look, so none can slip in between)."""

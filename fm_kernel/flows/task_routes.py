@@ -95,8 +95,8 @@ class ClaimHandler(ApiHandler):
                 except RuntimeError:  # the endpoint's loop has stopped
                     pass
 
-            got = await _on_board(lambda b: b.claim(queue, worker, most or 1,
-                                                    wake if wait > 0 else None))
+            got = await _on_board(lambda b: b.claim_many(queue, worker, most or 1,
+                                                         wake if wait > 0 else None))
             if got:
                 return self.send_json({"tasks": got} if most is not None else got[0])
             left = deadline - loop.time()

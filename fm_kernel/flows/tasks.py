@@ -37,12 +37,12 @@ from typing import Any, Callable
 from ..errors import Cancelled, FlowError, TaskFailed, Timeout, UsageError
 from .context import CURRENT_RUN, RunContext, registry, replay
 from .journal import Journal
-from .parking import PARK_AFTER, can_park, park
+from .parking import CORE, PARK_AFTER, can_park, park
 from .task_board import Task, board
 
 log = logging.getLogger(__name__)
 
-HOLD_MOST = 32  # runs that may keep their thread while their task is out (_wait_task)
+HOLD_MOST = CORE  # runs that may keep their thread while their task is out (_wait_task)
 _holders = threading.BoundedSemaphore(HOLD_MOST)
 
 
