@@ -106,6 +106,7 @@ class TaskBoard:
         # the head is O(1), where a dict's first key slows as heads go)
         self.queued: dict[str, collections.OrderedDict[str, Task]] = {}
         self.leases: list[tuple[float, str]] = []  # (lease_until, task_id); stale ones skipped
+        self.claimed: set[str] = set()  # the tasks whose leases the heap is for
         self._timer_at: float | None = None  # the board's entry on the timer heap
         self._timer_gen = 0  # which entry is the live one (an earlier lease end replaces it)
         # one-shot calls per queue, made when a task there becomes claimable:
@@ -128,9 +129,18 @@ class TaskBoard:
         q = self.queued.get(t.queue)
         if q is not None and q.pop(t.task_id, None) is not None and not q:
             del self.queued[t.queue]
-        if t.status == "claimed" and t.lease_until is not None:
-            heapq.heappush(self.leases, (t.lease_until, t.task_id))
-            self._arm()
+        if t.status != "claimed" or t.lease_until is None:
+            self.claimed.discard(t.task_id)
+            return
+        self.claimed.add(t.task_id)
+        heapq.heappush(self.leases, (t.lease_until, t.task_id))
+        if len(self.leases) > 1024 + 4 * len(self.claimed):
+            # entries of finished tasks and renewed leases wait for their
+            # old end before they are popped: drop them all at once (a
+            # 300 s lease at 1,000 tasks/s would leave 300,000 behind)
+            self.leases = [(self.tasks[i].lease_until, i) for i in self.claimed]  # type: ignore[misc]
+            heapq.heapify(self.leases)
+        self._arm()
 
     def _arm(self) -> None:
         """Have the timer call us at the earliest lease end, unless it will already."""
