@@ -91,22 +91,37 @@ class Journal(JournalValues):
     def append(self, kind: str, row: dict[str, Any]) -> None:
         """Make one record durable (see the module doc); DuckDB gets it at the
         next checkpoint. ``kind``: 'run', 'step' or 'event'."""
+        self.append_many([(kind, row)])
+
+    def append_many(self, records: list[tuple[str, dict[str, Any]]]) -> None:
+        """Make several records durable with one write(2) (a claim of many
+        tasks): a kill cuts the write at a line at worst, and a torn last
+        line was never acknowledged (recovery drops it)."""
         with self._lock:
             if self._closed:
                 raise RuntimeError("the flow journal is closed (the kernel is shutting down)")
-            self._lsn += 1
-            line = json.dumps({"lsn": self._lsn, "k": kind, "r": row}, default=str) + "\n"
-            os.write(self._fd, line.encode())
+            first = self._lsn + 1
+            self._lsn += len(records)
+            text = "".join(json.dumps({"lsn": lsn, "k": kind, "r": row}, default=str) + "\n"
+                           for lsn, (kind, row) in enumerate(records, first))
+            data = memoryview(text.encode())
+            while data:
+                data = data[os.write(self._fd, data):]
             if self.fsync:
                 os.fdatasync(self._fd)
-            self._pending.append((self._lsn, kind, row))
+            self._pending.extend((lsn, kind, row) for lsn, (kind, row) in enumerate(records, first))
             if len(self._pending) >= 2000:
                 self._wake.set()
         changes.notify("flow")  # open run views show it (widgets/hub.py)
 
     def event(self, kind: str, run_id: str | None, payload: dict[str, Any]) -> None:
-        self.append("event", {"kind": kind, "run_id": run_id, "payload": payload,
-                              "at": dt.datetime.now(dt.timezone.utc).timestamp()})
+        self.events([(kind, run_id, payload)])
+
+    def events(self, events: list[tuple[str, str | None, dict[str, Any]]]) -> None:
+        """Events (kind, run_id, payload) made durable with one write."""
+        at = dt.datetime.now(dt.timezone.utc).timestamp()
+        self.append_many([("event", {"kind": kind, "run_id": run_id, "payload": payload, "at": at})
+                          for kind, run_id, payload in events])
 
     def flush(self) -> None:
         """Checkpoint now: on return every record appended so far is in DuckDB.

@@ -1,8 +1,17 @@
 """The task routes of the endpoint (tasks.py; the protocol, with curl, is in
-docs/integrations.md). Token auth like every route but callbacks. A claim is
-a long poll on the endpoint's loop: it looks at the board in memory when a
-task is queued (or every 250 ms, for leases that ran out) and takes a worker
-thread only to record a claim."""
+docs/integrations.md). Token auth like every route but callbacks.
+
+They run on the endpoint's loop itself, with no hop to a worker thread: the
+board (task_board.py) answers from memory and records with one write(2),
+microseconds, where a hop to a thread and back costs a GIL hand-over each
+way and, with 8 busy workers, most of a task's time. Only the first use of
+the board, which reads the history, and every call under FM_FSYNC=1 (an
+fdatasync per record) go to a thread.
+
+A claim is a long poll: when its queue has no task it leaves a one-shot
+wake-up with the board, registered in the same look as the claim, and
+sleeps until a task is queued there (or re-queued by a failure or an
+expired lease) or its wait is over."""
 
 from __future__ import annotations
 
@@ -13,22 +22,32 @@ import tornado.web
 
 from ..endpoint import ApiHandler
 from ..errors import LeaseLost, NoSuchTask
-from .tasks import board
+from .task_board import MAX_TASKS, TaskBoard, board, board_ready
 
 MAX_WAIT = 300.0  # seconds one claim may wait
+LOOK = 1.0  # seconds a waiting claim sleeps at most before it looks again
 ID = r"([A-Za-z0-9_\-]{1,128})"  # task ids (as run ids in routes.py)
 
 
-async def _task_call(fn: Callable[[], Any]) -> Any:
-    def call() -> Any:
-        try:
-            return fn()
-        except NoSuchTask as exc:
-            raise tornado.web.HTTPError(404, reason=str(exc)) from None
-        except LeaseLost as exc:
-            raise tornado.web.HTTPError(409, reason=str(exc)) from None
+async def _on_board(fn: Callable[[TaskBoard], Any]) -> Any:
+    """``fn(board)``, on the loop; or on a thread for the first use (the board
+    is built from a read of the history) and when every record is also
+    fdatasync-ed (FM_FSYNC=1: milliseconds each, and the loop serves every
+    route). NoSuchTask is answered 404, LeaseLost 409."""
+    b = board_ready()
+    if b is None or b.journal.fsync:
+        return await asyncio.get_running_loop().run_in_executor(
+            None, lambda: _answered(fn, b or board()))
+    return _answered(fn, b)
 
-    return await asyncio.get_running_loop().run_in_executor(None, call)
+
+def _answered(fn: Callable[[TaskBoard], Any], b: TaskBoard) -> Any:
+    try:
+        return fn(b)
+    except NoSuchTask as exc:
+        raise tornado.web.HTTPError(404, reason=str(exc)) from None
+    except LeaseLost as exc:
+        raise tornado.web.HTTPError(409, reason=str(exc)) from None
 
 
 def _body(h: ApiHandler, *required: str) -> dict[str, Any]:
@@ -38,60 +57,81 @@ def _body(h: ApiHandler, *required: str) -> dict[str, Any]:
     return body
 
 
+def _claim_args(body: Any) -> tuple[str, float, int | None]:
+    """(worker, wait, max_tasks or None) of a claim's body, or a 400 naming what is wrong."""
+    if not isinstance(body, dict):
+        raise tornado.web.HTTPError(400, reason='expected {"worker": "name", "wait": seconds}')
+    worker, wait = body.get("worker") or "anonymous", body.get("wait", 0)
+    if not isinstance(worker, str) or isinstance(wait, bool) or \
+            not isinstance(wait, (int, float)) or not 0 <= wait <= MAX_WAIT:
+        raise tornado.web.HTTPError(400, reason=f"worker must be a name and wait a number of "
+                                    f"seconds from 0 to {MAX_WAIT:g}")
+    most = body.get("max_tasks")
+    if most is not None and (isinstance(most, bool) or not isinstance(most, int)
+                             or not 1 <= most <= MAX_TASKS):
+        raise tornado.web.HTTPError(400, reason=f"max_tasks must be a whole number from 1 to "
+                                    f"{MAX_TASKS} (or left out for one task)")
+    return worker[:200], wait, most
+
+
 class ClaimHandler(ApiHandler):
-    """POST /queues/<queue>/claim {"worker": name, "wait": seconds}: a task
-    (200) or, after ``wait`` seconds with none, 204."""
+    """POST /queues/<queue>/claim {"worker": name, "wait": seconds,
+    "max_tasks": n}: a task (200), or with ``max_tasks`` {"tasks": [up to n]};
+    after ``wait`` seconds with none, 204."""
+
+    woken: asyncio.Future | None = None
+    gone = False
 
     async def post(self, queue: str) -> None:
-        body = self.json_body() or {}
-        if not isinstance(body, dict):
-            raise tornado.web.HTTPError(400, reason='expected {"worker": "name", "wait": seconds}')
-        worker, wait = body.get("worker") or "anonymous", body.get("wait", 0)
-        if not isinstance(worker, str) or isinstance(wait, bool) or \
-                not isinstance(wait, (int, float)) or not 0 <= wait <= MAX_WAIT:
-            raise tornado.web.HTTPError(400, reason=f"worker must be a name and wait a number of "
-                                        f"seconds from 0 to {MAX_WAIT:g}")
-        b = await _task_call(board)
+        worker, wait, most = _claim_args(self.json_body() or {})
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
-        queued = asyncio.Event()
+        while not self.gone:
+            self.woken = woken = loop.create_future()
 
-        def wake() -> None:
-            try:
-                loop.call_soon_threadsafe(queued.set)
-            except RuntimeError:  # the endpoint's loop has stopped
-                pass
-
-        b.listeners.add(wake)
-        try:
-            while True:
-                queued.clear()  # before looking: a task queued after the look sets it
-                if b.has_work(queue):
-                    got = await _task_call(lambda: b.claim(queue, worker[:200]))
-                    if got is not None:
-                        return self.send_json(got)
-                left = deadline - loop.time()
-                if left <= 0 or self.request.connection.stream.closed():
-                    self.set_status(204)
-                    return self.finish()
-                try:  # woken by a queued task; else look again (a lease may have run out)
-                    await asyncio.wait_for(queued.wait(), min(left, 0.25))
-                except asyncio.TimeoutError:
+            def wake(woken: asyncio.Future = woken) -> None:  # from any thread
+                try:
+                    loop.call_soon_threadsafe(lambda: woken.done() or woken.set_result(None))
+                except RuntimeError:  # the endpoint's loop has stopped
                     pass
-        finally:
-            b.listeners.discard(wake)
+
+            got = await _on_board(lambda b: b.claim_many(queue, worker, most or 1,
+                                                         wake if wait > 0 else None))
+            if got:
+                return self.send_json({"tasks": got} if most is not None else got[0])
+            left = deadline - loop.time()
+            try:
+                if left <= 0:
+                    break
+                # then look again (once more at the end); at least every LOOK
+                # seconds, on the board of the moment: the history may have
+                # been handed over, and its wake-up left with the old board
+                await asyncio.wait_for(woken, min(left, LOOK))
+            except asyncio.TimeoutError:
+                pass
+            finally:
+                await _on_board(lambda b: b.unwait(queue, wake))
+        if not self.gone:
+            self.set_status(204)
+            self.finish()
+
+    def on_connection_close(self) -> None:
+        # a worker that went away takes no task: one claimed for it would wait out its lease
+        self.gone = True
+        if self.woken is not None and not self.woken.done():
+            self.woken.set_result(None)
 
 
 class HeartbeatHandler(ApiHandler):
     async def post(self, task_id: str) -> None:
         body = _body(self, "lease")
-        self.send_json(await _task_call(lambda: board().heartbeat(task_id, body["lease"])))
+        self.send_json(await _on_board(lambda b: b.heartbeat(task_id, body["lease"])))
 
 
 class CompleteHandler(ApiHandler):
     async def post(self, task_id: str) -> None:
         body = _body(self, "lease")
-        stored = await _task_call(lambda: board().complete(task_id, body["lease"], body.get("result")))
+        stored = await _on_board(lambda b: b.complete(task_id, body["lease"], body.get("result")))
         self.send_json({"ok": True, "task_id": task_id, "duplicate": not stored})
 
 
@@ -99,14 +139,34 @@ class FailHandler(ApiHandler):
     async def post(self, task_id: str) -> None:
         body = _body(self, "lease")
         retryable = body.get("retryable", True)
-        status = await _task_call(lambda: board().fail(task_id, body["lease"], body.get("error"),
-                                                       bool(retryable)))
+        status = await _on_board(lambda b: b.fail(task_id, body["lease"], body.get("error"),
+                                                  bool(retryable)))
         self.send_json({"ok": True, "task_id": task_id, "status": status})
+
+
+class CompleteManyHandler(ApiHandler):
+    """POST /tasks/complete {"tasks": [{"task_id", "lease", "result"}, ...]}:
+    several completions in one request and one write; each gets its own
+    outcome, as the one-task route would answer it (200, 404 or 409)."""
+
+    async def post(self) -> None:
+        items = _body(self, "tasks")["tasks"]
+        if not isinstance(items, list) or not 1 <= len(items) <= MAX_TASKS or any(
+                not isinstance(i, dict) or not isinstance(i.get("task_id"), str) or "lease" not in i
+                for i in items):
+            raise tornado.web.HTTPError(400, reason=f'tasks must be a list of 1 to {MAX_TASKS} '
+                                        '{"task_id": ..., "lease": ..., "result": ...}')
+        got = await _on_board(lambda b: b.complete_many(
+            [(i["task_id"], i["lease"], i.get("result")) for i in items]))
+        self.send_json({"tasks": [
+            {"task_id": i["task_id"], "status": 200, "duplicate": not g} if isinstance(g, bool) else
+            {"task_id": i["task_id"], "status": 404 if isinstance(g, NoSuchTask) else 409,
+             "error": str(g)} for i, g in zip(items, got)]})
 
 
 class TaskHandler(ApiHandler):
     async def get(self, task_id: str) -> None:
-        t = await _task_call(lambda: board().get(task_id))
+        t = await _on_board(lambda b: b.get(task_id))
         self.send_json({"task_id": t.task_id, "run_id": t.run_id, "position": t.position,
                         "queue": t.queue, "status": t.status, "attempt": t.attempt,
                         "worker": t.worker, "payload": t.payload, "result": t.result,
@@ -115,6 +175,7 @@ class TaskHandler(ApiHandler):
 
 ROUTES: tuple[tuple[str, type], ...] = (
     (r"/queues/([^/]{1,200})/claim", ClaimHandler),
+    (r"/tasks/complete", CompleteManyHandler),  # before /tasks/<id>, which it would match
     (r"/tasks/" + ID, TaskHandler),
     (r"/tasks/" + ID + r"/heartbeat", HeartbeatHandler),
     (r"/tasks/" + ID + r"/complete", CompleteHandler),
