@@ -8,14 +8,21 @@ per executor (order alternating between rounds); every item is a journaled
 step in both. Wall time is measured in the kernel around the direct flow call,
 so it includes submitting, (de)serialising, journaling and the final flush.
 
-    .venv/bin/python bench/fanout.py                      # 200 items x 20 ms, 3 rounds
+    .venv/bin/python bench/fanout.py                      # 200 items x 20 ms, 5 rounds
     .venv/bin/python bench/fanout.py --items 400 --ms 10 --rounds 5 --json raw.json
 
 A third row runs the same bodies with `client.gather(client.map(...))` and no
-flow at all: what Dask itself reaches on this machine, the ceiling for fm.map.
+flow at all: what Dask itself reaches on this machine with one task per item.
+fm.map sends consecutive items in chunks (fm_kernel/flows/dask_map.py), so it
+can beat that; `--unchunked` adds a row with one item per task, to see what
+the chunks bring and what the rest of the coordinator costs.
 
-Target: Dask speed-up >= 1.5x with 2 workers (exit 1 otherwise). Needs
-`distributed` in the venv.
+Target (issue 14): fm.map over Dask at >= 0.9x the speed of Dask alone, as
+the median of the per-round ratios (exit 1 otherwise); the speed-up over
+threads is printed too (the earlier target, 1.5x, was met by Dask alone only
+on an idle machine). The kernel's CPU time per run (every thread: the flow,
+the Dask client and the in-process scheduler) shows what the coordinator
+takes from the workers. Needs `distributed` in the venv.
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from kernel_driver import Kernel  # noqa: E402
 
-TARGET = 1.5
+TARGET = 0.9  # fm.map over Dask's speed relative to Dask alone, same items, same run
 
 SETUP = r"""
 import os, time, json
@@ -74,13 +81,27 @@ def fanout_threads(n):
 def fanout_dask(n):
     return fm.map(burn, range(n), concurrency={conc}, executor=client)
 
+@fm.flow
+def fanout_dask1(n):             # one item per task: what chunking (flows/dask_map.py) saves
+    from fm_kernel.flows import dask_map
+    saved, dask_map.CHUNK_SECONDS = dask_map.CHUNK_SECONDS, 0
+    try:
+        return fm.map(burn, range(n), concurrency={conc}, executor=client)
+    finally:
+        dask_map.CHUNK_SECONDS = saved
+
 def fanout_raw(n):               # Dask alone, no flow, no journal: this machine's ceiling
     return client.gather(client.map(burn, range(n), pure=False))
 
 def timed(fl, n):
-    t0 = time.perf_counter(); out = fl(n); wall = time.perf_counter() - t0
+    # process_time: CPU of every thread of the kernel (coordinator, client
+    # and the in-process scheduler), i.e. what the coordinator takes from the
+    # workers on a small machine
+    c0, t0 = time.process_time(), time.perf_counter()
+    out = fl(n)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     assert [r[0] for r in out] == list(range(n))
-    return wall, len({{r[2] for r in out}})
+    return wall, len({{r[2] for r in out}}), cpu
 
 # one body, alone, in the kernel and on a worker
 body_kernel = min((lambda t0: (spin(N_SPIN), time.perf_counter() - t0)[1])(time.perf_counter()) for _ in range(3))
@@ -96,9 +117,11 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--items", type=int, default=200)
     ap.add_argument("--ms", type=float, default=20.0, help="CPU time per step body")
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--concurrency", type=int, default=8, help="fm.map's concurrency with Dask")
     ap.add_argument("--json", type=Path, help="also write every sample here")
+    ap.add_argument("--unchunked", action="store_true",
+                    help="add a row: fm.map over Dask with one item per task (no chunks)")
     args = ap.parse_args()
 
     load0 = os.getloadavg()[0]
@@ -112,20 +135,33 @@ def main() -> int:
                 return r.text()
 
             info = json.loads(run(SETUP.format(ms=args.ms, conc=args.concurrency)).strip().splitlines()[-1])
-            samples: dict[str, list[float]] = {"threads": [], "dask": [], "raw": []}
-            names = list(samples)
+            names = ["threads", "dask", "raw"] + (["dask1"] if args.unchunked else [])
+            samples: dict[str, list[float]] = {name: [] for name in names}
+            cpu: dict[str, list[float]] = {name: [] for name in names}
             for rnd in range(args.rounds):
-                order = names[rnd % 3:] + names[:rnd % 3]  # each goes first in turn
+                order = names[rnd % len(names):] + names[:rnd % len(names)]  # each goes first in turn
                 for name in order:
-                    wall, procs = json.loads(run(
+                    wall, procs, used = json.loads(run(
                         f"print(json.dumps(timed(fanout_{name}, {args.items})))").strip().splitlines()[-1])
                     samples[name].append(wall)
-                    print(f"round {rnd + 1} {name:8s} {wall:7.2f} s  ({procs} process(es) ran bodies)",
-                          flush=True)
+                    cpu[name].append(used)
+                    print(f"round {rnd + 1} {name:8s} {wall:7.2f} s  kernel CPU {used:5.2f} s  "
+                          f"({procs} process(es) ran bodies)  load {os.getloadavg()[0]:.2f}", flush=True)
             run("client.close(); cluster.close()", timeout=60)
+    ratio = report(args, info, samples, cpu, load0)
+    if args.json:
+        args.json.write_text(json.dumps({"info": info, "samples": samples, "kernel_cpu": cpu,
+                                         "ratio_to_dask_alone": ratio, "items": args.items,
+                                         "ms": args.ms, "load0": load0}, indent=1))
+    return 0 if ratio >= TARGET else 1
 
-    thr, dsk = statistics.median(samples["threads"]), statistics.median(samples["dask"])
-    speedup = thr / dsk
+
+def report(args: argparse.Namespace, info: dict, samples: dict[str, list[float]],
+           cpu: dict[str, list[float]], load0: float) -> float:
+    """Print the table; returns fm.map over Dask's speed relative to Dask
+    alone (median of the per-round ratios: both ran in the same round, so
+    a busy moment of the machine weighs on both)."""
+    med = {name: statistics.median(v) for name, v in samples.items()}
     ideal = args.items * info["body_kernel_ms"] / 1e3
     print()
     print(f"load avg before the kernel started {load0:.2f} (other processes on the machine skew this)")
@@ -133,21 +169,26 @@ def main() -> int:
           f"Python {platform.python_version()}, load avg {os.getloadavg()[0]:.2f}")
     print(f"{args.items} items x {info['body_kernel_ms']:.1f} ms CPU (on a worker alone: "
           f"{info['body_worker_ms']:.1f} ms); serial sum of bodies {ideal:.2f} s; {args.rounds} rounds, median")
-    bthr, bdsk = min(samples["threads"]), min(samples["dask"])
-    print(f"{'executor':30s} {'median s':>9s} {'best s':>8s} {'items/s':>8s}")
-    print(f"{'threads (concurrency=8)':30s} {thr:9.2f} {bthr:8.2f} {args.items / thr:8.1f}")
-    print(f"{'dask LocalCluster 2 procs':30s} {dsk:9.2f} {bdsk:8.2f} {args.items / dsk:8.1f}")
-    raw = statistics.median(samples["raw"])
-    print(f"{'  client.map alone (ceiling)':30s} {raw:9.2f} {min(samples['raw']):8.2f} {args.items / raw:8.1f}")
-    print(f"fm.map over Dask takes {dsk / raw:.2f}x the time of Dask alone "
-          f"(journaling, step contexts, retries); Dask alone is {thr / raw:.2f}x the threads")
-    ok = speedup >= TARGET
-    print(f"speed-up {speedup:.2f}x median, {bthr / bdsk:.2f}x best (target >= {TARGET}x, median): "
-          f"{'PASS' if ok else 'FAIL'}")
-    if args.json:
-        args.json.write_text(json.dumps({"info": info, "samples": samples, "speedup": speedup, "raw": raw,
-                                         "items": args.items, "ms": args.ms, "load0": load0}, indent=1))
-    return 0 if ok else 1
+    print(f"{'executor':30s} {'median s':>9s} {'best s':>8s} {'items/s':>8s} {'kernel CPU s':>13s}")
+    for name, label in (("threads", "threads (concurrency=8)"), ("dask", "fm.map over Dask, 2 procs"),
+                        ("raw", "  client.map alone (ceiling)"), ("dask1", "fm.map, one item per task")):
+        if name not in samples:
+            continue
+        print(f"{label:30s} {med[name]:9.2f} {min(samples[name]):8.2f} {args.items / med[name]:8.1f} "
+              f"{statistics.median(cpu[name]):13.2f}")
+    per_round = [r / d for r, d in zip(samples["raw"], samples["dask"])]
+    ratio = statistics.median(per_round)
+    print(f"fm.map over Dask / Dask alone (speed, = Dask alone's time / fm.map's time): "
+          f"{ratio:.2f}x median of rounds ({', '.join(f'{r:.2f}' for r in per_round)}); "
+          f"{med['raw'] / med['dask']:.2f}x of medians; target >= {TARGET}x: "
+          f"{'PASS' if ratio >= TARGET else 'FAIL'}")
+    if "dask1" in samples:
+        per_round1 = [r / d for r, d in zip(samples["raw"], samples["dask1"])]
+        print(f"fm.map with one item per task / Dask alone: {statistics.median(per_round1):.2f}x "
+              f"median of rounds ({', '.join(f'{r:.2f}' for r in per_round1)})")
+    print(f"over threads: fm.map over Dask {med['threads'] / med['dask']:.2f}x, "
+          f"Dask alone {med['threads'] / med['raw']:.2f}x (medians)")
+    return ratio
 
 
 if __name__ == "__main__":
