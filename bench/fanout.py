@@ -15,7 +15,9 @@ A third row runs the same bodies with `client.gather(client.map(...))` and no
 flow at all: what Dask itself reaches on this machine with one task per item.
 fm.map sends consecutive items in chunks (fm_kernel/flows/dask_map.py), so it
 can beat that; `--unchunked` adds a row with one item per task, to see what
-the chunks bring and what the rest of the coordinator costs.
+the chunks bring and what the rest of the coordinator costs; `--scheduler-out`
+runs the cluster (scheduler included) in a process of its own instead of the
+kernel, to see what the in-process scheduler costs.
 
 Target (issue 14): fm.map over Dask at >= 0.9x the speed of Dask alone, as
 the median of the per-round ratios (exit 1 otherwise); the speed-up over
@@ -28,13 +30,17 @@ takes from the workers. Needs `distributed` in the venv.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
+from typing import Iterator
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
@@ -66,9 +72,12 @@ def calibrate(ms):
 # calibrated before the cluster starts, on an idle kernel: best of 5
 N_SPIN = calibrate({ms})
 
-cluster = LocalCluster(n_workers=2, processes=True, threads_per_worker=1, host="127.0.0.1",
-                       dashboard_address=None)
-client = Client(cluster)
+if {address!r}:                  # --scheduler-out: the cluster runs in a process of its own
+    cluster, client = None, Client({address!r})
+else:                            # as in a notebook: scheduler in the kernel process
+    cluster = LocalCluster(n_workers=2, processes=True, threads_per_worker=1, host="127.0.0.1",
+                           dashboard_address=None)
+    client = Client(cluster)
 
 def burn(i):                     # a cell-defined, CPU-bound step body
     return [i, spin(N_SPIN), os.getpid()]
@@ -113,6 +122,41 @@ print(json.dumps({{"n_spin": N_SPIN, "body_kernel_ms": body_kernel * 1e3, "body_
 """
 
 
+# The same LocalCluster in a process of its own; it writes its scheduler's
+# address to argv[1] and stops when its stdin closes.
+CLUSTER = r"""
+import os, sys
+from distributed import LocalCluster
+with LocalCluster(n_workers=2, processes=True, threads_per_worker=1, host="127.0.0.1",
+                  dashboard_address=None) as cluster:
+    with open(sys.argv[1] + ".tmp", "w") as f:
+        f.write(cluster.scheduler_address)
+    os.replace(sys.argv[1] + ".tmp", sys.argv[1])
+    sys.stdin.read()
+"""
+
+
+@contextlib.contextmanager
+def outside_cluster(tmp: Path, wanted: bool) -> Iterator[str]:
+    """The address of a cluster started here (``wanted``), else ""."""
+    if not wanted:
+        yield ""
+        return
+    addr = tmp / "address"
+    proc = subprocess.Popen([sys.executable, "-c", CLUSTER, str(addr)], stdin=subprocess.PIPE,
+                            env={**os.environ, "DASK_LOGGING__DISTRIBUTED": "error"})
+    try:
+        deadline = time.monotonic() + 60
+        while not addr.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit("the cluster process did not start")
+            time.sleep(0.1)
+        yield addr.read_text()
+    finally:
+        proc.stdin.close()
+        proc.wait(60)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--items", type=int, default=200)
@@ -120,12 +164,16 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--concurrency", type=int, default=8, help="fm.map's concurrency with Dask")
     ap.add_argument("--json", type=Path, help="also write every sample here")
+    ap.add_argument("--scheduler-out", action="store_true",
+                    help="run the LocalCluster (scheduler and workers) in a process of its own, "
+                         "not in the kernel")
     ap.add_argument("--unchunked", action="store_true",
                     help="add a row: fm.map over Dask with one item per task (no chunks)")
     args = ap.parse_args()
 
     load0 = os.getloadavg()[0]
-    with tempfile.TemporaryDirectory(prefix="fm-bench-fanout-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="fm-bench-fanout-") as tmp, \
+            outside_cluster(Path(tmp), args.scheduler_out) as address:
         env = {"FM_HISTORY": str(Path(tmp) / "history.duckdb"), "DASK_LOGGING__DISTRIBUTED": "error"}
         with Kernel(env=env) as k:
             def run(code: str, timeout: float = 300) -> str:
@@ -134,7 +182,8 @@ def main() -> int:
                     raise SystemExit(f"cell failed: {r.content.get('ename')}: {r.content.get('evalue')}\n{code}")
                 return r.text()
 
-            info = json.loads(run(SETUP.format(ms=args.ms, conc=args.concurrency)).strip().splitlines()[-1])
+            info = json.loads(run(SETUP.format(ms=args.ms, conc=args.concurrency, address=address))
+                              .strip().splitlines()[-1])
             names = ["threads", "dask", "raw"] + (["dask1"] if args.unchunked else [])
             samples: dict[str, list[float]] = {name: [] for name in names}
             cpu: dict[str, list[float]] = {name: [] for name in names}
@@ -147,7 +196,7 @@ def main() -> int:
                     cpu[name].append(used)
                     print(f"round {rnd + 1} {name:8s} {wall:7.2f} s  kernel CPU {used:5.2f} s  "
                           f"({procs} process(es) ran bodies)  load {os.getloadavg()[0]:.2f}", flush=True)
-            run("client.close(); cluster.close()", timeout=60)
+            run("client.close()\nif cluster is not None: cluster.close()", timeout=60)
     ratio = report(args, info, samples, cpu, load0)
     if args.json:
         args.json.write_text(json.dumps({"info": info, "samples": samples, "kernel_cpu": cpu,
