@@ -102,15 +102,19 @@ def fanout_dask1(n):             # one item per task: what chunking (flows/dask_
 def fanout_raw(n):               # Dask alone, no flow, no journal: this machine's ceiling
     return client.gather(client.map(burn, range(n), pure=False))
 
+def workers_cpu():
+    return sum(client.run(time.process_time).values())
+
 def timed(fl, n):
     # process_time: CPU of every thread of the kernel (coordinator, client
     # and the in-process scheduler), i.e. what the coordinator takes from the
-    # workers on a small machine
-    c0, t0 = time.process_time(), time.perf_counter()
+    # workers on a small machine; the workers' own CPU beside it (bodies and
+    # Dask's per-task work): the sum hardly depends on the machine's load
+    w0, c0, t0 = workers_cpu(), time.process_time(), time.perf_counter()
     out = fl(n)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     assert [r[0] for r in out] == list(range(n))
-    return wall, len({{r[2] for r in out}}), cpu
+    return wall, len({{r[2] for r in out}}), cpu, workers_cpu() - w0
 
 # one body, alone, in the kernel and on a worker
 body_kernel = min((lambda t0: (spin(N_SPIN), time.perf_counter() - t0)[1])(time.perf_counter()) for _ in range(3))
@@ -187,26 +191,30 @@ def main() -> int:
             names = ["threads", "dask", "raw"] + (["dask1"] if args.unchunked else [])
             samples: dict[str, list[float]] = {name: [] for name in names}
             cpu: dict[str, list[float]] = {name: [] for name in names}
+            wcpu: dict[str, list[float]] = {name: [] for name in names}
             for rnd in range(args.rounds):
                 order = names[rnd % len(names):] + names[:rnd % len(names)]  # each goes first in turn
                 for name in order:
-                    wall, procs, used = json.loads(run(
+                    wall, procs, used, wused = json.loads(run(
                         f"print(json.dumps(timed(fanout_{name}, {args.items})))").strip().splitlines()[-1])
                     samples[name].append(wall)
                     cpu[name].append(used)
-                    print(f"round {rnd + 1} {name:8s} {wall:7.2f} s  kernel CPU {used:5.2f} s  "
-                          f"({procs} process(es) ran bodies)  load {os.getloadavg()[0]:.2f}", flush=True)
+                    wcpu[name].append(wused)
+                    print(f"round {rnd + 1} {name:8s} {wall:7.2f} s  CPU kernel {used:5.2f} s "
+                          f"workers {wused:5.2f} s  ({procs} process(es) ran bodies)  "
+                          f"load {os.getloadavg()[0]:.2f}", flush=True)
             run("client.close()\nif cluster is not None: cluster.close()", timeout=60)
-    ratio = report(args, info, samples, cpu, load0)
+    ratio = report(args, info, samples, cpu, wcpu, load0)
     if args.json:
         args.json.write_text(json.dumps({"info": info, "samples": samples, "kernel_cpu": cpu,
+                                         "workers_cpu": wcpu,
                                          "ratio_to_dask_alone": ratio, "items": args.items,
                                          "ms": args.ms, "load0": load0}, indent=1))
     return 0 if ratio >= TARGET else 1
 
 
 def report(args: argparse.Namespace, info: dict, samples: dict[str, list[float]],
-           cpu: dict[str, list[float]], load0: float) -> float:
+           cpu: dict[str, list[float]], wcpu: dict[str, list[float]], load0: float) -> float:
     """Print the table; returns fm.map over Dask's speed relative to Dask
     alone (median of the per-round ratios: both ran in the same round, so
     a busy moment of the machine weighs on both)."""
@@ -218,13 +226,14 @@ def report(args: argparse.Namespace, info: dict, samples: dict[str, list[float]]
           f"Python {platform.python_version()}, load avg {os.getloadavg()[0]:.2f}")
     print(f"{args.items} items x {info['body_kernel_ms']:.1f} ms CPU (on a worker alone: "
           f"{info['body_worker_ms']:.1f} ms); serial sum of bodies {ideal:.2f} s; {args.rounds} rounds, median")
-    print(f"{'executor':30s} {'median s':>9s} {'best s':>8s} {'items/s':>8s} {'kernel CPU s':>13s}")
+    print(f"{'executor':30s} {'median s':>9s} {'best s':>8s} {'items/s':>8s} {'CPU s: kernel':>14s} "
+          f"{'workers':>8s}")
     for name, label in (("threads", "threads (concurrency=8)"), ("dask", "fm.map over Dask, 2 procs"),
                         ("raw", "  client.map alone (ceiling)"), ("dask1", "fm.map, one item per task")):
         if name not in samples:
             continue
         print(f"{label:30s} {med[name]:9.2f} {min(samples[name]):8.2f} {args.items / med[name]:8.1f} "
-              f"{statistics.median(cpu[name]):13.2f}")
+              f"{statistics.median(cpu[name]):14.2f} {statistics.median(wcpu[name]):8.2f}")
     per_round = [r / d for r, d in zip(samples["raw"], samples["dask"])]
     ratio = statistics.median(per_round)
     print(f"fm.map over Dask / Dask alone (speed, = Dask alone's time / fm.map's time): "
