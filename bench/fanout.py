@@ -17,7 +17,9 @@ fm.map sends consecutive items in chunks (fm_kernel/flows/dask_map.py), so it
 can beat that; `--unchunked` adds a row with one item per task, to see what
 the chunks bring and what the rest of the coordinator costs; `--scheduler-out`
 runs the cluster (scheduler included) in a process of its own instead of the
-kernel, to see what the in-process scheduler costs.
+kernel, to see what the in-process scheduler costs; `--compare FILE` adds a row
+with another version of fm_kernel/flows/dask_map.py, in the same kernel and
+rounds (before/after figures on a busy machine).
 
 Target (issue 14): fm.map over Dask at >= 0.9x the speed of Dask alone, as
 the median of the per-round ratios (exit 1 otherwise); the speed-up over
@@ -99,6 +101,20 @@ def fanout_dask1(n):             # one item per task: what chunking (flows/dask_
     finally:
         dask_map.CHUNK_SECONDS = saved
 
+OLD = {old!r}                    # --compare: another version of flows/dask_map.py
+
+@fm.flow
+def fanout_old(n):               # fm.map with that version's loop, in the same kernel
+    import importlib.util
+    from fm_kernel.flows import ops
+    spec = importlib.util.spec_from_file_location("fm_kernel.flows._dask_map_compared", OLD)
+    other = importlib.util.module_from_spec(spec); spec.loader.exec_module(other)
+    saved, ops.dask_map = ops.dask_map, other
+    try:
+        return fm.map(burn, range(n), concurrency={conc}, executor=client)
+    finally:
+        ops.dask_map = saved
+
 def fanout_raw(n):               # Dask alone, no flow, no journal: this machine's ceiling
     return client.gather(client.map(burn, range(n), pure=False))
 
@@ -171,6 +187,10 @@ def main() -> int:
     ap.add_argument("--scheduler-out", action="store_true",
                     help="run the LocalCluster (scheduler and workers) in a process of its own, "
                          "not in the kernel")
+    ap.add_argument("--no-threads", action="store_true", help="leave out the thread executor's row")
+    ap.add_argument("--compare", type=Path, metavar="DASK_MAP_PY",
+                    help="add a row: fm.map with this other version of fm_kernel/flows/dask_map.py "
+                         "(e.g. from `git show main:fm_kernel/flows/dask_map.py`), in the same kernel")
     ap.add_argument("--unchunked", action="store_true",
                     help="add a row: fm.map over Dask with one item per task (no chunks)")
     args = ap.parse_args()
@@ -186,9 +206,11 @@ def main() -> int:
                     raise SystemExit(f"cell failed: {r.content.get('ename')}: {r.content.get('evalue')}\n{code}")
                 return r.text()
 
-            info = json.loads(run(SETUP.format(ms=args.ms, conc=args.concurrency, address=address))
+            info = json.loads(run(SETUP.format(ms=args.ms, conc=args.concurrency, address=address,
+                                               old=str(args.compare.resolve()) if args.compare else ""))
                               .strip().splitlines()[-1])
-            names = ["threads", "dask", "raw"] + (["dask1"] if args.unchunked else [])
+            names = (["threads"] if not args.no_threads else []) + ["dask", "raw"] + \
+                (["dask1"] if args.unchunked else []) + (["old"] if args.compare else [])
             samples: dict[str, list[float]] = {name: [] for name in names}
             cpu: dict[str, list[float]] = {name: [] for name in names}
             wcpu: dict[str, list[float]] = {name: [] for name in names}
@@ -229,7 +251,8 @@ def report(args: argparse.Namespace, info: dict, samples: dict[str, list[float]]
     print(f"{'executor':30s} {'median s':>9s} {'best s':>8s} {'items/s':>8s} {'CPU s: kernel':>14s} "
           f"{'workers':>8s}")
     for name, label in (("threads", "threads (concurrency=8)"), ("dask", "fm.map over Dask, 2 procs"),
-                        ("raw", "  client.map alone (ceiling)"), ("dask1", "fm.map, one item per task")):
+                        ("raw", "  client.map alone (ceiling)"), ("dask1", "fm.map, one item per task"),
+                        ("old", "fm.map, --compare version")):
         if name not in samples:
             continue
         print(f"{label:30s} {med[name]:9.2f} {min(samples[name]):8.2f} {args.items / med[name]:8.1f} "
@@ -240,12 +263,14 @@ def report(args: argparse.Namespace, info: dict, samples: dict[str, list[float]]
           f"{ratio:.2f}x median of rounds ({', '.join(f'{r:.2f}' for r in per_round)}); "
           f"{med['raw'] / med['dask']:.2f}x of medians; target >= {TARGET}x: "
           f"{'PASS' if ratio >= TARGET else 'FAIL'}")
-    if "dask1" in samples:
-        per_round1 = [r / d for r, d in zip(samples["raw"], samples["dask1"])]
-        print(f"fm.map with one item per task / Dask alone: {statistics.median(per_round1):.2f}x "
-              f"median of rounds ({', '.join(f'{r:.2f}' for r in per_round1)})")
-    print(f"over threads: fm.map over Dask {med['threads'] / med['dask']:.2f}x, "
-          f"Dask alone {med['threads'] / med['raw']:.2f}x (medians)")
+    for name, label in (("dask1", "fm.map with one item per task"), ("old", "the --compare version")):
+        if name in samples:
+            rounds = [r / d for r, d in zip(samples["raw"], samples[name])]
+            print(f"{label} / Dask alone: {statistics.median(rounds):.2f}x "
+                  f"median of rounds ({', '.join(f'{r:.2f}' for r in rounds)})")
+    if "threads" in samples:
+        print(f"over threads: fm.map over Dask {med['threads'] / med['dask']:.2f}x, "
+              f"Dask alone {med['threads'] / med['raw']:.2f}x (medians)")
     return ratio
 
 
