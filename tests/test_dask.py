@@ -329,3 +329,46 @@ print(json.dumps([run.id, run.result(90)]))
     assert [(p - first, a, s) for p, a, s in rows if p - first == bad] == [(bad, 1, "error"), (bad, 2, "ok")]
     assert [(p - first, a, s) for p, a, s in rows if p - first != bad] == \
         [(i, 1, "ok") for i in range(n) if i != bad]          # the chunk mates ran once, journaled once
+
+
+def test_a_chunk_lost_as_a_whole_is_split_and_no_item_loses_an_attempt(tmp_path: Path) -> None:
+    """An item kills its worker once, inside a chunk; with no failures allowed
+    Dask fails that whole task (KilledWorker). The chunk's items go out
+    again one per task: the map succeeds and every item is journaled once,
+    as attempt 1 (the lost chunk was nobody's attempt)."""
+    history = tmp_path / "h" / "history.duckdb"
+    m = tmp_path / "marks"
+    n, poison = 120, 50
+    env = {"FM_HISTORY": str(history), "DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": "0", **QUIET}
+    with Kernel(env=env) as k:
+        check(k, PRELUDE)
+        check(k, """
+from distributed import LocalCluster, Client
+cluster = LocalCluster(n_workers=2, processes=True, threads_per_worker=1, host="127.0.0.1",
+                       dashboard_address=None)
+client = Client(cluster)
+os.environ["FM_TEST_DASK"] = cluster.scheduler_address
+""", timeout=90)
+        out = check(k, ITEMS.format(marks=str(m), delay=0.02) + f"""
+def deadly(i):
+    out = item(i)
+    if i == {poison} and sum(l.split()[0] == str(i) for l in open(MARKS)) == 1:
+        os._exit(1)                       # the worker dies with the chunk
+    return out
+
+@fm.flow
+def split(n):
+    return fm.map(deadly, range(n), concurrency=4, executor=client)
+
+run = split.start({n})
+print(json.dumps([run.id, run.result(120)]))
+""", timeout=150)
+        check(k, "client.close(); cluster.close()", timeout=60)
+    run_id, res = last_json(out)
+    assert [sq for sq, _ in res] == [i * i for i in range(n)]
+    task = tasks_of(m)
+    assert Counter(task.values())[task[poison]] > 1, "the item that killed its worker ran alone"
+    assert Counter(i for i, _, _ in marks(m))[poison] == 2
+    rows = query(history, "SELECT count(*), count(DISTINCT position), min(attempt), max(attempt), "
+                          "count(*) FILTER (WHERE status = 'ok') FROM run_steps WHERE run_id = ?", [run_id])
+    assert rows == [(n, n, 1, 1, n)]

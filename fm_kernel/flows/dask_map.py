@@ -196,8 +196,8 @@ def _settle_task(ctx: RunContext, st: Step, start: int, plan: _Plan, future: Any
     """Journal each item of one finished task (``outcome`` None: the task
     failed as a whole, which is an error attempt of its one item)."""
     chunk, attempts = plan.tasks.pop(future.key)
-    if outcome is None:
-        outcome = [("error", _error(future), 0.0)]
+    if outcome is None:  # (a chunk of several items was split instead)
+        outcome = [("error", _error(future), 0.0)] * len(chunk)
     now = time.time()
     for i, attempt, (status, value, seconds) in zip(chunk, attempts, outcome):
         try:
