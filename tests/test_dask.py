@@ -60,8 +60,18 @@ def marks(path: Path) -> list[tuple[int, float, int]]:
         return []
     out = []
     for line in path.read_text().splitlines():
-        i, t, pid = line.split()
+        i, t, pid = line.split()[:3]
         out.append((int(i), float(t), int(pid)))
+    return out
+
+
+def tasks_of(path: Path) -> dict[int, str]:
+    """item -> the Dask task its first run was part of (items sent in one
+    chunk share a task)."""
+    out: dict[int, str] = {}
+    for line in path.read_text().splitlines():
+        i, _, _, key = line.split(" ", 3)
+        out.setdefault(int(i), key)
     return out
 
 
@@ -73,12 +83,13 @@ def alive(pid: int) -> bool:
     return True
 
 
-# Items append "<item> <time> <pid>" when they start: one line per real run.
+# Items append "<item> <time> <pid> <task key>" when they start: one line per real run.
 ITEMS = r'''
+from distributed import get_worker
 MARKS = {marks!r}
 def item(i):
     with open(MARKS, "a") as f:
-        f.write(f"{{i}} {{time.time()!r}} {{os.getpid()}}\n")
+        f.write(f"{{i}} {{time.time()!r}} {{os.getpid()}} {{get_worker().get_current_task()}}\n")
     time.sleep({delay})
     return [i * i, os.getpid()]
 
@@ -178,7 +189,10 @@ def test_worker_killed_mid_map_items_rerun_elsewhere_journaled_once(tmp_path: Pa
     counts = Counter(i for i, _, _ in ran)
     assert set(counts) == set(range(n))
     again = [i for i, c in counts.items() if c > 1]
-    assert max(counts.values()) <= 2 and len(again) <= 8, again     # only what the dead worker held
+    first_pid = {i: pid for i, _, pid in reversed(ran)}
+    assert all(first_pid[i] == victim for i in again), again        # only what the dead worker held:
+    task = tasks_of(m)
+    assert max(counts.values()) <= 2 and len({task[i] for i in again}) <= 8, again  # its tasks in flight
     rows = query(history, "SELECT count(*), count(DISTINCT position), min(attempt), max(attempt), "
                           "count(*) FILTER (WHERE status = 'ok') FROM run_steps WHERE run_id = ?", [run_id])
     assert rows == [(n, n, 1, 1, n)], "each item's result is journaled once, as its first attempt"
@@ -229,7 +243,12 @@ def test_kernel_killed_mid_map_resume_submits_only_unrecorded_items(tmp_path: Pa
     counts = Counter(i for i, _, _ in marks(m))
     assert all(counts[i] == 1 for i in recorded)                     # recorded items never ran again
     lost = [i for i, _, _ in before if i not in recorded]            # ran, result not yet journaled
-    assert len(lost) <= 8 and all(counts[i] == 2 for i in lost), lost   # in flight: at-least-once
+    assert all(counts[i] == 2 for i in lost), lost                   # in flight: at-least-once,
+    task = tasks_of(m)
+    assert len({task[i] for i in lost}) <= 8, lost                   # from the tasks in flight only
+    size = Counter(task.values())
+    assert any(size[task[i]] > 1 for i in lost), \
+        "no chunk of several items was in flight at the kill; make items slower"
 
 
 def test_step_semantics_hold_on_dask(tmp_path: Path, dask_address: str) -> None:
@@ -270,3 +289,86 @@ print(json.dumps([tries, keys, open(os.path.join(D, "touched")).read().split(),
     assert tries == [2, 2]                      # the retry ran the body again
     assert touched == ["a", "a", "a"]           # equal items are three steps, not one task
     assert all(k and k.endswith(f":{p}") for k, p in zip(keys, (3, 4, 5))), keys
+
+
+def test_items_sent_in_one_chunk_are_steps_of_their_own(tmp_path: Path, dask_address: str) -> None:
+    """fm.map sends consecutive items in chunks (one Dask task each); each
+    item still runs in its own step context and is journaled at its own
+    position; an item failing inside a chunk is retried alone."""
+    history = tmp_path / "h" / "history.duckdb"
+    m = tmp_path / "marks"
+    n, bad = 120, 77
+    with Kernel(env={"FM_HISTORY": str(history), "FM_TEST_DASK": dask_address, **QUIET}) as k:
+        check(k, PRELUDE)
+        out = check(k, ITEMS.format(marks=str(m), delay=0.02) + f"""
+@fm.step(retries=1, retry_delay=0.01)
+def picky(i):
+    key = item(i)
+    if i == {bad} and len([l for l in open(MARKS) if l.split()[0] == str(i)]) == 1:
+        raise ValueError(f"item {{i}} fails on its first try")
+    return [i, fm.step_context().key, get_worker().get_current_task()]
+
+@fm.flow
+def chunked(n):
+    return fm.map(picky, range(n), concurrency=4, executor=get_client(os.environ["FM_TEST_DASK"]))
+
+run = chunked.start({n})
+print(json.dumps([run.id, run.result(90)]))
+""", timeout=120)
+    run_id, res = last_json(out)
+    assert [i for i, _, _ in res] == list(range(n))
+    rows = query(history, "SELECT position, attempt, status FROM run_steps WHERE run_id = ? "
+                          "ORDER BY position, attempt", [run_id])
+    first = rows[0][0]
+    assert [key for _, key, _ in res] == [f"{run_id}:{first + i}" for i in range(n)]  # own contexts
+    task = tasks_of(m)
+    size = Counter(task.values())
+    assert max(size.values()) > 1, "every item went out alone: no chunks"
+    assert size[task[bad]] > 1, "the failing item was alone in its task; the test needs it in a chunk"
+    assert Counter(i for i, _, _ in marks(m)) == Counter({**{i: 1 for i in range(n)}, bad: 2})
+    assert [(p - first, a, s) for p, a, s in rows if p - first == bad] == [(bad, 1, "error"), (bad, 2, "ok")]
+    assert [(p - first, a, s) for p, a, s in rows if p - first != bad] == \
+        [(i, 1, "ok") for i in range(n) if i != bad]          # the chunk mates ran once, journaled once
+
+
+def test_a_chunk_lost_as_a_whole_is_split_and_no_item_loses_an_attempt(tmp_path: Path) -> None:
+    """An item kills its worker once, inside a chunk; with no failures allowed
+    Dask fails that whole task (KilledWorker). The chunk's items go out
+    again one per task: the map succeeds and every item is journaled once,
+    as attempt 1 (the lost chunk was nobody's attempt)."""
+    history = tmp_path / "h" / "history.duckdb"
+    m = tmp_path / "marks"
+    n, poison = 120, 50
+    env = {"FM_HISTORY": str(history), "DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": "0", **QUIET}
+    with Kernel(env=env) as k:
+        check(k, PRELUDE)
+        check(k, """
+from distributed import LocalCluster, Client
+cluster = LocalCluster(n_workers=2, processes=True, threads_per_worker=1, host="127.0.0.1",
+                       dashboard_address=None)
+client = Client(cluster)
+os.environ["FM_TEST_DASK"] = cluster.scheduler_address
+""", timeout=90)
+        out = check(k, ITEMS.format(marks=str(m), delay=0.02) + f"""
+def deadly(i):
+    out = item(i)
+    if i == {poison} and sum(l.split()[0] == str(i) for l in open(MARKS)) == 1:
+        os._exit(1)                       # the worker dies with the chunk
+    return out
+
+@fm.flow
+def split(n):
+    return fm.map(deadly, range(n), concurrency=4, executor=client)
+
+run = split.start({n})
+print(json.dumps([run.id, run.result(120)]))
+""", timeout=150)
+        check(k, "client.close(); cluster.close()", timeout=60)
+    run_id, res = last_json(out)
+    assert [sq for sq, _ in res] == [i * i for i in range(n)]
+    task = tasks_of(m)
+    assert Counter(task.values())[task[poison]] > 1, "the item that killed its worker ran alone"
+    assert Counter(i for i, _, _ in marks(m))[poison] == 2
+    rows = query(history, "SELECT count(*), count(DISTINCT position), min(attempt), max(attempt), "
+                          "count(*) FILTER (WHERE status = 'ok') FROM run_steps WHERE run_id = ?", [run_id])
+    assert rows == [(n, n, 1, 1, n)]
