@@ -12,7 +12,7 @@ the machinery is behind it, each module importing only those below it:
     queues     fm.Queue: enqueued runs started within concurrency, rate and priority
     run        Run: its record, execution, result, cancel, timeout, fork, signals
     run_events run.get_event: the values a run publishes, read and waited for
-    deadlines  run timeouts: validation, the thread that expires runs
+    deadlines  run timeouts: validation, expiry on parking's timer heap
     steps      Step, attempts, retries, timeouts
     context    FlowRegistry (one per process, owned by the runtime), the
                current run and step, replay

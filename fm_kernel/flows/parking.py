@@ -203,22 +203,26 @@ class Workers:
 
 
 class Timers:
-    """Wake times of parked runs, earliest first, and the one thread that
-    calls ``run.timer_fired(gen)`` when each comes. An entry for a run
-    woken earlier stays until its time (the run ignores a stale ``gen``)."""
+    """The one timer heap of a registry: callables due at wall-clock times,
+    earliest first, and the one thread that calls each when it comes. Parked
+    runs put their wake time here (``run.timer_fired(gen)``: an entry for a
+    run woken earlier stays until its time, and the run ignores a stale
+    ``gen``), and so do run deadlines (deadlines.py: ``run.expire``)."""
 
     def __init__(self) -> None:
-        self._heap: list[tuple[float, int, Any, int]] = []
+        self._heap: list[tuple[float, int, Callable[[], Any], str]] = []
         self._cv = threading.Condition()
-        self._count = itertools.count()
+        self._count = itertools.count()  # ties: never compare two callables
         self._thread: threading.Thread | None = None
         self._stopped = False
 
-    def at(self, when: float, run: Any, gen: int) -> None:
+    def at(self, when: float, fn: Callable[[], Any], what: str) -> None:
+        """Call ``fn()`` at ``when`` (epoch seconds); ``what`` names it in the
+        log should it raise."""
         with self._cv:
             if self._stopped:
                 return
-            heapq.heappush(self._heap, (when, next(self._count), run, gen))
+            heapq.heappush(self._heap, (when, next(self._count), fn, what))
             if self._thread is None:
                 self._thread = threading.Thread(target=self._loop, name="fm-run-timers", daemon=True)
                 self._thread.start()
@@ -238,11 +242,11 @@ class Timers:
                 now = time.time()
                 while self._heap and self._heap[0][0] <= now:
                     due.append(heapq.heappop(self._heap))
-            for _, _, run, gen in due:
+            for _, _, fn, what in due:
                 try:
-                    run.timer_fired(gen)
-                except Exception:
-                    log.exception("could not wake parked run %s", getattr(run, "id", run))
+                    fn()
+                except Exception:  # the others still fire; the next kernel retries a run's
+                    log.exception("timer for %s failed", what)
 
     def stop(self) -> None:
         with self._cv:
@@ -267,6 +271,7 @@ class Wakeable:
     Park, ``wake()`` from deliveries, ``timer_fired()`` from Timers. The run
     supplies ``_cv``, ``_cancelled``, ``check_cancel`` and ``_resubmit``."""
 
+    id: str
     _cv: threading.Condition
     _cancelled: bool
 
@@ -342,7 +347,7 @@ class Wakeable:
         if missed:
             self._resubmit()
         elif p.wake_at is not None:
-            timers.at(p.wake_at, self, gen)
+            timers.at(p.wake_at, lambda: self.timer_fired(gen), f"waking parked run {self.id}")
 
     def wait_wake(self, since: int, timeout: float) -> None:
         """Block until a wake-up after the count ``since``, or ``timeout``."""

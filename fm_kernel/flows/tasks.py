@@ -33,6 +33,7 @@ from typing import Any, Callable
 from ..errors import Cancelled, FlowError, LeaseLost, NoSuchTask, TaskFailed, UsageError
 from .context import CURRENT_RUN, RunContext, registry, replay
 from .journal import Journal
+from .parking import can_park, park
 
 log = logging.getLogger(__name__)
 
@@ -320,8 +321,14 @@ def _wait_task(ctx: RunContext, p: int, rec: dict[str, Any] | None, opname: str,
             ctx.record(p, opname, "failed", t.attempt, error=Journal.encode_error(err), detail=detail)
             run.set_status("running")
             raise err
+        # Park (parking.py) until the task's next event wakes the run (every
+        # one but a claim or heartbeat does: TaskBoard._record), or until the
+        # lease of a claimed task runs out, to offer it again.
+        lease_end = t.lease_until if t.status == "claimed" else None
         try:
             run.check_cancel()
+            if can_park(ctx, None if lease_end is None else lease_end - time.time()):
+                park(ctx, lease_end, wakes, f"{opname} (task {task_id}) at position {p}")
         except Cancelled:
             b.cancel(task_id)  # no worker is to start it now
             raise
