@@ -132,6 +132,13 @@ class MapJob:
             status, value = "error", exc
         self._settle(i, attempt, t0, status, value)
         self._pump()
+        self._idle()
+
+    def _idle(self) -> None:
+        with self.lock:
+            idle = not self._flight
+        if idle:  # only backoffs left (or the end): the map's own threads go
+            self._close()
 
     def _timed_out(self, i: int, attempt: int) -> None:
         t0 = self._take(i, attempt)
@@ -223,8 +230,28 @@ def submitter(st: Step, items: list[Any], concurrency: int, executor: Any,
 
     if st.timeout is not None:
         return lambda i, sctx: _on_a_thread(body(i, sctx), sctx.name), lambda: None
-    pool = cf.ThreadPoolExecutor(max(1, concurrency), thread_name_prefix="fm-map")
-    return lambda i, sctx: pool.submit(body(i, sctx)), lambda: pool.shutdown(wait=False)
+    pool = _OwnPool(concurrency)
+    return lambda i, sctx: pool.submit(body(i, sctx)), pool.close
+
+
+class _OwnPool:
+    """A map's own threads, made when an item is submitted and let go when
+    none is in flight (close), so items in backoff keep no idle thread."""
+
+    def __init__(self, size: int) -> None:
+        self._size, self._pool, self._lock = max(1, size), None, threading.Lock()
+
+    def submit(self, fn: Callable[[], Any]) -> cf.Future:
+        with self._lock:
+            if self._pool is None:
+                self._pool = cf.ThreadPoolExecutor(self._size, thread_name_prefix="fm-map")
+            return self._pool.submit(fn)
+
+    def close(self) -> None:
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False)
 
 
 def _on_a_thread(fn: Callable[[], Any], name: str) -> cf.Future:

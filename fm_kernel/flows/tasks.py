@@ -30,7 +30,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from ..errors import Cancelled, FlowError, LeaseLost, NoSuchTask, TaskFailed, UsageError
+from ..errors import Cancelled, FlowError, LeaseLost, NoSuchTask, TaskFailed, Timeout, UsageError
 from .context import CURRENT_RUN, RunContext, registry, replay
 from .journal import Journal
 from .parking import can_park, park
@@ -329,7 +329,7 @@ def _wait_task(ctx: RunContext, p: int, rec: dict[str, Any] | None, opname: str,
             run.check_cancel()
             if can_park(ctx, None if lease_end is None else lease_end - time.time()):
                 park(ctx, lease_end, wakes, f"{opname} (task {task_id}) at position {p}")
-        except Cancelled:
+        except (Cancelled, Timeout):  # cancelled, or the run's deadline passed
             b.cancel(task_id)  # no worker is to start it now
             raise
         b.expire_due(task_id)
