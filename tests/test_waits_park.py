@@ -76,6 +76,10 @@ def waits_on_kid(i):
     return c.result(timeout=600)
 
 @fm.flow
+async def awaits_kid(i):
+    return await kid.start(i)
+
+@fm.flow
 def waits_too_little():
     c = kid.start(0)
     try:
@@ -180,6 +184,16 @@ def test_child_result_with_a_timeout_holds_no_thread(wk: Kernel) -> None:
     check(wk, "for c in kids:\n    c.signal('go', {'n': 1000})")
     out = check(wk, "print(json.dumps(sorted(r.result(60) for r in ps)))", timeout=120)
     assert json.loads(out.strip().splitlines()[-1]) == [1000 + i for i in range(half)]
+
+
+def test_an_async_flow_awaiting_its_child_parks(wk: Kernel) -> None:
+    check(wk, "aw = awaits_kid.start(5)")
+    wait_until(lambda: check(wk, "print(aw.parked)").strip() == "True", what="the async parent to park")
+    assert check(wk, "print(aw.parked_at)").startswith("the result of run")
+    check(wk, "from fm_kernel.flows.context import registry\n"
+              "[k for k in list(registry().runs.values()) if k.flow_name == 'kid' and k.executing"
+              " and not k.finished][-1].signal('go', {'n': 10})")
+    assert check(wk, "print(aw.result(30))").strip() == "15"
 
 
 def test_child_result_timeout_fires_while_parked(wk: Kernel) -> None:

@@ -7,6 +7,7 @@ the machinery is behind it, each module importing only those below it:
     messages   messages between runs (send/recv) and events a run publishes (set_event)
     ops        journaled primitives inside a flow: now/random/uuid4, patched,
                sleep, callback, wait_for, map; callback delivery
+    fanout     fm.map inside a flow: items as futures, the run parked meanwhile
     dask_map   fm.map on a Dask cluster
     runs       Flow, starting runs (child runs once), registration and resume
     queues     fm.Queue: enqueued runs started within concurrency, rate and priority

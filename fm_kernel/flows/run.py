@@ -142,9 +142,8 @@ class Run(Wakeable):
         return row["status"]
 
     def result(self, timeout: float | None = None) -> Any:
-        """The flow's return value; raises its error, or Timeout. In a flow
-        body a run that has not finished parks the caller; with a timeout,
-        its deadline is journaled first (run_events.result_within)."""
+        """The flow's return value; raises its error, or Timeout. In a flow body
+        it parks the caller (with a timeout: run_events.result_within)."""
         ctx = CURRENT_RUN.get()
         if timeout is not None and ctx is not None and ctx.run is not self:
             return run_events.result_within(self, ctx, timeout)
@@ -183,8 +182,7 @@ class Run(Wakeable):
             time.sleep(0.1)
 
     def _park_caller(self, ctx: RunContext | None) -> None:
-        """A flow waiting for this run's result (a child's, say) holds no
-        thread: it parks until this run ends (its end wakes watchers)."""
+        """A flow waiting for this run's result parks until this run ends (its end wakes watchers)."""
         if ctx is None or ctx.run is self or not can_park(ctx):
             return
         since = ctx.run.wakes
@@ -193,6 +191,8 @@ class Run(Wakeable):
             park(ctx, None, since, f"the result of run {self.id}")
 
     async def wait_async(self) -> Any:
+        if CURRENT_RUN.get() is not None:  # ``await child`` in a flow: parks as result() does
+            return await asyncio.to_thread(self.result)
         await asyncio.get_running_loop().run_in_executor(None, self._done.wait)
         return self.outcome(0)
 
