@@ -23,7 +23,7 @@ N = 300
 MOST_THREADS = 50  # issue 15's target for 10,000 sleeping runs
 
 PRELUDE = r'''
-import os, time, json, threading, collections
+import os, sys, time, json, threading, collections
 import concurrent.futures as cf
 import fm_kernel as fm
 from fm_kernel.flows.tasks import board
@@ -106,6 +106,29 @@ class Elsewhere(cf.Executor):
         return len(jobs)
 
 ELSEWHERE = Elsewhere()
+
+def stack_depth():
+    f, n = sys._getframe(), 0
+    while f is not None:
+        f, n = f.f_back, n + 1
+    return n
+
+class AtOnce(cf.Executor):
+    """Futures done before submit returns (a cache, say): each callback comes
+    at once. Notes how deep the stack was at each submit."""
+    def __init__(self):
+        self.depths = []
+    def submit(self, fn, *args, **kwargs):
+        self.depths.append(stack_depth())
+        f = cf.Future()
+        f.set_result(fn(*args, **kwargs))
+        return f
+
+AT_ONCE = AtOnce()
+
+@fm.flow
+def maps_at_once(n):
+    return sum(fm.map(double, range(n), executor=AT_ONCE, concurrency=4))
 
 def double(x):
     return 2 * x
@@ -207,6 +230,13 @@ def test_map_items_done_elsewhere_hold_no_thread(wk: Kernel) -> None:
     assert check(wk, "print(ELSEWHERE.finish())").strip() == str(2 * N)
     out = check(wk, "print(json.dumps([r.result(60) for r in ms]))", timeout=120)
     assert json.loads(out.strip().splitlines()[-1]) == [[2 * i, 2 * i + 2] for i in range(N)]
+
+
+def test_a_map_whose_futures_are_done_at_once_submits_in_a_loop(wk: Kernel) -> None:
+    # 3,000 items: submitting the next from each done-callback would recurse past Python's limit
+    assert check(wk, "print(maps_at_once(3000))").strip() == str(3000 * 2999)
+    spread = check(wk, "print(max(AT_ONCE.depths) - min(AT_ONCE.depths))").strip()
+    assert int(spread) < 20, f"the stack grew by {spread} frames over the map's submits"
 
 
 def test_map_items_in_backoff_hold_no_thread(wk: Kernel) -> None:

@@ -59,7 +59,7 @@ class MapJob:
         self._ready: collections.deque[int] = collections.deque()
         self._flight: dict[int, tuple[Any, int, float]] = {}  # item -> future, attempt, start
         self._left = len(todo)
-        self._stopped = False
+        self._stopped = self._pumping = False
         self.done = threading.Event()
         self._timers = registry().parking.timers
         self._todo = todo
@@ -92,25 +92,50 @@ class MapJob:
         self._pump()
 
     def _pump(self) -> None:
+        """Submit ready items while fewer than ``concurrency`` are in flight.
+        One thread pumps at a time, in a loop rather than by recursion: a
+        future done at once calls back into _pump from add_done_callback."""
+        with self.lock:
+            if self._pumping:
+                return  # the pumping thread looks again under the lock before it stops
+            self._pumping = True
+        try:
+            while go := self._reserve():  # (it ends the pumping, under the lock)
+                for i, attempt, t0 in go:
+                    self._go(i, attempt, t0)
+        except BaseException:
+            with self.lock:
+                self._pumping = False
+            raise
+
+    def _reserve(self) -> list[tuple[int, int, float]]:
+        """Take ready items into flight (their futures come next), up to the limit."""
         go = []
         with self.lock:
-            while self._ready and len(self._flight) + len(go) < self.concurrency and not self._stopped:
+            while self._ready and len(self._flight) < self.concurrency and not self._stopped:
                 i = self._ready.popleft()
-                go.append((i, self.ctx.attempts.get(self.start + i, 0) + 1))
-        for i, attempt in go:
-            sctx = StepContext(self.ctx.run.id, self.start + i, self.st.name, attempt)
-            t0 = time.time()
-            try:
-                fut = self._submit(i, sctx)
-            except Exception as exc:  # the executor refused it: that attempt failed
+                attempt, t0 = self.ctx.attempts.get(self.start + i, 0) + 1, time.time()
+                self._flight[i] = (None, attempt, t0)
+                go.append((i, attempt, t0))
+            if not go:
+                self._pumping = False  # with the lock held: a later _pump pumps itself
+        return go
+
+    def _go(self, i: int, attempt: int, t0: float) -> None:
+        sctx = StepContext(self.ctx.run.id, self.start + i, self.st.name, attempt)
+        try:
+            fut = self._submit(i, sctx)
+        except Exception as exc:  # the executor refused it: that attempt failed
+            if self._take(i, attempt) is not None:
                 self._settle(i, attempt, t0, "error", exc)
-                continue
-            with self.lock:
+            return
+        with self.lock:
+            if self._flight.get(i, (None, -1))[1] == attempt:
                 self._flight[i] = (fut, attempt, t0)
-            fut.add_done_callback(lambda f, i=i, a=attempt: self._finished(i, a, f))
-            if self.st.timeout is not None:
-                self._timers.at(t0 + self.st.timeout, lambda i=i, a=attempt: self._timed_out(i, a),
-                                f"the timeout of fm.map item {self.start + i}")
+        fut.add_done_callback(lambda f: self._finished(i, attempt, f))
+        if self.st.timeout is not None:
+            self._timers.at(t0 + self.st.timeout, lambda: self._timed_out(i, attempt),
+                            f"the timeout of fm.map item {self.start + i}")
 
     def _take(self, i: int, attempt: int) -> float | None:
         """Take attempt ``attempt`` of item ``i`` out of flight: its start, or
@@ -188,7 +213,8 @@ class MapJob:
             flight, self._flight = list(self._flight.values()), {}
             self._ready.clear()
         for fut, _, _ in flight:
-            fut.cancel()
+            if fut is not None:
+                fut.cancel()
         self.done.set()
         self._close()
 
