@@ -7,12 +7,13 @@ the machinery is behind it, each module importing only those below it:
     messages   messages between runs (send/recv) and events a run publishes (set_event)
     ops        journaled primitives inside a flow: now/random/uuid4, patched,
                sleep, callback, wait_for, map; callback delivery
+    fanout     fm.map inside a flow: items as futures, the run parked meanwhile
     dask_map   fm.map on a Dask cluster
     runs       Flow, starting runs (child runs once), registration and resume
     queues     fm.Queue: enqueued runs started within concurrency, rate and priority
     run        Run: its record, execution, result, cancel, timeout, fork, signals
     run_events run.get_event: the values a run publishes, read and waited for
-    deadlines  run timeouts: validation, the thread that expires runs
+    deadlines  run timeouts: validation, expiry on parking's timer heap
     steps      Step, attempts, retries, timeouts
     context    FlowRegistry (one per process, owned by the runtime), the
                current run and step, replay

@@ -50,14 +50,15 @@ class FlowRegistry:
         self.event_secrets: dict[str, str | None] = {}  # fm.event_source (events.py)
         self.sources: dict[str, Any] = {}  # flow name -> its running fm.files/fm.poll (sources.py)
         self.queues: dict[str, Any] = {}  # queue name -> the fm.Queue dispatching it (queues.py)
+        self.maps: dict[tuple[str, int], Any] = {}  # (run, position) -> its fm.map's MapJob (fanout.py)
         self.lock = threading.RLock()
         self.ready = False  # pending runs resumed: later definitions resume theirs at once
         self._store = store
         self._base_url = base_url
         self._journal: Journal | None = None
         self.scheduler = Scheduler(lambda: self.journal)
-        self.deadlines = Deadlines()  # run timeouts (deadlines.py)
-        self.parking = Parking()  # workers and timers of runs that wait (parking.py)
+        self.parking = Parking()  # workers and the timer heap of runs that wait (parking.py)
+        self.deadlines = Deadlines(self.parking.timers)  # run timeouts, on that heap
 
     @property
     def journal(self) -> Journal:
@@ -116,7 +117,6 @@ class FlowRegistry:
     def close(self) -> None:
         """A clean end: the log's records into the history, the log closed."""
         self.scheduler.stop()
-        self.deadlines.stop()
         self.parking.stop()
         with self.lock:
             sources, self.sources = list(self.sources.values()), {}
@@ -212,6 +212,18 @@ class RunContext:
             if detail.get("message") is not None:
                 topic, seq = detail["message"], detail["event_seq"]
                 self.topic_seq[topic] = max(seq, self.topic_seq.get(topic, 0))
+
+    def adopt(self, other: "RunContext", positions: range) -> None:
+        """Take the records ``other`` (an earlier execution of the run) holds
+        at ``positions``: an fm.map job journals there after its run parked,
+        and a later park keeps only what this context knows (fanout.py)."""
+        if other is self:
+            return
+        with other.lock:
+            rows = [other.latest[q] for q in positions if q in other.latest]
+        with self.lock:
+            for r in rows:
+                self._remember(r)
 
     def take(self, n: int = 1) -> int:
         if self.parking is not None and not self.is_async:  # a bare except swallowed the Park

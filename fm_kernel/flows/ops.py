@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures as cf
-import contextvars
-import dataclasses
 import datetime as dt
 import random as _random
 import secrets
@@ -19,11 +17,11 @@ import uuid
 from typing import Any, Callable, Iterable
 
 from ..errors import FlowError, Timeout, UsageError
-from . import dask_map
-from .context import CURRENT_RUN, CURRENT_STEP, RunContext, registry, replay
+from . import fanout
+from .context import CURRENT_RUN, RunContext, registry, replay
 from .journal import Journal
 from .parking import can_park, park
-from .steps import Step, attempts
+from .steps import Step
 
 
 def _value(name: str, make: Callable[[], Any], dump: Callable[[Any], Any] = lambda v: v,
@@ -258,55 +256,4 @@ def map(fn: Callable[..., Any], items: Iterable[Any], concurrency: int = 8,
             results[i] = rec
         else:
             todo.append(i)
-    return _maybe_async(ctx, _map_run, ctx, st, items, start, results, todo, concurrency, executor)
-
-
-def _map_run(ctx: RunContext, st: Step, items: list[Any], start: int, results: list[Any],
-             todo: list[int], concurrency: int, executor: Any) -> list[Any]:
-    errors: dict[int, BaseException] = {}
-    is_dask = executor is not None and hasattr(executor, "get_executor")  # a distributed.Client
-    if is_dask:
-        if st.timeout is None:  # a timeout needs a thread per attempt: the path below
-            retry = dask_map.first_attempts(ctx, st, items, start, todo, concurrency, executor,
-                                             results, errors)
-            todo = sorted(retry)
-        # pure=False: every attempt is a task of its own. With dask's default
-        # (pure=True) equal items share one task, so a step runs once for all
-        # of them, and a retry is handed the failed attempt's erred future.
-        executor = executor.get_executor(pure=False)
-        in_step = dask_map.worker_body()
-
-    def body_for(x: Any) -> Callable[[], Any]:
-        if is_dask:  # (a ProcessPoolExecutor could not pickle in_step)
-            return lambda: executor.submit(in_step, st.fn, dataclasses.asdict(CURRENT_STEP.get()), x).result()
-        if executor is not None:
-            return lambda: executor.submit(st.fn, x).result()
-        if st.is_async:
-            return lambda: asyncio.run(st.fn(x))
-        return lambda: st.fn(x)
-
-    def one(i: int) -> Any:  # waits out a failed first attempt's journaled retry time
-        return attempts(ctx, start + i, st, body_for(items[i]))
-
-    with cf.ThreadPoolExecutor(max(1, concurrency), thread_name_prefix="fm-map") as pool:
-        run_ctx = contextvars.copy_context
-        futures = {pool.submit(run_ctx().run, one, i): i for i in todo}
-        for fut in cf.as_completed(futures):
-            i = futures[fut]
-            try:
-                results[i] = ("value", fut.result())
-            except Exception as exc:
-                errors[i] = exc
-    # Each result is durable already (the flow log); checkpointing here also
-    # puts the whole fan-out in DuckDB, in a few batched commits, before the
-    # flow uses it, so SQL over run_steps agrees with what the flow saw.
-    registry().journal.flush()
-    out = []
-    for i, r in enumerate(results):
-        if i in errors:
-            raise errors[i]
-        if isinstance(r, tuple):
-            out.append(r[1])
-        else:  # a recorded rec
-            out.append(replay(r)[1])
-    return out
+    return _maybe_async(ctx, fanout.run_map, ctx, st, items, start, results, todo, concurrency, executor)

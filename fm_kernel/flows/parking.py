@@ -2,28 +2,38 @@
 
 Every durable operation of a run is journaled and replay returns recorded
 results, so a synchronous flow body that reaches a durable wait it cannot
-pass yet (``fm.sleep``, ``wait_for``, ``cb.wait``, ``fm.recv``,
-``fm.wait_event``, ``run.get_event``, a child's ``result()``) does not have
-to keep its thread: the wait's wake time or deadline is journaled first (as
-before), then the wait raises ``Park``. ``Park`` derives from BaseException,
-so a flow's ``except Exception`` does not catch it (a ``finally`` does run:
-docs/flows.md says what it sees). The run's execution ends there without a
-final status, and the run is registered here: with the timer heap for its
-wake time or deadline, and (for waits on deliveries) for ``run.wake()``,
-which every delivery calls already. When woken, the run is executed again
-from the top on a worker: replay returns each recorded operation at once up
-to the wait, which now finds its condition met and goes on.
+pass yet does not have to keep its thread: the wait's wake time or deadline
+is journaled first (as before), then the wait raises ``Park``. The waits
+that park: ``fm.sleep``, ``wait_for``, ``cb.wait``, ``fm.recv``,
+``fm.wait_event``, ``run.get_event``, a child's ``result()`` (with a
+timeout too: run_events.result_within journals its deadline) and ``await
+child``, ``fm.task`` waiting for its worker (tasks.py; its lease's end is
+the wake time), a step's retry backoff (steps.py; the journaled retry time),
+and an ``fm.map`` whose items are not done (fanout.py: the items are
+futures that journal themselves and wake the run). ``Park`` derives from
+BaseException, so a flow's ``except Exception`` does not catch it (a
+``finally`` does run: docs/flows.md says what it sees). The run's execution
+ends there without a final status, and the run is registered here: with the
+timer heap for its wake time or deadline, and (for waits on deliveries) for
+``run.wake()``, which every delivery calls already. When woken, the run is
+executed again from the top on a worker: replay returns each recorded
+operation at once up to the wait, which now finds its condition met and
+goes on.
+
+One timer heap per registry (``Timers``): parked runs' wake times, fm.map
+retries and attempt timeouts, and run deadlines (deadlines.py) all sit on
+it, so a process has one timer thread whatever waits.
 
 Workers: a pool runs the executions ("segments") of runs. At most ``CORE``
 workers run flowmetal's own code (replay, journaling) at once; a worker that
-enters user code or a blocking wait (a step body, a retry's backoff, a wait
-too short to park, an async flow's event loop) says so (``blocking()``) and
-stops counting, so a queued segment gets another worker at once, as it got a
-thread of its own before (Java's ForkJoinPool calls this managed blocking).
-For anything else that blocks, a watchdog adds a worker whenever work waits
-and no segment has ended for ``STUCK`` seconds. Workers leave after
-``LINGER`` idle seconds. So threads are bounded by what actually runs or
-blocks, never by how many runs are waiting.
+enters user code or a blocking wait (a step body, a wait too short to park,
+an async flow's event loop) says so (``blocking()``) and stops counting, so
+a queued segment gets another worker at once, as it got a thread of its own
+before (Java's ForkJoinPool calls this managed blocking). For anything else
+that blocks, a watchdog adds a worker whenever work waits and no segment
+has ended for ``STUCK`` seconds. Workers leave after ``LINGER`` idle
+seconds. So threads are bounded by what actually runs or blocks, never by
+how many runs are waiting.
 
 Waits shorter than ``PARK_AFTER`` keep blocking their thread: a replay costs
 a pass over the run's journal, and a short wait is cheaper kept
@@ -203,22 +213,26 @@ class Workers:
 
 
 class Timers:
-    """Wake times of parked runs, earliest first, and the one thread that
-    calls ``run.timer_fired(gen)`` when each comes. An entry for a run
-    woken earlier stays until its time (the run ignores a stale ``gen``)."""
+    """The one timer heap of a registry: callables due at wall-clock times,
+    earliest first, and the one thread that calls each when it comes. Parked
+    runs put their wake time here (``run.timer_fired(gen)``: an entry for a
+    run woken earlier stays until its time, and the run ignores a stale
+    ``gen``), and so do run deadlines (deadlines.py: ``run.expire``)."""
 
     def __init__(self) -> None:
-        self._heap: list[tuple[float, int, Any, int]] = []
+        self._heap: list[tuple[float, int, Callable[[], Any], str]] = []
         self._cv = threading.Condition()
-        self._count = itertools.count()
+        self._count = itertools.count()  # ties: never compare two callables
         self._thread: threading.Thread | None = None
         self._stopped = False
 
-    def at(self, when: float, run: Any, gen: int) -> None:
+    def at(self, when: float, fn: Callable[[], Any], what: str) -> None:
+        """Call ``fn()`` at ``when`` (epoch seconds); ``what`` names it in the
+        log should it raise."""
         with self._cv:
             if self._stopped:
                 return
-            heapq.heappush(self._heap, (when, next(self._count), run, gen))
+            heapq.heappush(self._heap, (when, next(self._count), fn, what))
             if self._thread is None:
                 self._thread = threading.Thread(target=self._loop, name="fm-run-timers", daemon=True)
                 self._thread.start()
@@ -238,11 +252,11 @@ class Timers:
                 now = time.time()
                 while self._heap and self._heap[0][0] <= now:
                     due.append(heapq.heappop(self._heap))
-            for _, _, run, gen in due:
+            for _, _, fn, what in due:
                 try:
-                    run.timer_fired(gen)
-                except Exception:
-                    log.exception("could not wake parked run %s", getattr(run, "id", run))
+                    fn()
+                except Exception:  # the others still fire; the next kernel retries a run's
+                    log.exception("timer for %s failed", what)
 
     def stop(self) -> None:
         with self._cv:
@@ -267,6 +281,7 @@ class Wakeable:
     Park, ``wake()`` from deliveries, ``timer_fired()`` from Timers. The run
     supplies ``_cv``, ``_cancelled``, ``check_cancel`` and ``_resubmit``."""
 
+    id: str
     _cv: threading.Condition
     _cancelled: bool
 
@@ -342,7 +357,7 @@ class Wakeable:
         if missed:
             self._resubmit()
         elif p.wake_at is not None:
-            timers.at(p.wake_at, self, gen)
+            timers.at(p.wake_at, lambda: self.timer_fired(gen), f"waking parked run {self.id}")
 
     def wait_wake(self, since: int, timeout: float) -> None:
         """Block until a wake-up after the count ``since``, or ``timeout``."""

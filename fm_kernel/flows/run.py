@@ -142,10 +142,17 @@ class Run(Wakeable):
         return row["status"]
 
     def result(self, timeout: float | None = None) -> Any:
-        """The flow's return value; raises its error, or Timeout. In a flow
-        body, with no timeout, a run that has not finished parks the caller."""
+        """The flow's return value; raises its error, or Timeout. In a flow body
+        it parks the caller (with a timeout: run_events.result_within)."""
+        ctx = CURRENT_RUN.get()
+        if timeout is not None and ctx is not None and ctx.run is not self:
+            return run_events.result_within(self, ctx, timeout)
         if timeout is None and not self._done.is_set():
-            self._park_caller(CURRENT_RUN.get())
+            self._park_caller(ctx)
+        return self.outcome(timeout)
+
+    def outcome(self, timeout: float | None) -> Any:
+        """result() without parking: waits on this thread (up to ``timeout``)."""
         if self._executing or self._done.is_set():
             if not self._done.wait(timeout):
                 raise Timeout(f"run {self.id} of {self.flow_name!r} is still {self._status} after "
@@ -169,29 +176,25 @@ class Run(Wakeable):
                 exc, info = j.decode_error(row["error"])
                 raise exc if exc is not None else StepError(f"run {self.id}: {info.get('message')}")
             if self._executing:
-                return self.result(None if deadline is None else max(0, deadline - time.monotonic()))
+                return self.outcome(None if deadline is None else max(0, deadline - time.monotonic()))
             if deadline is not None and time.monotonic() > deadline:
                 raise Timeout(f"run {self.id} is still {row['status']} after {timeout}s")
             time.sleep(0.1)
 
     def _park_caller(self, ctx: RunContext | None) -> None:
-        """A flow waiting for this run's result (a child's, say) holds no
-        thread: it parks until this run ends (its end wakes watchers)."""
+        """A flow waiting for this run's result parks until this run ends (its end wakes watchers)."""
         if ctx is None or ctx.run is self or not can_park(ctx):
             return
         since = ctx.run.wakes
         self.watch_by(ctx.run)
-        if self._done.is_set():
-            return
-        if not self._executing:
-            row = registry().journal.run_row(self.id)
-            if row is None or row["status"] in FINISHED_STATUSES:
-                return
-        park(ctx, None, since, f"the result of run {self.id}")
+        if not run_events.has_ended(self):
+            park(ctx, None, since, f"the result of run {self.id}")
 
     async def wait_async(self) -> Any:
+        if CURRENT_RUN.get() is not None:  # ``await child`` in a flow: parks as result() does
+            return await asyncio.to_thread(self.result)
         await asyncio.get_running_loop().run_in_executor(None, self._done.wait)
-        return self.result(0)
+        return self.outcome(0)
 
     # -- control --
 

@@ -82,6 +82,65 @@ def _event(run: Any, key: str, timeout: float | None, waiter: RunContext | None 
         run.wait_wake(since, 0.5 if left is None else min(left, 0.5))
 
 
+def has_ended(run: Any) -> bool:
+    """Whether ``run`` has ended: here, or as its record says."""
+    if run.finished:
+        return True
+    if run.executing:
+        return False
+    row = registry().journal.run_row(run.id)
+    return row is None or row["status"] in FINISHED_STATUSES
+
+
+def result_within(run: Any, ctx: RunContext, timeout: float) -> Any:
+    """``run.result(timeout)`` in the flow body of ``ctx``: journaled at a
+    position of its own, the deadline first, so a caller that parks (or is
+    killed) waits only what is left and a replay ends the same way: the
+    run's outcome once it ended in time, the recorded Timeout if not. A run
+    recorded before this was journaled (by older code) has another operation
+    at the position: it waits on its thread as it did then, taking none."""
+    opname = f"fm.result({run.id})"
+    with ctx.lock:  # look and take in one go, as fm.patched does
+        p = ctx.next
+        rec = ctx.latest.get(p)
+        if rec is not None and rec["name"] != opname:
+            return run.outcome(timeout)
+        ctx.next = p + 1
+    if rec is not None and rec["status"] in ("ok", "failed"):
+        replay(rec)  # raises the recorded Timeout
+        return run.outcome(0)  # it had ended: its record answers at once
+    # (sync in async flows too, as result() always was there: it parks the
+    # same way, raising Park out of the body's coroutine)
+    return _result_wait(run, ctx, p, rec, opname, timeout)
+
+
+def _result_wait(run: Any, ctx: RunContext, p: int, rec: dict[str, Any] | None, opname: str,
+                 timeout: float) -> Any:
+    if rec is not None and rec["status"] == "waiting":
+        deadline = rec["detail"]["deadline"]
+    else:
+        deadline = time.time() + timeout
+        ctx.record(p, opname, "waiting", detail={"run_id": run.id, "deadline": deadline})
+    while True:
+        since, mine = run.wakes, ctx.run.wakes
+        run.watch_by(ctx.run)  # before looking: its end meanwhile wakes the caller
+        if has_ended(run):
+            ctx.record(p, opname, "ok", 1, result="null", detail={"run_id": run.id})
+            return run.outcome(0)
+        left = deadline - time.time()
+        if left <= 0:
+            err = Timeout(f"run {run.id} of {run.flow_name!r} is still {run.status} after "
+                          f"{timeout:g}s (the timeout given to result() at position {p} of run "
+                          f"{ctx.run.id}); call result() again or check run.status")
+            ctx.record(p, opname, "failed", 1, error=Journal.encode_error(err))
+            raise err
+        ctx.run.check_cancel()
+        if can_park(ctx, left):  # raises; the run's end or the deadline wakes the caller
+            park(ctx, deadline, mine, f"the result of run {run.id} (timeout {timeout:g}s) "
+                 f"at position {p}")
+        run.wait_wake(since, min(left, 0.5))
+
+
 def event_state(run_id: str, key: str) -> tuple[str, str | None]:
     """(the run's status, the JSON text of the latest value it set for
     ``key``, or None). The status is read first: a run that had finished by

@@ -14,7 +14,7 @@ from typing import Any, Callable
 from ..errors import NotStorable, Timeout, UsageError
 from .context import CURRENT_RUN, CURRENT_STEP, RunContext, StepContext, registry, replay
 from .journal import Journal
-from .parking import blocking
+from .parking import blocking, can_park, park
 
 
 class Step:
@@ -118,11 +118,15 @@ def attempts(ctx: RunContext, p: int, st: Step, body: Callable[[], Any]) -> Any:
 def _wait_for_retry(ctx: RunContext, p: int) -> None:
     """Wait until the retry time journaled with the last failed attempt at
     ``p`` (none: go at once). It was journaled before waiting, like a sleep's
-    wake time, so a run resumed mid-backoff waits only what is left."""
+    wake time, so a run resumed mid-backoff waits only what is left. A long
+    enough backoff parks the run (parking.py): the timer heap executes it
+    again at the retry time, and replay brings it back here to go on."""
     rec = ctx.latest.get(p)
     if rec is not None and rec["status"] in ("error", "timeout"):
         retry_at = (rec.get("detail") or {}).get("retry_at")
         if retry_at is not None:
+            if can_park(ctx, retry_at - time.time()):
+                park(ctx, retry_at, None, f"the retry of step {rec['name']!r} at position {p}")
             ctx.run.pause(retry_at - time.time())
 
 

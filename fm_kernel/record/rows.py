@@ -88,7 +88,8 @@ def step_log_query(branch: str | None = None, limit: int | None = None) -> tuple
 
 # What `fm runs` and `%fm runs` (text) show of each run: its parent (the
 # first 8 characters, as the widgets show ids), how many children it
-# started, what a pending run waits in (an enqueued run: its queue), and
+# started, what a pending run waits in (an enqueued run: its queue; a
+# finished run waits in nothing, though its journal holds waits), and
 # the first line of its error. Enqueued runs have no start yet: they sort by
 # when they were enqueued.
 RUNS_SQL = """
@@ -97,7 +98,8 @@ SELECT r.run_id, r.flow, r.status, strftime(r.started_at, '%Y-%m-%d %H:%M:%S') A
        left(r.parent_run, 8) AS parent,
        (SELECT count(*) FROM runs c WHERE c.parent_run = r.run_id) AS children,
        coalesce((SELECT arg_max(s.name, s.position) FROM run_steps s
-                 WHERE s.run_id = r.run_id AND s.status = 'waiting'),
+                 WHERE s.run_id = r.run_id AND s.status = 'waiting'
+                   AND r.status NOT IN ('succeeded', 'failed', 'cancelled')),
                 CASE WHEN r.status = 'enqueued' THEN concat('fm.Queue(', r.queue, ')') END)
            AS waiting_in,
        CASE WHEN r.error IS NOT NULL THEN left(concat(r.error->>'type', ': ',

@@ -64,8 +64,10 @@ def test_timers_fire_in_order_and_only_the_current_park() -> None:
             fired.append((self.id, gen))
 
     now = time.time()
-    t.at(now + 0.3, R("b"), 2)
-    t.at(now + 0.1, R("a"), 1)
+    b, a = R("b"), R("a")
+    t.at(now + 0.3, lambda: b.timer_fired(2), "b")
+    t.at(now + 0.1, lambda: a.timer_fired(1), "a")
+    t.at(now + 0.2, lambda: 1 / 0, "a failing timer")  # logged; the others still fire
     time.sleep(0.6)
     t.stop()
     assert fired == [("a", 1), ("b", 2)]
