@@ -165,9 +165,14 @@ def test_a_waiting_slot_survives_kill9_and_runs_once_after_the_previous(tmp_path
 
 def test_every_flow_name_gives_a_queue_name_a_queue_takes() -> None:
     from fm_kernel.flows.queues import Queue
-    from fm_kernel.flows.schedule import slot_queue_name
+    from fm_kernel.flows.schedule import slot_queue_name, slot_run_id
 
-    names = ("report", "outer.<locals>.inner", "a b/c", "x" * 300)
+    # pairs that a plain substitution or a cut would give the same name
+    names = ("report", "outer.<locals>.inner", "outer__locals__.inner", "a b/c", "a_b_c",
+             "x" * 300, "x" * 300 + "y")
     queues = [Queue(slot_queue_name(n), concurrency=1, register=False).name for n in names]
-    assert queues[:2] == ["schedule.report", "schedule.outer._locals_.inner"], queues
-    assert len(set(queues)) == len(names)
+    assert queues[0] == "schedule.report" and queues[4] == "schedule.a_b_c", queues
+    assert queues[1].startswith("schedule.outer._locals_.inner-"), queues
+    assert len(set(queues)) == len(names), queues
+    run_ids = {slot_run_id(n, 1700000000) for n in names}
+    assert len(run_ids) == len(names) and slot_run_id("report", 1700000000) == "report-at-1700000000"

@@ -16,6 +16,7 @@ instead of piling up a backlog that grows without end.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import threading
@@ -69,7 +70,17 @@ def validate_overlap(overlap: Any, name: str) -> str:
 def slot_queue_name(flow: str) -> str:
     """The fm.Queue (concurrency 1) that holds the slots of a flow with
     overlap="queue": a queue name is letters, digits, '.', '_' and '-'."""
-    return f"schedule.{re.sub(r'[^A-Za-z0-9_.-]', '_', flow)[:96]}"
+    return f"schedule.{_name_part(flow, r'[^A-Za-z0-9_.-]')}"
+
+
+def _name_part(flow: str, refused: str) -> str:
+    """``flow`` as a part of an id: as it is when it fits, else its legible
+    start and a digest of the whole name, so two flows whose names differ only
+    in refused characters or past the 80th never share a queue or a slot id."""
+    part = re.sub(refused, "_", flow)
+    if part == flow and len(part) <= 96:
+        return part
+    return f"{part[:80]}-{hashlib.sha256(flow.encode()).hexdigest()[:12]}"
 
 
 class Scheduler:
@@ -182,4 +193,4 @@ class Scheduler:
 
 
 def slot_run_id(flow: str, slot: float) -> str:
-    return f"{re.sub(r'[^A-Za-z0-9_-]', '_', flow)[:96]}-at-{int(slot)}"
+    return f"{_name_part(flow, r'[^A-Za-z0-9_-]')}-at-{int(slot)}"
