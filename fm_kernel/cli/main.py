@@ -263,9 +263,9 @@ def cmd_signal(a: argparse.Namespace) -> int:
 
 
 def cmd_worker(a: argparse.Namespace) -> int:
-    from .worker import run_worker
+    from .handover import supervise
 
-    return run_worker(_history_arg(a.history))
+    return supervise(_history_arg(a.history), stand_by=not a.exit_if_held)
 
 
 def _add_run_parser(sub: Any) -> None:
@@ -349,8 +349,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--history", metavar="H", help="history file or notebook")
     s.set_defaults(func=cmd_signal)
 
-    s = sub.add_parser("worker", help="keep a history's scheduled flows and pending runs going")
+    s = sub.add_parser(
+        "worker", help="keep a history's scheduled flows and pending runs going",
+        description="Serve a history's pending runs, schedules and endpoint while no notebook "
+        "has it open. A notebook kernel that opens the history takes it over (the worker "
+        "answers requests 503 with Retry-After for a moment, flushes and lets go; the port "
+        "stays the same), and the worker takes it back when the kernel ends. Started while a "
+        "kernel holds the history, it stands by until the kernel lets go. SIGTERM stops it.")
     s.add_argument("--history", metavar="H", help="history file or notebook")
+    s.add_argument("--exit-if-held", action="store_true",
+                   help="exit 1 at once if a kernel holds the history, instead of standing by")
     s.set_defaults(func=cmd_worker)
 
     s = sub.add_parser("gc", help="reclaim object bytes that failed or killed writes left behind")

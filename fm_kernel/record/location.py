@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from .. import errors
+from . import handover
 from .store import HistoryDamaged, Store
 
 LOCK_WAIT_S = 2.0  # a CLI read may hold the file for a moment; outwait it
@@ -69,9 +70,10 @@ def history_path(env: dict[str, str] | None = None, cwd: Path | None = None) -> 
     return cwd / ".flowmetal" / "history.duckdb"
 
 
-def open_history(path: Path, kernel_id: str) -> tuple[Store, str | None]:
+def open_history(path: Path, kernel_id: str, take_over: bool = True) -> tuple[Store, str | None]:
     """Open the history at ``path``; if it cannot be had, open a named
     substitute. Returns the store and a one-line notice (None if all is well).
+    ``take_over``: a history `fm worker` holds is asked of it (handover.py).
     """
     try:
         _refuse_foreign(path)
@@ -84,10 +86,13 @@ def open_history(path: Path, kernel_id: str) -> tuple[Store, str | None]:
         return Store.open(alt), (f"flowmetal: {path} is damaged ({exc.cause}); it is "
                                  f"left as it is{kept}; this kernel records to {alt}")
     except errors.HistoryLocked as exc:
-        alt = path.with_name(f"{path.stem}.{kernel_id[:8]}{path.suffix}")
-        store = Store.open(alt)
         who = f"process {exc.pid}" if exc.pid else "another process"
-        return store, f"flowmetal: {path} is in use by {who}; this kernel records to {alt}"
+        if take_over:
+            taken, who = handover.take_over(path, kernel_id)
+            if taken is not None:
+                return taken, _joined(_taken_notice(path, taken), _private_folder(path))
+        alt = path.with_name(f"{path.stem}.{kernel_id[:8]}{path.suffix}")
+        return Store.open(alt), f"flowmetal: {path} is in use by {who}; this kernel records to {alt}"
     except errors.SchemaTooNew as exc:
         # never touch a history a newer version wrote: record beside it
         alt = path.with_name(f"{path.stem}.{kernel_id[:8]}{path.suffix}")
@@ -102,6 +107,17 @@ def open_history(path: Path, kernel_id: str) -> tuple[Store, str | None]:
             store = Store.open(Path(":memory:"))
             alt = Path(":memory:")
         return store, f"flowmetal: cannot write {path} ({_short(exc.cause)}); this kernel records to {alt}"
+
+
+def _taken_notice(path: Path, store: Store) -> str | None:
+    if store.handed_over_by is None:
+        return None
+    return (f"flowmetal: `fm worker` (process {store.handed_over_by}) handed {path} over to this "
+            "kernel; it takes the history back when this kernel ends")
+
+
+def _joined(*notices: str | None) -> str | None:
+    return "\n".join(n for n in notices if n) or None
 
 
 def _private_folder(path: Path) -> str | None:

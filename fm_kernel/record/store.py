@@ -98,6 +98,10 @@ class Store(BulkWrites, HistoryReads):
 
     # -- opening -------------------------------------------------------------
 
+    # The pid of `fm worker` that handed this history over to the kernel that
+    # opened it (record/handover.py), else None.
+    handed_over_by: int | None = None
+
     @classmethod
     def open(cls, path: Path, read_only: bool = False) -> "Store":
         """Open (creating if needed) the history at ``path`` for writing.

@@ -1,0 +1,95 @@
+"""`fm worker` as a supervisor: one writer at a time, lent to kernels
+(docs/reliability.md, "One writer at a time").
+
+The worker's serving process (cli/worker.py) holds the history while no
+kernel wants it. A kernel that opens the history asks it to let go
+(record/handover.py); it hands over and exits RELEASED, and this process
+stands by: it waits for the kernel to take the lock, then for the lock to be
+free again (the kernel ended, cleanly or killed), for ``GRACE_S`` in a row so
+that a restarting kernel gets it back first, and starts a serving process
+again, which restores, resumes pending runs and schedules, and binds the
+same port. A worker started while a kernel holds the history stands by the
+same way (``--exit-if-held``: exit 1 at once, as before).
+
+Separate processes, because a hand-over must stop every run thread at once
+at a safe point, and a process exit does that; the serving process is never
+asked to bring a history back to life in place.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from ..record.handover import holder
+from .worker import FAILED, HELD, RELEASED
+
+POLL_S = 0.5  # how often a standing-by worker looks at the lock
+GRACE_S = 3.0  # free this long in a row before the worker takes it back
+TAKEN_WAIT_S = 30.0  # after a release, for the kernel that asked to take the lock
+
+
+def supervise(history: Path, stand_by: bool = True) -> int:
+    """``fm worker``: serve ``history`` whenever no kernel holds it, until SIGTERM."""
+    if not history.exists():
+        print(f"fm worker: no history at {history}", file=sys.stderr)
+        return FAILED
+    stop = threading.Event()
+    child: list[subprocess.Popen] = []
+
+    def on_signal(*_: object) -> None:
+        stop.set()
+        for proc in child:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, on_signal)
+    while not stop.is_set():
+        pid = holder(history)
+        if pid is not None:
+            if not stand_by:
+                print(f"fm worker: history {history} is in use by process {pid}; that kernel "
+                      "already runs its flows", file=sys.stderr)
+                return FAILED
+            print(f"fm worker: {history} is held by process {pid}; standing by, taking it "
+                  "when that process lets go", file=sys.stderr, flush=True)
+            if not wait_free(history, stop):
+                break
+        proc = subprocess.Popen([sys.executable, "-m", "fm_kernel.cli.worker", str(history)])
+        child[:] = [proc]
+        if stop.is_set():  # a signal between the look and the start
+            proc.send_signal(signal.SIGTERM)
+        code = proc.wait()
+        child.clear()
+        if code == RELEASED:
+            wait_taken(history, stop)
+        elif code != HELD:
+            return code if code >= 0 else FAILED
+    return 0
+
+
+def wait_free(history: Path, stop: threading.Event) -> bool:
+    """Until nobody has held the history for GRACE_S (True), or ``stop`` (False)."""
+    free_since: float | None = None
+    while not stop.wait(POLL_S):
+        if holder(history) is not None:
+            free_since = None
+        elif free_since is None:
+            free_since = time.monotonic()
+        elif time.monotonic() - free_since >= GRACE_S:
+            return True
+    return False
+
+
+def wait_taken(history: Path, stop: threading.Event) -> None:
+    """After a release, let the kernel that asked take the lock first: the
+    worker comes back only once it was taken and let go (wait_free), or if
+    nobody took it within TAKEN_WAIT_S."""
+    deadline = time.monotonic() + TAKEN_WAIT_S
+    while holder(history) is None and time.monotonic() < deadline and not stop.wait(0.05):
+        pass
