@@ -136,7 +136,7 @@ class FlowmetalKernel(IPythonKernel):
             return
         # A history `fm worker` handed over comes with its flows' code: the
         # worker's namespace, restored here so its runs and schedules go on.
-        if mode == "never" or (mode == "auto" and not rt.unclean_end and not rt.handed_over):
+        if mode == "never" or (mode == "auto" and not rt.unclean_end and rt.handed_over is None):
             self._restart_hint()
             return
         try:
@@ -146,7 +146,7 @@ class FlowmetalKernel(IPythonKernel):
             return
         if line:
             why = ("the previous kernel ended uncleanly" if rt.unclean_end else
-                   "handed over by `fm worker`" if rt.handed_over else "FM_RESUME=always")
+                   "handed over by `fm worker`" if rt.handed_over is not None else "FM_RESUME=always")
             # shown on the first cell: at start-up no frontend is listening
             rt.notices.append(f"flowmetal: {line} ({why})")
             self.log.info("flowmetal: %s (%s)", line, why)

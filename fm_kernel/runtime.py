@@ -75,7 +75,9 @@ class Runtime:
         self.started_seq: int | None = None  # where this kernel's part of the history begins
         self._flows: Any = None  # flows.FlowRegistry, made on first use (see `flows`)
         self.role = "kernel"  # or "worker": `fm worker`, which hands its history to kernels
-        self.handed_over = False  # this kernel took its history over from `fm worker`
+        # record/handover.HandedOver: this kernel took its history over from `fm worker`
+        self.handed_over: Any = None
+        self.kept_token: str | None = None  # the endpoint token to keep (a hand-over)
 
     @property
     def head(self) -> int | None:
@@ -135,7 +137,9 @@ class Runtime:
                                                   take_over=self.role == "kernel")
             if notice:
                 self.notices.append(notice)
-            self.handed_over = store.handed_over_by is not None
+            self.handed_over = store.handed_over
+            if self.handed_over is not None:
+                self.kept_token = self.handed_over.token
             last = store.last_event(["kernel_started", "kernel_stopped"])
             self.unclean_end = last is not None and last["kind"] == "kernel_started"
             self.interrupted = recover_interrupted(store, InflightMarker(store.path))
@@ -206,10 +210,11 @@ class Runtime:
                 self.notices.append(notice)
             self.endpoint = Endpoint(store.path, lambda: self.require_store(), self.kernel_id,
                                      frames=self.frame_path, port=port, role=self.role,
+                                     token=self.kept_token,
                                      routes=endpoint_routes(worker=self.role == "worker"))
             # Taking over from another process: 503 until the flows are back
             # (ready_to_serve), or an event would find no flow to start.
-            self.endpoint.draining = self.role == "worker" or self.handed_over
+            self.endpoint.draining = self.role == "worker" or self.handed_over is not None
             self.endpoint.start()
         except Exception as exc:  # cells must run even if no port can be had
             self.endpoint = None

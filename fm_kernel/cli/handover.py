@@ -25,7 +25,7 @@ import threading
 import time
 from pathlib import Path
 
-from ..record.handover import holder
+from ..record.handover import endpoint_of, holder
 from .worker import FAILED, HELD, RELEASED
 
 POLL_S = 0.5  # how often a standing-by worker looks at the lock
@@ -40,6 +40,7 @@ def supervise(history: Path, stand_by: bool = True) -> int:
         return FAILED
     stop = threading.Event()
     child: list[subprocess.Popen] = []
+    kept = Kept()
 
     def on_signal(*_: object) -> None:
         stop.set()
@@ -58,26 +59,63 @@ def supervise(history: Path, stand_by: bool = True) -> int:
                 return FAILED
             print(f"fm worker: {history} is held by process {pid}; standing by, taking it "
                   "when that process lets go", file=sys.stderr, flush=True)
-            if not wait_free(history, stop):
+            if not wait_free(history, stop, kept):
                 break
-        proc = subprocess.Popen([sys.executable, "-m", "fm_kernel.cli.worker", str(history)])
+        proc = subprocess.Popen([sys.executable, "-m", "fm_kernel.cli.worker", str(history)],
+                                stdin=subprocess.PIPE, text=True)
         child[:] = [proc]
+        _hand_token(proc, kept.token)
         if stop.is_set():  # a signal between the look and the start
             proc.send_signal(signal.SIGTERM)
-        code = proc.wait()
+        code = _serving(proc, history, kept)
         child.clear()
         if code == RELEASED:
-            wait_taken(history, stop)
+            wait_taken(history, stop, kept)
         elif code != HELD:
             return code if code >= 0 else FAILED
     return 0
 
 
-def wait_free(history: Path, stop: threading.Event) -> bool:
+class Kept:
+    """The endpoint token of the history's last holder: the worker serves with
+    it again, so a sender's token survives hand-overs both ways."""
+
+    token: str | None = None
+
+    def look(self, history: Path, pid: int | None) -> None:
+        info = endpoint_of(history, pid)
+        if info is not None and isinstance(info.get("token"), str):
+            self.token = info["token"]
+
+
+def _serving(proc: subprocess.Popen, history: Path, kept: Kept) -> int:
+    """Wait for the serving process to end, learning its token meanwhile."""
+    while True:
+        try:
+            return proc.wait(timeout=POLL_S)
+        except subprocess.TimeoutExpired:
+            kept.look(history, proc.pid)
+
+
+def _hand_token(proc: subprocess.Popen, token: str | None) -> None:
+    # through a pipe, not the environment: flows' subprocesses inherit that
+    assert proc.stdin is not None
+    try:
+        proc.stdin.write((token or "") + "\n")
+        proc.stdin.close()
+    except OSError:  # it died at once: its exit code says why
+        pass
+
+
+def wait_free(history: Path, stop: threading.Event, kept: Kept) -> bool:
     """Until nobody has held the history for GRACE_S (True), or ``stop`` (False)."""
     free_since: float | None = None
+    last: int | None = None
     while not stop.wait(POLL_S):
-        if holder(history) is not None:
+        pid = holder(history)
+        last = pid or last
+        kept.look(history, last)  # a holder killed -9 leaves its file: still its token
+        if pid is not None:
             free_since = None
         elif free_since is None:
             free_since = time.monotonic()
@@ -86,10 +124,13 @@ def wait_free(history: Path, stop: threading.Event) -> bool:
     return False
 
 
-def wait_taken(history: Path, stop: threading.Event) -> None:
+def wait_taken(history: Path, stop: threading.Event, kept: Kept) -> None:
     """After a release, let the kernel that asked take the lock first: the
     worker comes back only once it was taken and let go (wait_free), or if
     nobody took it within TAKEN_WAIT_S."""
     deadline = time.monotonic() + TAKEN_WAIT_S
-    while holder(history) is None and time.monotonic() < deadline and not stop.wait(0.05):
-        pass
+    while time.monotonic() < deadline and not stop.wait(0.05):
+        pid = holder(history)
+        if pid is not None:
+            kept.look(history, pid)
+            return

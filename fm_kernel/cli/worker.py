@@ -28,7 +28,10 @@ STOPPED, FAILED, RELEASED, HELD = 0, 1, 3, 4  # exit codes the supervisor reads
 DRAIN_S = 3.0  # for requests already let in to answer before the socket closes
 
 
-def run_worker(history: Path, stop: threading.Event | None = None) -> int:
+def run_worker(history: Path, stop: threading.Event | None = None,
+               token: str | None = None) -> int:
+    """Serve ``history`` until SIGTERM or a release; ``token``: the endpoint
+    token to keep (the previous holder's), else a new one."""
     if not history.exists():
         print(f"fm worker: no history at {history}", file=sys.stderr)
         return FAILED
@@ -38,6 +41,7 @@ def run_worker(history: Path, stop: threading.Event | None = None) -> int:
         return HELD
     rt = runtime.Runtime(kernel_id=f"worker-{uuid.uuid4().hex[:12]}", history=history)
     rt.role = "worker"
+    rt.kept_token = token
     rt._open()
     if rt.store is None:
         print(f"fm worker: {rt.open_error}", file=sys.stderr)
@@ -104,7 +108,7 @@ def _die_with_parent() -> None:
 
 if __name__ == "__main__":
     _die_with_parent()
-    code = run_worker(Path(sys.argv[1]))
+    code = run_worker(Path(sys.argv[1]), token=sys.stdin.readline().strip() or None)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)  # run threads cut off here were journaled up to their last step

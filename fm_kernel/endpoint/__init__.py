@@ -226,7 +226,8 @@ class Endpoint:
     def __init__(self, history: Path, store: Callable[[], Any], kernel_id: str,
                  frames: querying.FrameResolver | None = None, host: str | None = None,
                  max_body: int = MAX_BODY, routes: Sequence[tuple[str, type]] = (),
-                 port: int | None = None, limits: Limits | None = None, role: str = "kernel"):
+                 port: int | None = None, limits: Limits | None = None, role: str = "kernel",
+                 token: str | None = None):
         """``routes`` are the (pattern, handler) pairs served beside ``/sql``
         and ``/openapi.json``:
         whoever starts the endpoint names them (the runtime passes the flows'),
@@ -234,7 +235,9 @@ class Endpoint:
         ``port``: the one to serve on if free (else any, and ``fallback`` says so).
         ``limits``: connection cap, timeouts, JSON depth (default: from the environment).
         ``role``: "kernel" or "worker" (`fm worker`, whose history a kernel may ask for:
-        cli/handover.py), written to the endpoint file."""
+        cli/handover.py), written to the endpoint file. ``token``: the one to keep
+        (the previous holder's, on a hand-over, so senders' requests go on working),
+        else a new random one."""
         self.history = history
         self.store = store
         self.kernel_id = kernel_id
@@ -244,7 +247,7 @@ class Endpoint:
         self.max_body = max_body
         self.limits = limits or Limits.from_env()
         self.server: GuardedServer | None = None
-        self.token = secrets.token_urlsafe(32)
+        self.token = token or secrets.token_urlsafe(32)
         self.routes: list[tuple[str, type[ApiHandler]]] = [*BUILTIN_ROUTES, *routes]
         self.wanted_port = port
         self.port: int | None = None

@@ -20,6 +20,7 @@ import struct
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,15 @@ WAIT_S = 20.0  # for the worker to let go: it finishes its requests and flushes 
 FILE_WAIT_S = 3.0  # a worker that has the lock but has not written its endpoint file yet
 ENDPOINT_SUFFIX = ".endpoint.json"  # endpoint.endpoint_file (a layer above this one)
 _FLOCK = "hhqqi4x"  # struct flock on Linux: type, whence, start, len, pid
+
+
+@dataclass(frozen=True)
+class HandedOver:
+    """Who handed a history over: the kernel keeps the worker's token, so a
+    sender's requests go on working with the token it has."""
+
+    pid: int | None
+    token: str | None
 
 
 def holder(path: Path) -> int | None:
@@ -51,16 +61,20 @@ def holder(path: Path) -> int | None:
     return None if kind == fcntl.F_UNLCK else pid
 
 
-def worker_endpoint(path: Path, pid: int | None) -> dict[str, Any] | None:
-    """The endpoint file's content if it names `fm worker` process ``pid`` as
-    the one serving this history."""
+def endpoint_of(path: Path, pid: int | None) -> dict[str, Any] | None:
+    """The endpoint file's content if process ``pid`` wrote it (not a stale one)."""
     try:
         info = json.loads(Path(str(path) + ENDPOINT_SUFFIX).read_text())
     except (OSError, ValueError):
         return None
-    if not isinstance(info, dict) or info.get("role") != "worker" or info.get("pid") != pid:
-        return None
-    return info
+    return info if isinstance(info, dict) and pid is not None and info.get("pid") == pid else None
+
+
+def worker_endpoint(path: Path, pid: int | None) -> dict[str, Any] | None:
+    """The endpoint file's content if it names `fm worker` process ``pid`` as
+    the one serving this history."""
+    info = endpoint_of(path, pid)
+    return info if info is not None and info.get("role") == "worker" else None
 
 
 def take_over(path: Path, kernel_id: str) -> tuple[Store | None, str]:
@@ -81,7 +95,8 @@ def take_over(path: Path, kernel_id: str) -> tuple[Store | None, str]:
         ask_release(info, kernel_id)
     except (OSError, ValueError) as exc:  # urllib's errors are OSErrors
         return None, f"`fm worker` (process {pid}), which did not agree to hand it over ({exc})"
-    return _open_by(path, pid, time.monotonic() + WAIT_S, f"`fm worker` (process {pid})")
+    return _open_by(path, HandedOver(pid, info.get("token")), time.monotonic() + WAIT_S,
+                    f"`fm worker` (process {pid})")
 
 
 def ask_release(info: dict[str, Any], kernel_id: str) -> None:
@@ -94,7 +109,8 @@ def ask_release(info: dict[str, Any], kernel_id: str) -> None:
             raise ValueError(f"it answered {resp.status}")
 
 
-def _open_by(path: Path, pid: int | None, deadline: float, who: str) -> tuple[Store | None, str]:
+def _open_by(path: Path, by: HandedOver | None, deadline: float,
+             who: str) -> tuple[Store | None, str]:
     while True:
         if holder(path) is None:
             try:
@@ -102,7 +118,7 @@ def _open_by(path: Path, pid: int | None, deadline: float, who: str) -> tuple[St
             except errors.HistoryLocked:
                 pass  # taken again in between: keep waiting until the deadline
             else:
-                store.handed_over_by = pid
+                store.handed_over = by
                 return store, ""
         if time.monotonic() >= deadline:
             return None, f"{who}, which did not let go within {WAIT_S:g} s"

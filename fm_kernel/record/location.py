@@ -110,9 +110,9 @@ def open_history(path: Path, kernel_id: str, take_over: bool = True) -> tuple[St
 
 
 def _taken_notice(path: Path, store: Store) -> str | None:
-    if store.handed_over_by is None:
+    if store.handed_over is None:
         return None
-    return (f"flowmetal: `fm worker` (process {store.handed_over_by}) handed {path} over to this "
+    return (f"flowmetal: `fm worker` (process {store.handed_over.pid}) handed {path} over to this "
             "kernel; it takes the history back when this kernel ends")
 
 

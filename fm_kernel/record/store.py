@@ -98,9 +98,9 @@ class Store(BulkWrites, HistoryReads):
 
     # -- opening -------------------------------------------------------------
 
-    # The pid of `fm worker` that handed this history over to the kernel that
-    # opened it (record/handover.py), else None.
-    handed_over_by: int | None = None
+    # record/handover.HandedOver when `fm worker` handed this history over
+    # to the kernel that opened it (its pid, its endpoint's token), else None.
+    handed_over: Any = None
 
     @classmethod
     def open(cls, path: Path, read_only: bool = False) -> "Store":
