@@ -97,10 +97,7 @@ class Store(BulkWrites, HistoryReads):
             self.before_copy.append(log.flush)
 
     # -- opening -------------------------------------------------------------
-
-    # record/handover.HandedOver when `fm worker` handed this history over
-    # to the kernel that opened it (its pid, its endpoint's token), else None.
-    handed_over: Any = None
+    handed_over: Any = None  # handover.HandedOver: `fm worker` handed it to this process
 
     @classmethod
     def open(cls, path: Path, read_only: bool = False) -> "Store":
