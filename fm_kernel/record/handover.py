@@ -81,12 +81,12 @@ def take_over(path: Path, kernel_id: str) -> tuple[Store | None, str]:
     """(the history, opened here, "") when `fm worker` held it and let go;
     else (None, why not: a clause for the caller's one line)."""
     pid = holder(path)
-    info = worker_endpoint(path, pid)
     deadline = time.monotonic() + FILE_WAIT_S
-    while info is None and pid is not None and time.monotonic() < deadline:
-        time.sleep(0.1)  # a worker starting up writes its file just after taking the lock
+    # a holder starting up writes its endpoint file just after taking the lock
+    while pid is not None and endpoint_of(path, pid) is None and time.monotonic() < deadline:
+        time.sleep(0.1)
         pid = holder(path)
-        info = worker_endpoint(path, pid)
+    info = worker_endpoint(path, pid)
     if pid is None:
         return _open_by(path, None, time.monotonic() + WAIT_S, "its holder let go")
     if info is None:
