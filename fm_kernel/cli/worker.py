@@ -49,16 +49,16 @@ def run_worker(history: Path, stop: threading.Event | None = None,
     if rt.store.path != history:  # taken between the look and the open: never a sibling
         rt.close(clean=True)
         return HELD
+    stop = stop or threading.Event()
+    asked: dict[str, Any] = {}
+    if rt.endpoint is not None:  # a kernel may ask while the flows are still being restored
+        rt.endpoint.on_release = lambda who: (asked.update(who=who), stop.set())
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
     runtime.install(rt)
     _restore(rt)
     from ..flows.runs import resume_pending
 
-    stop = stop or threading.Event()
-    asked: dict[str, Any] = {}
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    if rt.endpoint is not None:
-        rt.endpoint.on_release = lambda who: (asked.update(who=who), stop.set())
     resumed = resume_pending(rt)
     rt.ready_to_serve()  # until now every request was answered 503
     print(f"fm worker: serving {history} at {rt.endpoint.url if rt.endpoint else '(no endpoint)'}; "

@@ -21,6 +21,8 @@ class ReleaseHandler(ApiHandler):
         body = self.json_body()
         asker = body if isinstance(body, dict) else {}
         release = self.api.on_release
+        if release is None and self.api.role == "worker":  # its first instants: ask again
+            raise tornado.web.HTTPError(503, reason="`fm worker` is starting; ask again")
         if release is None:  # a kernel's endpoint: it has no worker loop to hand over from
             raise tornado.web.HTTPError(404, reason="only `fm worker` hands its history over")
         self.api.draining = True

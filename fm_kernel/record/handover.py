@@ -92,21 +92,29 @@ def take_over(path: Path, kernel_id: str) -> tuple[Store | None, str]:
     if info is None:
         return None, f"process {pid}, not `fm worker` (only a worker hands a history over)"
     try:
-        ask_release(info, kernel_id)
+        ask_release(info, kernel_id, time.monotonic() + WAIT_S)
     except (OSError, ValueError) as exc:  # urllib's errors are OSErrors
         return None, f"`fm worker` (process {pid}), which did not agree to hand it over ({exc})"
     return _open_by(path, HandedOver(pid, info.get("token")), time.monotonic() + WAIT_S,
                     f"`fm worker` (process {pid})")
 
 
-def ask_release(info: dict[str, Any], kernel_id: str) -> None:
+def ask_release(info: dict[str, Any], kernel_id: str, deadline: float) -> None:
+    """POST /worker/release until it answers 202 (503: the worker is starting)."""
     body = json.dumps({"kernel_id": kernel_id, "pid": os.getpid()}).encode()
     req = urllib.request.Request(f"{info['url']}/worker/release", data=body, method="POST",
                                  headers={"Authorization": f"token {info['token']}",
                                           "Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=10) as resp:
-        if resp.status != 202:
-            raise ValueError(f"it answered {resp.status}")
+    while True:
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                if resp.status != 202:
+                    raise ValueError(f"it answered {resp.status}")
+                return
+        except urllib.error.HTTPError as exc:
+            if exc.code != 503 or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.2)
 
 
 def _open_by(path: Path, by: HandedOver | None, deadline: float,

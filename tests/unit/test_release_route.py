@@ -53,9 +53,17 @@ def test_release_needs_the_token_then_every_other_request_is_503(endpoint: Endpo
     assert _call(endpoint.url + "/worker/release", token=endpoint.token)[0] == 202  # asked again
 
 
-def test_a_kernel_endpoint_does_not_release(endpoint: Endpoint) -> None:
-    status, _, body = _call(endpoint.url + "/worker/release", token=endpoint.token)
-    assert status == 404 and "fm worker" in body["error"] and not endpoint.draining
+def test_a_worker_still_starting_says_ask_again_and_a_kernel_says_no(tmp_path: Path,
+                                                                     endpoint: Endpoint) -> None:
+    status, headers, body = _call(endpoint.url + "/worker/release", token=endpoint.token)
+    assert status == 503 and headers["Retry-After"] == "1" and "starting" in body["error"]
+    kernel = Endpoint(tmp_path / "k.duckdb", lambda: None, "k", routes=ROUTES)
+    kernel.start()
+    try:
+        status, _, body = _call(kernel.url + "/worker/release", token=kernel.token)
+        assert status == 404 and "fm worker" in body["error"] and not kernel.draining
+    finally:
+        kernel.stop()
 
 
 def test_stop_returns_with_the_port_free(tmp_path: Path) -> None:
