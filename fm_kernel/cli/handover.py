@@ -18,6 +18,7 @@ asked to bring a history back to life in place.
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -30,7 +31,7 @@ from .worker import FAILED, HELD, RELEASED
 
 POLL_S = 0.5  # how often a standing-by worker looks at the lock
 GRACE_S = 3.0  # free this long in a row before the worker takes it back
-TAKEN_WAIT_S = 30.0  # after a release, for the kernel that asked to take the lock
+TAKEN_WAIT_S = 20.0  # after a release, for the kernel that asked to take the lock
 
 
 def supervise(history: Path, stand_by: bool = True) -> int:
@@ -129,8 +130,23 @@ def wait_taken(history: Path, stop: threading.Event, kept: Kept) -> None:
     worker comes back only once it was taken and let go (wait_free), or if
     nobody took it within TAKEN_WAIT_S."""
     deadline = time.monotonic() + TAKEN_WAIT_S
+    before = _stamp(history)
     while time.monotonic() < deadline and not stop.wait(0.05):
         pid = holder(history)
         if pid is not None:
             kept.look(history, pid)
             return
+        if _stamp(history) != before:  # taken and let go between two looks
+            return
+
+
+def _stamp(history: Path) -> tuple:
+    """What changes when anyone opens the history and writes (its files' times and sizes)."""
+    out = []
+    for suffix in ("", ".wal", ".steplog", ".flowlog"):
+        try:
+            st = os.stat(str(history) + suffix)
+            out.append((st.st_mtime_ns, st.st_size))
+        except OSError:
+            out.append(None)
+    return tuple(out)

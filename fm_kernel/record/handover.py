@@ -77,6 +77,10 @@ def worker_endpoint(path: Path, pid: int | None) -> dict[str, Any] | None:
     return info if info is not None and info.get("role") == "worker" else None
 
 
+def held_by_worker(path: Path) -> bool:
+    return worker_endpoint(path, holder(path)) is not None
+
+
 def take_over(path: Path, kernel_id: str) -> tuple[Store | None, str]:
     """(the history, opened here, "") when `fm worker` held it and let go;
     else (None, why not: a clause for the caller's one line)."""

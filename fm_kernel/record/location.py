@@ -16,6 +16,7 @@ import stat
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 from .. import errors
 from . import handover
@@ -77,7 +78,8 @@ def open_history(path: Path, kernel_id: str, take_over: bool = True) -> tuple[St
     """
     try:
         _refuse_foreign(path)
-        store = _open_waiting(path)
+        # a worker lets go when asked: no use outwaiting it first
+        store = _open_waiting(path, lambda: take_over and handover.held_by_worker(path))
         return store, _private_folder(path)
     except HistoryDamaged as exc:
         # kept as found, never written again by us: the user decides what to save
@@ -173,13 +175,13 @@ def _own_dir(folder: Path) -> None:
         raise OSError(f"{folder} is not a private folder of this user")
 
 
-def _open_waiting(path: Path) -> Store:
+def _open_waiting(path: Path, ask_instead: Callable[[], bool]) -> Store:
     deadline = time.monotonic() + LOCK_WAIT_S
     while True:
         try:
             return Store.open(path)
         except errors.HistoryLocked:
-            if time.monotonic() >= deadline:
+            if time.monotonic() >= deadline or ask_instead():
                 raise
             time.sleep(0.1)
 
