@@ -7,21 +7,20 @@ same with a child workflow, measured in the same run.
 
 Flowmetal side: in this process, on a fresh history (the engine a kernel
 uses). DBOS side: this script with ``--dbos-side``, run by the python of a
-separate venv holding dbos (``python -m venv /tmp/dbos-venv &&
-/tmp/dbos-venv/bin/pip install dbos``), on SQLite. Targets: ≤ 2 ms per child
-and ≥ 5× faster than DBOS.
+separate venv holding dbos (bench/_dbos.py), on SQLite. Targets: ≤ 2 ms per
+child and ≥ 5× faster than DBOS.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+import _dbos
 
 
 def flowmetal(n: int) -> float:
@@ -56,12 +55,7 @@ def flowmetal(n: int) -> float:
 
 def dbos_side(n: int) -> None:
     """Run by the DBOS venv's python; prints one JSON line."""
-    from dbos import DBOS, DBOSConfig
-
-    tmp = tempfile.mkdtemp()
-    config: DBOSConfig = {"name": "fm-bench-children",
-                          "system_database_url": f"sqlite:///{tmp}/dbos.sqlite"}
-    DBOS(config=config)
+    DBOS = _dbos.start("fm-bench-children")
 
     @DBOS.workflow()
     def kid(i: int) -> int:
@@ -76,17 +70,16 @@ def dbos_side(n: int) -> None:
     t = time.perf_counter()
     assert parent(n) == sum(range(n))
     total = time.perf_counter() - t
-    print(json.dumps({"ms_per_child": total / n * 1000}))
-    DBOS.destroy()
-    os._exit(0)
+    _dbos.report({"ms_per_child": total / n * 1000})
 
 
 def main() -> int:
-    if sys.argv[1:2] == ["--dbos-side"]:
-        dbos_side(int(sys.argv[2]))
+    side = _dbos.side_args()
+    if side is not None:
+        dbos_side(int(side[0]))
         return 0
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--dbos-python", default="/tmp/dbos-venv/bin/python")
+    ap.add_argument("--dbos-python", default=_dbos.DBOS_PYTHON)
     ap.add_argument("--children", type=int, default=300)
     a = ap.parse_args()
     print(f"load {os.getloadavg()[0]:.2f}; {os.cpu_count()} cpus; {a.children} children")
@@ -94,13 +87,12 @@ def main() -> int:
     print(f"flowmetal: {fm_ms:.3f} ms per child run (start + finish + the parent's wait)")
     ok = fm_ms <= 2.0
     if Path(a.dbos_python).exists():
-        out = subprocess.run([a.dbos_python, str(Path(__file__).resolve()), "--dbos-side",
-                              str(a.children)], capture_output=True, text=True, timeout=900)
-        line = [x for x in out.stdout.splitlines() if x.startswith("{")]
-        if not line:
-            print("DBOS side failed:", out.stderr[-2000:])
+        try:
+            dbos_ms = _dbos.run_side(a.dbos_python, str(Path(__file__).resolve()), a.children,
+                                     timeout=900)["ms_per_child"]
+        except RuntimeError as exc:
+            print("DBOS side failed:", exc)
             return 1
-        dbos_ms = json.loads(line[-1])["ms_per_child"]
         ratio = dbos_ms / fm_ms
         ok = ok and ratio >= 5
         print(f"DBOS (SQLite): {dbos_ms:.3f} ms per child; flowmetal is {ratio:.1f}x faster")

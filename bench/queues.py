@@ -9,23 +9,19 @@ the queue already starts runs beside it), then every result waited for
 (the start rate: N over the time from the first enqueue to the last
 result). Flowmetal side: in this process, on a fresh history opened with
 Store (the engine a kernel uses). DBOS side: this script run with
-``--dbos-side`` by the python of a separate venv (as bench/step_overhead.py),
-never the project's. Figures go into docs/bench-flows.md by hand.
+``--dbos-side`` by the python of a separate venv (bench/_dbos.py), never the
+project's. Figures go into docs/bench-flows.md by hand.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
+
+import _dbos
 
 
 def flowmetal(n: int, conc: int) -> dict[str, float]:
@@ -73,11 +69,7 @@ def flowmetal(n: int, conc: int) -> dict[str, float]:
 
 def dbos_side(n: int, conc: int) -> None:
     """Run by the DBOS venv's python (see the module doc); prints one JSON line."""
-    from dbos import DBOS, DBOSConfig
-
-    tmp = tempfile.mkdtemp()
-    config: DBOSConfig = {"name": "fm-bench-q", "system_database_url": f"sqlite:///{tmp}/dbos.sqlite"}
-    DBOS(config=config)
+    DBOS = _dbos.start("fm-bench-q")
 
     @DBOS.step()
     def triv(i: int) -> int:
@@ -95,54 +87,28 @@ def dbos_side(n: int, conc: int) -> None:
     enq = time.perf_counter() - t
     assert sum(h.get_result() for h in handles) == sum(range(n))
     total = time.perf_counter() - t
-    from importlib.metadata import version
-
-    print(json.dumps({"version": version("dbos"), "enqueues_per_s": n / enq,
-                      "starts_per_s": n / total}))
-    DBOS.destroy()
-    os._exit(0)
+    _dbos.report({"enqueues_per_s": n / enq, "starts_per_s": n / total})
 
 
 def main() -> None:
-    if sys.argv[1:2] == ["--dbos-side"]:
-        dbos_side(*(int(a) for a in sys.argv[2:4]))
+    side = _dbos.side_args()
+    if side is not None:
+        dbos_side(*(int(a) for a in side[:2]))
         return
     ap = argparse.ArgumentParser()
-    ap.add_argument("--dbos-python", default="/tmp/dbos-venv/bin/python")
+    ap.add_argument("--dbos-python", default=_dbos.DBOS_PYTHON)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("-n", type=int, default=5000, help="runs enqueued per round (flowmetal)")
     ap.add_argument("--dbos-n", type=int, default=1000, help="workflows enqueued per round (DBOS)")
     ap.add_argument("--concurrency", type=int, default=8)
     a = ap.parse_args()
-    fm_runs, dbos_runs = [], []
-    side = str(Path(__file__).resolve())
-    have_dbos = Path(a.dbos_python).exists()
-    for r in range(a.rounds):
-        fm_runs.append(flowmetal(a.n, a.concurrency))
-        if have_dbos:
-            try:
-                out = subprocess.run([a.dbos_python, side, "--dbos-side", str(a.dbos_n),
-                                      str(a.concurrency)], capture_output=True, text=True,
-                                     timeout=600, cwd=tempfile.mkdtemp())
-                line = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
-                if not line:
-                    raise RuntimeError(out.stderr.strip().splitlines()[-1] if out.stderr else "no output")
-                dbos_runs.append(json.loads(line[-1]))
-            except Exception as exc:
-                print(f"DBOS side failed: {exc}", file=sys.stderr)
-        print(f"round {r + 1}: flowmetal {fm_runs[-1]}  dbos {dbos_runs[-1] if dbos_runs else None}",
-              file=sys.stderr)
-
-    def med(rs: list[dict], k: str) -> float:
-        return statistics.median(x[k] for x in rs) if rs else float("nan")
-
+    fm_runs, dbos_runs = _dbos.rounds(a.rounds, lambda: flowmetal(a.n, a.concurrency),
+                                      a.dbos_python, str(Path(__file__).resolve()),
+                                      a.dbos_n, a.concurrency)
+    med = _dbos.median
     fe, fs = med(fm_runs, "enqueues_per_s"), med(fm_runs, "starts_per_s")
     de, ds = med(dbos_runs, "enqueues_per_s"), med(dbos_runs, "starts_per_s")
-    load = os.getloadavg()
-    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
-          f"dbos {dbos_runs[0]['version'] if dbos_runs else 'n/a'}; "
-          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; load {load[0]:.2f} {load[1]:.2f} "
-          f"{load[2]:.2f}; medians of {a.rounds} rounds")
+    print(_dbos.machine(dbos_runs, a.rounds))
     ratio = fe / de if dbos_runs else float("nan")
     vs = (f"≥ 5× DBOS: {'PASS' if ratio >= 5 else 'FAIL'} ({ratio:.1f}×)" if dbos_runs
           else "≥ 5× DBOS: not measured (no DBOS venv)")

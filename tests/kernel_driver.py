@@ -3,13 +3,18 @@ way a frontend drives it. Shared by the real-kernel tests."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import duckdb
 from jupyter_client.manager import KernelManager
@@ -33,6 +38,11 @@ class Reply:
 
 
 class Kernel:
+    # set by flow_kernel(): its history and the endpoint serving it
+    path: Path
+    url: str
+    token: str
+
     def __init__(self, env: dict[str, str] | None = None, cwd: Path | None = None,
                  kernel_name: str = KERNEL_NAME):
         self.km = KernelManager(kernel_name=kernel_name)  # "python3": the standard kernel
@@ -54,19 +64,8 @@ class Kernel:
         return self.collect(msg_id, timeout)
 
     def collect(self, msg_id: str, timeout: float = 60) -> Reply:
-        iopub: list[dict[str, Any]] = []
-        deadline = time.monotonic() + timeout
-        while True:
-            msg = self.kc.get_iopub_msg(timeout=max(0.1, deadline - time.monotonic()))
-            if msg["parent_header"].get("msg_id") != msg_id:
-                continue
-            if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
-                break
-            iopub.append(msg)
-        while True:
-            reply = self.kc.get_shell_msg(timeout=max(0.1, deadline - time.monotonic()))
-            if reply["parent_header"].get("msg_id") == msg_id:
-                return Reply(reply["content"]["status"], reply["content"], iopub)
+        content, iopub = collect(self.kc, msg_id, timeout)
+        return Reply(content["status"], content, iopub)
 
     def kill9(self) -> None:
         os.kill(self.pid, signal.SIGKILL)
@@ -86,6 +85,24 @@ class Kernel:
             self.shutdown()
 
 
+def collect(kc: Any, msg_id: str, timeout: float = 60) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The reply to request ``msg_id`` on client ``kc`` and the IOPub messages
+    it caused, up to the kernel's idle status; others' messages are skipped."""
+    iopub: list[dict[str, Any]] = []
+    deadline = time.monotonic() + timeout
+    while True:
+        msg = kc.get_iopub_msg(timeout=max(0.1, deadline - time.monotonic()))
+        if msg["parent_header"].get("msg_id") != msg_id:
+            continue
+        if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+            break
+        iopub.append(msg)
+    while True:
+        reply = kc.get_shell_msg(timeout=max(0.1, deadline - time.monotonic()))
+        if reply["parent_header"].get("msg_id") == msg_id:
+            return reply["content"], iopub
+
+
 def query(history: Path, sql: str, params: list[Any] | None = None) -> list[tuple]:
     """Read a history once its kernel has let go of it, as `fm sql` would:
     records a killed kernel left in its step log are replayed first."""
@@ -99,6 +116,43 @@ def query(history: Path, sql: str, params: list[Any] | None = None) -> list[tupl
         return con.execute(sql, params or []).fetchall()
     finally:
         con.close()
+
+
+def fm_cli(*args: str, env: dict[str, str] | None = None, **kw: Any) -> subprocess.CompletedProcess[str]:
+    """The `fm` command beside this Python, with no FM_/JPY_ setting of the
+    test run leaking into it (``env`` adds some back)."""
+    full = {k: v for k, v in os.environ.items() if not k.startswith(("FM_", "JPY_"))}
+    full.update(env or {})
+    return subprocess.run([str(Path(sys.executable).parent / "fm"), *args], capture_output=True,
+                          text=True, env=full, timeout=300, **kw)
+
+
+@contextlib.contextmanager
+def tmpfs(folder: Path, size: str) -> Iterator[Path]:
+    """A real small disk (a tmpfs of ``size``, e.g. "8m") mounted at
+    ``folder`` (made here) for the block; needs root."""
+    folder.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], check=True)
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def http_json(url: str, method: str = "GET", data: bytes | None = None, token: str | None = None,
+              headers: dict[str, str] | None = None, timeout: float = 30) -> tuple[int, Any]:
+    """One request to a kernel's endpoint: (status, its JSON body or None),
+    an error status answered like any other."""
+    req = urllib.request.Request(url, data=data, method=method)
+    if token is not None:
+        req.add_header("Authorization", f"token {token}")
+    for name, value in (headers or {}).items():
+        req.add_header(name, value)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, json.loads(resp.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"null")
 
 
 def endpoint_info(history: Path, timeout: float = 30) -> dict[str, Any]:
@@ -135,3 +189,53 @@ def fails(k: Kernel, code: str) -> tuple[str, str]:
 
 def lines(path: Path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
+
+
+def most_at_once(intervals: list[tuple[float, float]]) -> int:
+    """The largest number of intervals that overlap at one instant."""
+    edges = sorted([(s, 1) for s, _ in intervals] + [(e, -1) for _, e in intervals],
+                   key=lambda x: (x[0], x[1]))  # an end before a start at the same instant
+    most = cur = 0
+    for _, d in edges:
+        cur += d
+        most = max(most, cur)
+    return most
+
+
+def most_in_window(starts: list[float], window: float) -> int:
+    """The most starts within any ``window`` seconds (what a rate limit bounds)."""
+    starts = sorted(starts)
+    return max(sum(1 for t in starts[i:] if t - s < window) for i, s in enumerate(starts))
+
+
+FLOW_PRELUDE = "import os, time, json\nimport fm_kernel as fm\nimport fm_kernel.flows as flows"
+
+
+@contextlib.contextmanager
+def flow_kernel(history: Path, prelude: str = FLOW_PRELUDE) -> Iterator[Kernel]:
+    """A kernel recording to ``history`` that has run ``prelude``, with
+    ``path`` (the history), ``url`` and ``token`` (its endpoint) set."""
+    with Kernel(env={"FM_HISTORY": str(history)}) as k:
+        check(k, prelude)
+        info = endpoint_info(history)
+        k.path, k.url, k.token = history, info["url"], info["token"]
+        yield k
+
+
+# Code for a kernel (format it with d=<folder>): ``mark(name)`` appends a
+# line to D/name each time it runs, so a test counts how often a piece of
+# flow code ran across kill -9 (as DBOS's tests count with counters).
+MARKS = r'''
+D = {d!r}
+def mark(name):
+    with open(os.path.join(D, name), "a") as f:
+        f.write("x\n")
+'''
+
+# ``hold(name)``: a mark, then a wait for D/go, in plain code between durable
+# operations: where a test kills the kernel.
+HOLD = r'''def hold(name):
+    mark(name)
+    while not os.path.exists(os.path.join(D, "go")):
+        time.sleep(0.02)
+'''

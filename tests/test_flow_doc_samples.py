@@ -1,8 +1,9 @@
-"""The opening samples of docs/flows.md and the README run as written: every
-name they use is defined, and a run goes to its end once its callback is
-POSTed and (flows.md) its signal sent. Only the hour-long sleep is cut to a
-second; the callback's id is read from the run's journal, where the system
-told the URL would have it from."""
+"""The opening samples of docs/flows.md and the README, and the schedules
+sample of flows.md, run as written: every name they use is defined, a run
+goes to its end once its callback is POSTed and (flows.md) its signal sent,
+and the schedules sample prints what its comments say. Only the hour-long
+sleep is cut to a second; the callback's id is read from the run's journal,
+where the system told the URL would have it from."""
 
 from __future__ import annotations
 
@@ -55,3 +56,12 @@ def test_the_flows_doc_opening_sample_runs_to_its_end(tmp_path: Path) -> None:
 def test_the_readme_flow_sample_runs_to_its_end(tmp_path: Path) -> None:
     assert run_sample(tmp_path, ROOT / "README.md", signal=False) == \
         {"rows": 40, "answer": {"ok": True}}
+
+
+def test_the_schedules_overlap_sample_prints_what_it_says(tmp_path: Path) -> None:
+    section = (ROOT / "docs" / "flows.md").read_text().split("\n## Schedules: overlap\n", 1)[1]
+    (code,) = re.findall(r"```python\n(.*?)```", section.split("\n## ", 1)[0], re.S)
+    expected = re.findall(r"^print\(.*?# (.*)$", code, re.M)
+    with Kernel(env={"FM_HISTORY": str(tmp_path / "h.duckdb")}) as k:
+        out = check(k, code, timeout=120).strip().splitlines()
+    assert len(expected) == 2 and out[-2:] == expected, (out, expected)

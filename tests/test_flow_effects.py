@@ -12,19 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from kernel_driver import Kernel, check, fails, lines, query, wait_until
-
-PRELUDE = "import os, time, json\nimport fm_kernel as fm\nimport fm_kernel.flows as flows"
+from kernel_driver import FLOW_PRELUDE as PRELUDE
+from kernel_driver import HOLD, MARKS, Kernel, check, fails, flow_kernel, lines, query, wait_until
 
 
 @pytest.fixture(scope="module")
 def fk(tmp_path_factory):
     base = tmp_path_factory.mktemp("effects")
     path = base / "history.duckdb"
-    with Kernel(env={"FM_HISTORY": str(path)}) as k:
-        check(k, PRELUDE + f"\nD = {str(base)!r}")
-        info = json.loads(Path(str(path) + ".endpoint.json").read_text())
-        k.url, k.token, k.path, k.dir = info["url"], info["token"], path, base  # type: ignore[attr-defined]
+    with flow_kernel(path, PRELUDE + f"\nD = {str(base)!r}") as k:
+        k.dir = base  # type: ignore[attr-defined]
         yield k
 
 
@@ -145,16 +142,12 @@ except ValueError:
 
 def test_many_resumed_runs_make_one_short_line(tmp_path: Path) -> None:
     env = {"FM_HISTORY": str(tmp_path / "history.duckdb")}
-    k = Kernel(env=env)
-    try:
+    with Kernel(env=env) as k:
         check(k, PRELUDE + "\n@fm.flow\ndef napper(i):\n    fm.sleep(2)\n    return i\n"
                  "ids = [napper.start(i).id for i in range(12)]\nprint(json.dumps(ids))")
         ids = json.loads(check(k, "print(json.dumps(ids))"))
         wait_until(lambda: len(query_sleeping(k)) == 12, what="12 runs asleep")
         k.kill9()
-    finally:
-        if k.km.is_alive():
-            k.shutdown()
     with Kernel(env=env) as k2:
         out = check(k2, "import fm_kernel as fm\nprint(sorted(set(fm.get_run(i).result(60) for i in "
                         f"{ids!r})))", timeout=90)
@@ -172,8 +165,7 @@ def query_sleeping(k: Kernel) -> list[str]:
 def test_retry_backoff_survives_kill9(tmp_path: Path) -> None:
     env = {"FM_HISTORY": str(tmp_path / "history.duckdb")}
     marks = tmp_path / "attempts"
-    k = Kernel(env=env)
-    try:
+    with Kernel(env=env) as k:
         check(k, PRELUDE + f"""
 M = {str(marks)!r}
 @fm.step(retries=1, retry_delay=8)
@@ -192,9 +184,6 @@ run_id = patient.start().id
         wait_until(lambda: len(lines(marks)) == 1, what="the first attempt")
         time.sleep(1.0)  # inside the 8 s backoff; its wake time is journaled by now
         k.kill9()
-    finally:
-        if k.km.is_alive():
-            k.shutdown()
     with Kernel(env=env) as k2:
         out = check(k2, f"import fm_kernel as fm\nprint(fm.get_run({run_id!r}).result(60))", timeout=90)
         assert "up" in out.splitlines(), out
@@ -207,16 +196,7 @@ run_id = patient.start().id
 
 # -- effects of a flow body happen once across kill -9 -------------------------------------
 
-EFFECTS = r'''
-D = {d!r}
-def mark(name):
-    with open(os.path.join(D, name), "a") as f:
-        f.write("x\n")
-def hold(name):   # plain code between durable operations: the kill comes here
-    mark(name)
-    while not os.path.exists(os.path.join(D, "go")):
-        time.sleep(0.02)
-
+EFFECTS = MARKS + HOLD + r'''
 @fm.flow
 def child(tag):
     mark("child." + tag)
@@ -246,16 +226,12 @@ def _kill_while_holding(tmp_path: Path, start: str, holding: str) -> tuple[dict[
     env = {"FM_HISTORY": str(tmp_path / "history.duckdb")}
     d = tmp_path / "marks"
     d.mkdir()
-    k = Kernel(env=env)
-    try:
+    with Kernel(env=env) as k:
         check(k, PRELUDE + EFFECTS.format(d=str(d)))
         ids = check(k, start + "\nprint(json.dumps(ids))").strip().splitlines()[-1]
         wait_until(lambda: lines(d / holding), what=holding)
         time.sleep(0.3)
         k.kill9()
-    finally:
-        if k.km.is_alive():
-            k.shutdown()
     (d / "go").touch()
     return env, ids
 

@@ -18,34 +18,21 @@ from pathlib import Path
 
 import pytest
 
-from kernel_driver import Kernel, check, fails, lines, query, wait_until
-
-PRELUDE = "import os, time, json\nimport fm_kernel as fm\nimport fm_kernel.flows as flows"
+from kernel_driver import FLOW_PRELUDE as PRELUDE
+from kernel_driver import Kernel, check, fails, flow_kernel, http_json, lines, query, wait_until
 
 
 @pytest.fixture(scope="module")
 def fk(tmp_path_factory):
     base = tmp_path_factory.mktemp("versions")
     path = base / "history.duckdb"
-    with Kernel(env={"FM_HISTORY": str(path)}) as k:
-        check(k, PRELUDE)
-        info = json.loads(Path(str(path) + ".endpoint.json").read_text())
-        k.url, k.token, k.path = info["url"], info["token"], path  # type: ignore[attr-defined]
+    with flow_kernel(path) as k:
         yield k
 
 
 def http(k: Kernel, path: str, body: dict | None = None) -> tuple[int, dict]:
-    import urllib.error
-    import urllib.request
-
     data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(k.url + path, data=data, method="POST" if body is not None else "GET")  # type: ignore[attr-defined]
-    req.add_header("Authorization", f"token {k.token}")  # type: ignore[attr-defined]
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
+    return http_json(k.url + path, "POST" if body is not None else "GET", data, k.token, timeout=10)
 
 
 def sql(k: Kernel, q: str, *params: str) -> list[list]:
@@ -159,8 +146,7 @@ except Exception as exc:
 
 def test_a_run_timeout_keeps_its_deadline_across_kill9(tmp_path: Path) -> None:
     env = {"FM_HISTORY": str(tmp_path / "history.duckdb")}
-    k = Kernel(env=env)
-    try:
+    with Kernel(env=env) as k:
         check(k, PRELUDE + "\n@fm.flow(timeout=6)\ndef long_nap():\n    fm.sleep(600)\n"
                  "nap = long_nap.start()\n"
                  # a run whose flow the next kernel will not have: it times out all the same
@@ -169,9 +155,6 @@ def test_a_run_timeout_keeps_its_deadline_across_kill9(tmp_path: Path) -> None:
         run_id, lost_id = check(k, "print(nap.id, lost.id)").split()
         time.sleep(1.0)
         k.kill9()
-    finally:
-        if k.km.is_alive():
-            k.shutdown()
     with Kernel(env=env) as k2:
         ready = time.time()
         out = check(k2, f"""

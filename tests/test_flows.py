@@ -13,34 +13,20 @@ from pathlib import Path
 
 import pytest
 
-from kernel_driver import Kernel, check, fails, lines, query, wait_until
+from kernel_driver import (MARKS, Kernel, check, fails, flow_kernel, http_json, lines, query,
+                           wait_until)
 
 PRELUDE = "import time\nimport fm_kernel.flows as fm"
 
 
 def http(url: str, method: str = "POST", body: bytes | None = b"{}", token: str | None = None):
-    import urllib.error
-    import urllib.request
-
-    req = urllib.request.Request(url, data=body if method == "POST" else None, method=method)
-    if token:
-        req.add_header("Authorization", f"token {token}")
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
+    return http_json(url, method, body if method == "POST" else None, token, timeout=10)
 
 
 # -- exactly-once across kill -9 --------------------------------------------------------
 
 CRASH_SETUP = r'''
-import os, time
-D = {d!r}
-def mark(name):
-    with open(os.path.join(D, name), "a") as f:
-        f.write("x\n")
-
+import os, time''' + MARKS + r'''
 @fm.step
 def s1(tag):
     mark(tag + ".s1"); return tag + "-1"
@@ -90,8 +76,7 @@ def test_runs_resume_after_kill9_and_completed_steps_never_rerun(tmp_path: Path)
     env = {"FM_HISTORY": str(history)}
     d = tmp_path / "marks"
     d.mkdir()
-    k = Kernel(env=env)
-    try:
+    with Kernel(env=env) as k:
         check(k, PRELUDE)
         check(k, CRASH_SETUP.format(d=str(d)))
         ids = json.loads(check(k, "import json\nra, rb, rc = job.start('a'), job.start('b'), job.start('c')\n"
@@ -108,9 +93,6 @@ def test_runs_resume_after_kill9_and_completed_steps_never_rerun(tmp_path: Path)
         assert before < 1000, "fan-out finished before the kill; make items slower"
         assert lines(d / "c.s3") == [], "c's sleep ended before the kill"
         k.kill9()
-    finally:
-        if k.km.is_alive():
-            k.shutdown()
     (d / "go").touch()
     with Kernel(env=env) as k2:
         out = check(k2, "import fm_kernel as fm, json\n"
@@ -149,10 +131,7 @@ def test_runs_resume_after_kill9_and_completed_steps_never_rerun(tmp_path: Path)
 @pytest.fixture(scope="module")
 def fk(tmp_path_factory):
     path = tmp_path_factory.mktemp("flows") / "history.duckdb"
-    with Kernel(env={"FM_HISTORY": str(path)}) as k:
-        check(k, PRELUDE)
-        info = json.loads(Path(str(path) + ".endpoint.json").read_text())
-        k.url, k.token, k.path = info["url"], info["token"], path  # type: ignore[attr-defined]
+    with flow_kernel(path, PRELUDE) as k:
         yield k
 
 

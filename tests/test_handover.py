@@ -93,8 +93,12 @@ def prepare(tmp_path: Path) -> tuple[Path, Path]:
 def start_worker(history: Path) -> subprocess.Popen:
     worker = subprocess.Popen([FM, "worker", "--history", str(history)], env=env(),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    wait_until(lambda: endpoint(history).get("role") == "worker", timeout=60,
-               what="the worker's endpoint")
+    try:
+        wait_until(lambda: endpoint(history).get("role") == "worker", timeout=60,
+                   what="the worker's endpoint")
+    except BaseException:
+        stop_worker(worker)  # never left running after a failed test
+        raise
     return worker
 
 

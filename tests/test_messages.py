@@ -9,47 +9,29 @@ import json
 import re
 import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from kernel_driver import Kernel, check, fails, lines, query, wait_until
+from kernel_driver import FLOW_PRELUDE as PRELUDE
+from kernel_driver import (HOLD, MARKS, Kernel, check, endpoint_info, fails, flow_kernel, http_json,
+                           lines, query, wait_until)
 
-PRELUDE = "import os, time, json\nimport fm_kernel as fm\nimport fm_kernel.flows as flows"
 DOCS = Path(__file__).resolve().parent.parent / "docs"
-
-
-def endpoint(history: Path) -> tuple[str, str]:
-    info = json.loads(Path(str(history) + ".endpoint.json").read_text())
-    return info["url"], info["token"]
 
 
 def http(url: str, token: str | None, method: str, path: str, body: Any = None,
          headers: dict[str, str] | None = None) -> tuple[int, Any]:
     data = json.dumps(body).encode() if method == "POST" else None
-    req = urllib.request.Request(url + path, data=data, method=method)
-    if token is not None:
-        req.add_header("Authorization", f"token {token}")
-    for k, v in (headers or {}).items():
-        req.add_header(k, v)
-    try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            return resp.status, json.loads(resp.read() or b"null")
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"null")
+    return http_json(url + path, method, data, token, headers)
 
 
 @pytest.fixture(scope="module")
 def mk(tmp_path_factory):
     base = tmp_path_factory.mktemp("messages")
     path = base / "history.duckdb"
-    with Kernel(env={"FM_HISTORY": str(path)}) as k:
-        check(k, PRELUDE)
-        k.url, k.token = endpoint(path)  # type: ignore[attr-defined]
-        k.path = path  # type: ignore[attr-defined]
+    with flow_kernel(path) as k:
         yield k
 
 
@@ -217,16 +199,7 @@ def test_the_docs_sample_runs_as_written(mk: Kernel) -> None:
 
 # -- across kill -9 ----------------------------------------------------------------------------
 
-FLOWS = r'''
-D = {d!r}
-def mark(name):
-    with open(os.path.join(D, name), "a") as f:
-        f.write("x\n")
-def hold(name):   # plain code between durable operations: the kill comes here
-    mark(name)
-    while not os.path.exists(os.path.join(D, "go")):
-        time.sleep(0.02)
-
+FLOWS = MARKS + HOLD + r'''
 @fm.flow
 def receiver():
     first = fm.recv("ping", timeout=120)
@@ -352,7 +325,8 @@ def test_a_receiver_killed_while_waiting_takes_each_message_once(tmp_path: Path)
     k2 = Kernel(env=env)
     try:
         check(k2, "import fm_kernel as fm")
-        url, token = endpoint(h)
+        info = endpoint_info(h)
+        url, token = info["url"], info["token"]
         key = {"Idempotency-Key": "order-1"}
         first = http(url, token, "POST", f"/runs/{rid}/messages/job", {"n": 1}, key)
         again = http(url, token, "POST", f"/runs/{rid}/messages/job", {"n": 1}, key)

@@ -14,8 +14,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import duckdb
 import pytest
+
+from kernel_driver import query
 
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOKS = REPO / "notebooks"
@@ -68,32 +69,15 @@ def _all_notebooks() -> list[Path]:
     return sorted(NOTEBOOKS.glob("*.ipynb"))
 
 
-def _connect(history: Path) -> duckdb.DuckDBPyConnection:
-    """The history as flowmetal reads it: records a killed kernel (nbval ends
-    its kernels so) left in the step log are replayed first."""
-    from fm_kernel.record import steplog
-    from fm_kernel.record.store import Store
-
-    if steplog.pending_tail(history):
-        steplog.replay_for_reader(history, Store.open)
-    return duckdb.connect(str(history), read_only=True)
-
-
 def _finished_steps(history: Path) -> int:
-    """Steps that ran to an end: ok, or an error a tutorial raises on purpose."""
-    con = _connect(history)
-    try:
-        return con.execute("SELECT count(*) FROM steps WHERE status IN ('ok', 'error')").fetchone()[0]
-    finally:
-        con.close()
+    """Steps that ran to an end: ok, or an error a tutorial raises on purpose.
+    Read as flowmetal reads: what a killed kernel (nbval ends its kernels so)
+    left in the step log is replayed first."""
+    return query(history, "SELECT count(*) FROM steps WHERE status IN ('ok', 'error')")[0][0]
 
 
 def _ok_steps(history: Path) -> int:
-    con = _connect(history)
-    try:
-        return con.execute("SELECT count(*) FROM steps WHERE status = 'ok'").fetchone()[0]
-    finally:
-        con.close()
+    return query(history, "SELECT count(*) FROM steps WHERE status = 'ok'")[0][0]
 
 
 def _fm() -> str:

@@ -21,6 +21,8 @@ import jupyter_kernel_test as jkt  # not `from ... import KernelTests`: pytest w
 import pytest
 from jupyter_client.manager import KernelManager, start_new_kernel
 
+from kernel_driver import collect as _collect
+
 KERNEL_NAME = "flowmetal"
 # Variables that would point the kernel at a history outside the temp dir.
 _LEAKY_ENV = ("FM_HISTORY", "FM_NOTEBOOK", "JPY_SESSION_NAME")
@@ -157,22 +159,6 @@ def _run(kc: Any, code: str, timeout: float = 30, **kwargs: Any) -> tuple[dict, 
     """Execute and return (reply content, iopub messages of this request up to idle)."""
     msg_id = kc.execute(code, **kwargs)
     return _collect(kc, msg_id, timeout)
-
-
-def _collect(kc: Any, msg_id: str, timeout: float) -> tuple[dict, list[dict]]:
-    deadline = time.monotonic() + timeout
-    iopub: list[dict] = []
-    while True:
-        msg = kc.get_iopub_msg(timeout=max(0.1, deadline - time.monotonic()))
-        if msg["parent_header"].get("msg_id") != msg_id:
-            continue
-        if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
-            break
-        iopub.append(msg)
-    while True:
-        reply = kc.get_shell_msg(timeout=max(0.1, deadline - time.monotonic()))
-        if reply["parent_header"].get("msg_id") == msg_id:
-            return reply["content"], iopub
 
 
 def _stdout(iopub: list[dict]) -> str:

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from kernel_driver import Kernel, check, fails, lines, query, wait_until
+from kernel_driver import (Kernel, check, fails, lines, most_at_once, most_in_window, query,
+                           wait_until)
 
 PRELUDE = "import os, time, json\nimport fm_kernel as fm"
 
@@ -31,22 +32,6 @@ def http(url: str, body: dict, token: str) -> tuple[int, dict]:
             return resp.status, json.loads(resp.read())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read())
-
-
-def most_at_once(intervals: list[tuple[float, float]]) -> int:
-    """The largest number of intervals that overlap at one instant."""
-    edges = sorted([(s, 1) for s, _ in intervals] + [(e, -1) for _, e in intervals],
-                   key=lambda x: (x[0], x[1]))  # an end before a start at the same instant
-    most = cur = 0
-    for _, d in edges:
-        cur += d
-        most = max(most, cur)
-    return most
-
-
-def most_in_window(starts: list[float], window: float) -> int:
-    starts = sorted(starts)
-    return max(sum(1 for t in starts[i:] if t - s < window) for i, s in enumerate(starts))
 
 
 @pytest.mark.parametrize("options", [{"concurrency": 0}, {"worker_concurrency": 1.5},

@@ -36,15 +36,11 @@ def test_flow_using_underscore_helper_resumes_after_kill9(tmp_path: Path) -> Non
     env = {"FM_HISTORY": str(tmp_path / "h" / "history.duckdb")}
     d = tmp_path / "marks"
     d.mkdir()
-    k = Kernel(env=env)
-    try:
+    with Kernel(env=env) as k:
         check(k, FLOW.format(d=str(d)))
         rid = check(k, "r = job.start(7)\nprint(r.id)").strip().splitlines()[-1]
         wait_until(lambda: lines(d / "started"), what="the step to start")
         k.kill9()
-    finally:
-        if k.km.is_alive():
-            k.shutdown()
     (d / "go").touch()
     with Kernel(env=env) as k2:
         out = check(k2, f"import fm_kernel as fm, json\nprint(json.dumps(fm.get_run({rid!r}).result(60)))",

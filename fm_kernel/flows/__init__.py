@@ -16,7 +16,7 @@ the machinery is behind it, each module importing only those below it:
     steps      Step, attempts, retries, timeouts
     context    FlowRegistry (one per process, owned by the runtime), the
                current run and step, replay
-    schedule   cron schedules
+    schedule   cron schedules and their overlap policies (skip, queue, allow)
     tasks      fm.task: steps done by worker processes over HTTP (task_routes: their routes)
     events     named events: POST /events/<name> (event_routes), @flow(on=name), wait_event
     sources    fm.files, fm.poll: watcher threads that deliver named events

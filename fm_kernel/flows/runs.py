@@ -14,10 +14,10 @@ from ..record import trust
 from .context import CURRENT_RUN, RunContext, registry, replay
 from .deadlines import validate_timeout
 from .journal import PENDING_STATUSES
-from .queues import enqueue_once
+from .queues import Queue, enqueue_once
 from .run import Run, new_run, run_handle
 from .run_ids import once_per_id
-from .schedule import validate_overlap, validate_schedule
+from .schedule import slot_queue_name, validate_overlap, validate_schedule
 
 
 class Flow:
@@ -140,9 +140,10 @@ def flow(fn: Callable[..., Any] | None = None, *, schedule: str | None = None,
          name: str | None = None, on: Any = None, overlap: str = "skip",
          timeout: float | None = None) -> Any:
     """``@flow`` or ``@flow(schedule="*/15 * * * *")`` (cron; six fields put
-    the seconds first; ``overlap="skip"|"allow"`` for a slot that comes while
-    the previous run is going). ``on="name"``: a run per named event (its
-    payload the one argument; events.py), once per delivery id.
+    the seconds first; ``overlap="skip"|"queue"|"allow"`` for a slot that
+    comes while the previous run is going: schedule.py). ``on="name"``: a
+    run per named event (its payload the one argument; events.py), once per
+    delivery id.
     ``timeout``: seconds each run may take (deadlines.py)."""
     if on is not None and not isinstance(on, str) and not hasattr(on, "attach"):
         raise UsageError(f"@fm.flow(on={on!r}): expected an event name, fm.files(...) or fm.poll(...)")
@@ -162,9 +163,23 @@ def _register(fl: Flow) -> None:
     for run_id in sorted(waiting):
         _resume(fl, run_id)
     if reg.ready:
-        if fl.schedule is not None:
-            reg.scheduler.add(fl)
+        _schedule(fl)
         _watch(fl)
+
+
+def _schedule(fl: Flow) -> None:
+    """Start the flow's schedule, if it has one. With overlap="queue" its
+    queue of one comes first: a slot left waiting there by a killed kernel
+    is a run record that queue's dispatcher takes up (schedule.py)."""
+    if fl.schedule is None:
+        return
+    reg = registry()
+    if fl.overlap == "queue":
+        name = slot_queue_name(fl.name)
+        live = reg.queues.get(name)
+        if live is None or live.limit != 1:  # the cell re-run keeps the live one
+            Queue(name, concurrency=1)
+    reg.scheduler.add(fl)
 
 
 def _watch(fl: Flow) -> None:
@@ -221,8 +236,7 @@ def resume_pending(rt: Any = None) -> list[str]:
         elif _resume(fl, row["run_id"]):
             resumed.append(f"{row['flow']}/{row['run_id'][:8]}")
     for fl in list(reg.flows.values()):
-        if fl.schedule is not None:
-            reg.scheduler.add(fl)
+        _schedule(fl)
         _watch(fl)
     if rt is not None and (resumed or waiting):
         line = f"flowmetal: resumed {len(resumed)} flow run(s){_which(resumed)}"

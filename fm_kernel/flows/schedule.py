@@ -1,6 +1,17 @@
 """Cron schedules of flows (``@flow(schedule=...)``): validation and the
 thread that starts scheduled runs. The scheduler knows a flow only by its
-``name``, ``schedule`` and ``start()``, so it sits below the run machinery.
+``name``, ``schedule``, ``overlap``, ``busy()`` and ``start()``, so it sits
+below the run machinery.
+
+The overlap policies, for a slot that comes while the flow's previous run
+is still going: ``skip`` (default) drops the slot; ``allow`` starts it
+anyway; ``queue`` enqueues it on the flow's own queue of concurrency 1
+(``slot_queue_name``; runs.py defines that queue when it starts the
+schedule), so it starts when the previous slot's run ends, and a kill -9
+meanwhile loses nothing: the waiting slot is an ``enqueued`` run record.
+At most one slot waits (Temporal's BUFFER_ONE): a slot that finds one
+waiting is dropped, so a flow slower than its schedule runs back to back
+instead of piling up a backlog that grows without end.
 """
 
 from __future__ import annotations
@@ -12,6 +23,7 @@ import time
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..errors import FlowError
+from .journal import ENQUEUED
 
 if TYPE_CHECKING:
     from .journal import Journal
@@ -46,13 +58,18 @@ def validate_schedule(expr: str, name: str) -> None:
 
 
 def validate_overlap(overlap: Any, name: str) -> str:
-    # "queue" is refused rather than quietly treated as "allow" or "skip":
-    # a queued slot must survive a kill, which is not built yet.
-    if overlap not in ("skip", "allow"):
+    if overlap not in ("skip", "queue", "allow"):
         raise FlowError(f"flow {name!r}: overlap={overlap!r} is not supported; use 'skip' "
-                        "(default: a slot whose previous run is still going is skipped) or "
+                        "(default: a slot whose previous run is still going is skipped), "
+                        "'queue' (it starts when that run ends; at most one slot waits) or "
                         "'allow' (every slot starts a run)")
     return overlap
+
+
+def slot_queue_name(flow: str) -> str:
+    """The fm.Queue (concurrency 1) that holds the slots of a flow with
+    overlap="queue": a queue name is letters, digits, '.', '_' and '-'."""
+    return f"schedule.{re.sub(r'[^A-Za-z0-9_.-]', '_', flow)[:96]}"
 
 
 class Scheduler:
@@ -137,11 +154,29 @@ class Scheduler:
         run_id = slot_run_id(fl.name, slot)
         if self.journal().run_row(run_id) is not None:  # fired already: that run, not a skip
             return fl.start(run_id=run_id)
-        if getattr(fl, "overlap", "skip") == "skip" and fl.busy():
+        if fl.overlap == "queue":
+            return self._enqueue(fl, slot, run_id)
+        if fl.overlap == "skip" and fl.busy():
             log.info("flow %r: slot %s skipped, its previous run is still going", fl.name, slot)
             self.journal().record_slot(fl.name, slot, None)
             return None
         run = fl.start(run_id=run_id)
+        self.journal().record_slot(fl.name, slot, run.id)
+        return run
+
+    def _enqueue(self, fl: Any, slot: float, run_id: str) -> Any:
+        """overlap="queue": the slot waits on the flow's queue, unless one
+        waits there already (the bound: that one stands for both). Asked of
+        the record, not of memory, so a slot left waiting by a killed kernel
+        counts before its queue has loaded it."""
+        queue = slot_queue_name(fl.name)
+        rows = self.journal().queue_rows(queue)
+        if any(r["status"] == ENQUEUED and r["flow"] == fl.name for r in rows):
+            log.info("flow %r: slot %s dropped, an earlier slot already waits for the previous "
+                     "run to end", fl.name, slot)
+            self.journal().record_slot(fl.name, slot, None)
+            return None
+        run = fl.start(run_id=run_id, queue=queue)
         self.journal().record_slot(fl.name, slot, run.id)
         return run
 

@@ -13,8 +13,10 @@ a 1 GiB capture then costs the disk's time and evicts nothing, where
 buffered writes first had to find 1 GiB of page-cache memory — on the VM of
 docs/benchmarks.md, memory touched for the first time costs 0.3–4 s a GiB,
 and the buffered capture measured 3.3x the disk's write+fsync against 0.8x
-direct. The price: a rewind soon after reads from the disk, not the cache
-(1.3x reading the bytes from the cache, against 0.96x buffered).
+direct. The price: a rewind that loads the array anew soon after reads from
+the disk, not the cache (1.3x reading the bytes from the cache, against
+0.96x buffered); a rewind after an edit mostly patches the live array
+instead and reads only the chunks that differ (state/patching.py).
 ``FM_DIRECT_IO=0`` writes through the page cache instead, each file's
 writeback started as soon as it is written (``sync_file_range(WRITE)``) so
 the cell's one ``syncfs`` mostly finds it done. Unaligned lengths and file
@@ -133,11 +135,16 @@ class ChunkIO:
             os.close(fd)
 
 
+class Anonymous(mmap.mmap):
+    """An anonymous mapping made here: process memory, no file behind it (a
+    patch may write into an array on it; never into a user's mapped file)."""
+
+
 def aligned_buffer(n: int) -> Any:
     """Uninitialised, writable, page-aligned memory of ``n`` bytes (an anonymous
     mapping: a zero-filled bytearray touches every page twice, and an aligned
     destination lets chunks be read into it directly)."""
-    return mmap.mmap(-1, n) if n else bytearray()
+    return Anonymous(-1, n) if n else bytearray()
 
 
 def _copy(dst: memoryview, src: memoryview) -> None:

@@ -48,7 +48,7 @@ def holder(path: Path) -> int | None:
     holds the history: closing any descriptor of the file drops the
     process's own fcntl locks on it."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        fd = os.open(path, os.O_RDONLY)  # a link the user made to their file is fine
     except OSError:
         return None  # no file: nobody holds it
     try:

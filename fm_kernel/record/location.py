@@ -20,7 +20,8 @@ from typing import Callable
 
 from .. import errors
 from . import handover
-from .store import HistoryDamaged, Store
+from .refusals import HistoryDamaged
+from .store import Store
 
 LOCK_WAIT_S = 2.0  # a CLI read may hold the file for a moment; outwait it
 
@@ -76,8 +77,7 @@ def open_history(path: Path, kernel_id: str, take_over: bool = True) -> tuple[St
     substitute. Returns the store and a one-line notice (None if all is well).
     ``take_over``: a history `fm worker` holds is asked of it (handover.py).
     """
-    try:
-        _refuse_foreign(path)
+    try:  # Store.open refuses a history whose files are links or another user's
         # a worker lets go when asked: no use outwaiting it first
         store = _open_waiting(path, lambda: take_over and handover.held_by_worker(path))
         return store, _private_folder(path)
@@ -148,24 +148,6 @@ def _private_folder(path: Path) -> str | None:
                 f"(mode {stat.filemode(st.st_mode)}): they can read its write-ahead log (your "
                 "code and outputs); keep it in a private folder (the default .flowmetal/ is)")
     return None
-
-
-SIDECARS = ("", ".wal", ".steplog", ".flowlog", ".inflight", ".objects", ".endpoint.json")
-
-
-def _refuse_foreign(path: Path) -> None:
-    """A history whose files are links or belong to another user is not
-    opened: in a folder others can write, a planted ``.steplog`` or ``.flowlog`` would inject
-    records and a link at ``.inflight`` would be written through."""
-    for suffix in SIDECARS:
-        p = Path(str(path) + suffix)
-        try:  # the database itself may be a link the user made, to a file of theirs
-            st = os.stat(p) if suffix == "" else os.lstat(p)
-        except OSError:
-            continue
-        if stat.S_ISLNK(st.st_mode) or st.st_uid != os.getuid():
-            why = "a symbolic link" if stat.S_ISLNK(st.st_mode) else f"owned by uid {st.st_uid}"
-            raise errors.HistoryUnwritable(path, OSError(f"{p.name} is {why}, not a file of yours"))
 
 
 def _own_dir(folder: Path) -> None:

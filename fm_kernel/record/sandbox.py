@@ -11,14 +11,10 @@ from typing import Any, Sequence
 import duckdb
 
 from ..errors import QueryFailed
+from .refusals import first_line
 from .rows import Result
 
 __all__ = ["parse_tree", "run_isolated", "statement_types"]
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = [ln for ln in str(exc).splitlines() if ln.strip()]
-    return lines[0] if lines else type(exc).__name__
 
 
 # -- user SQL's own instance --------------------------------------------------
@@ -73,7 +69,7 @@ def run_isolated(sql: str, params: Sequence[Any] | dict[str, Any], views: dict[s
                 else cur.fetchmany(max_rows + 1)
         except (duckdb.Error, RuntimeError) as exc:  # Ctrl-C arrives as RuntimeError
             interrupted = isinstance(exc, duckdb.InterruptException) or "interrupted" in str(exc)
-            raise QueryFailed("interrupted" if interrupted else _first_line(exc),
+            raise QueryFailed("interrupted" if interrupted else first_line(exc),
                               wrote="read-only" in str(exc)) from None
         finally:
             cancel.detach()
@@ -88,7 +84,7 @@ def statement_types(sql: str) -> list[str]:
     try:
         return [st.type.name for st in duckdb.extract_statements(sql)]
     except duckdb.Error as exc:
-        raise QueryFailed(_first_line(exc)) from None
+        raise QueryFailed(first_line(exc)) from None
 
 
 _parser: duckdb.DuckDBPyConnection | None = None  # in-memory, only parses

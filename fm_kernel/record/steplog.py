@@ -186,10 +186,10 @@ class StepLog:
     def flush(self) -> None:
         """Move every waiting record into DuckDB now (one transaction).
         Called by reads, copies, close and the checkpointer."""
-        with self.store._lock:
+        with self.store.exclusive() as in_transaction:
             # a transaction flushed before it began; what other threads
             # append meanwhile waits for the next flush
-            if not self._pending or self.store._in_txn:
+            if not self._pending or in_transaction:
                 return
             with self._lock:
                 batch, self._pending = self._pending, []

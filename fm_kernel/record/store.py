@@ -24,7 +24,9 @@ from ..errors import QueryFailed
 from . import steplog, walcheck
 from .migrations import MIGRATIONS
 from .bulk import BulkWrites
+from .connlock import ConnectionLock
 from .reads import HistoryReads
+from .refusals import OS_REFUSALS, HistoryDamaged, first_line, lock_holder, named, refuse_foreign
 from .rows import Result, StepRecord, utcnow
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -37,21 +39,6 @@ _VIEWS_KEY = ("SELECT list(estimated_size ORDER BY table_name) FROM duckdb_table
 _ENTRY_COLUMNS = ("id", "name", "type", "size_bytes", "summary", "value", "restorable", "reason")
 
 
-# DuckDB's words for a refusal by the operating system rather than a damaged file
-_OS_REFUSALS = ("Permission denied", "Read-only file system", "No space left", "Is a directory")
-
-
-class HistoryDamaged(errors.HistoryUnwritable):
-    """The database or its write-ahead log is there but DuckDB cannot read it
-    (or replays less than was acknowledged); ``kept`` is the log as found."""
-
-    def __init__(self, path: Path, cause: BaseException, kept: Path | None = None):
-        super().__init__(path, cause)
-        self.kept = kept
-        copy = f"; its write-ahead log as found is kept at {kept}" if kept else ""
-        self.args = (f"history {path} is damaged ({cause}); it is left as it is{copy}",)
-
-
 class Store(BulkWrites, HistoryReads):
     """A history database opened read-write by this process."""
 
@@ -60,10 +47,9 @@ class Store(BulkWrites, HistoryReads):
         self.read_only = read_only
         self.created = False  # set by open() when this process made the file
         self._conn = conn
-        self._lock = threading.RLock()  # the connection
+        self._lock = ConnectionLock()  # the connection
         self._seq_lock = threading.Lock()  # seq and step numbers, taken without the connection
-        self._in_txn = False
-        self._txn_owner: int | None = None
+        self._in_txn = False  # set and cleared holding _lock: its holder's transaction
         self._log: steplog.StepLog | None = None  # set once seq and step are known
         self._scratch: Path | None = None  # sidecars of an in-memory history
         # Writers that buffer records outside DuckDB (the step log, the flow
@@ -104,11 +90,14 @@ class Store(BulkWrites, HistoryReads):
         """Open (creating if needed) the history at ``path`` for writing.
 
         Raises HistoryLocked when another live process holds it, and
-        HistoryUnwritable when the file or its folder cannot be written.
+        HistoryUnwritable when the file or its folder cannot be written, or
+        when one of its files is a link or another user's (never replayed).
         """
         path = Path(path)
         if read_only and not path.exists():
             raise errors.HistoryError(f"no history at {path}; run a cell in a flowmetal kernel first")
+        if not read_only and str(path) != ":memory:":
+            refuse_foreign(path)
         try:
             if not read_only:
                 path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -122,17 +111,17 @@ class Store(BulkWrites, HistoryReads):
             conn = duckdb.connect(str(path), read_only=read_only)
         except duckdb.Error as exc:
             if isinstance(exc, duckdb.IOException) and "lock" in str(exc).lower():
-                raise errors.HistoryLocked(path, _lock_holder(str(exc))) from None
-            if fresh or any(w in str(exc) for w in _OS_REFUSALS):
+                raise errors.HistoryLocked(path, lock_holder(str(exc))) from None
+            if fresh or any(w in str(exc) for w in OS_REFUSALS):
                 raise errors.HistoryUnwritable(path, exc) from None
-            raise HistoryDamaged(path, _named(exc), walcheck.keep_log(path, found)) from None
+            raise HistoryDamaged(path, named(exc), walcheck.keep_log(path, found)) from None
         if fresh:
             _owner_only(path)
         try:
             store = cls(path, conn, read_only)
         except duckdb.Error as exc:  # it opened, but its tables cannot be read
             conn.close()
-            raise HistoryDamaged(path, _named(exc), walcheck.keep_log(path, found)) from None
+            raise HistoryDamaged(path, named(exc), walcheck.keep_log(path, found)) from None
         acked = walcheck.acknowledged_step(path) if found else None
         if acked is not None and store.last_step < acked:
             store.abandon()  # DuckDB replayed its log only in part, and said nothing
@@ -224,7 +213,7 @@ class Store(BulkWrites, HistoryReads):
             if outer:
                 self._forget_heads(forget)
                 self._conn.execute("BEGIN")
-                self._in_txn, self._txn_owner = True, threading.get_ident()
+                self._in_txn = True
             try:
                 yield
             except BaseException:
@@ -258,11 +247,20 @@ class Store(BulkWrites, HistoryReads):
     def last_step(self) -> int:
         return self._step
 
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[bool]:
+        """Hold the connection (re-entrant) across several calls that no
+        other thread's may come between; yields True when this thread is
+        already inside a transaction(), which whatever is written now joins,
+        and leaves again if it rolls back."""
+        with self._lock:
+            yield self._in_txn
+
     def flush_writers(self) -> None:
         """The records buffered outside DuckDB (step log, flow log) into it. A
         thread holding the connection (in a transaction) flushes only the step
         log: the flow log's checkpoint waits for the connection (deadlock)."""
-        if not self._lock._is_owned():  # type: ignore[attr-defined]
+        if not self._lock.held_here():
             for flush in list(self.before_copy):
                 flush()
         elif self._log is not None:
@@ -270,8 +268,9 @@ class Store(BulkWrites, HistoryReads):
 
     def _log_here(self) -> steplog.StepLog | None:
         """The step log, unless this thread is inside a transaction (its
-        writes then go into that transaction, atomic with it)."""
-        if self._log is None or (self._in_txn and self._txn_owner == threading.get_ident()):
+        writes then go into that transaction, atomic with it). An open
+        transaction holds the connection, so it is this thread's if held here."""
+        if self._log is None or (self._in_txn and self._lock.held_here()):
             return None
         return self._log
 
@@ -349,7 +348,7 @@ class Store(BulkWrites, HistoryReads):
             cur.execute("ROLLBACK")
             return out
         except duckdb.Error as exc:
-            raise QueryFailed(_first_line(exc)) from None
+            raise QueryFailed(first_line(exc)) from None
         finally:
             if cancel is not None:
                 cancel.detach()
@@ -422,27 +421,6 @@ class Store(BulkWrites, HistoryReads):
                 pass
         return total
 
-def _lock_holder(message: str) -> str | None:
-    # DuckDB says: "... Conflicting lock is held in <exe> (PID 1234) by user ..."
-    marker = "(PID "
-    i = message.find(marker)
-    if i < 0:
-        return None
-    return message[i + len(marker):].split(")", 1)[0].strip()
-
-
-def _named(exc: BaseException) -> OSError:
-    """DuckDB's reason with its quoted paths cut to file names: one readable line."""
-    import re
-
-    return OSError(re.sub(r'"([^"]*)"', lambda m: Path(m.group(1)).name, _first_line(exc))[:200])
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = [ln for ln in str(exc).splitlines() if ln.strip()]
-    return lines[0] if lines else type(exc).__name__
-
-
 def _ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
@@ -470,11 +448,11 @@ def peek_count(history: Path, sql: str, params: Sequence[Any] = ()) -> int:
     try:
         con = duckdb.connect(str(history), read_only=True)
     except duckdb.Error as exc:
-        raise errors.HistoryError(_first_line(exc)) from None
+        raise errors.HistoryError(first_line(exc)) from None
     try:
         return int(con.execute(sql, list(params)).fetchone()[0])
     except duckdb.Error as exc:
-        raise errors.HistoryError(_first_line(exc)) from None
+        raise errors.HistoryError(first_line(exc)) from None
     finally:
         con.close()
 
@@ -484,7 +462,7 @@ def readable(history: Path) -> str | None:
     try:
         duckdb.connect(str(history), read_only=True).close()
     except duckdb.Error as exc:
-        return _first_line(exc)
+        return first_line(exc)
     return None
 
 

@@ -37,7 +37,8 @@ def _move(rt: "Runtime", step: int, branch: str, kind: str, verb: str,
     store.append_event(kind, step=step, payload={
         "from_branch": before_branch, "from_step": before, "branch": branch,
         "restored": moved.report.restored, "deleted": moved.report.deleted,
-        "not_restored": moved.report.not_restored, "ms": round(moved.seconds * 1000, 1)})
+        "not_restored": moved.report.not_restored, "ms": round(moved.seconds * 1000, 1),
+        "read_bytes": moved.report.read_bytes, "patched": moved.report.patched})
     return moved.line(verb)
 
 

@@ -16,18 +16,30 @@ the semaphore, the open file, the widget the user had.
 from __future__ import annotations
 
 import json
+import logging
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .analysis import WALK_LIMIT, ObjectWalk
-from .pickling import Payload, array_roots
+from .patching import Patch, plan
 
 if TYPE_CHECKING:
     from .snapshot import Manifest, RestoreReport, Snapshotter, VarEntry
 
+log = logging.getLogger(__name__)
 ASIDE_MAX = 256               # objects set aside at most (oldest dropped first)
 ASIDE_SMALL = 256 * 1024      # picklable objects up to this size are set aside too
+
+
+def ticker(done: list | None) -> Callable[[int], None]:
+    """Count bytes read into ``done`` = [bytes so far, bytes in all, progress
+    callback or None], calling the callback on each."""
+    def tick(n: int) -> None:
+        if done is not None:
+            done[0] += n
+            if done[2] is not None:
+                done[2](done[0], done[1])
+    return tick
 
 
 class Aside:
@@ -68,6 +80,7 @@ class Restore:
         self.snap, self.target, self.ns, self.live, self.report = snap, target, ns, live, report
         self.ids_known = live is not None and snap._ids_sig == live.signature()
         self.put: dict[str, Any] = {}   # name -> object to bind once nothing can fail any more
+        self.patches: list[Patch] = []  # live arrays to patch then (patching.py)
 
     def live_is(self, n: str, e: VarEntry, ref_too: bool = True) -> bool:
         """Whether ``ns[n]`` is the object the live manifest describes and
@@ -81,10 +94,7 @@ class Restore:
         for n, e in self.target.items():
             same = self.live_is(n, e)
             if same and verify and e.restorable:
-                obj = self.ns[n]
-                p = self.snap._pickle((obj,), self.ns, {}, [0],
-                                      array_roots(ObjectWalk(obj, self.ns, [WALK_LIMIT]).arrays))
-                same = isinstance(p, Payload) and p.fp == e.fp
+                same = self.snap.content_fp(self.ns[n], self.ns) == e.fp
             if not e.restorable:
                 self._unstored(n, e)
             elif not same:
@@ -119,16 +129,46 @@ class Restore:
                 headers[ref] = json.loads(self.snap.objects.get(ref))
             except Exception as exc:
                 self._failed(groups[ref], f"cannot load: {exc}")
-        total = sum(n for h in headers.values()
-                    for _, n in h["main"] + [x for b in h["buffers"] for x in b])
+        patches = {ref: p for ref, h in headers.items() if (p := self._plan(h)) is not None}
+        total = sum(p.reading for p in patches.values()) + sum(
+            n for ref, h in headers.items() if ref not in patches
+            for _, n in h["main"] + [x for b in h["buffers"] for x in b])
         done = [0, total, progress]
         for ref, h in headers.items():
             try:
+                if ref in patches:
+                    patches[ref].read(self.snap.objects, ticker(done))
+                    self.patches.append(patches[ref])
+                    self.put[patches[ref].name] = patches[ref].obj
+                    continue
                 objs = self.snap._load(h, self.ns, done)
             except Exception as exc:
+                if ref in patches:
+                    patches[ref].discard()
                 self._failed(groups[ref], f"cannot load: {type(exc).__name__}: {exc}")
                 continue
             self.put.update((n, objs[n]) for n in groups[ref])
+        self.report.read_bytes = done[0]
+
+    def _plan(self, header: dict) -> Patch | None:
+        """A patch of the live array for a one-name group (patching.py), with
+        the live state's header of that name as the hint of how much differs."""
+        names = header.get("names") or []
+        n = names[0] if len(names) == 1 else None
+        le = self.live.get(n) if self.live is not None and n is not None else None
+        hint = None
+        if le is not None and le.ref and n in self.ns and \
+                (not self.ids_known or self.snap._ids.get(n) == id(self.ns[n])):
+            try:
+                hint = json.loads(self.snap.objects.get(le.ref))
+            except Exception:
+                hint = None  # only a hint: the patch hashes the live array anyway
+        try:
+            return plan(self.snap, self.ns, header, hint)
+        except Exception:
+            # a patch only saves reading: the group then loads as any other
+            log.warning("patching %s in place failed; loading it instead", n, exc_info=True)
+            return None
 
     def _failed(self, names: list[str], why: str) -> None:
         """A group that cannot be loaded: each member keeps its live object if
@@ -156,6 +196,9 @@ class Restore:
     def _apply(self) -> None:
         """Only now is the namespace changed: everything that could fail has."""
         ns, report, target = self.ns, self.report, self.target
+        for p in self.patches:
+            p.apply()
+            report.patched.append(p.name)
         for n in self.snap.visible(ns):
             if n not in target:
                 self._set_aside(n)

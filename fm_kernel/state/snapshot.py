@@ -38,7 +38,7 @@ from ..record.objects import ObjectFiles, chunk_keys, digest
 from .pickling import LOAD_GLOBALS, array_roots, IsolatedUnpickler, Payload, SnapshotPickler, qualname
 from .capturing import CaptureRun
 from .manifest import Manifest, VarEntry
-from .restoring import Aside, Restore
+from .restoring import Aside, Restore, ticker
 from .surrogate import state_fingerprint
 
 __all__ = ["Snapshotter", "Manifest", "VarEntry", "Capture", "RestoreReport", "analyse_code"]
@@ -90,6 +90,8 @@ class RestoreReport:
     kept: list[str] = field(default_factory=list)       # of not_restored: the live object stays bound
     untracked: list[str] = field(default_factory=list)  # kept as they are now, not tracked
     rebuilt: list[str] = field(default_factory=list)    # of restored: by re-running their statement
+    patched: list[str] = field(default_factory=list)    # of restored: live arrays patched in place
+    read_bytes: int = 0  # bytes read from the store (a patch reads only the chunks that differ)
     manifest: Manifest | None = None  # the state the namespace now holds (kept objects included)
 
 
@@ -309,6 +311,19 @@ class Snapshotter:
         p = self._pickle((obj,), ns, {}, [0], array_roots(ObjectWalk(obj, ns, [WALK_LIMIT]).arrays))
         return p.fp if isinstance(p, Payload) else None
 
+    def main_stream(self, obj: Any, ns: dict) -> bytes | None:
+        """The pickle stream of ``obj`` alone as capture stores it, its
+        out-of-band buffers left out (None if it does not pickle)."""
+        buffers: list[pickle.PickleBuffer] = []
+        f = io.BytesIO()
+        try:
+            SnapshotPickler(f, ns, buffers, array_roots(ObjectWalk(obj, ns, [WALK_LIMIT]).arrays)).dump((obj,))
+        except Exception:
+            return None
+        finally:
+            buffers.clear()  # they hold the object: a patch counts its references
+        return f.getvalue()
+
     def object_key(self, obj: Any, ns: dict) -> str:
         """The fingerprint of an object pickle refuses: "~" and a digest of the
         state it exposes (surrogate.py), or "!" and its identity when it
@@ -357,11 +372,7 @@ class Snapshotter:
 
     def _load(self, header: dict, globals_: dict | None, done: list | None = None,
               isolated: bool = False) -> dict[str, Any]:
-        def tick(n: int) -> None:
-            if done is not None:
-                done[0] += n
-                if done[2] is not None:
-                    done[2](done[0], done[1])
+        tick = ticker(done)
         main = self.objects.read_chunks(header["main"], tick)
         buffers = [self.objects.read_chunks(b, tick) for b in header["buffers"]]
         token = LOAD_GLOBALS.set(globals_)

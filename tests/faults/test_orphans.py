@@ -13,7 +13,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from kernel_driver import Kernel, check, query, wait_until  # noqa: E402
+from kernel_driver import Kernel, check, query, tmpfs, wait_until  # noqa: E402
 
 FM = str(Path(sys.executable).with_name("fm"))
 MB = 1024 * 1024
@@ -69,10 +69,7 @@ def test_kill9_during_a_large_state_write_leaves_nothing_after_reopen(tmp_path: 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
 def test_a_state_that_filled_the_disk_is_reclaimed(tmp_path: Path) -> None:
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mnt)], check=True)
-    try:
+    with tmpfs(tmp_path / "small", "64m") as mnt:
         history = mnt / "h.duckdb"
         with Kernel(env={"FM_HISTORY": str(history)}) as k:
             check(k, "import numpy as np\nsmall = {'a': np.arange(10)}")
@@ -87,8 +84,6 @@ def test_a_state_that_filled_the_disk_is_reclaimed(tmp_path: Path) -> None:
             assert all_bytes(history) < before + 2 * MB, (all_bytes(history), before)
             checkout_every_step(k, [1])
             assert check(k, "print(small['a'][-1], sorted(small))").split() == ["9", "['a']"]
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def test_gc_keeps_what_only_an_old_branch_names(tmp_path: Path) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 
@@ -17,16 +16,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from kernel_driver import Kernel, check, query  # noqa: E402
+from kernel_driver import Kernel, check, fm_cli, query, tmpfs  # noqa: E402
 
 STEPS = 12
-
-
-def fm_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    fm = str(Path(sys.executable).parent / "fm")
-    full = {k: v for k, v in os.environ.items() if not k.startswith(("FM_", "JPY_"))}
-    full.update(env or {})
-    return subprocess.run([fm, *args], capture_output=True, text=True, env=full, timeout=300)
 
 
 def killed_with_steps_in_the_log(history: Path, wal_only: bool = True) -> bytes:
@@ -144,13 +136,8 @@ def test_a_truncated_database_gets_a_named_substitute_and_status_works(tmp_path:
 def small_disk(tmp_path: Path):
     if os.geteuid() != 0:
         pytest.skip("mounting a small tmpfs needs root")
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)], check=True)
-    try:
+    with tmpfs(tmp_path / "small", "8m") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def test_a_record_the_full_disk_refused_leaves_no_gap_in_step_numbers(small_disk: Path) -> None:

@@ -8,6 +8,7 @@ trusted (so a test that sees no canary could have seen one)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import gzip
 import io
 import json
@@ -26,7 +27,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from kernel_driver import Kernel, query, wait_until  # noqa: E402
+from kernel_driver import Kernel, fm_cli, query, wait_until  # noqa: E402
 
 PACKAGE = Path(__file__).resolve().parents[2] / "fm_kernel"
 
@@ -37,13 +38,6 @@ class Evil:
     def __reduce__(self):
         return (exec, (f"open({self.path!r}, 'w').write('ran')",))
 '''
-
-
-def fm_cli(*args: str, env: dict[str, str] | None = None, **kw) -> subprocess.CompletedProcess[str]:
-    fm = str(Path(sys.executable).parent / "fm")
-    full = {k: v for k, v in os.environ.items() if not k.startswith(("FM_", "JPY_"))}
-    full.update(env or {})
-    return subprocess.run([fm, *args], capture_output=True, text=True, env=full, timeout=300, **kw)
 
 
 def check(k: Kernel, code: str) -> str:
@@ -472,14 +466,21 @@ def test_read_only_fm_sql_and_fm_log_create_no_files(tmp_path: Path) -> None:
     assert list(data_home.rglob("*")) == []  # no machine id made for a read
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="planting files as another user needs root")
-def test_files_planted_by_another_user_are_not_used(tmp_path: Path) -> None:
+def shared_history(tmp_path: Path) -> Path:
+    """A history of one cell (``mine = 1``) in a folder every user may write:
+    where another user can plant files beside it."""
     shared = tmp_path / "shared"
     shared.mkdir()
     shared.chmod(0o777)
     history = shared / "h.duckdb"
     with Kernel(env={"FM_HISTORY": str(history)}) as k:
         check(k, "mine = 1")
+    return history
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="planting files as another user needs root")
+def test_files_planted_by_another_user_are_not_used(tmp_path: Path) -> None:
+    history = shared_history(tmp_path)
     precious = tmp_path / "precious.txt"
     precious.write_text("the user's own file")
     nobody = 65534
@@ -497,6 +498,59 @@ def test_files_planted_by_another_user_are_not_used(tmp_path: Path) -> None:
     assert precious.read_text() == "the user's own file"
     assert query(history, "SELECT count(*) FROM fm_run_records")[0][0] == 0
     assert [c for (c,) in query(history, "SELECT code FROM steps")] == ["mine = 1"]
+
+
+def injected_step_log() -> str:
+    """What an attacker writes at ``<history>.steplog`` for the next open to
+    replay: a cell, an event and a setting, in the log's own line format,
+    with sequence numbers the history does not hold yet."""
+    from fm_kernel.record.rows import StepRecord
+
+    now = dt.datetime.now(dt.timezone.utc)
+    cell = StepRecord(step=2, branch="main", parent=1, kernel_id="evil", cell_id=None,
+                      execution_count=2, code="injected = 1", status="ok", started_at=now,
+                      finished_at=now, duration_ms=1.0, outputs=[], state=None)
+    lines = [{"seq": 10**6, "table": "steps", "rec": cell.to_json(), "entries": []},
+             {"seq": 10**6 + 1, "table": "events",
+              "row": [10**6 + 1, now.isoformat(), "injected", 2, None, "{}"]},
+             {"seq": 0, "table": "meta", "row": [0, "injected", "yes"]}]
+    return "".join(json.dumps(line) + "\n" for line in lines)
+
+
+@pytest.mark.parametrize("planted", [
+    pytest.param("owned by uid 65534", marks=pytest.mark.skipif(
+        os.geteuid() != 0, reason="planting a file as another user needs root")),
+    "a symbolic link",
+])
+def test_a_planted_step_log_is_never_replayed(tmp_path: Path, planted: str) -> None:
+    history = shared_history(tmp_path)
+    log = Path(str(history) + ".steplog")
+    assert not log.exists()  # a clean close moved every record into DuckDB
+    lines = injected_step_log()
+    if planted == "a symbolic link":  # ours, to a file of ours: only the link is wrong
+        target = tmp_path / "elsewhere.steplog"
+        target.write_text(lines)
+        os.symlink(target, log)
+    else:
+        log.write_text(lines)
+        os.chown(log, 65534, 65534)
+    with Kernel(env={"FM_HISTORY": str(history)}) as k:
+        r = k.execute("x = 1")
+        notices = [ln for ln in r.text().splitlines() if ln.startswith("flowmetal:")]
+        assert r.status == "ok" and len(notices) == 1, r.text()
+        assert f"h.duckdb.steplog is {planted}, not a file of yours" in notices[0], notices
+        assert "records to" in notices[0], notices
+    # every read path: a reader replays a dead kernel's step log first (as `fm sql` does)
+    assert [c for (c,) in query(history, "SELECT code FROM steps")] == ["mine = 1"]
+    assert query(history, "SELECT count(*) FROM fm_events WHERE kind = 'injected'") == [(0,)]
+    assert query(history, "SELECT count(*) FROM fm_meta WHERE key = 'injected'") == [(0,)]
+    r = fm_cli("log", "--history", str(history))
+    assert r.returncode == 0 and "mine = 1" in r.stdout and "injected" not in r.stdout, r.stdout
+    assert "not a file of yours" in r.stderr, r.stderr  # why its records were not read
+    r = fm_cli("sql", "SELECT count(*) AS n FROM steps WHERE code LIKE 'injected%'",
+               "--history", str(history))
+    assert r.returncode == 0 and r.stdout.split()[-1] == "0", r.stdout
+    assert log.is_symlink() == (planted == "a symbolic link") and log.read_text() == lines  # as found
 
 
 def test_kill9_during_import_leaves_the_target_untouched(tmp_path: Path) -> None:

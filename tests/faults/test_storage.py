@@ -5,7 +5,6 @@ nothing already committed is lost or silently wrong."""
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from kernel_driver import Kernel, query  # noqa: E402
+from kernel_driver import Kernel, query, tmpfs  # noqa: E402
 
 
 def chunk_files(history: Path) -> list[Path]:
@@ -67,10 +66,7 @@ def test_corrupt_and_missing_objects_are_named_and_the_rest_restores(tmp_path: P
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
 def test_a_full_disk_is_reported_and_cells_keep_running(tmp_path: Path) -> None:
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(mnt)], check=True)
-    try:
+    with tmpfs(tmp_path / "small", "12m") as mnt:
         history = mnt / "h.duckdb"
         with Kernel(env={"FM_HISTORY": str(history)}) as k:
             assert k.execute("small = 41").status == "ok"
@@ -82,5 +78,3 @@ def test_a_full_disk_is_reported_and_cells_keep_running(tmp_path: Path) -> None:
         steps = query(history, "SELECT code, status FROM steps ORDER BY step")
         assert steps[0] == ("small = 41", "ok")  # committed before the disk filled: intact
         assert ("print(small)", "ok") in steps  # recording came back once space was free
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)

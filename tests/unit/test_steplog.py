@@ -250,3 +250,45 @@ def test_appends_from_many_threads_while_batches_go_in_land_once(history_file: P
     assert store.query("SELECT count(*) FROM fm_events WHERE kind = 'ping'").rows == [(600,)]
     store.close()
     assert raw_steps(history_file)[-1][0] == 600
+
+
+def test_a_transaction_never_takes_in_records_another_thread_appended_during_it(
+        history_file: Path, slow_batches: None) -> None:
+    """Why a flush inside a transaction is skipped: the records other threads
+    appended meanwhile are already acknowledged, and a batch joined to the
+    open transaction would leave the log's queue and then roll back with it."""
+    import threading
+
+    store = Store.open(history_file)
+    store.append_step(rec(1))
+    with pytest.raises(RuntimeError, match="rolled back"):
+        with store.transaction():  # the log's waiting record 1 goes in first, committed
+            other = threading.Thread(target=store.append_step, args=(rec(2, "y = 2"),))
+            other.start()
+            other.join()  # step 2 is acknowledged: it went to the log, not into this transaction
+            store.query("SELECT count(*) FROM steps")  # a read inside: flushes nothing
+            raise RuntimeError("rolled back")
+    assert [r[0] for r in store.query("SELECT step FROM steps ORDER BY step").rows] == [1, 2]
+    store.close()
+    assert raw_steps(history_file) == [(1, "x = 1"), (2, "y = 2")]
+
+
+def test_a_reader_holding_the_connection_flushes_the_step_log_but_no_other_writer(
+        store: Store, slow_batches: None) -> None:
+    """Other writers' flushes (the flow log's) wait for the connection from
+    their own lock: run by a thread that holds the connection they would
+    deadlock, so only the step log (which takes the connection first) goes in."""
+    flushed: list[str] = []
+    store.before_copy.append(lambda: flushed.append("flow log"))
+    store.append_step(rec(1))
+    with store.exclusive() as in_transaction:
+        assert not in_transaction
+        assert store.query("SELECT count(*) FROM fm_step_records").rows == [(1,)]
+    assert flushed == []
+    with store.transaction():
+        with store.exclusive() as in_transaction:
+            assert in_transaction
+        store.query("SELECT 1")
+    assert flushed == []
+    store.query("SELECT 1")  # nothing held: every writer
+    assert flushed == ["flow log"]

@@ -181,3 +181,30 @@ def test_a_file_that_is_not_a_history_is_refused_with_its_name(tmp_path: Path) -
         Store.open(path)
     assert isinstance(info.value, errors.HistoryUnwritable)
     assert "\n" not in str(info.value)
+
+
+def test_a_step_log_planted_as_a_link_is_refused_and_never_replayed(
+        history_file: Path, tmp_path: Path, make_step, caplog: pytest.LogCaptureFixture) -> None:
+    import os
+    import shutil
+
+    store = Store.open(history_file)
+    store.append_step(make_step(1, "mine = 1"))
+    store.close()
+    other = Store.open(tmp_path / "other" / "h.duckdb")  # a real log with a record step 1 lacks
+    other.append_step(make_step(1))
+    other.append_step(make_step(2, "injected = 1"))
+    planted = tmp_path / "planted.steplog"
+    shutil.copy(other.sidecar(".steplog"), planted)
+    other.abandon()
+    link = Path(str(history_file) + ".steplog")
+    os.symlink(planted, link)
+    with pytest.raises(errors.HistoryUnwritable, match="history.duckdb.steplog is a symbolic link"):
+        Store.open(history_file)
+    reader = Store.open(history_file, read_only=True)  # as `fm log` opens it: the replay is refused
+    try:
+        assert reader.query("SELECT code FROM steps").rows == [("mine = 1",)]
+    finally:
+        reader.close()
+    assert "not a file of yours" in caplog.text
+    assert link.is_symlink() and planted.read_bytes()  # left as found
