@@ -51,10 +51,11 @@ def supervise(history: Path, stand_by: bool = True) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, on_signal)
+    first = True
     while not stop.is_set():
         pid = holder(history)
         if pid is not None:
-            if not stand_by:
+            if first and not stand_by:  # at start only: a kernel it handed over to is no reason
                 print(f"fm worker: history {history} is in use by process {pid}; that kernel "
                       "already runs its flows", file=sys.stderr)
                 return FAILED
@@ -62,6 +63,7 @@ def supervise(history: Path, stand_by: bool = True) -> int:
                   "when that process lets go", file=sys.stderr, flush=True)
             if not wait_free(history, stop, kept):
                 break
+        first = False
         proc = subprocess.Popen([sys.executable, "-m", "fm_kernel.cli.worker", str(history)],
                                 stdin=subprocess.PIPE, text=True)
         child[:] = [proc]
