@@ -227,7 +227,8 @@ def test_a_callback_url_from_the_worker_resolves_in_the_kernel(tmp_path: Path) -
                             token=info["token"])
         assert status in (200, 201), body
         run_id = body["run_id"]
-        wait_until(lambda: (marks / "url-po-3").exists(), what="the callback URL")
+        wait_until(lambda: (marks / "url-po-3").exists() and (marks / "url-po-3").read_text(),
+                   what="the callback URL")  # written by the flow: exists a moment before it has text
         url = (marks / "url-po-3").read_text()
         with Kernel(env={"FM_HISTORY": str(history)}) as k:
             kpid = k.pid
