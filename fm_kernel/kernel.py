@@ -121,6 +121,7 @@ class FlowmetalKernel(IPythonKernel):
                 hook(self.fm)
             except Exception as exc:
                 self.fm.notices.append(f"flowmetal: start-up step failed: {exc}")
+        self.fm.ready_to_serve()
 
     def _resume_on_start(self) -> None:
         """After an unclean end the namespace comes back by itself (spec:
@@ -133,7 +134,9 @@ class FlowmetalKernel(IPythonKernel):
             mode = "auto"
         if rt.states is None:
             return
-        if mode == "never" or (mode == "auto" and not rt.unclean_end):
+        # A history `fm worker` handed over comes with its flows' code: the
+        # worker's namespace, restored here so its runs and schedules go on.
+        if mode == "never" or (mode == "auto" and not rt.unclean_end and rt.handed_over is None):
             self._restart_hint()
             return
         try:
@@ -142,7 +145,8 @@ class FlowmetalKernel(IPythonKernel):
             rt.notices.append(f"flowmetal: could not restore the last state: {exc}")
             return
         if line:
-            why = "the previous kernel ended uncleanly" if rt.unclean_end else "FM_RESUME=always"
+            why = ("the previous kernel ended uncleanly" if rt.unclean_end else
+                   "handed over by `fm worker`" if rt.handed_over is not None else "FM_RESUME=always")
             # shown on the first cell: at start-up no frontend is listening
             rt.notices.append(f"flowmetal: {line} ({why})")
             self.log.info("flowmetal: %s (%s)", line, why)

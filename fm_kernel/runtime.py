@@ -35,14 +35,16 @@ def current() -> "Runtime":
     return _current
 
 
-def endpoint_routes() -> tuple[tuple[str, type], ...]:
+def endpoint_routes(worker: bool = False) -> tuple[tuple[str, type], ...]:
     """The routes a kernel's endpoint serves beside its own (/sql, /openapi.json):
-    flows, tasks, events. tests/unit/test_openapi.py holds the OpenAPI document to them."""
+    flows, tasks, events; `fm worker`'s also the release of its history to a
+    kernel. tests/unit/test_openapi.py holds the OpenAPI document to them."""
+    from .endpoint.release import ROUTES as RELEASE_ROUTES
     from .flows.event_routes import ROUTES as EVENT_ROUTES
     from .flows.routes import ROUTES as FLOW_ROUTES
     from .flows.task_routes import ROUTES as TASK_ROUTES
 
-    return FLOW_ROUTES + TASK_ROUTES + EVENT_ROUTES
+    return FLOW_ROUTES + TASK_ROUTES + EVENT_ROUTES + (RELEASE_ROUTES if worker else ())
 
 
 class Runtime:
@@ -72,6 +74,10 @@ class Runtime:
         self.unclean_end = False  # the previous kernel on this history died
         self.started_seq: int | None = None  # where this kernel's part of the history begins
         self._flows: Any = None  # flows.FlowRegistry, made on first use (see `flows`)
+        self.role = "kernel"  # or "worker": `fm worker`, which hands its history to kernels
+        # record/handover.HandedOver: this kernel took its history over from `fm worker`
+        self.handed_over: Any = None
+        self.kept_token: str | None = None  # the endpoint token to keep (a hand-over)
 
     @property
     def head(self) -> int | None:
@@ -127,9 +133,13 @@ class Runtime:
 
     def _open(self) -> None:
         try:
-            store, notice = location.open_history(self.requested_path, self.kernel_id)
+            store, notice = location.open_history(self.requested_path, self.kernel_id,
+                                                  take_over=self.role == "kernel")
             if notice:
                 self.notices.append(notice)
+            self.handed_over = store.handed_over
+            if self.handed_over is not None:
+                self.kept_token = self.handed_over.token
             last = store.last_event(["kernel_started", "kernel_stopped"])
             self.unclean_end = last is not None and last["kind"] == "kernel_started"
             self.interrupted = recover_interrupted(store, InflightMarker(store.path))
@@ -199,8 +209,12 @@ class Runtime:
             if notice:
                 self.notices.append(notice)
             self.endpoint = Endpoint(store.path, lambda: self.require_store(), self.kernel_id,
-                                     frames=self.frame_path, routes=endpoint_routes(),
-                                     port=port)
+                                     frames=self.frame_path, port=port, role=self.role,
+                                     token=self.kept_token,
+                                     routes=endpoint_routes(worker=self.role == "worker"))
+            # Taking over from another process: 503 until the flows are back
+            # (ready_to_serve), or an event would find no flow to start.
+            self.endpoint.draining = self.role == "worker" or self.handed_over is not None
             self.endpoint.start()
         except Exception as exc:  # cells must run even if no port can be had
             self.endpoint = None
@@ -213,6 +227,11 @@ class Runtime:
                 "handed out before do not reach this kernel")
         elif self.endpoint.port and kept != str(self.endpoint.port):
             store.set_meta(PORT_META, str(self.endpoint.port))  # kept from now on
+
+    def ready_to_serve(self) -> None:
+        """The flows' code is restored and their runs resumed: serve requests."""
+        if self.endpoint is not None:
+            self.endpoint.draining = False
 
     @property
     def flows(self) -> Any:

@@ -34,12 +34,18 @@ def check(k: Kernel, code: str, timeout: float = 60) -> str:
 
 
 def post(url: str, body: dict) -> tuple[int, dict]:
+    """As a sender must (docs/integrations.md): a 503 (`fm worker` or a kernel
+    still restoring the flows it took over) is retried after its Retry-After."""
     req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST")
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
+    for _ in range(60):
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            if exc.code != 503:
+                return exc.code, json.loads(exc.read())
+            time.sleep(float(exc.headers.get("Retry-After", 1)))
+    raise AssertionError(f"{url} answered 503 for a minute")
 
 
 def endpoint(history: Path) -> dict:

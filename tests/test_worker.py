@@ -112,8 +112,11 @@ def test_worker_and_cli_errors_are_one_line(tmp_path: Path) -> None:
     history = tmp_path / "h.duckdb"
     with Kernel(env={"FM_HISTORY": str(history)}) as k:
         k.execute("x = 1")
-        held = fm("worker", "--history", str(history))
+        # --exit-if-held: as before the hand-over, for scripts that expect it;
+        # without it the worker stands by (tests/test_handover.py)
+        held = fm("worker", "--exit-if-held", "--history", str(history))
         assert held.returncode == 1 and "in use by" in held.stderr
+        assert held.stderr.count("\n") == 1
         bad = fm("signal", "nope", "go", "--data", "{not json", "--history", str(history))
         assert bad.returncode == 1 and "not valid JSON" in bad.stderr
         unknown = fm("signal", "nope", "go", "--history", str(history))

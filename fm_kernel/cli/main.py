@@ -262,10 +262,19 @@ def cmd_signal(a: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_worker(a: argparse.Namespace) -> int:
-    from .worker import run_worker
+WORKER_HELP = (
+    "Serve a history's pending runs, schedules and endpoint while no notebook has it open. "
+    "A notebook kernel that opens the history takes it over: the worker answers requests "
+    "503 with Retry-After for a moment, flushes and lets go; the kernel keeps the port and "
+    "the token. The worker takes the history back when the kernel ends (or is killed). "
+    "Started while a kernel holds the history, it stands by until the kernel lets go. "
+    "SIGTERM stops it. docs/reliability.md, \"One writer at a time\".")
 
-    return run_worker(_history_arg(a.history))
+
+def cmd_worker(a: argparse.Namespace) -> int:
+    from .handover import supervise
+
+    return supervise(_history_arg(a.history), stand_by=not a.exit_if_held)
 
 
 def _add_run_parser(sub: Any) -> None:
@@ -349,8 +358,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--history", metavar="H", help="history file or notebook")
     s.set_defaults(func=cmd_signal)
 
-    s = sub.add_parser("worker", help="keep a history's scheduled flows and pending runs going")
+    s = sub.add_parser("worker", help="keep a history's scheduled flows and pending runs going",
+                       description=WORKER_HELP)
     s.add_argument("--history", metavar="H", help="history file or notebook")
+    s.add_argument("--exit-if-held", action="store_true",
+                   help="exit 1 at once if a kernel holds the history, instead of standing by")
     s.set_defaults(func=cmd_worker)
 
     s = sub.add_parser("gc", help="reclaim object bytes that failed or killed writes left behind")

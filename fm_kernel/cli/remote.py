@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -40,14 +41,29 @@ def call(info: dict[str, Any], method: str, path: str, body: Any = None, timeout
     data = None if body is None else json.dumps(body).encode()
     req = urllib.request.Request(info["url"] + path, data=data, method=method, headers={
         "Authorization": f"token {info['token']}", "Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return json.loads(resp.read() or b"null")
-    except urllib.error.HTTPError as exc:
+    deadline = time.monotonic() + timeout
+    while True:
         try:
-            message = json.loads(exc.read()).get("error", exc.reason)
-        except ValueError:
-            message = exc.reason
-        raise UsageError(cli_wording(str(message))) from None
-    except (urllib.error.URLError, OSError) as exc:
-        raise HistoryError(f"the kernel holding this history did not answer at {info['url']}: {exc}") from None
+            return _once(req, timeout)
+        except urllib.error.HTTPError as exc:
+            # 503: the history is being handed over (cli/handover.py); its
+            # next holder serves the same port within seconds
+            if exc.code != 503 or time.monotonic() >= deadline:
+                raise _said(exc) from None
+            time.sleep(float(exc.headers.get("Retry-After") or 1))
+        except (urllib.error.URLError, OSError) as exc:
+            raise HistoryError(f"the kernel holding this history did not answer at {info['url']}: "
+                               f"{exc}") from None
+
+
+def _once(req: urllib.request.Request, timeout: float) -> Any:
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        return json.loads(resp.read() or b"null")
+
+
+def _said(exc: urllib.error.HTTPError) -> UsageError:
+    try:
+        message = json.loads(exc.read()).get("error", exc.reason)
+    except ValueError:
+        message = exc.reason
+    return UsageError(cli_wording(str(message)))

@@ -47,6 +47,8 @@ MAX_BODY = 1 << 20  # spec default: 1 MiB
 SQL_WORKERS = 2  # user queries run at once; DuckDB gives each up to 2 threads
 SQL_QUEUE = 16   # running plus waiting; more are answered 429
 
+RETRY_AFTER_S = 1  # what a 503 during a hand-over tells the sender to wait
+
 PORT_META = "endpoint_port"  # fm_meta key: the port this history keeps
 
 
@@ -88,11 +90,16 @@ class ApiHandler(tornado.web.RequestHandler):
     """JSON in, JSON out; every error a JSON object with an 'error' key."""
 
     needs_token = True
+    during_hand_over = False  # answered while the history is handed over (only the release)
 
     def initialize(self, api: "Endpoint") -> None:
         self.api = api
+        self.counted = False
 
     def prepare(self) -> None:
+        if self.api.draining and not self.during_hand_over:
+            raise tornado.web.HTTPError(503, reason="this history is being handed over to another "
+                                        "process; retry after the Retry-After seconds")
         length = self.request.headers.get("Content-Length")
         if length is not None and (not length.isdigit() or int(length) > self.api.max_body):
             raise tornado.web.HTTPError(413, reason="body larger than the limit")
@@ -103,6 +110,13 @@ class ApiHandler(tornado.web.RequestHandler):
             expected = f"token {self.api.token}"
             if not hmac.compare_digest(given.encode("utf-8", "replace"), expected.encode()):
                 raise tornado.web.HTTPError(401, reason="missing or wrong token")
+        self.counted = True
+        self.api.enter()
+
+    def on_finish(self) -> None:
+        if self.counted:
+            self.counted = False
+            self.api.leave()
 
     def json_body(self) -> Any:
         body = self.request.body or b"null"
@@ -130,7 +144,9 @@ class ApiHandler(tornado.web.RequestHandler):
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None))[1]
         message = exc.reason if isinstance(exc, tornado.web.HTTPError) and exc.reason else self._reason
-        if status_code >= 500:
+        if status_code == 503:  # the hand-over (cli/handover.py): a sender retries
+            self.set_header("Retry-After", str(RETRY_AFTER_S))
+        elif status_code >= 500:
             message = "internal error; the kernel log has details"
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps({"error": message, "status": status_code}))
@@ -210,13 +226,18 @@ class Endpoint:
     def __init__(self, history: Path, store: Callable[[], Any], kernel_id: str,
                  frames: querying.FrameResolver | None = None, host: str | None = None,
                  max_body: int = MAX_BODY, routes: Sequence[tuple[str, type]] = (),
-                 port: int | None = None, limits: Limits | None = None):
+                 port: int | None = None, limits: Limits | None = None, role: str = "kernel",
+                 token: str | None = None):
         """``routes`` are the (pattern, handler) pairs served beside ``/sql``
         and ``/openapi.json``:
         whoever starts the endpoint names them (the runtime passes the flows'),
         so nothing is served because some module happened to be imported.
         ``port``: the one to serve on if free (else any, and ``fallback`` says so).
-        ``limits``: connection cap, timeouts, JSON depth (default: from the environment)."""
+        ``limits``: connection cap, timeouts, JSON depth (default: from the environment).
+        ``role``: "kernel" or "worker" (`fm worker`, whose history a kernel may ask for:
+        cli/handover.py), written to the endpoint file. ``token``: the one to keep
+        (the previous holder's, on a hand-over, so senders' requests go on working),
+        else a new random one."""
         self.history = history
         self.store = store
         self.kernel_id = kernel_id
@@ -226,7 +247,7 @@ class Endpoint:
         self.max_body = max_body
         self.limits = limits or Limits.from_env()
         self.server: GuardedServer | None = None
-        self.token = secrets.token_urlsafe(32)
+        self.token = token or secrets.token_urlsafe(32)
         self.routes: list[tuple[str, type[ApiHandler]]] = [*BUILTIN_ROUTES, *routes]
         self.wanted_port = port
         self.port: int | None = None
@@ -235,6 +256,14 @@ class Endpoint:
         self.sql_slots = threading.BoundedSemaphore(SQL_QUEUE)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started = threading.Event()
+        self._closed = threading.Event()
+        self.role = role
+        # A hand-over: every request but the release is answered 503 (prepare);
+        # the requests let in before it are counted until they have answered.
+        self.draining = False
+        self.on_release: Callable[[Any], None] | None = None  # set by a worker
+        self._busy = threading.Condition()
+        self._inflight = 0
 
     @property
     def url(self) -> str:
@@ -290,23 +319,43 @@ class Endpoint:
             os.fchmod(fd, 0o600)
             with os.fdopen(fd, "w") as f:
                 json.dump({"url": self.url, "port": self.port, "token": self.token,
-                           "pid": os.getpid(), "kernel_id": self.kernel_id}, f)
+                           "pid": os.getpid(), "kernel_id": self.kernel_id, "role": self.role}, f)
             os.replace(tmp, path)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
 
+    def enter(self) -> None:
+        with self._busy:
+            self._inflight += 1
+
+    def leave(self) -> None:
+        with self._busy:
+            self._inflight -= 1
+            self._busy.notify_all()
+
+    def drain(self, wait: float) -> bool:
+        """Answer every new request 503 from now on, and wait up to ``wait``
+        seconds for those already let in to answer. True if they all did."""
+        self.draining = True
+        with self._busy:
+            return self._busy.wait_for(lambda: self._inflight <= 0, wait)
+
     def stop(self) -> None:
+        """Close the socket (waiting, briefly, until it is closed: the next
+        holder of the history binds this port) and remove the endpoint file."""
         try:
             endpoint_file(self.history).unlink()
         except OSError:
             pass
-        if self._loop is not None:
+        if self._loop is not None and not self._closed.is_set():
             self._loop.call_soon_threadsafe(self._close)
+            self._closed.wait(5)
         self.sql_pool.shutdown(wait=False, cancel_futures=True)
 
     def _close(self) -> None:
         if self.server is not None:
             self.server.stop_listening()
+        self._closed.set()
         assert self._loop is not None
         self._loop.stop()

@@ -16,8 +16,10 @@ import stat
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 from .. import errors
+from . import handover
 from .refusals import HistoryDamaged
 from .store import Store
 
@@ -70,12 +72,14 @@ def history_path(env: dict[str, str] | None = None, cwd: Path | None = None) -> 
     return cwd / ".flowmetal" / "history.duckdb"
 
 
-def open_history(path: Path, kernel_id: str) -> tuple[Store, str | None]:
+def open_history(path: Path, kernel_id: str, take_over: bool = True) -> tuple[Store, str | None]:
     """Open the history at ``path``; if it cannot be had, open a named
     substitute. Returns the store and a one-line notice (None if all is well).
+    ``take_over``: a history `fm worker` holds is asked of it (handover.py).
     """
     try:  # Store.open refuses a history whose files are links or another user's
-        store = _open_waiting(path)
+        # a worker lets go when asked: no use outwaiting it first
+        store = _open_waiting(path, lambda: take_over and handover.held_by_worker(path))
         return store, _private_folder(path)
     except HistoryDamaged as exc:
         # kept as found, never written again by us: the user decides what to save
@@ -84,10 +88,13 @@ def open_history(path: Path, kernel_id: str) -> tuple[Store, str | None]:
         return Store.open(alt), (f"flowmetal: {path} is damaged ({exc.cause}); it is "
                                  f"left as it is{kept}; this kernel records to {alt}")
     except errors.HistoryLocked as exc:
-        alt = path.with_name(f"{path.stem}.{kernel_id[:8]}{path.suffix}")
-        store = Store.open(alt)
         who = f"process {exc.pid}" if exc.pid else "another process"
-        return store, f"flowmetal: {path} is in use by {who}; this kernel records to {alt}"
+        if take_over:
+            taken, who = handover.take_over(path, kernel_id)
+            if taken is not None:
+                return taken, _joined(_taken_notice(path, taken), _private_folder(path))
+        alt = path.with_name(f"{path.stem}.{kernel_id[:8]}{path.suffix}")
+        return Store.open(alt), f"flowmetal: {path} is in use by {who}; this kernel records to {alt}"
     except errors.SchemaTooNew as exc:
         # never touch a history a newer version wrote: record beside it
         alt = path.with_name(f"{path.stem}.{kernel_id[:8]}{path.suffix}")
@@ -102,6 +109,17 @@ def open_history(path: Path, kernel_id: str) -> tuple[Store, str | None]:
             store = Store.open(Path(":memory:"))
             alt = Path(":memory:")
         return store, f"flowmetal: cannot write {path} ({_short(exc.cause)}); this kernel records to {alt}"
+
+
+def _taken_notice(path: Path, store: Store) -> str | None:
+    if store.handed_over is None:
+        return None
+    return (f"flowmetal: `fm worker` (process {store.handed_over.pid}) handed {path} over to this "
+            "kernel; it takes the history back when this kernel ends")
+
+
+def _joined(*notices: str | None) -> str | None:
+    return "\n".join(n for n in notices if n) or None
 
 
 def _private_folder(path: Path) -> str | None:
@@ -139,13 +157,13 @@ def _own_dir(folder: Path) -> None:
         raise OSError(f"{folder} is not a private folder of this user")
 
 
-def _open_waiting(path: Path) -> Store:
+def _open_waiting(path: Path, ask_instead: Callable[[], bool]) -> Store:
     deadline = time.monotonic() + LOCK_WAIT_S
     while True:
         try:
             return Store.open(path)
         except errors.HistoryLocked:
-            if time.monotonic() >= deadline:
+            if time.monotonic() >= deadline or ask_instead():
                 raise
             time.sleep(0.1)
 

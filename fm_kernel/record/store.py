@@ -83,6 +83,7 @@ class Store(BulkWrites, HistoryReads):
             self.before_copy.append(log.flush)
 
     # -- opening -------------------------------------------------------------
+    handed_over: Any = None  # handover.HandedOver: `fm worker` handed it to this process
 
     @classmethod
     def open(cls, path: Path, read_only: bool = False) -> "Store":

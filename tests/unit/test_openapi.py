@@ -1,7 +1,8 @@
 """The OpenAPI document and the routes cannot drift apart: every (method,
 path) a kernel's endpoint serves is in fm_kernel/endpoint/openapi.yaml and
 every one there is served, the routes that need no token are the ones it
-marks so; docs/openapi.yaml is that same file."""
+marks so; docs/openapi.yaml is that same file. `fm worker`'s endpoint serves
+the kernel's routes and the release of its history (endpoint_routes(worker=True))."""
 
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ def _template(pattern: str) -> str:
 
 def _served() -> set[tuple[str, str]]:
     found = set()
-    for pattern, handler in (*BUILTIN_ROUTES, *endpoint_routes()):
+    for pattern, handler in (*BUILTIN_ROUTES, *endpoint_routes(worker=True)):
         for m in METHODS:
             if getattr(handler, m) is not getattr(tornado.web.RequestHandler, m):
                 found.add((m, _template(pattern)))
@@ -65,7 +66,7 @@ def test_the_routes_without_a_token_are_the_ones_documented_so() -> None:
     open_in_doc = {(m, re.sub(r"\{[^}]+\}", "{}", path)) for path, ops in doc["paths"].items()
                    for m, op in ops.items() if m in METHODS
                    and (op.get("security", doc["security"]) == [] or {} in op.get("security", []))}
-    open_served = {(m, _template(p)) for p, h in (*BUILTIN_ROUTES, *endpoint_routes())
+    open_served = {(m, _template(p)) for p, h in (*BUILTIN_ROUTES, *endpoint_routes(worker=True))
                    for m in METHODS if not h.needs_token
                    and getattr(h, m) is not getattr(tornado.web.RequestHandler, m)}
     assert open_served == open_in_doc == {("post", "/callbacks/{}"), ("post", "/events/{}"),
