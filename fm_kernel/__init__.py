@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import (
     Cancelled, FlowmetalError, HistoryError, NoSuchFlow, NondeterminismError, NoSuchRun,
-    NotStorable, StepError, Timeout, UsageError,
+    NonRetryable, NotStorable, StepError, Timeout, UsageError,
 )
 
 __version__ = "0.1.0"
@@ -28,11 +28,12 @@ _LAZY = {
                      "get_run", "map", "now", "patched", "poll", "random", "recv", "runs", "send",
                      "set_event", "sleep", "step", "step_context", "task", "uuid4", "wait_for"],
                     ".flows"),
+    "serve_tasks": ".cli.task_worker",
 }
 
 __all__ = sorted([
     "Cancelled", "FlowmetalError", "HistoryError", "NoSuchFlow", "NoSuchRun", "NondeterminismError",
-    "NotStorable", "StepError", "Timeout", "UsageError", "__version__", *_LAZY,
+    "NonRetryable", "NotStorable", "StepError", "Timeout", "UsageError", "__version__", *_LAZY,
 ])
 
 if TYPE_CHECKING:
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
         patched, poll, random, recv, runs, send, set_event, sleep, step, step_context, task, uuid4,
         wait_for,
     )
+    from .cli.task_worker import serve_tasks
 
 
 def __getattr__(name: str) -> Any:

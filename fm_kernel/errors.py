@@ -25,7 +25,8 @@ in one line.
         ├── NoSuchFlow             a flow name no cell of this kernel defined
         ├── NoSuchTask             a task id this history does not have
         ├── LeaseLost              a task heartbeat or completion with a lease that is not the task's now
-        └── TaskFailed             an external task (fm.task) failed for good
+        ├── TaskFailed             an external task (fm.task) failed for good
+        └── NonRetryable           raised by a task worker's body: fail the task now, no retry
 
 ``Timeout`` is also a ``TimeoutError`` so that ``except TimeoutError`` keeps
 working around ``run.result(timeout=...)``.
@@ -39,7 +40,7 @@ from pathlib import Path
 __all__ = [
     "Cancelled", "CorruptObject", "FlowError", "FlowmetalError", "HistoryError", "HistoryLocked",
     "HistoryUnwritable", "LeaseLost", "NoSuchFlow", "NoSuchRun", "NoSuchStep", "NoSuchTask",
-    "NondeterminismError",
+    "NonRetryable", "NondeterminismError",
     "NotStorable", "QueryFailed", "SQLError", "SchemaTooNew", "StepError", "TaskFailed", "Timeout",
     "UnsafeBundle", "Untrusted", "UsageError",
 ]
@@ -188,3 +189,8 @@ class LeaseLost(FlowError):
 class TaskFailed(FlowError):
     """An external task (fm.task) failed for good: a non-retryable failure,
     or its attempts were spent."""
+
+
+class NonRetryable(FlowError):
+    """Raised by the body a task worker runs (``fm.serve_tasks``): the task
+    fails at once, whatever retries its ``fm.task`` allows."""

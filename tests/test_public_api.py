@@ -19,9 +19,9 @@ pytestmark = pytest.mark.unit
 
 FM_ALL = [
     "Callback", "Cancelled", "Flow", "FlowmetalError", "HistoryError", "NoSuchFlow", "NoSuchRun",
-    "NondeterminismError", "NotStorable", "Queue", "Run", "Step", "StepContext", "StepError",
+    "NonRetryable", "NondeterminismError", "NotStorable", "Queue", "Run", "Step", "StepContext", "StepError",
     "Timeout", "UsageError", "__version__", "callback", "checkout", "files", "flow", "fork", "get_run", "history",
-    "map", "now", "patched", "poll", "random", "recv", "rewind", "runs", "send", "set_event", "sleep",
+    "map", "now", "patched", "poll", "random", "recv", "rewind", "runs", "send", "serve_tasks", "set_event", "sleep",
     "step", "step_context", "task", "undo", "uuid4", "wait_for",
 ]
 FLOWS_ALL = [
@@ -50,6 +50,8 @@ def test_every_public_name_resolves_to_its_one_definition() -> None:
     import fm_kernel.api
     import fm_kernel.flows
 
+    import fm_kernel.cli.task_worker
+
     history_api = {"checkout", "fork", "history", "rewind", "undo"}
     for name in FM_ALL:
         value = getattr(fm_kernel, name)
@@ -57,7 +59,7 @@ def test_every_public_name_resolves_to_its_one_definition() -> None:
             assert isinstance(value, str) and value, value
             continue
         home = errors if hasattr(errors, name) else fm_kernel.api if name in history_api \
-            else fm_kernel.flows
+            else fm_kernel.cli.task_worker if name == "serve_tasks" else fm_kernel.flows
         assert getattr(home, name) is value, f"fm_kernel.{name} is not {home.__name__}.{name}"
     assert set(dir(fm_kernel)) >= set(FM_ALL)
     with pytest.raises(AttributeError, match="no attribute 'no_such_name'"):

@@ -13,6 +13,7 @@ from typing import Any
 from .. import errors
 from ..record import location
 from ..tables import branch_table_text, format_table, step_log_table
+from . import tasks_cli
 
 
 def _history_arg(value: str | None) -> Path:
@@ -365,6 +366,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="exit 1 at once if a kernel holds the history, instead of standing by")
     s.set_defaults(func=cmd_worker)
 
+    tasks_cli.add_task_parsers(sub)
+
     s = sub.add_parser("gc", help="reclaim object bytes that failed or killed writes left behind")
     s.add_argument("--history", metavar="H", help="history file or notebook")
     s.set_defaults(func=cmd_gc)
@@ -377,7 +380,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command: list[str] = []
+    if argv[:1] == ["task-worker"] and "--" in argv:
+        # argparse's subcommands drop what follows "--": the task body's own argv
+        command, argv = argv[argv.index("--") + 1:], argv[:argv.index("--")]
     a = parser.parse_args(argv)
+    if command:
+        a.command_args = command
     try:
         return a.func(a)
     except errors.FlowmetalError as exc:
