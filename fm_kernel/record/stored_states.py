@@ -67,8 +67,8 @@ class Link:
     base_id: str
     base: dict[str, str]
     sets: dict[str, str]
-    names: list[str]
-    ids: list[str]
+    names: Sequence[str]
+    ids: Sequence[str]
     seq: int | None  # the last state's record, when known
 
 
@@ -106,7 +106,7 @@ def _next(link: Link | None, st: dict[str, Any], seq: int | None,
     if sets is None or len(sets) >= WHOLE_AFTER or 2 * len(sets) >= max(len(names), 1):
         sid = state_id(st)
         whole = Link(sid, dict(zip(names, ids)), {}, names, ids, seq)
-        return sid, (sid, None, names, ids, None), whole
+        return sid, (sid, None, list(names), list(ids), None), whole
     assert link is not None
     after = Link(link.base_id, link.base, sets, names, ids, seq)
     if not sets:  # the base itself, stored already (or earlier in the same plan)
@@ -115,7 +115,7 @@ def _next(link: Link | None, st: dict[str, Any], seq: int | None,
     return sid, (sid, link.base_id, list(sets), list(sets.values()), None), after
 
 
-def _changes(link: Link | None, names: list[str], ids: list[str],
+def _changes(link: Link | None, names: Sequence[str], ids: Sequence[str],
              hint: dict[str, Any] | None) -> dict[str, str] | None:
     """What ``names``/``ids`` bind differently from the chain's base, from
     their change from the last state: the step log's line when it is taken
@@ -128,7 +128,7 @@ def _changes(link: Link | None, names: list[str], ids: list[str],
     if hint is not None and link.seq is not None and hint.get("base") == link.seq:
         rebound = [(link.names[i], v) for i, v in hint["set"]]
         added = zip(hint["names"], hint["ids"])
-    elif len(names) >= k and names[:k] == link.names:
+    elif len(names) >= k and all(map(operator.eq, names[:k], link.names)):  # lists or tuples
         at = itertools.compress(range(k), map(operator.ne, ids[:k], link.ids))
         rebound = [(names[i], ids[i]) for i in at]
         added = zip(names[k:], ids[k:])
