@@ -15,8 +15,9 @@ long the history: restores, ``Store.step`` and the ``variables`` view
 namespace drifts from its base; once it holds ``WHOLE_AFTER`` names (or
 half the state) the next state is stored whole and becomes the base of the
 ones after it. A state whose names are not those of the state before it
-plus new ones (a name deleted, a rewind) is stored whole too: its order
-could not be rebuilt from a change without a list of removals.
+plus new ones (a name deleted, a rewind) is found against the base over
+every name, and stored whole when the base's order would not give its own
+back (a name deleted and bound again moves to the end).
 """
 
 from __future__ import annotations
@@ -37,11 +38,12 @@ def state_id(state: dict[str, Any]) -> str:
     return hashlib.blake2b(blob.encode(), digest_size=16).hexdigest()
 
 
-def _change_id(base_id: str, sets: dict[str, str]) -> str:
+def _change_id(base_id: str, sets: dict[str, str], removed: Sequence[str]) -> str:
     """The id of a state stored as a change: its base and the change name it
     (the same content through another base gets another id, which costs
     only a row)."""
-    blob = base_id + "\x1e" + "\x1f".join(sets) + "\x1e" + "\x1f".join(sets.values())
+    blob = "\x1e".join((base_id, "\x1f".join(sets), "\x1f".join(sets.values()),
+                        "\x1f".join(removed)))
     return hashlib.blake2b(blob.encode(), digest_size=16).hexdigest()
 
 
@@ -70,6 +72,7 @@ class Link:
     names: Sequence[str]
     ids: Sequence[str]
     seq: int | None  # the last state's record, when known
+    removed: tuple[str, ...] = ()  # base names the last state does not hold
 
 
 class StateChain:
@@ -102,26 +105,28 @@ class StateChain:
 def _next(link: Link | None, st: dict[str, Any], seq: int | None,
           hint: dict[str, Any] | None) -> tuple[str, tuple | None, Link]:
     names, ids = st["names"], st["ids"]
-    sets = _changes(link, names, ids, hint)
-    if sets is None or len(sets) >= WHOLE_AFTER or 2 * len(sets) >= max(len(names), 1):
+    found = _changes(link, names, ids, hint)
+    size = len(found[0]) + len(found[1]) if found is not None else 0
+    if found is None or size >= WHOLE_AFTER or 2 * size >= max(len(names), 1):
         sid = state_id(st)
         whole = Link(sid, dict(zip(names, ids)), {}, names, ids, seq)
         return sid, (sid, None, list(names), list(ids), None), whole
     assert link is not None
-    after = Link(link.base_id, link.base, sets, names, ids, seq)
-    if not sets:  # the base itself, stored already (or earlier in the same plan)
+    sets, removed = found
+    after = Link(link.base_id, link.base, sets, names, ids, seq, removed)
+    if not size:  # the base itself, stored already (or earlier in the same plan)
         return link.base_id, None, after
-    sid = _change_id(link.base_id, sets)
-    return sid, (sid, link.base_id, list(sets), list(sets.values()), None), after
+    sid = _change_id(link.base_id, sets, removed)
+    return sid, (sid, link.base_id, list(sets), list(sets.values()), list(removed) or None), after
 
 
 def _changes(link: Link | None, names: Sequence[str], ids: Sequence[str],
-             hint: dict[str, Any] | None) -> dict[str, str] | None:
-    """What ``names``/``ids`` bind differently from the chain's base, from
-    their change from the last state: the step log's line when it is taken
-    from that state, else found in C-level passes over both (a batch
-    replayed, a bulk write). None when they are not the last state's names
-    plus new ones."""
+             hint: dict[str, Any] | None) -> tuple[dict[str, str], tuple[str, ...]] | None:
+    """What ``names``/``ids`` bind differently from the chain's base, and
+    the base's names they do not hold, from their change from the last
+    state: the step log's line when it is taken from that state, else found
+    in C-level passes over both (a batch replayed, a bulk write); over
+    every name when they are not the last state's names plus new ones."""
     if link is None:
         return None
     k = len(link.names)
@@ -133,7 +138,7 @@ def _changes(link: Link | None, names: Sequence[str], ids: Sequence[str],
         rebound = [(names[i], ids[i]) for i in at]
         added = zip(names[k:], ids[k:])
     else:
-        return None
+        return _rebased(link, names, ids)
     sets, base = dict(link.sets), link.base
     for n, v in rebound:
         if base.get(n) == v:
@@ -141,7 +146,22 @@ def _changes(link: Link | None, names: Sequence[str], ids: Sequence[str],
         else:
             sets[n] = v
     for n, v in added:
-        if n in base:  # cannot be: every state of a chain starts with its base's names
+        if n in base:  # bound again after a delete: its place is no longer the base's
             return None
         sets[n] = v
-    return sets
+    return sets, link.removed
+
+
+def _rebased(link: Link, names: Sequence[str],
+             ids: Sequence[str]) -> tuple[dict[str, str], tuple[str, ...]] | None:
+    """A state that is not the last one plus new names (names deleted, HEAD
+    moved) as a change from the base, found over every name (rare cells
+    only); None when it is large or the base's order would not give its
+    order back: it is then stored whole."""
+    base, now = link.base, dict(zip(names, ids))
+    removed = tuple(n for n in base if n not in now)
+    sets = {n: v for n, v in now.items() if base.get(n) != v}
+    if len(sets) + len(removed) >= WHOLE_AFTER:
+        return None
+    order = [n for n in base if n in now] + [n for n in sets if n not in base]
+    return (sets, removed) if order == list(names) else None

@@ -145,13 +145,24 @@ def test_a_state_costs_rows_in_what_its_cell_changed(tmp_path: Path) -> None:
     whole, changes = sql(path, "SELECT count(*) FILTER (base IS NULL),"
                                " count(*) FILTER (base IS NOT NULL) FROM fm_states")[0]
     assert changes > 3 * whole > 0
-    # 300 names, then a new one, then one rebound: rows of one and two names
+    assert sql(path, "SELECT count(*) FROM fm_states WHERE removed IS NOT NULL")[0][0] > 0
+    # 300 names, then a new one, then one rebound, then one deleted: rows of
+    # one and two names (and one removed); deleted and bound again: whole
     ns = {f"a{i}": 0 for i in range(300)}
-    small = [(dict(ns), list(ns)), ({**ns, "b": 1}, ["b"]), ({**ns, "a7": 2, "b": 1}, ["a7"])]
+    then = {**ns, "a7": 2, "b": 1}
+    gone = {n: v for n, v in then.items() if n != "a3"}
+    small = [(dict(ns), list(ns)), ({**ns, "b": 1}, ["b"]), (then, ["a7"]), (gone, []),
+             ({**gone, "a3": 0}, ["a3"])]
     write(tmp_path / "small.duckdb", small, bulk=False)
-    assert sql(tmp_path / "small.duckdb", "SELECT t.step, s.base IS NULL, len(s.names) FROM fm_step_records t"
-               " JOIN fm_states s ON s.id = t.state_id ORDER BY t.step") \
-        == [(1, True, 300), (2, False, 1), (3, False, 2)]
+    assert sql(tmp_path / "small.duckdb", "SELECT t.step, s.base IS NULL, len(s.names), s.removed"
+               " FROM fm_step_records t JOIN fm_states s ON s.id = t.state_id ORDER BY t.step") \
+        == [(1, True, 300, None), (2, False, 1, None), (3, False, 2, None), (4, False, 2, ["a3"]),
+            (5, True, 301, None)]
+    store = Store.open(tmp_path / "small.duckdb", read_only=True)
+    try:
+        assert [store.step(n).state["names"] for n in (4, 5)] == [list(gone), [*gone, "a3"]]
+    finally:
+        store.close()
 
 
 def _v11_history(path: Path, history: list[tuple[dict[str, int], list[str]]]) -> None:
