@@ -8,6 +8,7 @@ import json
 from typing import Any, Sequence
 
 from .rows import StepRecord, utcnow
+from .stored_states import COLUMNS as STATE_COLS, StateChain
 
 
 _STEP_COLS = ("seq", "step", "branch", "parent", "kernel_id", "cell_id", "execution_count", "code",
@@ -25,10 +26,12 @@ def _arrow_type(name: str) -> Any:
             "execution_count": pa.int32(), "duration_ms": pa.float64(), "restorable": pa.bool_(),
             "started_at": pa.timestamp("us", tz="UTC"), "finished_at": pa.timestamp("us", tz="UTC"),
             "changed": pa.list_(pa.string()), "names": pa.list_(pa.string()),
-            "ids": pa.list_(pa.string())}.get(name)
+            "ids": pa.list_(pa.string()), "removed": pa.list_(pa.string())}.get(name)
 
 
 class BulkWrites:
+    _chain: StateChain | None = None  # how new states are stored (set at the first write)
+
     def _step_params(self, rec: StepRecord, state_id: str | None,
                      seq: int | None = None) -> list[Any]:
         return [
@@ -42,30 +45,38 @@ class BulkWrites:
         ]
 
     def append_steps(self, recs: Sequence[StepRecord], entries: Sequence[dict[str, Any]] = (),
-                     seqs: Sequence[int] | None = None, columnar: bool = True) -> None:
+                     seqs: Sequence[int] | None = None, columnar: bool = True,
+                     hints: Sequence[dict[str, Any] | None] = ()) -> None:
         """Many step records in one transaction: columnar through Arrow
         (imports, bulk builds), or, for the step log's batches, as bound
         VALUES: the checkpointer thread must not import pyarrow (and numpy
         with it) while a cell may be importing numpy itself. ``seqs`` are the
-        records' sequence numbers when they were given out already."""
+        records' sequence numbers when they were given out already. States
+        go into fm_states whole or as changes (stored_states.py); ``hints``
+        are the records' states as the step log wrote them (its changes)."""
+        chain = self._chain if self._chain is not None else StateChain()
         with self.transaction():
-            rows, states = [], {}
-            for i, rec in enumerate(recs):
-                sid = state_id(rec.state) if rec.state is not None else None
-                if sid is not None and sid not in self._states and sid not in states:
-                    states[sid] = rec.state
-                rows.append(self._step_params(rec, sid, None if seqs is None else seqs[i]))
+            have = [i for i, rec in enumerate(recs) if rec.state is not None]
+            sids, planned, link = chain.plan(
+                [recs[i].state for i in have], [seqs[i] for i in have] if seqs else (),
+                [hints[i] for i in have] if hints else ())
+            new = {r[0]: r for r in planned if r is not None and r[0] not in self._states}
+            sid_of = iter(sids)
+            rows = [self._step_params(rec, next(sid_of) if rec.state is not None else None,
+                                      None if seqs is None else seqs[i])
+                    for i, rec in enumerate(recs)]
             with self._seq_lock:  # step numbers are handed out on other threads meanwhile
                 self._step = max(self._step, *(rec.step for rec in recs), 0)
             entry_rows = [(e["id"], e["name"], e["type"], e["size_bytes"], e["summary"],
                            json.dumps(e["value"]) if e.get("value") is not None else None,
                            e["restorable"], e["reason"], json.dumps(e)) for e in entries]
-            state_rows = [(k, v["names"], v["ids"]) for k, v in states.items()]
             write = self._arrow_rows if columnar else self._bound_rows
             write("fm_var_entries", _ENTRY_COLS, entry_rows)
-            write("fm_states", ("id", "names", "ids"), state_rows)
+            write("fm_states", STATE_COLS, list(new.values()))
             write("fm_step_records", _STEP_COLS, rows)
-        self._states.update(states)
+        chain.advance(link)
+        self._chain = chain
+        self._states.update(new)
 
     def _bound_rows(self, table: str, cols: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         for i in range(0, len(rows), 200):  # DuckDB binds a few thousand parameters well
@@ -109,9 +120,3 @@ class BulkWrites:
                       " FROM fm_batch_events")
             self._conn.unregister("fm_batch_events")
 
-
-def state_id(state: dict[str, Any]) -> str:
-    import hashlib
-
-    blob = "\x1f".join(state["names"]) + "\x1e" + "\x1f".join(state["ids"])
-    return hashlib.blake2b(blob.encode(), digest_size=16).hexdigest()

@@ -334,5 +334,48 @@ FROM fm_run_records
 QUALIFY row_number() OVER (PARTITION BY run_id ORDER BY seq DESC) = 1;
 """
 
+# States as changes (stored_states.py): a row of fm_states whose `base` is
+# set holds only the names its state binds differently from that base, a
+# state stored whole; `removed` names base names it does not hold. Rows
+# written before have no base: each is a whole state, as it always was, so
+# nothing is rewritten. `variables` keeps its columns and rows: a state's
+# names are its own row's, then its base's that the row neither rebinds nor
+# removes (at most two rows a state, however long the history). Each part
+# joins `latest` itself (not materialized), so `WHERE step = N` reaches the
+# scans of fm_states instead of every state being rebuilt first.
+_V12_STATE_CHANGES = r"""
+ALTER TABLE fm_states ADD COLUMN base VARCHAR;
+ALTER TABLE fm_states ADD COLUMN removed VARCHAR[];
+
+CREATE OR REPLACE VIEW variables AS
+WITH latest AS NOT MATERIALIZED (
+    SELECT step, state_id, changed FROM fm_step_records
+    QUALIFY row_number() OVER (PARTITION BY step ORDER BY seq DESC) = 1
+), own AS (
+    SELECT l.step, l.changed, u.name, u.entry_id
+    FROM latest l
+    JOIN (SELECT id, unnest(names) AS name, unnest(ids) AS entry_id FROM fm_states) u
+      ON u.id = l.state_id
+), inherited AS (
+    SELECT l.step, l.changed, w.name, w.entry_id
+    FROM latest l
+    JOIN fm_states s ON s.id = l.state_id
+    JOIN (SELECT id, unnest(names) AS name, unnest(ids) AS entry_id
+          FROM fm_states WHERE base IS NULL) w ON w.id = s.base
+    ANTI JOIN (SELECT id, unnest(list_concat(names, coalesce(removed, []))) AS name
+               FROM fm_states WHERE base IS NOT NULL) h ON h.id = s.id AND h.name = w.name
+), state_rows AS (
+    SELECT * FROM own UNION ALL SELECT * FROM inherited
+), entries AS (
+    SELECT * FROM fm_var_entries QUALIFY row_number() OVER (PARTITION BY id) = 1
+)
+SELECT r.step, r.name, e.type, e.size_bytes, e.summary, e.value,
+       coalesce(list_contains(r.changed, r.name), false) AS changed, e.restorable, e.reason,
+       coalesce(TRY_CAST(e.entry->>'tracked' AS BOOLEAN), e.restorable) AS tracked
+FROM state_rows r
+JOIN entries e ON e.id = r.entry_id;
+"""
+
 MIGRATIONS: list[str] = [_V1, _V2, _V3, _V4_STATES, _V5_FLOWS, _V6_TRACKED, _V7_CHILD_RUNS, _V8_TASKS,
-                         _V9_RUN_DEADLINES, _V10_RECEIVED_EVENTS, _V11_RUN_QUEUES]
+                         _V9_RUN_DEADLINES, _V10_RECEIVED_EVENTS, _V11_RUN_QUEUES,
+                         _V12_STATE_CHANGES]

@@ -9,6 +9,7 @@ import json
 from typing import Any, Sequence
 
 from .rows import PENDING_RUN_STATUSES, Result, StepRecord, step_log_query
+from .stored_states import rebuilt
 
 
 class HistoryReads:
@@ -54,11 +55,13 @@ class HistoryReads:
     def step(self, step: int) -> StepRecord | None:
         # A join, not a subquery per column: DuckDB ran those as correlated
         # scans of fm_states, ~60 ms at 1,000 steps of 500 names (~5 ms joined),
-        # and a timeline click reads a step's record twice.
+        # and a timeline click reads a step's record twice. A state stored as
+        # a change needs its base too: one more row, looked up by id (a second
+        # join made DuckDB hash every state, 10 ms at 10,000 names).
         res = self.query(
             "SELECT r.step, r.branch, r.parent, r.kernel_id, r.cell_id, r.execution_count, r.code,"
             " r.status, r.started_at, r.finished_at, r.duration_ms, r.error_name, r.error_value,"
-            " r.traceback::VARCHAR, r.outputs::VARCHAR, r.changed, s.names, s.ids"
+            " r.traceback::VARCHAR, r.outputs::VARCHAR, r.changed, s.names, s.ids, s.removed, s.base"
             " FROM (SELECT * FROM fm_step_records WHERE step = ? ORDER BY seq DESC LIMIT 1) r"
             " LEFT JOIN fm_states s ON s.id = r.state_id LIMIT 1",
             [step],
@@ -66,12 +69,16 @@ class HistoryReads:
         if not res.rows:
             return None
         r = list(res.rows[0])
-        changed, names, ids = r[15:18]
+        changed, names, ids, removed, base = r[15:20]
         r = r[:15]
         r[13] = json.loads(r[13]) if r[13] else None
         r[14] = json.loads(r[14]) if r[14] else []
-        state = None if names is None else {"names": names, "ids": ids, "changed": changed or []}
-        return StepRecord(*r, state=state)
+        if names is None:
+            return StepRecord(*r, state=None)
+        whole = None if base is None else self.query(
+            "SELECT names, ids FROM fm_states WHERE id = ? LIMIT 1", [base]).rows[0]
+        names, ids = rebuilt(names, ids, removed, *(whole or (None, None)))
+        return StepRecord(*r, state={"names": names, "ids": ids, "changed": changed or []})
 
     def entries(self, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """Variable entries by id (as written by append_step)."""

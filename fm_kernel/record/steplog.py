@@ -99,7 +99,7 @@ class StepLog:
         self.path = store.sidecar(SUFFIX)
         self.fsync = fsync_wanted()
         self.interval = CHECKPOINT_INTERVAL if interval is None else interval
-        self._pending: list[tuple] = []  # (seq, table, record or row, entries)
+        self._pending: list[tuple] = []  # (seq, table, record or row, entries[, line's state])
         # Appends take only this lock, never the store's: a cell's record
         # must not wait while a batch is written into DuckDB.
         self._lock = threading.Lock()  # the fd, _size, _pending, _states
@@ -144,8 +144,9 @@ class StepLog:
         with self._lock:
             if rec.state is not None:
                 line["state"] = self._states.encode(rec.state)
+            # the line's change is handed on: the batch stores the state from it
             self._write({"seq": seq, "table": "steps", "rec": line, "entries": list(entries)},
-                        (seq, "steps", rec, entries))
+                        (seq, "steps", rec, entries, line.get("state")))
             if rec.state is not None:  # written: later deltas may refer to it
                 self._states.base = (seq, rec.state["names"], rec.state["ids"])
 
@@ -321,7 +322,7 @@ def _loaded(d: dict[str, Any], states: StateDeltas) -> tuple | None:
                 log.error("step log: the state of step %s refers to a damaged line; "
                           "its record is left out", rec.get("step"))
                 return None
-        return (int(d["seq"]), table, StepRecord.from_json(rec), d["entries"])
+        return (int(d["seq"]), table, StepRecord.from_json(rec), d["entries"], d["rec"].get("state"))
     row, at = list(d["row"]), _AT.get(table)
     if at is not None:
         row[at] = dt.datetime.fromisoformat(row[at])
@@ -333,7 +334,7 @@ def _insert(store: "Store", records: Sequence[tuple]) -> None:
     steps = [r for r in records if r[1] == "steps"]
     if steps:
         store.append_steps([r[2] for r in steps], [e for r in steps for e in r[3]],
-                           seqs=[r[0] for r in steps], columnar=False)
+                           seqs=[r[0] for r in steps], columnar=False, hints=[r[4] for r in steps])
     for table, sql in _INSERT.items():
         rows = [r[2] for r in records if r[1] == table]
         if rows:
