@@ -71,10 +71,12 @@ def chunk_body() -> Callable[..., list[tuple[str, Any, float]]]:
     take its chunk mates with it. Nested for the reason worker_body is."""
     def sendable(exc: Exception) -> Exception:
         # the chunk's result travels pickled: one exception that cannot be
-        # would fail the whole chunk
+        # would fail the whole chunk. Dumping is the test (nothing is ever
+        # unpickled outside record/trust.py); one that dumps but cannot load
+        # fails its chunk, which is then split and sent one item per task.
         import cloudpickle as pickle  # as Dask sends results: a class from a cell goes by value
         try:
-            pickle.loads(pickle.dumps(exc))
+            pickle.dumps(exc)
         except Exception:
             return RuntimeError(f"{type(exc).__qualname__}: {exc} (not picklable; sent as text)")
         return exc
