@@ -19,6 +19,7 @@ import stat
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 from pathlib import Path
 
@@ -593,3 +594,55 @@ def test_kill9_during_import_leaves_the_target_untouched(tmp_path: Path) -> None
     r = fm_cli("import", str(bundle), "--history", str(target), "--trust")
     assert r.returncode == 0, r.stderr
     assert sorted(p.name for p in dest.iterdir()) == ["h.duckdb", "h.duckdb.objects"]
+
+
+def planted_wal(history: Path, tmp_path: Path) -> bytes:
+    """A write-ahead log that DuckDB would replay onto ``history``: made by a
+    process that opened a byte copy of it, wrote a cell and a setting, and
+    died before a checkpoint."""
+    twin = tmp_path / "twin.duckdb"
+    twin.write_bytes(history.read_bytes())
+    code = (f"import duckdb, os\ncon = duckdb.connect({str(twin)!r})\n"
+            "con.execute(\"PRAGMA disable_checkpoint_on_shutdown\")\n"
+            "con.execute(\"SET wal_autocheckpoint = '1GB'\")\n"
+            "con.execute(\"UPDATE fm_step_records SET code = 'injected = 1'\")\n"
+            "con.execute(\"INSERT INTO fm_meta VALUES ('injected', 'yes')\")\n"
+            "os._exit(0)\n")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+    wal = Path(str(twin) + ".wal")
+    assert wal.stat().st_size > 0
+    return wal.read_bytes()
+
+
+@pytest.mark.parametrize("planted", [
+    pytest.param("owned by uid 65534", marks=pytest.mark.skipif(
+        os.geteuid() != 0, reason="planting a file as another user needs root")),
+    "a symbolic link",
+])
+def test_a_planted_write_ahead_log_is_never_read(tmp_path: Path, planted: str) -> None:
+    history = shared_history(tmp_path)
+    wal = Path(str(history) + ".wal")
+    assert not wal.exists()  # a clean close checkpointed everything
+    raw = planted_wal(history, tmp_path)
+    if planted == "a symbolic link":  # ours, to a file of ours: only the link is wrong
+        target = tmp_path / "elsewhere.wal"
+        target.write_bytes(raw)
+        os.symlink(target, wal)
+    else:
+        wal.write_bytes(raw)
+        os.chown(wal, 65534, 65534)
+    line = f"h.duckdb.wal is {planted}, not a file of yours"
+    r = fm_cli("sql", "SELECT code FROM steps", "--history", str(history))
+    assert r.returncode == 0 and "mine = 1" in r.stdout and "injected" not in r.stdout, \
+        r.stdout + r.stderr
+    assert [ln for ln in r.stderr.splitlines() if line in ln and "without it" in ln], r.stderr
+    r = fm_cli("log", "--history", str(history))
+    assert r.returncode == 0 and "mine = 1" in r.stdout and "injected" not in r.stdout, r.stdout
+    assert line in r.stderr, r.stderr
+    from fm_kernel.record.store import peek_count
+
+    assert peek_count(history, "SELECT count(*) FROM fm_meta WHERE key = 'injected'") == 0
+    assert wal.is_symlink() == (planted == "a symbolic link") and wal.read_bytes() == raw  # as found
+    if planted != "a symbolic link":
+        assert wal.stat().st_uid == 65534
+    assert not list(Path(tempfile.gettempdir()).glob("flowmetal-read-*")), "a private copy was left"
