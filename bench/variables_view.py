@@ -42,7 +42,7 @@ QUERIES = {
     "WHERE name = 'loss'": "SELECT count(*) FROM {v} WHERE name = 'loss'",
     "cookbook: value over steps": "SELECT step, value FROM {v} WHERE name = 'loss' AND changed ORDER BY step",
 }
-# The same states stored whole, and the view as it read them (migrations 4-11).
+# The same states stored whole; migration 6's view reads them (as 4-11 did).
 WHOLE = r"""
 CREATE TABLE whole_states AS
 SELECT s.id,
@@ -52,19 +52,6 @@ SELECT s.id,
                            IF NOT list_contains(list_concat(s.names, coalesce(s.removed, [])), n)]) AS ids
 FROM fm_states s JOIN fm_states b ON b.id = s.base
 UNION ALL SELECT id, names, ids FROM fm_states WHERE base IS NULL;
-CREATE TEMP VIEW var_whole AS
-WITH latest AS (
-    SELECT step, state_id, changed FROM fm_step_records
-    QUALIFY row_number() OVER (PARTITION BY step ORDER BY seq DESC) = 1
-), state_rows AS (
-    SELECT id AS state_id, unnest(names) AS name, unnest(ids) AS entry_id FROM whole_states
-), entries AS (
-    SELECT * FROM fm_var_entries QUALIFY row_number() OVER (PARTITION BY id) = 1
-)
-SELECT l.step, r.name, e.type, e.size_bytes, e.summary, e.value,
-       coalesce(list_contains(l.changed, r.name), false) AS changed, e.restorable, e.reason,
-       coalesce(TRY_CAST(e.entry->>'tracked' AS BOOLEAN), e.restorable) AS tracked
-FROM latest l JOIN state_rows r ON r.state_id = l.state_id JOIN entries e ON e.id = r.entry_id;
 """
 
 
@@ -77,6 +64,8 @@ def view_sql(migration: str) -> str:
 def prepare(con: duckdb.DuckDBPyConnection) -> list[str]:
     con.execute(WHOLE)
     con.execute("CHECKPOINT")  # a table in the file, as the whole states were
+    whole = view_sql(MIGRATIONS[5]).replace("FROM fm_states", "FROM whole_states")
+    con.execute(f"CREATE TEMP VIEW var_whole AS {whole}")
     con.execute(f"CREATE TEMP VIEW var_m12 AS {view_sql(MIGRATIONS[11])}")
     con.execute(f"CREATE TEMP VIEW var_m13 AS {view_sql(MIGRATIONS[12])}")
     names = ["var_whole", "var_m12", "var_m13"]

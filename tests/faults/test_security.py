@@ -501,6 +501,25 @@ def test_files_planted_by_another_user_are_not_used(tmp_path: Path) -> None:
     assert [c for (c,) in query(history, "SELECT code FROM steps")] == ["mine = 1"]
 
 
+# How a side file is planted: by another user, or as a link of ours to a file of ours.
+PLANTED = [
+    pytest.param("owned by uid 65534", marks=pytest.mark.skipif(
+        os.geteuid() != 0, reason="planting a file as another user needs root")),
+    "a symbolic link",
+]
+
+
+def plant(side_file: Path, data: bytes, planted: str, tmp_path: Path) -> None:
+    """``data`` at ``side_file``, written as ``planted`` says."""
+    if planted == "a symbolic link":  # ours, to a file of ours: only the link is wrong
+        target = tmp_path / ("elsewhere" + side_file.suffix)
+        target.write_bytes(data)
+        os.symlink(target, side_file)
+    else:
+        side_file.write_bytes(data)
+        os.chown(side_file, 65534, 65534)
+
+
 def injected_step_log() -> str:
     """What an attacker writes at ``<history>.steplog`` for the next open to
     replay: a cell, an event and a setting, in the log's own line format,
@@ -518,23 +537,13 @@ def injected_step_log() -> str:
     return "".join(json.dumps(line) + "\n" for line in lines)
 
 
-@pytest.mark.parametrize("planted", [
-    pytest.param("owned by uid 65534", marks=pytest.mark.skipif(
-        os.geteuid() != 0, reason="planting a file as another user needs root")),
-    "a symbolic link",
-])
+@pytest.mark.parametrize("planted", PLANTED)
 def test_a_planted_step_log_is_never_replayed(tmp_path: Path, planted: str) -> None:
     history = shared_history(tmp_path)
     log = Path(str(history) + ".steplog")
     assert not log.exists()  # a clean close moved every record into DuckDB
     lines = injected_step_log()
-    if planted == "a symbolic link":  # ours, to a file of ours: only the link is wrong
-        target = tmp_path / "elsewhere.steplog"
-        target.write_text(lines)
-        os.symlink(target, log)
-    else:
-        log.write_text(lines)
-        os.chown(log, 65534, 65534)
+    plant(log, lines.encode(), planted, tmp_path)
     with Kernel(env={"FM_HISTORY": str(history)}) as k:
         r = k.execute("x = 1")
         notices = [ln for ln in r.text().splitlines() if ln.startswith("flowmetal:")]
@@ -614,23 +623,13 @@ def planted_wal(history: Path, tmp_path: Path) -> bytes:
     return wal.read_bytes()
 
 
-@pytest.mark.parametrize("planted", [
-    pytest.param("owned by uid 65534", marks=pytest.mark.skipif(
-        os.geteuid() != 0, reason="planting a file as another user needs root")),
-    "a symbolic link",
-])
+@pytest.mark.parametrize("planted", PLANTED)
 def test_a_planted_write_ahead_log_is_never_read(tmp_path: Path, planted: str) -> None:
     history = shared_history(tmp_path)
     wal = Path(str(history) + ".wal")
     assert not wal.exists()  # a clean close checkpointed everything
     raw = planted_wal(history, tmp_path)
-    if planted == "a symbolic link":  # ours, to a file of ours: only the link is wrong
-        target = tmp_path / "elsewhere.wal"
-        target.write_bytes(raw)
-        os.symlink(target, wal)
-    else:
-        wal.write_bytes(raw)
-        os.chown(wal, 65534, 65534)
+    plant(wal, raw, planted, tmp_path)
     line = f"h.duckdb.wal is {planted}, not a file of yours"
     r = fm_cli("sql", "SELECT code FROM steps", "--history", str(history))
     assert r.returncode == 0 and "mine = 1" in r.stdout and "injected" not in r.stdout, \
