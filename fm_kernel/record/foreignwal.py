@@ -45,6 +45,8 @@ def reader_target(history: Path) -> tuple[Path, Path | None]:
     why = foreign_wal(history)
     if why is None:
         return history, None
+    if held_here(history):  # opening and closing the file here would drop this process's lock
+        raise errors.HistoryLocked(history, str(os.getpid()))
     from .handover import holder
 
     pid = holder(history)
@@ -60,6 +62,20 @@ def reader_target(history: Path) -> tuple[Path, Path | None]:
     print(f"flowmetal: {history.name}.wal is {why}, not a file of yours: reading {history} "
           "without it (writes only in that log are not shown)", file=sys.stderr, flush=True)
     return copy, folder
+
+
+def held_here(history: Path) -> bool:
+    """Whether this process holds a lock on the database file (Linux's
+    /proc/locks; elsewhere False). A POSIX lock goes when the process closes
+    any descriptor of the file, so a reader in the kernel that holds the
+    history must not copy it."""
+    try:
+        st = os.stat(history)
+        locks = Path("/proc/locks").read_text()
+    except OSError:
+        return False
+    me = f" {os.getpid()} {os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino} "
+    return any(me in line for line in locks.splitlines())
 
 
 @contextlib.contextmanager

@@ -645,3 +645,29 @@ def test_a_planted_write_ahead_log_is_never_read(tmp_path: Path, planted: str) -
     if planted != "a symbolic link":
         assert wal.stat().st_uid == 65534
     assert not list(Path(tempfile.gettempdir()).glob("flowmetal-read-*")), "a private copy was left"
+
+
+def test_a_reader_in_the_holding_process_never_copies_the_history(tmp_path: Path) -> None:
+    """A POSIX lock goes when its process closes any descriptor of the file:
+    copying the history to read it without a planted log, in the process
+    that holds it, would hand the history to the next opener."""
+    from fm_kernel import errors
+    from fm_kernel.record.store import Store, peek_count
+
+    history = tmp_path / "h.duckdb"
+    store = Store.open(history)
+    wal = Path(str(history) + ".wal")
+    try:
+        wal.unlink(missing_ok=True)
+        os.symlink(tmp_path / "elsewhere.wal", wal)
+        with pytest.raises(errors.HistoryLocked, match=f"process {os.getpid()}"):
+            Store.open(history, read_only=True)
+        with pytest.raises(errors.HistoryError):
+            peek_count(history, "SELECT 1")
+        seen = subprocess.run([sys.executable, "-c", "import sys; from fm_kernel.record.handover "
+                               f"import holder; print(holder(sys.argv[1]))", str(history)],
+                              capture_output=True, text=True, timeout=60).stdout.strip()
+        assert seen == str(os.getpid()), "the history's lock was dropped"
+    finally:
+        wal.unlink(missing_ok=True)
+        store.abandon()
