@@ -121,8 +121,8 @@ class Crashes:
         pause = BACKOFF_S[min(len(self.times), len(BACKOFF_S)) - 1]
         print(f"fm worker: the serving process {pid} {how} after {lived_s:.1f} s; starting "
               f"another in {pause:g} s, which resumes its pending runs and schedules "
-              f"({len(self.times)} of {CRASHES_ALLOWED} deaths within {CRASH_WINDOW_S:.0f} s "
-              "allowed)", file=sys.stderr, flush=True)
+              f"({len(self.times)} death(s) within {CRASH_WINDOW_S:.0f} s; at {CRASHES_ALLOWED} "
+              "the worker gives up)", file=sys.stderr, flush=True)
         return pause
 
 
