@@ -13,7 +13,12 @@ same way (``--exit-if-held``: exit 1 at once, as before).
 
 Separate processes, because a hand-over must stop every run thread at once
 at a safe point, and a process exit does that; the serving process is never
-asked to bring a history back to life in place.
+asked to bring a history back to life in place. For the same reason a
+serving process that dies on its own (killed -9 by the OOM killer, a bug) is
+replaced by a new one, which resumes what it left like after any kill, with
+a growing pause between restarts (``Crashes``) and one line each time; only
+``CRASHES_ALLOWED`` deaths within ``CRASH_WINDOW_S`` make the supervisor give
+up, since a process that cannot stay up would only spin.
 """
 
 from __future__ import annotations
@@ -24,14 +29,18 @@ import subprocess
 import sys
 import threading
 import time
+from collections import deque
 from pathlib import Path
 
 from ..record.handover import endpoint_of, holder
-from .worker import FAILED, HELD, RELEASED
+from .worker import FAILED, HELD, RELEASED, STOPPED
 
 POLL_S = 0.5  # how often a standing-by worker looks at the lock
 GRACE_S = 3.0  # free this long in a row before the worker takes it back
 TAKEN_WAIT_S = 20.0  # after a release, for the kernel that asked to take the lock
+CRASHES_ALLOWED = 5  # serving processes dying within CRASH_WINDOW_S: the supervisor gives up
+CRASH_WINDOW_S = 60.0
+BACKOFF_S = (0.5, 1.0, 2.0, 4.0)  # pause before the 1st, 2nd, ... restart within the window
 
 
 def supervise(history: Path, stand_by: bool = True) -> int:
@@ -42,6 +51,7 @@ def supervise(history: Path, stand_by: bool = True) -> int:
     stop = threading.Event()
     child: list[subprocess.Popen] = []
     kept = Kept()
+    crashes = Crashes()
 
     def on_signal(*_: object) -> None:
         stop.set()
@@ -64,19 +74,65 @@ def supervise(history: Path, stand_by: bool = True) -> int:
             if not wait_free(history, stop, kept):
                 break
         first = False
-        proc = subprocess.Popen([sys.executable, "-m", "fm_kernel.cli.worker", str(history)],
-                                stdin=subprocess.PIPE, text=True)
+        proc = subprocess.Popen([sys.executable, "-m", "fm_kernel.cli.worker", str(history),
+                                 str(os.getpid())], stdin=subprocess.PIPE, text=True)
         child[:] = [proc]
         _hand_token(proc, kept.token)
         if stop.is_set():  # a signal between the look and the start
             proc.send_signal(signal.SIGTERM)
+        started = time.monotonic()
         code = _serving(proc, history, kept)
         child.clear()
         if code == RELEASED:
             wait_taken(history, stop, kept)
+        elif code == STOPPED:  # stopped by our SIGTERM, or by someone's to it
+            return 0
         elif code != HELD:
-            return code if code >= 0 else FAILED
+            if stop.is_set():
+                return FAILED
+            pause = crashes.died(proc.pid, code, time.monotonic() - started)
+            if pause is None:
+                return FAILED
+            stop.wait(pause)
     return 0
+
+
+class Crashes:
+    """Serving processes that died on their own: each is told in one line,
+    and the next one starts after a pause that grows with the deaths in the
+    last CRASH_WINDOW_S, until CRASHES_ALLOWED of them say it cannot stay up."""
+
+    def __init__(self) -> None:
+        self.times: deque[float] = deque()
+
+    def died(self, pid: int, code: int, lived_s: float) -> float | None:
+        """The pause before the next serving process, or None: give up."""
+        now = time.monotonic()
+        self.times.append(now)
+        while now - self.times[0] > CRASH_WINDOW_S:
+            self.times.popleft()
+        how = _how(code)
+        if len(self.times) >= CRASHES_ALLOWED:
+            print(f"fm worker: giving up: the serving process died {len(self.times)} times "
+                  f"within {CRASH_WINDOW_S:.0f} s (the last, process {pid}, {how} after "
+                  f"{lived_s:.1f} s); the lines above say why. Nothing serves this history now",
+                  file=sys.stderr, flush=True)
+            return None
+        pause = BACKOFF_S[min(len(self.times), len(BACKOFF_S)) - 1]
+        print(f"fm worker: the serving process {pid} {how} after {lived_s:.1f} s; starting "
+              f"another in {pause:g} s, which resumes its pending runs and schedules "
+              f"({len(self.times)} death(s) within {CRASH_WINDOW_S:.0f} s; at {CRASHES_ALLOWED} "
+              "the worker gives up)", file=sys.stderr, flush=True)
+        return pause
+
+
+def _how(code: int) -> str:
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited {code}"
 
 
 class Kept:

@@ -269,6 +269,9 @@ WORKER_HELP = (
     "503 with Retry-After for a moment, flushes and lets go; the kernel keeps the port and "
     "the token. The worker takes the history back when the kernel ends (or is killed). "
     "Started while a kernel holds the history, it stands by until the kernel lets go. "
+    "A serving process that dies (killed -9, out of memory) is restarted after a growing "
+    "pause, with one line each time; after 5 deaths within 60 s the worker exits 1 saying "
+    "why. Killing the worker stops its serving process too. "
     "SIGTERM stops it. docs/reliability.md, \"One writer at a time\".")
 
 

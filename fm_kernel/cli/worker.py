@@ -7,7 +7,7 @@ answers every other request 503, stops its scheduler and runs, flushes the
 journal, closes its socket (so the kernel can bind the kept port) and only
 then the history, and exits with RELEASED.
 
-Run as ``python -m fm_kernel.cli.worker HISTORY``."""
+Run as ``python -m fm_kernel.cli.worker HISTORY [SUPERVISOR_PID]``."""
 
 from __future__ import annotations
 
@@ -95,19 +95,23 @@ def _let_go(rt: runtime.Runtime, history: Path, asker: dict | None) -> int:
     return RELEASED
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(supervisor: int | None) -> None:
     """Linux: SIGTERM this process when its supervisor dies, so a killed
-    `fm worker` leaves no serving process behind."""
+    `fm worker` leaves no serving process behind to hold the history. A
+    supervisor already dead before the prctl would never send it: that is
+    seen as a parent that is not ``supervisor`` any more."""
     try:
         import ctypes
 
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
+    if supervisor is not None and os.getppid() != supervisor:
+        os._exit(STOPPED)
 
 
 if __name__ == "__main__":
-    _die_with_parent()
+    _die_with_parent(int(sys.argv[2]) if len(sys.argv) > 2 else None)
     code = run_worker(Path(sys.argv[1]), token=sys.stdin.readline().strip() or None)
     sys.stdout.flush()
     sys.stderr.flush()

@@ -47,6 +47,15 @@ def refuse_foreign(path: Path) -> None:
             raise errors.HistoryUnwritable(path, OSError(f"{p.name} is {why}, not a file of yours"))
 
 
+def owner_only(path: Path) -> None:
+    """A new history and its log readable by their owner alone, whatever the umask."""
+    for p in (path, Path(str(path) + ".wal")):
+        try:
+            p.chmod(0o600)
+        except OSError:
+            pass
+
+
 def lock_holder(message: str) -> str | None:
     """The process DuckDB names in a lock conflict:
     "... Conflicting lock is held in <exe> (PID 1234) by user ..."."""

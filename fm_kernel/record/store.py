@@ -21,12 +21,13 @@ import duckdb
 
 from .. import errors
 from ..errors import QueryFailed
-from . import steplog, walcheck
+from . import foreignwal, steplog, walcheck
 from .migrations import MIGRATIONS
 from .bulk import BulkWrites
 from .connlock import ConnectionLock
 from .reads import HistoryReads
-from .refusals import OS_REFUSALS, HistoryDamaged, first_line, lock_holder, named, refuse_foreign
+from .refusals import (OS_REFUSALS, HistoryDamaged, first_line, lock_holder, named, owner_only,
+                       refuse_foreign)
 from .rows import Result, StepRecord, utcnow
 
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -51,7 +52,7 @@ class Store(BulkWrites, HistoryReads):
         self._seq_lock = threading.Lock()  # seq and step numbers, taken without the connection
         self._in_txn = False  # set and cleared holding _lock: its holder's transaction
         self._log: steplog.StepLog | None = None  # set once seq and step are known
-        self._scratch: Path | None = None  # sidecars of an in-memory history
+        self._scratch: Path | None = None  # removed at close: an in-memory history's sidecars, a reader's copy
         # Writers that buffer records outside DuckDB (the step log, the flow
         # journal's log) register a flush here: copies and user SQL hold them.
         self.before_copy: list[Callable[[], None]] = []
@@ -107,21 +108,14 @@ class Store(BulkWrites, HistoryReads):
         if read_only and steplog.pending_tail(path):
             steplog.replay_for_reader(path, cls.open)
         found = None if read_only or fresh else walcheck.log_as_found(path)
+        target, copy = foreignwal.reader_target(path) if read_only else (path, None)
         try:
-            conn = duckdb.connect(str(path), read_only=read_only)
-        except duckdb.Error as exc:
-            if isinstance(exc, duckdb.IOException) and "lock" in str(exc).lower():
-                raise errors.HistoryLocked(path, lock_holder(str(exc))) from None
-            if fresh or any(w in str(exc) for w in OS_REFUSALS):
-                raise errors.HistoryUnwritable(path, exc) from None
-            raise HistoryDamaged(path, named(exc), walcheck.keep_log(path, found)) from None
-        if fresh:
-            _owner_only(path)
-        try:
-            store = cls(path, conn, read_only)
-        except duckdb.Error as exc:  # it opened, but its tables cannot be read
-            conn.close()
-            raise HistoryDamaged(path, named(exc), walcheck.keep_log(path, found)) from None
+            store = cls._connect(path, target, read_only, fresh, found)
+        except BaseException:
+            if copy is not None:
+                shutil.rmtree(copy, ignore_errors=True)
+            raise
+        store._scratch = copy  # a reader's private copy goes at close
         acked = walcheck.acknowledged_step(path) if found else None
         if acked is not None and store.last_step < acked:
             store.abandon()  # DuckDB replayed its log only in part, and said nothing
@@ -129,6 +123,19 @@ class Store(BulkWrites, HistoryReads):
             raise HistoryDamaged(path, why, walcheck.keep_log(path, found))
         store.created = fresh and not read_only  # trust: only a new history gets our origin
         return store
+
+    @classmethod
+    def _connect(cls, path: Path, target: Path, read_only: bool, fresh: bool, found: Any) -> "Store":
+        conn = None
+        try:
+            conn = duckdb.connect(str(target), read_only=read_only)
+            if fresh:
+                owner_only(path)
+            return cls(path, conn, read_only)
+        except duckdb.Error as exc:  # cannot open, or it opened but its tables cannot be read
+            if conn is not None:
+                conn.close()
+            raise _open_failed(path, exc, fresh, found) from None
 
     def _migrate(self) -> None:
         has_meta = self._scalar(
@@ -421,20 +428,20 @@ class Store(BulkWrites, HistoryReads):
                 pass
         return total
 
+def _open_failed(path: Path, exc: duckdb.Error, fresh: bool, found: Any) -> Exception:
+    if isinstance(exc, duckdb.IOException) and "lock" in str(exc).lower():
+        return errors.HistoryLocked(path, lock_holder(str(exc)))
+    if fresh or any(w in str(exc) for w in OS_REFUSALS):
+        return errors.HistoryUnwritable(path, exc)
+    return HistoryDamaged(path, named(exc), walcheck.keep_log(path, found))
+
+
 def _ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
 def _sql_str(path: Path) -> str:
     return str(path).replace("'", "''")
-
-
-def _owner_only(path: Path) -> None:
-    for p in (path, Path(str(path) + ".wal")):
-        try:
-            p.chmod(0o600)
-        except OSError:
-            pass
 
 
 # -- other histories, read without opening them as a Store ---------------------------
@@ -445,29 +452,38 @@ def peek_count(history: Path, sql: str, params: Sequence[Any] = ()) -> int:
     """The integer ``sql`` returns over ``history`` opened read-only.
     Raises HistoryError when it cannot be read (held by a live kernel,
     not a history)."""
-    try:
-        con = duckdb.connect(str(history), read_only=True)
-    except duckdb.Error as exc:
-        raise errors.HistoryError(first_line(exc)) from None
-    try:
-        return int(con.execute(sql, list(params)).fetchone()[0])
-    except duckdb.Error as exc:
-        raise errors.HistoryError(first_line(exc)) from None
-    finally:
-        con.close()
+    with foreignwal.reading(history) as target:
+        try:
+            con = duckdb.connect(str(target), read_only=True)
+        except duckdb.Error as exc:
+            raise errors.HistoryError(first_line(exc)) from None
+        try:
+            return int(con.execute(sql, list(params)).fetchone()[0])
+        except duckdb.Error as exc:
+            raise errors.HistoryError(first_line(exc)) from None
+        finally:
+            con.close()
 
 
 def readable(history: Path) -> str | None:
     """None if ``history`` opens read-only now, else DuckDB's reason."""
     try:
-        duckdb.connect(str(history), read_only=True).close()
+        with foreignwal.reading(history) as target:
+            duckdb.connect(str(target), read_only=True).close()
     except duckdb.Error as exc:
         return first_line(exc)
+    except errors.HistoryError as exc:
+        return str(exc)
     return None
 
 
 def copy_database(src: Path, target: Path) -> None:
     """A consistent copy of the database ``src`` (read-only) into a new ``target``."""
+    with foreignwal.reading(src) as readable_src:
+        _copy_from(readable_src, target)
+
+
+def _copy_from(src: Path, target: Path) -> None:
     con = duckdb.connect(":memory:")
     try:
         con.execute(f"ATTACH '{_sql_str(src)}' AS fm_src (READ_ONLY)")

@@ -19,6 +19,7 @@ import stat
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 from pathlib import Path
 
@@ -500,6 +501,25 @@ def test_files_planted_by_another_user_are_not_used(tmp_path: Path) -> None:
     assert [c for (c,) in query(history, "SELECT code FROM steps")] == ["mine = 1"]
 
 
+# How a side file is planted: by another user, or as a link of ours to a file of ours.
+PLANTED = [
+    pytest.param("owned by uid 65534", marks=pytest.mark.skipif(
+        os.geteuid() != 0, reason="planting a file as another user needs root")),
+    "a symbolic link",
+]
+
+
+def plant(side_file: Path, data: bytes, planted: str, tmp_path: Path) -> None:
+    """``data`` at ``side_file``, written as ``planted`` says."""
+    if planted == "a symbolic link":  # ours, to a file of ours: only the link is wrong
+        target = tmp_path / ("elsewhere" + side_file.suffix)
+        target.write_bytes(data)
+        os.symlink(target, side_file)
+    else:
+        side_file.write_bytes(data)
+        os.chown(side_file, 65534, 65534)
+
+
 def injected_step_log() -> str:
     """What an attacker writes at ``<history>.steplog`` for the next open to
     replay: a cell, an event and a setting, in the log's own line format,
@@ -517,23 +537,13 @@ def injected_step_log() -> str:
     return "".join(json.dumps(line) + "\n" for line in lines)
 
 
-@pytest.mark.parametrize("planted", [
-    pytest.param("owned by uid 65534", marks=pytest.mark.skipif(
-        os.geteuid() != 0, reason="planting a file as another user needs root")),
-    "a symbolic link",
-])
+@pytest.mark.parametrize("planted", PLANTED)
 def test_a_planted_step_log_is_never_replayed(tmp_path: Path, planted: str) -> None:
     history = shared_history(tmp_path)
     log = Path(str(history) + ".steplog")
     assert not log.exists()  # a clean close moved every record into DuckDB
     lines = injected_step_log()
-    if planted == "a symbolic link":  # ours, to a file of ours: only the link is wrong
-        target = tmp_path / "elsewhere.steplog"
-        target.write_text(lines)
-        os.symlink(target, log)
-    else:
-        log.write_text(lines)
-        os.chown(log, 65534, 65534)
+    plant(log, lines.encode(), planted, tmp_path)
     with Kernel(env={"FM_HISTORY": str(history)}) as k:
         r = k.execute("x = 1")
         notices = [ln for ln in r.text().splitlines() if ln.startswith("flowmetal:")]
@@ -593,3 +603,71 @@ def test_kill9_during_import_leaves_the_target_untouched(tmp_path: Path) -> None
     r = fm_cli("import", str(bundle), "--history", str(target), "--trust")
     assert r.returncode == 0, r.stderr
     assert sorted(p.name for p in dest.iterdir()) == ["h.duckdb", "h.duckdb.objects"]
+
+
+def planted_wal(history: Path, tmp_path: Path) -> bytes:
+    """A write-ahead log that DuckDB would replay onto ``history``: made by a
+    process that opened a byte copy of it, wrote a cell and a setting, and
+    died before a checkpoint."""
+    twin = tmp_path / "twin.duckdb"
+    twin.write_bytes(history.read_bytes())
+    code = (f"import duckdb, os\ncon = duckdb.connect({str(twin)!r})\n"
+            "con.execute(\"PRAGMA disable_checkpoint_on_shutdown\")\n"
+            "con.execute(\"SET wal_autocheckpoint = '1GB'\")\n"
+            "con.execute(\"UPDATE fm_step_records SET code = 'injected = 1'\")\n"
+            "con.execute(\"INSERT INTO fm_meta VALUES ('injected', 'yes')\")\n"
+            "os._exit(0)\n")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+    wal = Path(str(twin) + ".wal")
+    assert wal.stat().st_size > 0
+    return wal.read_bytes()
+
+
+@pytest.mark.parametrize("planted", PLANTED)
+def test_a_planted_write_ahead_log_is_never_read(tmp_path: Path, planted: str) -> None:
+    history = shared_history(tmp_path)
+    wal = Path(str(history) + ".wal")
+    assert not wal.exists()  # a clean close checkpointed everything
+    raw = planted_wal(history, tmp_path)
+    plant(wal, raw, planted, tmp_path)
+    line = f"h.duckdb.wal is {planted}, not a file of yours"
+    r = fm_cli("sql", "SELECT code FROM steps", "--history", str(history))
+    assert r.returncode == 0 and "mine = 1" in r.stdout and "injected" not in r.stdout, \
+        r.stdout + r.stderr
+    assert [ln for ln in r.stderr.splitlines() if line in ln and "without it" in ln], r.stderr
+    r = fm_cli("log", "--history", str(history))
+    assert r.returncode == 0 and "mine = 1" in r.stdout and "injected" not in r.stdout, r.stdout
+    assert line in r.stderr, r.stderr
+    from fm_kernel.record.store import peek_count
+
+    assert peek_count(history, "SELECT count(*) FROM fm_meta WHERE key = 'injected'") == 0
+    assert wal.is_symlink() == (planted == "a symbolic link") and wal.read_bytes() == raw  # as found
+    if planted != "a symbolic link":
+        assert wal.stat().st_uid == 65534
+    assert not list(Path(tempfile.gettempdir()).glob("flowmetal-read-*")), "a private copy was left"
+
+
+def test_a_reader_in_the_holding_process_never_copies_the_history(tmp_path: Path) -> None:
+    """A POSIX lock goes when its process closes any descriptor of the file:
+    copying the history to read it without a planted log, in the process
+    that holds it, would hand the history to the next opener."""
+    from fm_kernel import errors
+    from fm_kernel.record.store import Store, peek_count
+
+    history = tmp_path / "h.duckdb"
+    store = Store.open(history)
+    wal = Path(str(history) + ".wal")
+    try:
+        wal.unlink(missing_ok=True)
+        os.symlink(tmp_path / "elsewhere.wal", wal)
+        with pytest.raises(errors.HistoryLocked, match=f"process {os.getpid()}"):
+            Store.open(history, read_only=True)
+        with pytest.raises(errors.HistoryError):
+            peek_count(history, "SELECT 1")
+        seen = subprocess.run([sys.executable, "-c", "import sys; from fm_kernel.record.handover "
+                               f"import holder; print(holder(sys.argv[1]))", str(history)],
+                              capture_output=True, text=True, timeout=60).stdout.strip()
+        assert seen == str(os.getpid()), "the history's lock was dropped"
+    finally:
+        wal.unlink(missing_ok=True)
+        store.abandon()
