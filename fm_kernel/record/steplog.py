@@ -195,6 +195,8 @@ class StepLog:
             with self._lock:
                 batch, self._pending = self._pending, []
             try:
+                for before in list(self.store.before_batch):
+                    before()
                 with self.store.transaction(log_first=False):
                     _insert(self.store, batch)
             except BaseException:
