@@ -60,6 +60,7 @@ class Store(BulkWrites, HistoryReads):
         self.before_batch: list[Callable[[], None]] = []
         self._view_cache: dict[tuple, tuple[Any, Any, list[str]]] = {}  # views_as_arrow
         self._view_cols: dict[str, list[str]] = {}
+        self._col_types: dict[str, dict[str, str]] = {}  # bulk.py's JSON batches
         # branch name -> head, kept current by this process's appends (reads.py)
         self._heads: dict[str, int | None] | None = None
         self._heads_version = 0  # bumped by every move, so a read racing one is not kept
