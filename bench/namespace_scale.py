@@ -4,7 +4,10 @@ one name, with N names defined, in flowmetal against the standard ipykernel
 (same run, same machine), plus the time inside ``States.capture`` alone (the
 commit's fsync is another engineer's and is being replaced).
 
-    PYTHONPATH=. python bench/namespace_scale.py [--names 200,10000] [--cells 400] [--rounds 1]
+    PYTHONPATH=. python bench/namespace_scale.py [--names 200,10000] [--cells 400] [--rounds 1] [--why]
+
+``--why`` prints, for the slowest 1% of cells, how long garbage collections,
+step-log batches into DuckDB and the objects' sync overlapped each.
 
 The p99 needs enough cells that it is not the one slowest cell: 400 cells
 make it the 4th slowest. Before the timed cells each kernel runs WARMUP
