@@ -34,7 +34,7 @@ from ..errors import CorruptObject
 from .chunkio import ChunkIO, aligned_buffer, libc
 from .packs import Packs
 
-__all__ = ["ObjectFiles", "CorruptObject", "digest", "chunk_keys"]
+__all__ = ["ObjectFiles", "CorruptObject", "digest", "chunk_keys", "sync_folder"]
 
 Chunks = list[tuple[str, int]]  # (key, length) of consecutive pieces of one buffer
 PACKED_MAX = 128 * 1024  # objects under this go into packs: a loose file costs a 4 KiB block
@@ -401,6 +401,12 @@ class ObjectFiles:
                 if not name.startswith(".tmp-"):
                     total += os.path.getsize(os.path.join(dirpath, name))
         return total
+
+
+def sync_folder(root: Path) -> None:
+    """Everything written under ``root`` is on disk once this returns."""
+    if not _syncfs(root):
+        os.sync()
 
 
 def _syncfs(root: Path) -> bool:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from fm_kernel.record import packs, trust
+from fm_kernel.record import packs, steplog, trust
 from fm_kernel.record.store import Store
 from fm_kernel.state.states import States
 
@@ -54,3 +54,26 @@ def test_the_pack_is_synced_before_the_batch_naming_it_commits(
             assert steps_in_duckdb[synced_at_capture:] and steps_in_duckdb[synced_at_capture] == 0
     finally:
         store.close()
+
+
+def test_a_replay_after_a_crash_syncs_the_objects_before_it_commits(
+        history_file: Path, monkeypatch: pytest.MonkeyPatch, make_step) -> None:
+    """The dead process's last small objects may be in the page cache only
+    (default mode); the records replayed from its step log name them."""
+    store = Store.open(history_file)
+    store._log.interval = 3600  # type: ignore[union-attr]
+    trust.stamp_origin(store)
+    ns: dict = {"__name__": "__main__", "xs": [1, 2, 3]}
+    states = States(store, ns)
+    state, entries, cap = states.capture("xs = [1, 2, 3]")
+    store.append_step(make_step(store.next_step(), code="xs = [1, 2, 3]", state=state), entries)
+    store.abandon()  # as kill -9 leaves it: the record in the step log only
+    synced: list[Path] = []
+    monkeypatch.setattr(steplog, "sync_folder", synced.append)
+    reopened = Store.open(history_file)
+    try:
+        assert reopened._log.replayed  # type: ignore[union-attr]
+        assert reopened.query("SELECT count(*) FROM steps").rows[0][0] == 1
+        assert synced == [reopened.sidecar(".objects")]
+    finally:
+        reopened.close()
