@@ -56,9 +56,10 @@ class BulkWrites:
                      seqs: Sequence[int] | None = None, columnar: bool = True,
                      hints: Sequence[dict[str, Any] | None] = ()) -> None:
         """Many step records in one transaction: columnar through Arrow
-        (imports, bulk builds), or, for the step log's batches, as bound
-        VALUES: the checkpointer thread must not import pyarrow (and numpy
-        with it) while a cell may be importing numpy itself. ``seqs`` are the
+        (imports, bulk builds), or, for the step log's batches, as one JSON
+        document per table (_json_rows): the checkpointer thread must not
+        import pyarrow (and numpy with it) while a cell may be importing
+        numpy itself. ``seqs`` are the
         records' sequence numbers when they were given out already. States
         go into fm_states whole or as changes (stored_states.py); ``hints``
         are the records' states as the step log wrote them (its changes)."""
