@@ -4,6 +4,7 @@ transaction, because the per-row path costs a statement per record."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from typing import Any, Sequence
 
@@ -29,8 +30,15 @@ def _arrow_type(name: str) -> Any:
             "ids": pa.list_(pa.string()), "removed": pa.list_(pa.string())}.get(name)
 
 
+def _iso(value: Any) -> str:
+    if isinstance(value, (dt.datetime, dt.date)):
+        return value.isoformat()
+    raise TypeError(f"not a column value: {type(value).__name__}")
+
+
 class BulkWrites:
     _chain: StateChain | None = None  # how new states are stored (set at the first write)
+    _col_types: dict[str, dict[str, str]]  # table -> column -> DuckDB type (set by Store)
 
     def _step_params(self, rec: StepRecord, state_id: str | None,
                      seq: int | None = None) -> list[Any]:
@@ -48,9 +56,10 @@ class BulkWrites:
                      seqs: Sequence[int] | None = None, columnar: bool = True,
                      hints: Sequence[dict[str, Any] | None] = ()) -> None:
         """Many step records in one transaction: columnar through Arrow
-        (imports, bulk builds), or, for the step log's batches, as bound
-        VALUES: the checkpointer thread must not import pyarrow (and numpy
-        with it) while a cell may be importing numpy itself. ``seqs`` are the
+        (imports, bulk builds), or, for the step log's batches, as one JSON
+        document per table (_json_rows): the checkpointer thread must not
+        import pyarrow (and numpy with it) while a cell may be importing
+        numpy itself. ``seqs`` are the
         records' sequence numbers when they were given out already. States
         go into fm_states whole or as changes (stored_states.py); ``hints``
         are the records' states as the step log wrote them (its changes)."""
@@ -70,7 +79,7 @@ class BulkWrites:
             entry_rows = [(e["id"], e["name"], e["type"], e["size_bytes"], e["summary"],
                            json.dumps(e["value"]) if e.get("value") is not None else None,
                            e["restorable"], e["reason"], json.dumps(e)) for e in entries]
-            write = self._arrow_rows if columnar else self._bound_rows
+            write = self._arrow_rows if columnar else self._json_rows
             write("fm_var_entries", _ENTRY_COLS, entry_rows)
             write("fm_states", STATE_COLS, list(new.values()))
             write("fm_step_records", _STEP_COLS, rows)
@@ -78,12 +87,28 @@ class BulkWrites:
         self._chain = chain
         self._states.update(new)
 
-    def _bound_rows(self, table: str, cols: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-        for i in range(0, len(rows), 200):  # DuckDB binds a few thousand parameters well
-            part = rows[i:i + 200]
-            marks = "(" + ", ".join("?" * len(cols)) + ")"
-            self._conn.execute(f"INSERT INTO {table} ({', '.join(cols)}) VALUES "
-                               + ", ".join([marks] * len(part)), [v for r in part for v in r])
+    def _json_rows(self, table: str, cols: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        """Rows as one JSON document, parsed by DuckDB: the step log's batches
+        run beside cells, and bound VALUES converted each of ~1,000 values
+        with the GIL held (~8 ms a batch of 30 cells); every GIL hand-over
+        then cost a running cell up to the switch interval. One string
+        binds in microseconds and DuckDB parses it with the GIL released."""
+        if not rows:
+            return
+        types = self._column_types(table)
+        shape = json.dumps([{c: "VARCHAR" if types[c] == "JSON" else types[c] for c in cols}])
+        picked = ", ".join(f'r."{c}"::JSON' if types[c] == "JSON" else f'r."{c}"' for c in cols)
+        doc = json.dumps([dict(zip(cols, r)) for r in rows], default=_iso)
+        self._conn.execute(
+            f"INSERT INTO {table} ({', '.join(f'{chr(34)}{c}{chr(34)}' for c in cols)}) "
+            f"SELECT {picked} FROM (SELECT unnest(json_transform(?::JSON, '{shape}')) AS r)", [doc])
+
+    def _column_types(self, table: str) -> dict[str, str]:
+        if table not in self._col_types:
+            self._col_types[table] = dict(self._conn.execute(
+                "SELECT column_name, data_type FROM information_schema.columns"
+                " WHERE table_name = ? AND table_schema = 'main'", [table]).fetchall())
+        return self._col_types[table]
 
     def _arrow_rows(self, table: str, cols: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         import pyarrow as pa

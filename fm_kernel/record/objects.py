@@ -34,7 +34,7 @@ from ..errors import CorruptObject
 from .chunkio import ChunkIO, aligned_buffer, libc
 from .packs import Packs
 
-__all__ = ["ObjectFiles", "CorruptObject", "digest", "chunk_keys"]
+__all__ = ["ObjectFiles", "CorruptObject", "digest", "chunk_keys", "sync_folder"]
 
 Chunks = list[tuple[str, int]]  # (key, length) of consecutive pieces of one buffer
 PACKED_MAX = 128 * 1024  # objects under this go into packs: a loose file costs a 4 KiB block
@@ -126,6 +126,10 @@ class ObjectFiles:
         # it is committed; tests and benchmarks may switch it off.
         self.fsync = fsync
         self.defer = defer  # True: durable at sync(), not at each put
+        # True: sync() leaves the pack in the page cache and sync_packs() makes
+        # it durable, called before the batch that names its objects commits
+        # into DuckDB (the default mode, whose step log is not synced per record).
+        self.packs_later = False
         self.packs = Packs(self.root)
         self._unsynced: list[Path] = []
         self._unsettled = False
@@ -257,7 +261,10 @@ class ObjectFiles:
         raised here: a chunk that failed must fail the capture)."""
         jobs, self._pending = list(self._pending.values()), {}
         _wait_all(jobs)
-        self.packs.sync()  # also writes out buffered records when fsync is off
+        if self.packs_later:
+            self.packs.flush()  # safe from kill -9; durable by sync_packs()
+        else:
+            self.packs.sync()  # also writes out buffered records when fsync is off
         files, self._unsynced = self._unsynced, []
         if not self.fsync or not files:
             return
@@ -268,6 +275,10 @@ class ObjectFiles:
                     os.fsync(fd)
                 finally:
                     os.close(fd)
+
+    def sync_packs(self) -> None:
+        """Make the small objects written so far durable (safe on another thread)."""
+        self.packs.sync()
 
     def abandon(self) -> None:
         """A capture failed: wait for the writes it started and drop their
@@ -390,6 +401,12 @@ class ObjectFiles:
                 if not name.startswith(".tmp-"):
                     total += os.path.getsize(os.path.join(dirpath, name))
         return total
+
+
+def sync_folder(root: Path) -> None:
+    """Everything written under ``root`` is on disk once this returns."""
+    if not _syncfs(root):
+        os.sync()
 
 
 def _syncfs(root: Path) -> bool:

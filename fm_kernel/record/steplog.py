@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from ..errors import HistoryError, HistoryLocked
+from .objects import sync_folder
 from .rows import StepRecord
 
 if TYPE_CHECKING:
@@ -45,6 +46,7 @@ SUFFIX = ".steplog"
 # Records wait this long (seconds) for their batch, or until this many wait.
 CHECKPOINT_INTERVAL = 0.25
 CHECKPOINT_RECORDS = 500
+OBJECTS = ".objects"  # the snapshot store's folder beside the history (state/states.py)
 # The log is emptied (after a DuckDB CHECKPOINT) once it holds this much.
 KEEP_BYTES = 16 << 20
 
@@ -131,6 +133,12 @@ class StepLog:
         # settings (seq 0) are applied again in their order: the last one stands
         todo = [r for r in loaded if r is not None and (not r[0] or r[0] not in have)]
         if todo:
+            # In the default mode the dead process synced its small objects
+            # only before its batches (objects.py); the records replayed here
+            # commit synced, so what they name goes to disk first.
+            objects_dir = self.store.sidecar(OBJECTS)
+            if objects_dir.is_dir():
+                sync_folder(objects_dir)
             with self.store.transaction(log_first=False):
                 _insert(self.store, todo)
             log.info("step log %s: %d record(s) replayed into the history", self.path, len(todo))
@@ -195,6 +203,8 @@ class StepLog:
             with self._lock:
                 batch, self._pending = self._pending, []
             try:
+                for before in list(self.store.before_batch):
+                    before()
                 with self.store.transaction(log_first=False):
                     _insert(self.store, batch)
             except BaseException:

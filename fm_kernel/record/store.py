@@ -56,8 +56,12 @@ class Store(BulkWrites, HistoryReads):
         # Writers that buffer records outside DuckDB (the step log, the flow
         # journal's log) register a flush here: copies and user SQL hold them.
         self.before_copy: list[Callable[[], None]] = []
+        # Called before the step log's batch commits into DuckDB (synced):
+        # what its records name must be durable first (objects.sync_packs).
+        self.before_batch: list[Callable[[], None]] = []
         self._view_cache: dict[tuple, tuple[Any, Any, list[str]]] = {}  # views_as_arrow
         self._view_cols: dict[str, list[str]] = {}
+        self._col_types: dict[str, dict[str, str]] = {}  # bulk.py's JSON batches
         # branch name -> head, kept current by this process's appends (reads.py)
         self._heads: dict[str, int | None] | None = None
         self._heads_version = 0  # bumped by every move, so a read racing one is not kept

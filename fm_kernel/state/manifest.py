@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from ..record.objects import digest
+from .layered import Layered
 
 # --------------------------------------------------------------------------
 # Records
@@ -50,10 +51,10 @@ class Manifest(Mapping[str, VarEntry]):
     not pay for all of them (bench/namespace_scale.py)."""
 
     def __init__(self, entries: Mapping[str, VarEntry] | None = None) -> None:
-        self._entries: dict[str, VarEntry] = dict(entries or {})
-        self._groups: dict[str, tuple[str, ...]] | None = None
+        self._entries: Layered[str, VarEntry] = Layered(entries or {})
+        self._groups: Layered[str, tuple[str, ...]] | None = None
         self._sig: int | None = None
-        self._eids: dict[str, str] | None = None
+        self._eids: Layered[str, str] | None = None
 
     def __getitem__(self, name: str) -> VarEntry:
         return self._entries[name]
@@ -73,14 +74,14 @@ class Manifest(Mapping[str, VarEntry]):
     def names(self) -> list[str]:
         return list(self._entries)
 
-    def groups(self) -> dict[str, tuple[str, ...]]:
+    def groups(self) -> Mapping[str, tuple[str, ...]]:
         """Stored group ref -> the names it holds."""
         if self._groups is None:
             out: dict[str, list[str]] = {}
             for n, e in self._entries.items():
                 if e.ref:
                     out.setdefault(e.ref, []).append(n)
-            self._groups = {ref: tuple(ns) for ref, ns in out.items()}
+            self._groups = Layered((ref, tuple(ns)) for ref, ns in out.items())
         return self._groups
 
     def signature(self) -> str:
@@ -90,59 +91,56 @@ class Manifest(Mapping[str, VarEntry]):
             self._sig = sum(_entry_hash(n, e) for n, e in self._entries.items()) % _SIG_MOD
         return f"{self._sig:032x}"
 
-    def entry_ids(self) -> dict[str, str]:
+    def entry_ids(self) -> Mapping[str, str]:
         """Name -> the id of its entry (entry_id), in the manifest's order."""
         if self._eids is None:
-            self._eids = {n: entry_id(e) for n, e in self._entries.items()}
+            self._eids = Layered((n, entry_id(e)) for n, e in self._entries.items())
         return self._eids
 
     def derive(self, updates: Mapping[str, VarEntry], deleted: set[str]) -> Manifest:
         """This state with ``updates`` set and ``deleted`` gone, its indexes
-        carried over: the cost is in the names changed, not in all of them."""
+        carried over: the cost is in the names changed, not in all of them
+        (the maps share what did not change: layered.py)."""
         old = self._entries
-        entries = dict(old)
-        for n in deleted:
-            entries.pop(n, None)
-        entries.update(updates)
+        entries = old.derive(updates, deleted)
         m = Manifest.__new__(Manifest)
         m._entries = entries
-        touched = [n for n in (*deleted, *updates) if old.get(n) is not entries.get(n)]
-        m._groups = self._derive_groups(touched, entries) if self._groups is not None else None
+        # once each: a name both deleted and set again was counted twice
+        touched = [n for n in dict.fromkeys((*deleted, *updates))
+                   if old.get(n) is not (updates[n] if n in updates else None)]
+        m._groups = self._derive_groups(touched, updates) if self._groups is not None else None
         m._sig = None
         if self._sig is not None:
             sig = self._sig
             for n in touched:
                 if n in old:
                     sig -= _entry_hash(n, old[n])
-                if n in entries:
-                    sig += _entry_hash(n, entries[n])
+                if n in updates:
+                    sig += _entry_hash(n, updates[n])
             m._sig = sig % _SIG_MOD
         m._eids = None
         if self._eids is not None:
-            eids = dict(self._eids)
-            for n in deleted:
-                eids.pop(n, None)
-            for n in updates:  # same order as entries: existing keys keep their place
-                eids[n] = eids[n] if old.get(n) is entries[n] and n in eids else entry_id(entries[n])
-            m._eids = eids
+            eids = self._eids
+            m._eids = eids.derive({n: eids[n] if old.get(n) is e and n in eids else entry_id(e)
+                                   for n, e in updates.items()}, deleted)
         return m
 
     def _derive_groups(self, touched: list[str],
-                       entries: dict[str, VarEntry]) -> dict[str, tuple[str, ...]]:
-        groups = dict(self._groups or {})
+                       updates: Mapping[str, VarEntry]) -> Layered[str, tuple[str, ...]]:
+        groups = self._groups
+        assert groups is not None
+        changed: dict[str, tuple[str, ...]] = {}
         for n in touched:
             e = self._entries.get(n)
             if e is not None and e.ref and e.ref in groups:
-                left = tuple(x for x in groups[e.ref] if x != n)
-                if left:
-                    groups[e.ref] = left
-                else:
-                    del groups[e.ref]
+                members = changed.get(e.ref, groups[e.ref])
+                changed[e.ref] = tuple(x for x in members if x != n)
         for n in touched:
-            e = entries.get(n)
+            e = updates.get(n)
             if e is not None and e.ref:
-                groups[e.ref] = groups.get(e.ref, ()) + (n,)
-        return groups
+                changed[e.ref] = changed.get(e.ref, groups.get(e.ref, ())) + (n,)
+        return groups.derive({r: ns for r, ns in changed.items() if ns},
+                             [r for r, ns in changed.items() if not ns])
 
     def to_json(self) -> str:
         return json.dumps({"v": 1, "vars": {n: e.to_json() for n, e in self._entries.items()}})
