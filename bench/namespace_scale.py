@@ -16,6 +16,8 @@ untimed ones (the same for both kernels).
 from __future__ import annotations
 
 import argparse
+import ast
+import json
 import os
 import statistics
 import sys
@@ -128,8 +130,9 @@ def run(names: int, n: int, flowmetal: bool, explain: bool = False) -> dict[str,
         res = {"create": create, "median": statistics.median(wall), "p99": p(wall, 0.99),
                "max": max(wall)}
         if flowmetal:
-            u = k.execute("", user_expressions={"c": "__cap__"}).content["user_expressions"]["c"]
-            cap = [float(x) for x in u["data"]["text/plain"].strip("[]").split(",") if x.strip()]
+            # as JSON: the repr of a long list comes back elided ("...")
+            u = k.execute("", user_expressions={"c": "__import__('json').dumps(__cap__)"})
+            cap = json.loads(ast.literal_eval(u.content["user_expressions"]["c"]["data"]["text/plain"]))
             res["capture_median"] = statistics.median(cap[-n:])
             if explain:
                 res["why"] = why(k, spans)
