@@ -41,21 +41,27 @@ BACKOFF_MAX = 5.0  # seconds between attempts to reach an absent kernel
 
 class Endpoint:
     """Where to send requests: a URL and token given, or read from a
-    history's endpoint file (read again after every failure to connect)."""
+    history's endpoint file — once, and again only after a request found no
+    kernel there (refused, 503, or a token the restarted kernel replaced)."""
 
     def __init__(self, history: Path | None, url: str | None, token: str | None) -> None:
         if history is None and not (url and token):
             raise ValueError("give a history, or both url and token")
-        self.history, self.url, self.token = history, url, token
+        self.history = history
+        self._known = (url, token) if history is None else None
 
     def address(self) -> tuple[str, str]:
-        if self.history is None:
-            return str(self.url), str(self.token)
-        try:
-            info = json.loads(endpoint_file(self.history).read_text())
-            return info["url"], info["token"]
-        except (OSError, ValueError, KeyError) as exc:
-            raise ConnectionError(f"no endpoint file for {self.history} yet ({exc})") from None
+        if self._known is None:
+            try:
+                info = json.loads(endpoint_file(self.history).read_text())  # type: ignore[arg-type]
+                self._known = (info["url"], info["token"])
+            except (OSError, ValueError, KeyError) as exc:
+                raise ConnectionError(f"no endpoint file for {self.history} yet ({exc})") from None
+        return str(self._known[0]), str(self._known[1])
+
+    def _forget(self) -> None:
+        if self.history is not None:
+            self._known = None
 
     def post(self, path: str, body: dict[str, Any], timeout: float) -> tuple[int, Any]:
         """(status, JSON answer); retries until the kernel answers other than 503."""
@@ -71,7 +77,7 @@ class Endpoint:
                     return resp.status, _json(raw)
             except urllib.error.HTTPError as exc:
                 # 401 with the history's file: a restarted kernel made a new
-                # token and the file was read just before it was written
+                # token since the file was read
                 stale += exc.code == 401 and self.history is not None
                 if exc.code != 503 and not (exc.code == 401 and 0 < stale <= 5):
                     raw = exc.read()
@@ -80,6 +86,7 @@ class Endpoint:
             except (urllib.error.URLError, ConnectionError, socket.timeout, OSError) as exc:
                 log.info("task worker: %s did not answer (%s); retrying", path, exc)
                 wait = delay
+            self._forget()
             time.sleep(wait)
             delay = min(delay * 2, BACKOFF_MAX)
 
