@@ -155,6 +155,32 @@ def http_json(url: str, method: str = "GET", data: bytes | None = None, token: s
         return exc.code, json.loads(exc.read() or b"null")
 
 
+def send_retrying(req: urllib.request.Request, refused: list | None = None, tries: int = 120,
+                  timeout: float = 90) -> tuple[int, Any]:
+    """One request as a sender must make it (docs/integrations.md,
+    "Hand-overs"): a 503 is retried after its Retry-After; given ``refused``
+    (which collects what was met: 503s, refused or broken connections),
+    refused or broken connections are retried too, with backoff."""
+    wait = 0.1
+    for _ in range(tries):
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                return resp.status, json.loads(resp.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            if exc.code != 503:
+                return exc.code, json.loads(exc.read() or b"{}")
+            if refused is not None:
+                refused.append(503)
+            time.sleep(float(exc.headers.get("Retry-After") or wait))
+        except (urllib.error.URLError, ConnectionError) as exc:
+            if refused is None:
+                raise
+            refused.append(type(exc).__name__)
+            time.sleep(wait)
+            wait = min(wait * 2, 2.0)
+    raise AssertionError(f"{req.full_url}: no answer but 503s or refusals in {tries} tries")
+
+
 def endpoint_info(history: Path, timeout: float = 30) -> dict[str, Any]:
     """The endpoint file of a kernel's history: the endpoint starts once the
     history is open, in the background after the kernel answers, so wait."""

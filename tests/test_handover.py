@@ -16,11 +16,10 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
 import urllib.request
 from pathlib import Path
 
-from kernel_driver import Kernel, check, query, wait_until
+from kernel_driver import Kernel, check, query, send_retrying, wait_until
 
 FM = str(Path(sys.executable).parent / "fm")
 SECRET = "s3cret-for-tick"
@@ -349,15 +348,7 @@ def get(url: str, token: str) -> tuple[int, dict]:
 def _send(req: urllib.request.Request) -> tuple[int, dict]:
     """One request; a 503 (a hand-over, or a holder still restoring its
     flows) is retried after its Retry-After, as every sender must."""
-    for _ in range(120):
-        try:
-            with urllib.request.urlopen(req, timeout=90) as resp:
-                return resp.status, json.loads(resp.read())
-        except urllib.error.HTTPError as exc:
-            if exc.code != 503:
-                return exc.code, json.loads(exc.read() or b"{}")
-            time.sleep(float(exc.headers.get("Retry-After", 1)))
-    raise AssertionError(f"{req.full_url} answered 503 for two minutes")
+    return send_retrying(req)
 
 
 def post_retrying(url: str, body: dict, delivery: str, refused: list) -> tuple[int, dict]:
@@ -368,19 +359,5 @@ def post_retrying(url: str, body: dict, delivery: str, refused: list) -> tuple[i
     sig = "sha256=" + hmac.new(SECRET.encode(), raw, hashlib.sha256).hexdigest()
     headers = {"X-Hub-Signature-256": sig, "X-Delivery-Id": delivery,
                "Content-Type": "application/json"}
-    wait = 0.1
-    for _ in range(200):
-        req = urllib.request.Request(url, data=raw, method="POST", headers=headers)
-        try:
-            with urllib.request.urlopen(req, timeout=30) as resp:
-                return resp.status, json.loads(resp.read())
-        except urllib.error.HTTPError as exc:
-            if exc.code != 503:
-                return exc.code, json.loads(exc.read() or b"{}")
-            refused.append(503)
-            time.sleep(float(exc.headers.get("Retry-After", wait)))
-        except (urllib.error.URLError, ConnectionError) as exc:
-            refused.append(type(exc).__name__)
-            time.sleep(wait)
-            wait = min(wait * 2, 2.0)
-    raise AssertionError(f"delivery {delivery} never arrived")
+    req = urllib.request.Request(url, data=raw, method="POST", headers=headers)
+    return send_retrying(req, refused, tries=200, timeout=30)

@@ -7,11 +7,10 @@ from __future__ import annotations
 import json
 import socket
 import time
-import urllib.error
 import urllib.request
 from pathlib import Path
 
-from kernel_driver import Kernel, wait_until
+from kernel_driver import Kernel, send_retrying, wait_until
 
 FLOW = r'''
 import fm_kernel.flows as fm
@@ -37,15 +36,7 @@ def post(url: str, body: dict) -> tuple[int, dict]:
     """As a sender must (docs/integrations.md): a 503 (`fm worker` or a kernel
     still restoring the flows it took over) is retried after its Retry-After."""
     req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST")
-    for _ in range(60):
-        try:
-            with urllib.request.urlopen(req, timeout=10) as resp:
-                return resp.status, json.loads(resp.read())
-        except urllib.error.HTTPError as exc:
-            if exc.code != 503:
-                return exc.code, json.loads(exc.read())
-            time.sleep(float(exc.headers.get("Retry-After", 1)))
-    raise AssertionError(f"{url} answered 503 for a minute")
+    return send_retrying(req, tries=60, timeout=10)
 
 
 def endpoint(history: Path) -> dict:
