@@ -652,3 +652,31 @@ def test_a_numpy_import_under_way_in_another_thread_does_not_spoil_a_capture(
     cap = nb.run("d = {'a': 1}\ndef f():\n    return d\ntext = 'x' * 10")
     assert all(cap.manifest[n].restorable for n in ("d", "f", "text")), \
         {n: cap.manifest[n].reason for n in cap.manifest}
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["table", "portable"])
+def test_bindings_made_behind_the_cells_back_are_caught(nb: Notebook, fast: bool, monkeypatch):
+    """Names bound, rebound and unbound by code no cell names (a flow
+    thread's ``global``, a library writing into ``__main__``) are in the
+    next capture, through the entry-table look and the portable one."""
+    from fm_kernel.state import bindings
+
+    monkeypatch.setattr(bindings, "_FAST", fast and bindings._FAST)
+    nb.run("import numpy as np\na = np.zeros(100_000)\nb = [2]\nc = [3]\ne = [5]")
+    for i in range(300):
+        nb.ns[f"_i{i}"] = "x = 1"  # IPython's history names, as a long session has
+    nb.run("x = 1")
+
+    def behind() -> None:
+        nb.ns["a"] = np.ones(100_000)  # too big for the small re-checks: only the look sees it
+        del nb.ns["b"]
+        nb.ns["d"] = [4]
+        nb.ns["e"] = [5]  # an equal value, a new object: rebound all the same
+
+    t = threading.Thread(target=behind)
+    t.start()
+    t.join()
+    c = nb.run("y = 2")
+    assert c.full_scan_reason is None
+    assert c.changed == {"a", "d", "e", "y"} and c.deleted == {"b"}
+    assert c.manifest["a"].fp != nb.steps[0].manifest["a"].fp and "b" not in c.manifest

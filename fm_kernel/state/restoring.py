@@ -87,7 +87,7 @@ class Restore:
         that entry equals ``e`` (same content; same stored group if ``ref_too``)."""
         le = self.live.get(n) if self.live is not None else None
         return (le is not None and n in self.ns and le.fp == e.fp and (le.ref == e.ref or not ref_too)
-                and (not self.ids_known or self.snap._ids.get(n) == id(self.ns[n])))
+                and (not self.ids_known or self.snap.bound_id(n) == id(self.ns[n])))
 
     def run(self, progress: Callable[[int, int], None] | None, verify: bool) -> None:
         load_refs: set[str] = set()
@@ -158,7 +158,7 @@ class Restore:
         le = self.live.get(n) if self.live is not None and n is not None else None
         hint = None
         if le is not None and le.ref and n in self.ns and \
-                (not self.ids_known or self.snap._ids.get(n) == id(self.ns[n])):
+                (not self.ids_known or self.snap.bound_id(n) == id(self.ns[n])):
             try:
                 hint = json.loads(self.snap.objects.get(le.ref))
             except Exception:
@@ -186,7 +186,7 @@ class Restore:
 
     def _set_aside(self, n: str) -> None:
         le = self.live.get(n) if self.live is not None else None
-        if le is None or (self.ids_known and self.snap._ids.get(n) != id(self.ns[n])):
+        if le is None or (self.ids_known and self.snap.bound_id(n) != id(self.ns[n])):
             return  # not the object the live state describes: its fingerprint is unknown
         if not le.restorable:
             self.snap.aside.put(n, self.snap.object_key(self.ns[n], self.ns), self.ns[n])

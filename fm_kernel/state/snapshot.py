@@ -16,9 +16,7 @@ fingerprints those candidates.  See docs/time-travel.md for what can be missed.
 from __future__ import annotations
 
 import io
-import itertools
 import json
-import operator
 import os
 import pickle
 import re
@@ -36,6 +34,7 @@ from .analysis import DYNAMIC_ATTRS, DYNAMIC_NAMES, WALK_LIMIT, code_names, Obje
 from ..record import trust
 from ..record.objects import ObjectFiles, chunk_keys, digest
 from .pickling import LOAD_GLOBALS, array_roots, IsolatedUnpickler, Payload, SnapshotPickler, qualname
+from .bindings import Bindings
 from .capturing import CaptureRun
 from .manifest import Manifest, VarEntry
 from .restoring import Aside, Restore, ticker
@@ -159,10 +158,8 @@ class Snapshotter:
         self.gate = gate  # a history's objects load only through its trust gate
         self.hidden = hidden if hidden is not None else set()
         self.chunk_size = chunk_size
-        # ns's names and the ids of their values at the last capture or restore
-        self._keys: list[str] = []
-        self._vals: list[int] = []
-        self._ids_dict: dict[str, int] | None = {}
+        # what ns's names were bound to at the last capture or restore, and of which state
+        self._bound: Bindings | None = None
         self._ids_sig: str | None = None
         self._cost: dict[str, float] = {}  # seconds the last check of each name took
         self._turn = 0  # where the next cell's round of small re-checks starts
@@ -332,29 +329,23 @@ class Snapshotter:
         return f"~{state}" if state is not None else f"!{id(obj):x}"
 
     def _remember(self, ns: dict, live: list[str], manifest: Manifest) -> None:
-        self._remember_ids(list(ns), list(map(id, ns.values())), manifest)
+        self._keep(self._look(ns)[0], manifest)
 
-    def _remember_ids(self, keys: list[str], vals: list[int], manifest: Manifest) -> None:
+    def _look(self, ns: dict) -> tuple[Bindings, set[str], set[str]]:
+        """ns's bindings now, and the names bound (anew or again) and unbound
+        since the last look; with no last look, none: the capture then
+        checks every name (ids_known is False)."""
+        if self._bound is None:
+            return Bindings.of(ns), set(), set()
+        return self._bound.since(ns)
+
+    def _keep(self, bound: Bindings, manifest: Manifest) -> None:
         """What every name of ns was bound to when ``manifest`` was made."""
-        self._keys, self._vals, self._ids_dict = keys, vals, None
-        self._ids_sig = manifest.signature()
+        self._bound, self._ids_sig = bound, manifest.signature()
 
-    @property
-    def _ids(self) -> dict[str, int]:
-        if self._ids_dict is None:
-            self._ids_dict = dict(zip(self._keys, self._vals))
-        return self._ids_dict
-
-    def bound_since(self, keys: list[str], vals: list[int]) -> tuple[set[str], set[str]]:
-        """Names of ns bound anew or rebound since _remember, and names unbound
-        since. All C-level passes: a cell usually only appends names (IPython's
-        ``_i7`` among them), so the old names are compared position by position."""
-        k = len(self._keys)
-        if keys[:k] == self._keys:
-            same = map(operator.ne, vals[:k], self._vals)
-            return {keys[i] for i in itertools.compress(range(k), same)} | set(keys[k:]), set()
-        now = dict(zip(keys, vals))
-        return {n for n, _ in now.items() - self._ids.items()}, set(self._ids.keys() - now.keys())
+    def bound_id(self, name: str) -> int | None:
+        """The id of what ``name`` was bound to at the last capture or restore."""
+        return self._bound.id_of(name) if self._bound is not None else None
 
     # -- restore ---------------------------------------------------------
     def restore(self, target: Manifest, ns: dict, live: Manifest | None,
