@@ -66,11 +66,8 @@ class Bindings:
         bound = {n for n, _ in after.items() - before.items()}
         return now, bound, set(before.keys() - after.keys())
 
-    def id_of(self, name: str) -> int | None:
-        return self.by_name().get(name)
-
     def by_name(self) -> dict[str, int]:
-        """{name: id} (O(names): restores and the rare full pass only)."""
+        """{name: id} (O(names): the rare full pass only)."""
         if self._by_name is None:
             if self._raw is not None:
                 assert self._kmap is not None

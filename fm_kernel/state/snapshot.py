@@ -343,10 +343,6 @@ class Snapshotter:
         """What every name of ns was bound to when ``manifest`` was made."""
         self._bound, self._ids_sig = bound, manifest.signature()
 
-    def bound_id(self, name: str) -> int | None:
-        """The id of what ``name`` was bound to at the last capture or restore."""
-        return self._bound.id_of(name) if self._bound is not None else None
-
     # -- restore ---------------------------------------------------------
     def restore(self, target: Manifest, ns: dict, live: Manifest | None,
                 progress: Callable[[int, int], None] | None = None, *,
