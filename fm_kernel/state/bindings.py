@@ -123,16 +123,18 @@ def _table_since(old: Bindings, raw: bytes, copy: dict) -> tuple[Bindings, set[s
 
 def _differing(a: bytes, b: bytes, w: int) -> list[int] | None:
     """Indices of the entries (``w`` bytes each) where ``a`` and the same
-    length of ``b`` differ, halving what memcmp says differs (slices of bytes:
-    memoryview compares item by item); None past _MAX_DIFF."""
+    length of ``b`` differ, halving what memcmp says differs (``startswith``
+    with a memoryview compares in place: slicing would copy, and memoryviews
+    compare item by item); None past _MAX_DIFF."""
     out: list[int] = []
     todo = [(0, len(a) // w)]
+    ma = memoryview(a)
     while todo:
         lo, hi = todo.pop()
-        if a[lo * w:hi * w] == b[lo * w:hi * w]:
+        if b.startswith(ma[lo * w:hi * w], lo * w):
             continue
         if hi - lo <= 4:
-            out.extend(i for i in range(lo, hi) if a[i * w:(i + 1) * w] != b[i * w:(i + 1) * w])
+            out.extend(i for i in range(lo, hi) if not b.startswith(ma[i * w:(i + 1) * w], i * w))
             if len(out) > _MAX_DIFF:
                 return None
             continue
