@@ -32,7 +32,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("api",),
     ("widgets",),
     ("magics", "magic_help"),
-    ("kernel",),
+    ("kernel", "idle"),
     ("cli", "__main__"),
 ]
 LAYER = {head: n for n, heads in enumerate(LAYERS) for head in heads}

@@ -680,3 +680,64 @@ def test_bindings_made_behind_the_cells_back_are_caught(nb: Notebook, fast: bool
     assert c.full_scan_reason is None
     assert c.changed == {"a", "d", "e", "y"} and c.deleted == {"b"}
     assert c.manifest["a"].fp != nb.steps[0].manifest["a"].fp and "b" not in c.manifest
+
+
+def _idle(nb: Notebook) -> int:
+    looks = 1
+    while nb.snap.idle_recheck(nb.ns, nb.head):
+        looks += 1
+    return looks
+
+
+def test_idle_rechecks_find_hidden_mutations_off_the_reply_path(nb: Notebook):
+    """Between cells the small objects are looked at again (recheck.py): a
+    mutation through a reference no cell names is found there and stored by
+    the next capture, which then re-checks nothing else on the reply path."""
+    nb.run("xs = [1, 2]\n" + "\n".join(f"s{i} = [{i}]" for i in range(150)))
+    held = nb.ns["xs"]  # a library keeping a reference
+    held.append(3)
+    assert _idle(nb) >= 3  # 151 names, at most 64 a look: one whole round
+    c = nb.run("z = 1")
+    assert c.candidates == {"z", "xs"} and "xs" in c.changed
+    assert nb.snap.load_value(c.manifest["xs"]) == [1, 2, 3]
+
+
+def test_with_no_idle_time_the_capture_takes_its_turn(nb: Notebook):
+    """Cells back to back (Run All): no idle look ran, so the reply path
+    re-checks small names in turn as before, and finds the mutation there."""
+    nb.run("xs = [1, 2]\nys = [5]")
+    nb.ns["xs"].append(3)
+    c = nb.run("z = 1")
+    assert {"xs", "ys"} <= c.candidates and "xs" in c.changed
+
+
+def test_an_idle_look_of_an_older_state_counts_for_nothing(nb: Notebook):
+    """Idle looks compared against a state a later cell replaced must not
+    stand in for the next capture's turn."""
+    nb.run("xs = [1]\nys = [2]")
+    _idle(nb)
+    nb.run("1 + 1")  # binds nothing: the same state, but this capture consumed the idle round
+    nb.ns["ys"].append(3)
+    c = nb.run("2 + 2")
+    assert "ys" in c.candidates and "ys" in c.changed
+
+
+def test_a_name_mutated_behind_the_cells_back_is_watched_on_the_reply_path(nb: Notebook):
+    """Found changed by a re-check once (one cell late, by an idle look),
+    the name is "hot": its next hidden mutation lands in the cell that made it."""
+    nb.run("log = []\n" + "\n".join(f"s{i} = [{i}]" for i in range(150)))
+    kept = nb.ns["log"]  # what a library registry holds
+
+    def library_call() -> None:
+        kept.append("event")
+
+    nb.ns["library_call"] = library_call  # a callable the walk treats as a library's
+    nb.snap.hidden.add("library_call")
+    kept.append("first")  # between cells: an idle look finds it, the next capture stores it
+    _idle(nb)
+    c = nb.run("y = 1")
+    assert "log" in c.changed
+    _idle(nb)  # nothing more to find
+    c = nb.run("library_call()")  # mutates log during the cell, through a reference no analysis sees
+    assert "log" in c.candidates and "log" in c.changed
+    assert nb.snap.load_value(c.manifest["log"]) == ["first", "event"]

@@ -29,6 +29,7 @@ class CaptureRun:
         self.budget = [WALK_LIMIT]
         self.cost: dict[str, float] = {}
         self.payloads: dict[str, Payload | str] = {}  # name -> payload, or why it cannot be pickled
+        self.rechecked: set[str] = set()  # candidates only because it was their turn (recheck.py)
         self.ids_known = prev is not None and snap._ids_sig == prev.signature()
         self.prev_groups = prev.groups() if prev is not None else {}
         self.bound, moved, gone = snap._look(ns)
@@ -79,8 +80,8 @@ class CaptureRun:
         if reason is not None:
             return set(self.live_names()), reason
         cands = {n for n in cands if self.is_live(n)} | self.moved
-        cands |= snap._small(prev, self.is_live)
-        return cands, None
+        self.rechecked = snap.rechecks.on_reply(prev, self.is_live) - cands
+        return cands | self.rechecked, None
 
     def run(self, code: str) -> Capture:
         from .snapshot import Capture, Manifest
@@ -119,8 +120,7 @@ class CaptureRun:
                 if n not in entries:
                     entries[n] = prev[n]  # type: ignore[index]  # untouched: prev holds it
             manifest, touched = Manifest({n: entries[n] for n in live}), None
-        snap._cost.update(self.cost)
-        snap._keep(self.bound, manifest)
+        snap._keep(self.bound, manifest, self.cost, changed & self.rechecked)
         return Capture(manifest=manifest, changed=changed, deleted=deleted, bytes_written=written,
                        bytes_hashed=self.hashed[0], candidates=cands, touched=touched,
                        full_scan_reason=reason, seconds=time.perf_counter() - t0)
