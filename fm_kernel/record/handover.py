@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import struct
 import time
@@ -25,6 +26,8 @@ from typing import Any
 from .. import errors
 from ..http_client import Patience, send
 from .store import Store
+
+log = logging.getLogger(__name__)
 
 WAIT_S = 20.0  # for the worker to let go: it finishes its requests and flushes first
 FILE_WAIT_S = 3.0  # a worker that has the lock but has not written its endpoint file yet
@@ -107,7 +110,7 @@ def ask_release(info: dict[str, Any], kernel_id: str, deadline: float) -> None:
     retried until ``deadline``); ValueError for any other answer."""
     answer = send((info["url"], info["token"]), "POST", "/worker/release",
                   {"kernel_id": kernel_id, "pid": os.getpid()}, timeout=10,
-                  patience=Patience(for_s=max(0.0, deadline - time.monotonic())))
+                  patience=Patience(for_s=max(0.0, deadline - time.monotonic()), log=log))
     if answer.status != 202:
         raise ValueError(f"it answered {answer.status}: {answer.error()}")
 
