@@ -13,12 +13,15 @@ what this module does with it:
   flows. The request was not applied: it is sent again after the answer's
   ``Retry-After`` (capped at ``Patience.most_s``; the growing backoff when
   there is none).
-- **no answer** (connection refused or reset, a timeout, no endpoint file
-  yet): between the old holder's socket closing and the new one's opening
-  on the kept port. Sent again with backoff only when the caller says so
-  (``Patience.unreachable``): a request cut while waiting for its answer may
-  have been applied, so only a caller whose requests are safe to repeat
-  (the task worker's: completions are answered "duplicate") asks for it.
+- **a refused connection**: between the old holder's socket closing and
+  the new one's opening on the kept port. The request reached no one, so
+  it is sent again with backoff when the caller asks (``Patience.refused``;
+  the `fm` commands do: a hand-over's 503s are followed by that gap).
+- **any other lack of an answer** (a connection reset or cut, a timeout, no
+  endpoint file yet): the request may have been applied, so it is sent
+  again only by a caller whose requests are safe to repeat
+  (``Patience.unanswered``; the task worker's: a completion sent twice is
+  answered "duplicate").
 - **401** to a caller that reads its address from the history's endpoint
   file (``renew`` given): a restarted kernel made a new token, so the file
   is read again and the request sent with the new one, a few times at most.
@@ -46,7 +49,8 @@ class Patience:
     """How one caller retries an endpoint that is away."""
 
     for_s: float | None = 60.0  # give up after this long in all; None: until it answers
-    unreachable: bool = False  # also retry refused, reset and timed-out connections
+    refused: bool = False  # also retry refused connections (never applied)
+    unanswered: bool = False  # and any other lack of an answer (perhaps applied)
     first_s: float = 0.1  # the backoff's first pause, doubled after each retry ...
     most_s: float = 5.0  # ... up to this; also caps what a Retry-After asks for
     log: logging.Logger | None = None  # one line per retry, at INFO
@@ -76,7 +80,7 @@ def send(where: Where | tuple[str, str], method: str, path: str, body: Any = Non
     """``method path`` with ``body`` as JSON, retried as the module docstring
     says; the first answer that is not retried, or the last one when
     ``patience`` ran out. Raises the last OSError when no answer came (at
-    once unless ``patience.unreachable``); ``renew()`` is called before each
+    once unless ``patience`` allows a retry); ``renew()`` is called before each
     retry so that ``where`` reads the address again."""
     address = where if callable(where) else (lambda: where)
     data = None if body is None else json.dumps(body).encode()
@@ -87,7 +91,8 @@ def send(where: Where | tuple[str, str], method: str, path: str, body: Any = Non
             url, token = address()
             answer = _once(url + path, method, data, token, timeout)
         except OSError as exc:  # urllib's errors and a missing endpoint file alike
-            if not patience.unreachable or _past(deadline):
+            if not (patience.unanswered or patience.refused and _never_sent(exc)) \
+                    or _past(deadline):
                 raise
             wait, why = backoff, f"did not answer ({_reason(exc)})"
         else:
@@ -128,6 +133,12 @@ def _retry_after(answer: Answer, backoff: float, most: float) -> float:
 
 def _past(deadline: float | None) -> bool:
     return deadline is not None and time.monotonic() >= deadline
+
+
+def _never_sent(exc: OSError) -> bool:
+    """A refused connection: the request reached no one."""
+    reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+    return isinstance(reason, ConnectionRefusedError)
 
 
 def _reason(exc: OSError) -> str:

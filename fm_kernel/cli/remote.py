@@ -36,12 +36,14 @@ def cli_wording(message: str) -> str:
 
 
 def call(info: dict[str, Any], method: str, path: str, body: Any = None, timeout: float = 60) -> Any:
-    """The kernel's JSON answer; a 503 (the history being handed over,
-    cli/handover.py: its next holder serves the same port within seconds) is
-    retried for up to ``timeout`` s, anything else refused is a UsageError."""
+    """The kernel's JSON answer. A hand-over (cli/handover.py) answers 503,
+    then refuses connections until the next holder serves the same port:
+    both are retried for up to ``timeout`` s (neither was applied); a
+    connection cut or timed out is not (a signal sent twice is two).
+    Anything else refused is a UsageError."""
     try:
         answer = send((info["url"], info["token"]), method, path, body, timeout=timeout,
-                      patience=Patience(for_s=timeout))
+                      patience=Patience(for_s=timeout, refused=True))
     except OSError as exc:
         raise HistoryError(f"the kernel holding this history did not answer at {info['url']}: "
                            f"{exc}") from None

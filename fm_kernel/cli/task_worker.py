@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 # A worker outlives any kernel restart or hand-over: it waits for the
 # endpoint as long as it takes, up to 5 s between tries, a line each time.
-PATIENCE = Patience(for_s=None, unreachable=True, most_s=5.0, log=log)
+PATIENCE = Patience(for_s=None, refused=True, unanswered=True, most_s=5.0, log=log)
 
 
 class Endpoint:
