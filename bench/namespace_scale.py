@@ -4,7 +4,11 @@ one name, with N names defined, in flowmetal against the standard ipykernel
 (same run, same machine), plus the time inside ``States.capture`` alone (the
 commit's fsync is another engineer's and is being replaced).
 
-    PYTHONPATH=. python bench/namespace_scale.py [--names 200,10000] [--cells 400] [--rounds 1] [--why]
+    PYTHONPATH=. python bench/namespace_scale.py [--names 200,10000] [--cells 400] [--rounds 1] [--why] [--gap S]
+
+``--gap`` waits between cells as a user reading the output would: the kernel
+re-checks small objects in that idle time (fm_kernel/idle.py) instead of on
+the reply path, which is what cells sent back to back still pay.
 
 ``--why`` prints, for the slowest 1% of cells, how long garbage collections,
 step-log batches into DuckDB and the objects' sync overlapped each.
@@ -74,9 +78,10 @@ __wrap__(__st__.snap.objects, "sync", "sync")
 WARMUP = 20
 
 
-def cells(k: Kernel, n: int, spans: list | None = None) -> list[float]:
+def cells(k: Kernel, n: int, spans: list | None = None, gap: float = 0.0) -> list[float]:
     out = []
     for i in range(n):
+        time.sleep(gap)  # a user reading the output: the kernel is idle meanwhile
         t0 = time.perf_counter()
         r = k.execute(f"v0 = {i}")
         t1 = time.perf_counter()
@@ -113,7 +118,7 @@ def p(xs: list[float], q: float) -> float:
     return sorted(xs)[min(len(xs) - 1, int(q * len(xs)))]
 
 
-def run(names: int, n: int, flowmetal: bool, explain: bool = False) -> dict[str, Any]:
+def run(names: int, n: int, flowmetal: bool, explain: bool = False, gap: float = 0.0) -> dict[str, Any]:
     env = {"FM_HISTORY": os.path.join(tempfile.mkdtemp(), "history.duckdb")}
     with (Kernel(env=env) if flowmetal else Kernel(env=env, kernel_name="python3")) as k:
         t0 = time.perf_counter()
@@ -126,7 +131,7 @@ def run(names: int, n: int, flowmetal: bool, explain: bool = False) -> dict[str,
                 assert k.execute(WHY, store_history=False).status == "ok"
         cells(k, WARMUP)
         spans: list[tuple[float, float]] = []
-        wall = cells(k, n, spans)
+        wall = cells(k, n, spans, gap)
         res = {"create": create, "median": statistics.median(wall), "p99": p(wall, 0.99),
                "max": max(wall)}
         if flowmetal:
@@ -144,14 +149,16 @@ def main() -> None:
     ap.add_argument("--names", default="200,10000")
     ap.add_argument("--cells", type=int, default=400)
     ap.add_argument("--rounds", type=int, default=1, help="runs of both kernels per size")
+    ap.add_argument("--gap", type=float, default=0.0,
+                    help="seconds between cells (think time: the kernel re-checks small objects then)")
     ap.add_argument("--why", action="store_true",
                     help="print what overlapped the slowest 1%% of cells (gc, batches, syncs)")
     a = ap.parse_args()
     for names in [int(x) for x in a.names.split(",")]:
         for _ in range(a.rounds):
-            base, fm = run(names, a.cells, False), run(names, a.cells, True, a.why)
+            base, fm = run(names, a.cells, False, gap=a.gap), run(names, a.cells, True, a.why, a.gap)
             load = os.getloadavg()[0]
-            print(f"{names} names, {a.cells} cells, load {load:.2f}: "
+            print(f"{names} names, {a.cells} cells{f', {a.gap:g} s apart' if a.gap else ''}, load {load:.2f}: "
                   f"small cell median {fm['median']*1e3:.1f} ms vs ipykernel {base['median']*1e3:.1f} ms "
                   f"(+{(fm['median']-base['median'])*1e3:.1f} ms, {fm['median']/base['median']:.1f}x); "
                   f"p99/median {fm['p99']/fm['median']:.1f} (ipykernel {base['p99']/base['median']:.1f}; "

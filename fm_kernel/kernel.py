@@ -101,6 +101,9 @@ class FlowmetalKernel(IPythonKernel):
         rt.states = States(rt.store, self.shell.user_ns, set(self.shell.user_ns_hidden))
 
     def _detach_recorder(self, rt: runtime.Runtime) -> None:
+        self.idle.stop()
+        if rt.states is not None:
+            rt.states.settle()
         if self.recorder is not None:
             self.recorder.close()
         self.recorder, rt.states = None, None
@@ -277,6 +280,9 @@ class FlowmetalKernel(IPythonKernel):
                   "recorded steps; the history's SQL stays reachable as %%fmsql and %fm sql")
 
     def do_shutdown(self, restart):
+        self.idle.stop()
+        if self.fm.states is not None:
+            self.fm.states.settle()
         self.fm.flows.close()
         if self.recorder is not None:
             self.recorder.close()

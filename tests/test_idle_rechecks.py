@@ -9,7 +9,7 @@ import ast
 import time
 from pathlib import Path
 
-from kernel_driver import Kernel, check, query
+from kernel_driver import Kernel, check, query, wait_until
 
 
 def _peek(k: Kernel, expr: str):
@@ -30,3 +30,26 @@ def test_a_mutation_after_the_reply_is_found_while_idle(tmp_path: Path) -> None:
         assert _peek(k, f"sorted({caps}.changed)") == ["xs", "z"]
     rows = query(history, "SELECT CAST(value AS VARCHAR) FROM variables WHERE name = 'xs' ORDER BY step")
     assert [r[0] for r in rows][-1] == "[1, 2]"
+
+
+def test_the_objects_marker_goes_between_cells_and_at_the_end(tmp_path: Path) -> None:
+    """``.unsettled`` (objects written whose record may not be committed) is
+    removed while the kernel is idle, not on each reply; a clean end removes
+    it too, and a kernel killed before that leaves it for the next one's
+    orphan pass, which removes it."""
+    history = tmp_path / "h.duckdb"
+    marker = Path(str(history) + ".objects") / ".unsettled"
+    env = {"FM_HISTORY": str(history)}
+    with Kernel(env=env, cwd=tmp_path) as k:
+        check(k, "a = [1]")
+        wait_until(lambda: not marker.exists(), what="the marker removed while idle")
+        check(k, "a = [2]\nimport time; time.sleep(0)")
+    assert not marker.exists()  # a clean end settles at once
+    k = Kernel(env=env, cwd=tmp_path)
+    k.execute("a = [3]", store_history=True)  # the reply, then killed before any idle moment
+    k.kill9()
+    assert marker.exists()
+    with Kernel(env=env, cwd=tmp_path) as k:
+        check(k, "%fm resume")
+        assert check(k, "print(a)").strip() == "[3]"
+        wait_until(lambda: not marker.exists(), what="the orphan pass at open")

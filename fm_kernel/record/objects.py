@@ -163,7 +163,7 @@ class ObjectFiles:
         """Like ``put`` but also return how many bytes were written (0 if present)."""
         if key is None:
             key = digest(data)
-        if self.has(key):
+        if self._present(key, loose=memoryview(data).nbytes >= PACKED_MAX):
             return key, 0
         self._write(key, data)
         return key, memoryview(data).nbytes
@@ -196,7 +196,7 @@ class ObjectFiles:
                 pass
             elif key in self._pending:
                 waits[key] = self._pending.pop(key)
-            elif not self.has(key):
+            elif not self._present(key, loose=n >= PACKED_MAX):
                 if n >= PACKED_MAX and self.defer:
                     waits[key] = self._start_loose(key, mv[off:off + n])
                     self._pending.pop(key)
@@ -305,9 +305,17 @@ class ObjectFiles:
 
     # -- reading ---------------------------------------------------------
     def has(self, key: str) -> bool:
+        return self._present(key, loose=True)
+
+    def _present(self, key: str, loose: bool) -> bool:
+        """Whether ``key`` is stored; ``loose``: it may be a file of its own.
+        A small object is written only to a pack, so a writer asks the packs'
+        index alone, with no stat(2) of a file that is not there on the reply
+        path (a history from before packs may hold it loose: it is then
+        stored again in a pack, its bytes twice, never read wrong)."""
         if key in self._known:
             return True
-        if self.packs.has(key) or self.path(key).is_file():
+        if self.packs.has(key) or (loose and self.path(key).is_file()):
             self._known.add(key)
             return True
         return False

@@ -83,6 +83,7 @@ class States:
         self.gc_line: str | None = None  # what the orphan pass at open reclaimed
         self._write_failed = False  # objects of a failed capture stay unsettled for gc
         self._uncommitted = False
+        self._settle_due = False  # objects written and their record committed: settle()
         self.last_capture: Capture | None = None  # what the last capture looked at (tests, %fm why)
         if not store.read_only and gc.needed(objects):
             self.gc_line = gc.collect(store, objects, GC_AT_OPEN).line()
@@ -127,9 +128,19 @@ class States:
     def idle_recheck(self, new_round: bool = False) -> bool:
         """One look at small objects between cells (recheck.py); whether
         this round has more to look at."""
+        self.settle()
         if self.live is None or self._uncommitted:
             return False
         return self.snap.idle_recheck(self.ns, self.live, new_round)
+
+    def settle(self) -> None:
+        """Tell the objects folder that the records naming what it holds are
+        committed (its ``.unsettled`` marker goes). Between cells or at the
+        end, not on the reply path: two syscalls a cell, and a marker a run of
+        cells back to back would make and remove each time."""
+        if self._settle_due and not self._uncommitted:
+            self._settle_due = False
+            self.snap.objects.settle()
 
     def committed(self, new: list[dict[str, Any]], cap: Capture, step: int | None = None) -> None:
         """The record of ``step`` holding ``cap``'s state is committed."""
@@ -138,8 +149,7 @@ class States:
         if step is not None:
             self._keep(step, cap.manifest)
         self._uncommitted = False
-        if not self._write_failed:
-            self.snap.objects.settle()
+        self._settle_due = not self._write_failed  # settle() at the next idle moment
 
     # -- reading states --------------------------------------------------------
 
