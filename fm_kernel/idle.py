@@ -1,5 +1,6 @@
 """Work the kernel does between cells, on its own loop, so no reply waits for
-it: re-checking small objects for mutations no cell named (state/recheck.py).
+it: re-checking small objects for mutations no cell named (state/recheck.py),
+and, once idle a second, settling the objects folder (States.settle).
 
 After each recorded cell a round starts IDLE_AFTER later: one look at a time
 (each within recheck.SMALL_BUDGET), IDLE_GAP apart, until every small name

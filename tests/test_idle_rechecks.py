@@ -42,7 +42,7 @@ def test_the_objects_marker_goes_between_cells_and_at_the_end(tmp_path: Path) ->
     env = {"FM_HISTORY": str(history)}
     with Kernel(env=env, cwd=tmp_path) as k:
         check(k, "a = [1]")
-        wait_until(lambda: not marker.exists(), what="the marker removed while idle")
+        wait_until(lambda: not marker.exists(), what="the marker removed after a second idle")
         check(k, "a = [2]\nimport time; time.sleep(0)")
     assert not marker.exists()  # a clean end settles at once
     k = Kernel(env=env, cwd=tmp_path)

@@ -128,16 +128,18 @@ class States:
     def idle_recheck(self, new_round: bool = False) -> bool:
         """One look at small objects between cells (recheck.py); whether
         this round has more to look at."""
-        self.settle()
+        if new_round:  # idle for a second at least: cells are not coming back to back
+            self.settle()
         if self.live is None or self._uncommitted:
             return False
         return self.snap.idle_recheck(self.ns, self.live, new_round)
 
     def settle(self) -> None:
         """Tell the objects folder that the records naming what it holds are
-        committed (its ``.unsettled`` marker goes). Between cells or at the
-        end, not on the reply path: two syscalls a cell, and a marker a run of
-        cells back to back would make and remove each time."""
+        committed (its ``.unsettled`` marker goes). Once the kernel has been
+        idle a second, or at the end, not on the reply path: removing it
+        after each cell made the next cell make it again, four syscalls a
+        cell (each a hand-over of the GIL to whichever thread wants it)."""
         if self._settle_due and not self._uncommitted:
             self._settle_due = False
             self.snap.objects.settle()
