@@ -30,6 +30,7 @@ from pathlib import Path
 
 from ..errors import HistoryError, HistoryLocked, UnsafeBundle, UsageError
 from ..tables import human_bytes
+from .objects import UNSETTLED
 from .store import Store
 from .trust import machine_id, stamp_origin, trust, untrusted_message  # noqa: F401 (re-exported)
 from .trust import gate as _gate
@@ -137,8 +138,11 @@ def export(store: Store, out: Path) -> Path:
 
 
 def _member_out(ti: tarfile.TarInfo) -> tarfile.TarInfo | None:
-    if not (ti.isreg() or ti.isdir()) or Path(ti.name).name.startswith(".tmp-"):
-        return None  # temp files of an object being written; nothing but files and folders
+    name = Path(ti.name).name
+    if not (ti.isreg() or ti.isdir()) or name.startswith(".tmp-") or name == UNSETTLED:
+        # temp files of an object being written, and this machine's note that
+        # its writes may have left orphans; nothing but files and folders
+        return None
     ti.uid = ti.gid = 0
     ti.uname = ti.gname = ""
     ti.mode = 0o700 if ti.isdir() else 0o600
