@@ -158,6 +158,7 @@ class LeanConnection:
         self.busy = False  # an answer is being made
         self.closing = False  # close once ``out`` is sent
         self.closed = False
+        self.paused = False  # not reading: too much sent ahead
         self.watch: Watch | None = None
         self.deadline: float | None = None
         self.timer: asyncio.TimerHandle | None = None
@@ -199,6 +200,11 @@ class LeanConnection:
         self.buf += data
         if not self.busy:
             self._next()
+        elif len(self.buf) > _MAX_HEAD + self.api.max_body:
+            # a client sending on while its answer is made: read no more
+            # until it is answered (a close goes unseen till then)
+            self.loop.remove_reader(self.fd)
+            self.paused = True
 
     def _next(self) -> None:
         """Answer the next whole request in ``buf``, or hand the connection over."""
@@ -261,6 +267,9 @@ class LeanConnection:
             if not self.out:
                 self._close()
         elif not self.closed:
+            if self.paused:
+                self.paused = False
+                self.loop.add_reader(self.fd, self._readable)
             self._arm(self.server.limits.header_timeout)
             self._next()
 
@@ -299,7 +308,8 @@ class LeanConnection:
 
     def _hand_over(self) -> None:
         """tornado serves this connection from now on, starting with the bytes in ``buf``."""
-        self.loop.remove_reader(self.fd)
+        if not self.paused:
+            self.loop.remove_reader(self.fd)
         self.closed = True  # for this object; the server counts the connection until tornado closes it
         stream = tornado.iostream.IOStream(self.sock, max_buffer_size=self.server.max_buffer_size,
                                            read_chunk_size=self.server.read_chunk_size)
@@ -312,7 +322,8 @@ class LeanConnection:
         if self.closed:
             return
         self.closed = True
-        self.loop.remove_reader(self.fd)
+        if not self.paused:
+            self.loop.remove_reader(self.fd)
         if self.out:
             self.loop.remove_writer(self.fd)
         if self.timer is not None:
