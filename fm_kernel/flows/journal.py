@@ -20,13 +20,14 @@ rare and the HTTP client is told "stored" only once they are committed).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
 import os
 import threading
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from ..errors import RunFinished
 from ..record import changes
@@ -80,6 +81,7 @@ class Journal(JournalValues):
         self._wake = threading.Event()
         self._after: list[Callable[[], None]] = []  # when_flushed callbacks, oldest first
         self._closed = False
+        self._held = threading.local()  # collecting(): this thread's records, not yet written
         self.interval = checkpoint_interval
         self._lsn = self._recover()
         self._fd = os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
@@ -97,6 +99,10 @@ class Journal(JournalValues):
         """Make several records durable with one write(2) (a claim of many
         tasks): a kill cuts the write at a line at worst, and a torn last
         line was never acknowledged (recovery drops it)."""
+        held = getattr(self._held, "records", None)
+        if held is not None:
+            held.extend(records)
+            return
         with self._lock:
             if self._closed:
                 raise RuntimeError("the flow journal is closed (the kernel is shutting down)")
@@ -114,14 +120,31 @@ class Journal(JournalValues):
                 self._wake.set()
         changes.notify("flow")  # open run views show it (widgets/hub.py)
 
+    @contextlib.contextmanager
+    def collecting(self) -> Iterator[list[tuple[str, dict[str, Any]]]]:
+        """Within the block, this thread's records are collected in the list
+        it yields instead of written: the caller writes them with its own,
+        in one write (an fm.task step's waiting record and status go with
+        its task_queued event: tasks.py). Nothing in the block may tell
+        anyone of them: they are not durable until that write."""
+        if getattr(self._held, "records", None) is not None:
+            raise RuntimeError("journal.collecting() does not nest")
+        self._held.records = held = []
+        try:
+            yield held
+        finally:
+            self._held.records = None
+
     def event(self, kind: str, run_id: str | None, payload: dict[str, Any]) -> None:
         self.events([(kind, run_id, payload)])
 
-    def events(self, events: list[tuple[str, str | None, dict[str, Any]]]) -> None:
-        """Events (kind, run_id, payload) made durable with one write."""
+    def events(self, events: list[tuple[str, str | None, dict[str, Any]]],
+               also: list[tuple[str, dict[str, Any]]] | None = None) -> None:
+        """Events (kind, run_id, payload) made durable with one write, and
+        the records ``also`` (kind, row) after them in the same write."""
         at = dt.datetime.now(dt.timezone.utc).timestamp()
         self.append_many([("event", {"kind": kind, "run_id": run_id, "payload": payload, "at": at})
-                          for kind, run_id, payload in events])
+                          for kind, run_id, payload in events] + (also or []))
 
     def flush(self) -> None:
         """Checkpoint now: on return every record appended so far is in DuckDB.

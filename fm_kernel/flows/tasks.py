@@ -98,12 +98,13 @@ def _wait_task(ctx: RunContext, p: int, rec: dict[str, Any] | None, opname: str,
     # A function of (run, position): a kill after queueing and before this
     # position was journaled finds the same task, never queues a second.
     task_id = uuid.uuid5(uuid.NAMESPACE_URL, f"fm-task:{run.id}:{p}").hex
-    b.enqueue(task_id, run.id, p, spec["queue"], spec["payload"], spec["timeout"],
-              spec["heartbeat"], spec["retries"])
     detail = {"task_id": task_id, "queue": spec["queue"]}
-    if rec is None or rec["status"] != "waiting":
-        ctx.record(p, opname, "waiting", detail=detail)
-    run.set_status("waiting")
+    with registry().journal.collecting() as held:  # written with the task_queued event
+        if rec is None or rec["status"] != "waiting":
+            ctx.record(p, opname, "waiting", detail=detail)
+        run.set_status("waiting")
+    b.enqueue(task_id, run.id, p, spec["queue"], spec["payload"], spec["timeout"],
+              spec["heartbeat"], spec["retries"], also=held)
     # Held: this run keeps its thread for up to PARK_AFTER, as a short sleep
     # does. Parked, a run executes again from the top when its task is done,
     # replaying its journal: for a flow of many quick tasks that costs more
@@ -134,11 +135,13 @@ def _wait_task(ctx: RunContext, p: int, rec: dict[str, Any] | None, opname: str,
 
 def _finish(ctx: RunContext, p: int, opname: str, t: Task, detail: dict[str, Any]) -> Any:
     """Journal the end of task ``t`` at position ``p``: its result, or TaskFailed raised."""
-    run = ctx.run
+    run, journal = ctx.run, registry().journal
     if t.status == "completed":
-        ctx.record(p, opname, "ok", t.attempt, result=registry().journal.encode(t.result, opname),
-                   detail={**detail, "worker": t.worker})
-        run.set_status("running")
+        with journal.collecting() as held:  # the step's end and the run's status: one write
+            ctx.record(p, opname, "ok", t.attempt, result=journal.encode(t.result, opname),
+                       detail={**detail, "worker": t.worker})
+            run.set_status("running")
+        journal.append_many(held)
         return t.result
     message = (t.error or {}).get("message") if isinstance(t.error, dict) else t.error
     err = TaskFailed(f"task {t.task_id} on queue {t.queue!r} (position {p} of run "
