@@ -20,14 +20,13 @@ rare and the HTTP client is told "stored" only once they are committed).
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import json
 import logging
 import os
 import threading
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from ..errors import RunFinished
 from ..record import changes
@@ -66,6 +65,29 @@ _TYPES = {"started_at": "TIME", "finished_at": "TIME", "deadline": "TIME", "enqu
 
 
 # -- values ------------------------------------------------------------------
+
+def _last_per_run(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The last row of each run, in the order of those last rows."""
+    seen: set[str] = set()
+    out = [r for r in reversed(rows) if not (r["run_id"] in seen or seen.add(r["run_id"]))]
+    return out[::-1]
+
+
+class _Collecting:
+    """Journal.collecting (a class, not a generator: it is used twice a task)."""
+
+    def __init__(self, held: threading.local):
+        self.held = held
+
+    def __enter__(self) -> list[tuple[str, dict[str, Any]]]:
+        if getattr(self.held, "records", None) is not None:
+            raise RuntimeError("journal.collecting() does not nest")
+        self.held.records = []
+        return self.held.records
+
+    def __exit__(self, *exc: Any) -> None:
+        self.held.records = None
+
 
 class Journal(JournalValues):
     """The run tables of one history, with their log and checkpointer."""
@@ -120,20 +142,14 @@ class Journal(JournalValues):
                 self._wake.set()
         changes.notify("flow")  # open run views show it (widgets/hub.py)
 
-    @contextlib.contextmanager
-    def collecting(self) -> Iterator[list[tuple[str, dict[str, Any]]]]:
-        """Within the block, this thread's records are collected in the list
-        it yields instead of written: the caller writes them with its own,
-        in one write (an fm.task step's waiting record and status go with
-        its task_queued event: tasks.py). Nothing in the block may tell
-        anyone of them: they are not durable until that write."""
-        if getattr(self._held, "records", None) is not None:
-            raise RuntimeError("journal.collecting() does not nest")
-        self._held.records = held = []
-        try:
-            yield held
-        finally:
-            self._held.records = None
+    def collecting(self) -> "_Collecting":
+        """``with journal.collecting() as held:`` within the block, this
+        thread's records are collected in the list ``held`` instead of
+        written: the caller writes them with its own, in one write (an
+        fm.task step's waiting record and status go with its task_queued
+        event: tasks.py). Nothing in the block may tell anyone of them: they
+        are not durable until that write."""
+        return _Collecting(self._held)
 
     def event(self, kind: str, run_id: str | None, payload: dict[str, Any]) -> None:
         self.events([(kind, run_id, payload)])
@@ -221,6 +237,10 @@ class Journal(JournalValues):
         by_kind: dict[str, list[dict[str, Any]]] = {"run": [], "step": [], "event": []}
         for _lsn, kind, row in batch:
             by_kind[kind].append(row)
+        # The runs view shows each run's latest record, and nothing reads the
+        # ones before: of a run's records in one batch only the last is
+        # inserted (a flow of quick fm.task steps writes two a task).
+        by_kind["run"] = _last_per_run(by_kind["run"])
         with self.store.transaction():
             # seqs are taken here, in log order, so "latest by seq" in the
             # views is the order the flow wrote its records in.
