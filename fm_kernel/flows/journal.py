@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -158,7 +159,7 @@ class Journal(JournalValues):
                also: list[tuple[str, dict[str, Any]]] | None = None) -> None:
         """Events (kind, run_id, payload) made durable with one write, and
         the records ``also`` (kind, row) after them in the same write."""
-        at = dt.datetime.now(dt.timezone.utc).timestamp()
+        at = time.time()
         self.append_many([("event", {"kind": kind, "run_id": run_id, "payload": payload, "at": at})
                           for kind, run_id, payload in events] + (also or []))
 

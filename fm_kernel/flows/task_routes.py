@@ -51,6 +51,11 @@ def _answered(fn: Callable[[TaskBoard], Any], b: TaskBoard) -> Any:
         raise tornado.web.HTTPError(409, reason=str(exc)) from None
 
 
+def _settle(fut: asyncio.Future, why: str) -> None:
+    if not fut.done():
+        fut.set_result(why)
+
+
 def _body(api: Any, body: bytes, *required: str) -> dict[str, Any]:
     got = parse_json(api, body)
     if not isinstance(got, dict) or any(k not in got for k in required):
@@ -96,7 +101,7 @@ class ClaimHandler(LeanHandler):
 
             def wake(woken: asyncio.Future = woken) -> None:  # from any thread
                 try:
-                    loop.call_soon_threadsafe(lambda: woken.done() or woken.set_result(None))
+                    loop.call_soon_threadsafe(_settle, woken, "woken")
                 except RuntimeError:  # the endpoint's loop has stopped
                     pass
 
@@ -105,17 +110,19 @@ class ClaimHandler(LeanHandler):
             if got:
                 return 200, {"tasks": got} if most is not None else got[0]
             left = deadline - loop.time()
-            try:
-                if left <= 0:
-                    break
+            if left > 0:
                 # then look again (once more at the end); at least every LOOK
                 # seconds, on the board of the moment: the history may have
                 # been handed over, and its wake-up left with the old board
-                await asyncio.wait_for(woken, min(left, LOOK))
-            except asyncio.TimeoutError:
-                pass
-            finally:
+                timer = loop.call_later(min(left, LOOK), _settle, woken, "look")
+                why = await woken
+                timer.cancel()
+                if why == "woken":  # the board let go of the wake-up when it called it
+                    continue
+            if wait > 0:
                 await _on_board(lambda b: b.unwait(queue, wake))
+            if left <= 0:
+                break
         return 204, None
 
 
