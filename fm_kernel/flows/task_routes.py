@@ -126,19 +126,9 @@ class ClaimHandler(LeanHandler):
         return 204, None
 
 
-class HeartbeatHandler(LeanHandler):
-    async def post(self, task_id: str) -> None:
-        await self.serve(task_id)
+class _LeaseHandler(LeanHandler):
+    """POST /tasks/<id>/<verb> {"lease": ..., ...}: ``act`` on the board."""
 
-    @classmethod
-    async def answer(cls, api: Any, args: tuple[str, ...], body: bytes,
-                     watch: Watch) -> tuple[int, Any]:
-        task_id, = args
-        lease = _body(api, body, "lease")["lease"]
-        return 200, await _on_board(lambda b: b.heartbeat(task_id, lease))
-
-
-class CompleteHandler(LeanHandler):
     async def post(self, task_id: str) -> None:
         await self.serve(task_id)
 
@@ -147,23 +137,31 @@ class CompleteHandler(LeanHandler):
                      watch: Watch) -> tuple[int, Any]:
         task_id, = args
         got = _body(api, body, "lease")
-        stored = await _on_board(lambda b: b.complete(task_id, got["lease"], got.get("result")))
-        return 200, {"ok": True, "task_id": task_id, "duplicate": not stored}
+        return 200, await _on_board(lambda b: cls.act(b, task_id, got))
+
+    @staticmethod
+    def act(b: TaskBoard, task_id: str, got: dict[str, Any]) -> Any:
+        raise NotImplementedError
 
 
-class FailHandler(LeanHandler):
-    async def post(self, task_id: str) -> None:
-        await self.serve(task_id)
+class HeartbeatHandler(_LeaseHandler):
+    @staticmethod
+    def act(b: TaskBoard, task_id: str, got: dict[str, Any]) -> Any:
+        return b.heartbeat(task_id, got["lease"])
 
-    @classmethod
-    async def answer(cls, api: Any, args: tuple[str, ...], body: bytes,
-                     watch: Watch) -> tuple[int, Any]:
-        task_id, = args
-        got = _body(api, body, "lease")
-        retryable = got.get("retryable", True)
-        status = await _on_board(lambda b: b.fail(task_id, got["lease"], got.get("error"),
-                                                  bool(retryable)))
-        return 200, {"ok": True, "task_id": task_id, "status": status}
+
+class CompleteHandler(_LeaseHandler):
+    @staticmethod
+    def act(b: TaskBoard, task_id: str, got: dict[str, Any]) -> Any:
+        stored = b.complete(task_id, got["lease"], got.get("result"))
+        return {"ok": True, "task_id": task_id, "duplicate": not stored}
+
+
+class FailHandler(_LeaseHandler):
+    @staticmethod
+    def act(b: TaskBoard, task_id: str, got: dict[str, Any]) -> Any:
+        status = b.fail(task_id, got["lease"], got.get("error"), bool(got.get("retryable", True)))
+        return {"ok": True, "task_id": task_id, "status": status}
 
 
 class CompleteManyHandler(LeanHandler):
