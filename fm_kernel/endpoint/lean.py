@@ -159,6 +159,7 @@ class LeanConnection:
         self.closing = False  # close once ``out`` is sent
         self.closed = False
         self.paused = False  # not reading: too much sent ahead
+        self.in_body = False  # the next request's headers are read, its body is not
         self.watch: Watch | None = None
         self.deadline: float | None = None
         self.timer: asyncio.TimerHandle | None = None
@@ -223,10 +224,11 @@ class LeanConnection:
             return
         total = end + 4 + int(length)
         if len(self.buf) < total:
-            if self.deadline is None or self.deadline > self.loop.time() + \
-                    self.server.limits.body_timeout:
+            if not self.in_body:  # the headers are whole: the body has its own time from now
+                self.in_body = True
                 self._arm(self.server.limits.body_timeout)
             return
+        self.in_body = False
         body = bytes(self.buf[end + 4:total])
         del self.buf[:total]
         self.busy = True

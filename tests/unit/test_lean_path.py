@@ -199,3 +199,23 @@ def test_a_route_that_is_not_lean_is_unchanged(endpoint: Endpoint) -> None:
     status, _, body = _one(endpoint, _request(endpoint, "GET", "/echo/abc"))  # no GET there
     assert status == 405
     assert isinstance(tornado.web.HTTPError(405), Exception)
+
+
+def test_a_body_has_its_own_time_from_the_end_of_the_headers(tmp_path: Path) -> None:
+    ep = Endpoint(tmp_path / "b.duckdb", lambda: None, "k", routes=((r"/echo/([a-z]+)", Echo),),
+                  limits=Limits(header_timeout=0.5, body_timeout=3.0))
+    ep.start()
+    try:
+        with socket.create_connection(("127.0.0.1", ep.port), timeout=10) as s:
+            raw = _request(ep, "POST", "/echo/abc", b'"slow"')
+            s.sendall(raw[:-3])
+            time.sleep(1.0)  # past the header timeout, within the body's
+            s.sendall(raw[-3:])
+            assert _responses(s, 1)[0][2] == {"what": "abc", "body": "slow"}
+        with socket.create_connection(("127.0.0.1", ep.port), timeout=10) as s:
+            s.sendall(_request(ep, "POST", "/echo/abc", b'"never"')[:-3])
+            t0 = time.monotonic()
+            assert s.recv(10) == b""  # cut off after the body timeout
+            assert 2.0 < time.monotonic() - t0 < 8
+    finally:
+        ep.stop()
