@@ -172,7 +172,12 @@ class LeanConnection:
 
     def _arm(self, seconds: float | None) -> None:
         self.deadline = None if seconds is None else self.loop.time() + seconds
-        if self.deadline is not None and self.timer is None:
+        if self.deadline is None:
+            return
+        if self.timer is not None and self.timer.when() > self.deadline:
+            self.timer.cancel()  # set for a later deadline (a body's): too late for this one
+            self.timer = None
+        if self.timer is None:
             self.timer = self.loop.call_at(self.deadline, self._check)
 
     def _check(self) -> None:

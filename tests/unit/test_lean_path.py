@@ -212,6 +212,9 @@ def test_a_body_has_its_own_time_from_the_end_of_the_headers(tmp_path: Path) -> 
             time.sleep(1.0)  # past the header timeout, within the body's
             s.sendall(raw[-3:])
             assert _responses(s, 1)[0][2] == {"what": "abc", "body": "slow"}
+            t0 = time.monotonic()  # then idle: the header timeout again, not the body's
+            assert s.recv(10) == b""
+            assert time.monotonic() - t0 < 2.0
         with socket.create_connection(("127.0.0.1", ep.port), timeout=10) as s:
             s.sendall(_request(ep, "POST", "/echo/abc", b'"never"')[:-3])
             t0 = time.monotonic()
