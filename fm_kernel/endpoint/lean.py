@@ -266,7 +266,7 @@ class LeanConnection:
             api.leave()
         level = logging.WARNING if status >= 500 else logging.DEBUG
         if log.isEnabledFor(level):
-            log.log(level, "%d %s %s (%s) %.1f ms", status, method, path, self.address[0],
+            log.log(level, "%d %s %s (%s) %.1f ms", status, method, path, self.address,
                     1000 * (time.perf_counter() - t0))
         self.busy = False
         if close:
