@@ -13,11 +13,19 @@ from typing import Any
 from ipykernel.ipkernel import IPythonKernel
 
 from . import __version__
+from .idle import IdleRechecks
 from .state import navigate
 from . import runtime
 from .record import identity
 from .record.recorder import CellRecorder, is_history_query
 from .state.states import States
+
+
+def _print_notices(notices: list[str]) -> None:
+    for notice in notices:
+        print(notice, file=sys.stderr)
+    if notices:  # before the cell's own output, not after it
+        sys.stderr.flush()
 
 
 def _kernel_id_from_connection_file() -> str | None:
@@ -73,6 +81,7 @@ class FlowmetalKernel(IPythonKernel):
         self.recorder: CellRecorder | None = None
         self._started_up = False
         self._sql_taken = False  # said once that another extension owns %%sql
+        self.idle = IdleRechecks(lambda: self.fm.states, self.log)  # between cells (idle.py)
         self.fm.on_open.append(self._attach_recorder)
         self.fm.on_close.append(self._detach_recorder)
         from .flows.runs import on_ready as resume_flow_runs
@@ -191,6 +200,7 @@ class FlowmetalKernel(IPythonKernel):
         # store_history=False is not "internal": nbval sends every cell that
         # way. Only silent requests are a frontend's own business.
         rt = self.fm
+        self.idle.stop()
         cell_id = cell_id or (cell_meta or {}).get("cellId")
         if not rt.bound:
             # the history is chosen by what the first requests tell (identity.py)
@@ -205,11 +215,7 @@ class FlowmetalKernel(IPythonKernel):
         record = not silent and not is_history_query(code, cell_sql is None, line_sql is None)
         rt.wait()
         self._start_up()
-        notices = rt.take_notices()
-        for notice in notices:
-            print(notice, file=sys.stderr)
-        if notices:  # before the cell's own output, not after it
-            sys.stderr.flush()
+        _print_notices(rt.take_notices())
         recorder = self.recorder if record else None
         started = None
         if recorder is not None:
@@ -243,6 +249,7 @@ class FlowmetalKernel(IPythonKernel):
                     rt.states.committed(entries, cap, rec.step)
             except Exception as exc:  # a broken history must not break the notebook
                 print(f"flowmetal: could not record this cell: {exc}", file=sys.stderr)
+            self.idle.start()
         if not silent:
             self._say_who_owns_sql()
         return reply

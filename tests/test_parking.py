@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from kernel_driver import Kernel, check, lines, query, wait_until
+from kernel_driver import Kernel, check, flow_kernel, lines, query, wait_until
 
 PRELUDE = "import os, time, json, threading\nimport fm_kernel as fm\nimport fm_kernel.flows as flows"
 
@@ -93,10 +93,8 @@ def guarded():
 def pk(tmp_path_factory):
     base = tmp_path_factory.mktemp("parking")
     path = base / "history.duckdb"
-    with Kernel(env={"FM_HISTORY": str(path)}) as k:
-        check(k, PRELUDE + FLOWS.format(d=str(base)))
-        info = json.loads(Path(str(path) + ".endpoint.json").read_text())
-        k.url, k.dir = info["url"], base  # type: ignore[attr-defined]
+    with flow_kernel(path, PRELUDE + FLOWS.format(d=str(base))) as k:
+        k.dir = base  # type: ignore[attr-defined]
         yield k
 
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from kernel_driver import (Kernel, check, fails, lines, most_at_once, most_in_window, query,
-                           wait_until)
+from kernel_driver import (Kernel, check, fails, flow_kernel, lines, most_at_once, most_in_window,
+                           query, wait_until)
 
 PRELUDE = "import os, time, json\nimport fm_kernel as fm"
 
@@ -47,8 +47,7 @@ def test_limits_that_mean_nothing_are_refused_where_the_queue_is_made(options: d
 def qk(tmp_path_factory):
     base = tmp_path_factory.mktemp("queues")
     path = base / "history.duckdb"
-    with Kernel(env={"FM_HISTORY": str(path)}) as k:
-        check(k, PRELUDE + f"\nD = {str(base)!r}\n" + r'''
+    with flow_kernel(path, PRELUDE + f"\nD = {str(base)!r}\n" + r'''
 def note(name, text):
     with open(os.path.join(D, name), "a") as f:
         f.write(text + "\n")
@@ -58,8 +57,8 @@ def wait_file(name):
 @fm.flow
 def gate(name):   # holds its queue's slot until the file is there
     wait_file(name)
-''')
-        k.path, k.dir = path, base  # type: ignore[attr-defined]
+''') as k:
+        k.dir = base  # type: ignore[attr-defined]
         yield k
 
 

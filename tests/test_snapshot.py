@@ -652,3 +652,92 @@ def test_a_numpy_import_under_way_in_another_thread_does_not_spoil_a_capture(
     cap = nb.run("d = {'a': 1}\ndef f():\n    return d\ntext = 'x' * 10")
     assert all(cap.manifest[n].restorable for n in ("d", "f", "text")), \
         {n: cap.manifest[n].reason for n in cap.manifest}
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["table", "portable"])
+def test_bindings_made_behind_the_cells_back_are_caught(nb: Notebook, fast: bool, monkeypatch):
+    """Names bound, rebound and unbound by code no cell names (a flow
+    thread's ``global``, a library writing into ``__main__``) are in the
+    next capture, through the entry-table look and the portable one."""
+    from fm_kernel.state import bindings
+
+    monkeypatch.setattr(bindings, "_FAST", fast and bindings._FAST)
+    nb.run("import numpy as np\na = np.zeros(100_000)\nb = [2]\nc = [3]\ne = [5]")
+    for i in range(300):
+        nb.ns[f"_i{i}"] = "x = 1"  # IPython's history names, as a long session has
+    nb.run("x = 1")
+
+    def behind() -> None:
+        nb.ns["a"] = np.ones(100_000)  # too big for the small re-checks: only the look sees it
+        del nb.ns["b"]
+        nb.ns["d"] = [4]
+        nb.ns["e"] = [5]  # an equal value, a new object: rebound all the same
+
+    t = threading.Thread(target=behind)
+    t.start()
+    t.join()
+    c = nb.run("y = 2")
+    assert c.full_scan_reason is None
+    assert c.changed == {"a", "d", "e", "y"} and c.deleted == {"b"}
+    assert c.manifest["a"].fp != nb.steps[0].manifest["a"].fp and "b" not in c.manifest
+
+
+def _idle(nb: Notebook) -> int:
+    looks = 1
+    while nb.snap.idle_recheck(nb.ns, nb.head):
+        looks += 1
+    return looks
+
+
+def test_idle_rechecks_find_hidden_mutations_off_the_reply_path(nb: Notebook):
+    """Between cells the small objects are looked at again (recheck.py): a
+    mutation through a reference no cell names is found there and stored by
+    the next capture, which then re-checks nothing else on the reply path."""
+    nb.run("xs = [1, 2]\n" + "\n".join(f"s{i} = [{i}]" for i in range(150)))
+    held = nb.ns["xs"]  # a library keeping a reference
+    held.append(3)
+    assert _idle(nb) >= 3  # 151 names, at most 64 a look: one whole round
+    c = nb.run("z = 1")
+    assert c.candidates == {"z", "xs"} and "xs" in c.changed
+    assert nb.snap.load_value(c.manifest["xs"]) == [1, 2, 3]
+
+
+def test_with_no_idle_time_the_capture_takes_its_turn(nb: Notebook):
+    """Cells back to back (Run All): no idle look ran, so the reply path
+    re-checks small names in turn as before, and finds the mutation there."""
+    nb.run("xs = [1, 2]\nys = [5]")
+    nb.ns["xs"].append(3)
+    c = nb.run("z = 1")
+    assert {"xs", "ys"} <= c.candidates and "xs" in c.changed
+
+
+def test_an_idle_look_of_an_older_state_counts_for_nothing(nb: Notebook):
+    """Idle looks compared against a state a later cell replaced must not
+    stand in for the next capture's turn."""
+    nb.run("xs = [1]\nys = [2]")
+    _idle(nb)
+    nb.run("1 + 1")  # binds nothing: the same state, but this capture consumed the idle round
+    nb.ns["ys"].append(3)
+    c = nb.run("2 + 2")
+    assert "ys" in c.candidates and "ys" in c.changed
+
+
+def test_a_name_mutated_behind_the_cells_back_is_watched_on_the_reply_path(nb: Notebook):
+    """Found changed by a re-check once (one cell late, by an idle look),
+    the name is "hot": its next hidden mutation lands in the cell that made it."""
+    nb.run("log = []\n" + "\n".join(f"s{i} = [{i}]" for i in range(150)))
+    kept = nb.ns["log"]  # what a library registry holds
+
+    def library_call() -> None:
+        kept.append("event")
+
+    nb.ns["library_call"] = library_call  # a callable the walk treats as a library's
+    nb.snap.hidden.add("library_call")
+    kept.append("first")  # between cells: an idle look finds it, the next capture stores it
+    _idle(nb)
+    c = nb.run("y = 1")
+    assert "log" in c.changed
+    _idle(nb)  # nothing more to find
+    c = nb.run("library_call()")  # mutates log during the cell, through a reference no analysis sees
+    assert "log" in c.candidates and "log" in c.changed
+    assert nb.snap.load_value(c.manifest["log"]) == ["first", "event"]

@@ -3,19 +3,28 @@ a real kernel over real HTTP: results recorded once, a body's failure as the
 attempt's outcome (retried, or at once for good with NonRetryable), a lease
 kept by heartbeats while a body outlasts it, and a worker that keeps going
 through a kill -9 and restart of the kernel, finding the new token in the
-history's endpoint file."""
+history's endpoint file. What the worker does with the kernel's refusals,
+also against real processes: a completion whose lease ran out while the body
+ran is answered 409 and dropped with a line, and one answered 503 during a
+hand-over to a kernel is sent again until it is recorded, once."""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
 import sys
 import threading
+import urllib.error
+import urllib.request
 from pathlib import Path
 
-from kernel_driver import Kernel, check, endpoint_info, flow_kernel, fm_cli, http_json, wait_until
+import pytest
+
+from kernel_driver import (Kernel, check, endpoint_info, flow_kernel, fm_cli, http_json, send_retrying,
+                           wait_until)
 
 import fm_kernel as fm
 
@@ -31,6 +40,10 @@ def doomed():
 @fm.flow
 def long_one():
     return fm.task("py", {"sleep": 3}, heartbeat=1)
+
+@fm.flow
+def late():
+    return fm.task("lq", {"v": 1}, timeout=3, retries=1)
 
 @fm.flow
 def five():
@@ -150,3 +163,132 @@ def test_fm_task_worker_bad_usage_is_one_line(tmp_path: Path) -> None:
         cut = args.index("--") if "--" in args else len(args)  # options go before the command
         r = fm_cli(*args[:cut], "--history", str(tmp_path / "h.duckdb"), *args[cut:])
         assert r.returncode == 1 and said in r.stderr and len(r.stderr.strip().splitlines()) == 1, r
+
+
+def _logged(caplog: pytest.LogCaptureFixture, *words: str) -> list[str]:
+    return [r.getMessage() for r in caplog.records
+            if r.name.startswith("fm_kernel") and all(w in r.getMessage() for w in words)]
+
+
+def test_a_completion_after_the_lease_ran_out_is_dropped_and_the_worker_goes_on(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="fm_kernel")
+    tries: list[int] = []
+    with flow_kernel(tmp_path / "h.duckdb") as k:
+        check(k, FLOWS)
+
+        def body(p: dict) -> dict:
+            tries.append(len(tries) + 1)
+            if len(tries) == 1:  # outlive the 3 s lease: the task is offered again meanwhile
+                wait_until(lambda: sql(k, "SELECT count(*) FROM events WHERE kind = 'task_expired'")[0][0],
+                           timeout=60, what="the first lease to run out")
+            return {"attempt": len(tries)}
+
+        rid = api(k, "POST", "/flows/late/runs", {})[1]["run_id"]
+        stop = threading.Event()
+        done: list[int] = []
+        t = threading.Thread(target=lambda: done.append(fm.serve_tasks(
+            "lq", body, history=k.path, worker="late-1", wait=1, stop=stop, max_tasks=1)))
+        t.start()
+        try:
+            status, res = api(k, "GET", f"/runs/{rid}/result?wait=60", timeout=90)
+            t.join(60)
+        finally:
+            stop.set()
+            t.join(30)
+        tid, result = sql(k, "SELECT task_id, result FROM tasks WHERE run_id = ?", [rid])[0]
+        completed = sql(k, "SELECT count(*) FROM events WHERE run_id = ?"
+                           " AND kind = 'task_completed'", [rid])[0][0]
+    assert status == 200 and res["status"] == "succeeded", res
+    assert res["result"] == {"attempt": 2}, res  # the re-offered attempt's result, not the late one
+    assert json.loads(result) == {"attempt": 2} and completed == 1, (result, completed)
+    assert tries == [1, 2] and done == [1], (tries, done)  # went on to the next claim after the 409
+    dropped = _logged(caplog, tid, "409", "dropped")
+    assert len(dropped) == 1, [r.getMessage() for r in caplog.records]
+
+
+HANDED = r'''
+import fm_kernel as fm
+
+@fm.flow
+def job():
+    return fm.task("hq", {"v": 1}, timeout=300)
+'''
+
+
+def _answers_503(info: dict) -> bool:
+    """One plain request (no retry): is the endpoint in its hand-over mode?"""
+    req = urllib.request.Request(info["url"] + "/runs", headers={"Authorization": f"token {info['token']}"})
+    try:
+        with urllib.request.urlopen(req, timeout=10):
+            return False
+    except urllib.error.HTTPError as exc:
+        return exc.code == 503
+    except OSError:
+        return False
+
+
+def _retrying(history: Path, path: str) -> tuple[int, dict]:
+    info = endpoint_info(history)
+    req = urllib.request.Request(info["url"] + path, headers={"Authorization": f"token {info['token']}"})
+    return send_retrying(req)
+
+
+def _long_poll(info: dict) -> None:
+    """A claim left waiting on an empty queue: the draining worker waits up to
+    its drain time for it, answering every new request 503 meanwhile."""
+    req = urllib.request.Request(info["url"] + "/queues/idle/claim", method="POST",
+                                 data=json.dumps({"worker": "idle", "wait": 20}).encode(),
+                                 headers={"Authorization": f"token {info['token']}"})
+    try:
+        urllib.request.urlopen(req, timeout=60).close()
+    except OSError:
+        pass  # cut off by the hand-over: what it was for
+
+
+def test_a_completion_answered_503_in_a_hand_over_is_sent_again_and_recorded_once(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from test_handover import env, start_worker, stop_worker
+
+    caplog.set_level(logging.INFO, logger="fm_kernel")
+    history = tmp_path / "h.duckdb"
+    with Kernel(env={"FM_HISTORY": str(history)}) as k:
+        check(k, HANDED)  # the flow's code is in the history: `fm worker` restores it
+    worker = start_worker(history)
+    claimed, seen_503, stop = threading.Event(), threading.Event(), threading.Event()
+    done: list[int] = []
+    try:
+        info = endpoint_info(history)
+
+        def body(p: dict) -> dict:
+            claimed.set()
+            wait_until(lambda: _answers_503(info), timeout=120, what="the hand-over's 503", poll=0.01)
+            seen_503.set()
+            return {"done": p["v"]}
+
+        req = urllib.request.Request(info["url"] + "/flows/job/runs", data=b"{}", method="POST",
+                                     headers={"Authorization": f"token {info['token']}"})
+        rid = send_retrying(req)[1]["run_id"]
+        t = threading.Thread(target=lambda: done.append(fm.serve_tasks(
+            "hq", body, history=history, worker="hq-1", wait=1, stop=stop, max_tasks=1)))
+        t.start()
+        assert claimed.wait(60), "the task was never claimed"
+        threading.Thread(target=_long_poll, args=(info,), daemon=True).start()
+        with Kernel(env=env(FM_HISTORY=str(history))) as k2:  # takes the history over
+            check(k2, "1")
+            t.join(120)
+            k2.path = history  # type: ignore[attr-defined]
+            status, res = _retrying(history, f"/runs/{rid}/result?wait=60")
+            completed = sql(k2, "SELECT count(*) FROM events WHERE run_id = ?"
+                                " AND kind = 'task_completed'", [rid])[0][0]
+            tid = sql(k2, "SELECT task_id FROM tasks WHERE run_id = ?", [rid])[0][0]
+    finally:
+        stop.set()
+        err = stop_worker(worker)
+    assert seen_503.is_set() and done == [1], done
+    assert status == 200 and res["status"] == "succeeded" and res["result"] == {"done": 1}, res
+    assert completed == 1, completed
+    retried = _logged(caplog, f"POST /tasks/{tid}/complete answered 503")
+    assert retried, ("the completion never met a 503: the test proves nothing",
+                     [r.getMessage() for r in caplog.records])
+    assert worker.returncode == 0, err

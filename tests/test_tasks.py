@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from kernel_driver import Kernel, wait_until
+from kernel_driver import Kernel, endpoint_info, flow_kernel, wait_until
 
 WORKERS = Path(__file__).resolve().parent / "workers"
 needs_curl = pytest.mark.skipif(shutil.which("curl") is None,
@@ -73,11 +73,9 @@ class Api:
 @pytest.fixture(scope="module")
 def tk(tmp_path_factory):
     path = tmp_path_factory.mktemp("tasks") / "history.duckdb"
-    with Kernel(env={"FM_HISTORY": str(path)}) as k:
-        check(k, SETUP)
-        info = json.loads(Path(str(path) + ".endpoint.json").read_text())
-        k.api, k.path = Api(info["url"], info["token"]), path  # type: ignore[attr-defined]
-        k.info = info  # type: ignore[attr-defined]
+    with flow_kernel(path, SETUP) as k:
+        k.api = Api(k.url, k.token)  # type: ignore[attr-defined]
+        k.info = endpoint_info(path)  # type: ignore[attr-defined]
         yield k
 
 

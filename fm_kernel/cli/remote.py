@@ -7,14 +7,12 @@ from __future__ import annotations
 
 import json
 import os
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 from ..endpoint import endpoint_file
 from ..errors import HistoryError, UsageError
+from ..http_client import Patience, send
 
 
 def live_endpoint(history: Path) -> dict[str, Any] | None:
@@ -38,32 +36,17 @@ def cli_wording(message: str) -> str:
 
 
 def call(info: dict[str, Any], method: str, path: str, body: Any = None, timeout: float = 60) -> Any:
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(info["url"] + path, data=data, method=method, headers={
-        "Authorization": f"token {info['token']}", "Content-Type": "application/json"})
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return _once(req, timeout)
-        except urllib.error.HTTPError as exc:
-            # 503: the history is being handed over (cli/handover.py); its
-            # next holder serves the same port within seconds
-            if exc.code != 503 or time.monotonic() >= deadline:
-                raise _said(exc) from None
-            time.sleep(float(exc.headers.get("Retry-After") or 1))
-        except (urllib.error.URLError, OSError) as exc:
-            raise HistoryError(f"the kernel holding this history did not answer at {info['url']}: "
-                               f"{exc}") from None
-
-
-def _once(req: urllib.request.Request, timeout: float) -> Any:
-    with urllib.request.urlopen(req, timeout=timeout) as resp:
-        return json.loads(resp.read() or b"null")
-
-
-def _said(exc: urllib.error.HTTPError) -> UsageError:
+    """The kernel's JSON answer. A hand-over (cli/handover.py) answers 503,
+    then refuses connections until the next holder serves the same port:
+    both are retried for up to ``timeout`` s (neither was applied); a
+    connection cut or timed out is not (a signal sent twice is two).
+    Anything else refused is a UsageError."""
     try:
-        message = json.loads(exc.read()).get("error", exc.reason)
-    except ValueError:
-        message = exc.reason
-    return UsageError(cli_wording(str(message)))
+        answer = send((info["url"], info["token"]), method, path, body, timeout=timeout,
+                      patience=Patience(for_s=timeout, refused=True))
+    except OSError as exc:
+        raise HistoryError(f"the kernel holding this history did not answer at {info['url']}: "
+                           f"{exc}") from None
+    if answer.status >= 400:
+        raise UsageError(cli_wording(answer.error()))
+    return answer.body

@@ -25,18 +25,18 @@ import os
 import socket
 import subprocess
 import threading
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any, Callable
 
 from ..endpoint import endpoint_file
 from ..errors import NonRetryable
+from ..http_client import Patience, send
 
 log = logging.getLogger(__name__)
 
-BACKOFF_MAX = 5.0  # seconds between attempts to reach an absent kernel
+# A worker outlives any kernel restart or hand-over: it waits for the
+# endpoint as long as it takes, up to 5 s between tries, a line each time.
+PATIENCE = Patience(for_s=None, refused=True, unanswered=True, most_s=5.0, log=log)
 
 
 class Endpoint:
@@ -64,38 +64,12 @@ class Endpoint:
             self._known = None
 
     def post(self, path: str, body: dict[str, Any], timeout: float) -> tuple[int, Any]:
-        """(status, JSON answer); retries until the kernel answers other than 503."""
-        delay, stale = 0.1, 0
-        while True:
-            try:
-                url, token = self.address()
-                req = urllib.request.Request(url + path, data=json.dumps(body).encode(), method="POST",
-                                             headers={"Authorization": f"token {token}",
-                                                      "Content-Type": "application/json"})
-                with urllib.request.urlopen(req, timeout=timeout) as resp:
-                    raw = resp.read()
-                    return resp.status, _json(raw)
-            except urllib.error.HTTPError as exc:
-                # 401 with the history's file: a restarted kernel made a new
-                # token since the file was read
-                stale += exc.code == 401 and self.history is not None
-                if exc.code != 503 and not (exc.code == 401 and 0 < stale <= 5):
-                    raw = exc.read()
-                    return exc.code, _json(raw)
-                wait = float(exc.headers.get("Retry-After") or delay)
-            except (urllib.error.URLError, ConnectionError, socket.timeout, OSError) as exc:
-                log.info("task worker: %s did not answer (%s); retrying", path, exc)
-                wait = delay
-            self._forget()
-            time.sleep(wait)
-            delay = min(delay * 2, BACKOFF_MAX)
-
-
-def _json(raw: bytes) -> Any:
-    try:
-        return json.loads(raw) if raw else None
-    except ValueError:
-        return raw.decode("utf-8", "replace")
+        """(status, JSON answer); retried until the kernel answers other than
+        503 (http_client.py: refused connections too, and a token a restarted
+        kernel replaced), however long that takes."""
+        answer = send(self.address, "POST", path, body, timeout=timeout, patience=PATIENCE,
+                      renew=self._forget if self.history is not None else None)
+        return answer.status, answer.body
 
 
 def serve_tasks(queue: str, fn: Callable[[Any], Any], *, history: str | Path | None = None,
@@ -147,7 +121,7 @@ def _said(status: int, answer: Any, tid: str, what: str) -> bool:
     if status == 200:
         return True
     # 409: the lease ran out and the task is another worker's now; 404: gone
-    log.warning("task %s: %s not recorded (%d: %s)", tid, what, status,
+    log.warning("task %s: %s dropped, not recorded (%d: %s)", tid, what, status,
                 (answer or {}).get("error", answer) if isinstance(answer, dict) else answer)
     return False
 

@@ -15,17 +15,19 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import struct
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .. import errors
+from ..http_client import Patience, send
 from .store import Store
+
+log = logging.getLogger(__name__)
 
 WAIT_S = 20.0  # for the worker to let go: it finishes its requests and flushes first
 FILE_WAIT_S = 3.0  # a worker that has the lock but has not written its endpoint file yet
@@ -104,21 +106,13 @@ def take_over(path: Path, kernel_id: str) -> tuple[Store | None, str]:
 
 
 def ask_release(info: dict[str, Any], kernel_id: str, deadline: float) -> None:
-    """POST /worker/release until it answers 202 (503: the worker is starting)."""
-    body = json.dumps({"kernel_id": kernel_id, "pid": os.getpid()}).encode()
-    req = urllib.request.Request(f"{info['url']}/worker/release", data=body, method="POST",
-                                 headers={"Authorization": f"token {info['token']}",
-                                          "Content-Type": "application/json"})
-    while True:
-        try:
-            with urllib.request.urlopen(req, timeout=10) as resp:
-                if resp.status != 202:
-                    raise ValueError(f"it answered {resp.status}")
-                return
-        except urllib.error.HTTPError as exc:
-            if exc.code != 503 or time.monotonic() >= deadline:
-                raise
-            time.sleep(0.2)
+    """POST /worker/release until it answers 202 (503: the worker is starting,
+    retried until ``deadline``); ValueError for any other answer."""
+    answer = send((info["url"], info["token"]), "POST", "/worker/release",
+                  {"kernel_id": kernel_id, "pid": os.getpid()}, timeout=10,
+                  patience=Patience(for_s=max(0.0, deadline - time.monotonic()), log=log))
+    if answer.status != 202:
+        raise ValueError(f"it answered {answer.status}: {answer.error()}")
 
 
 def _open_by(path: Path, by: HandedOver | None, deadline: float,

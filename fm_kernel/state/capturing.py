@@ -16,9 +16,10 @@ if TYPE_CHECKING:
 
 class CaptureRun:
     """One capture. When the last capture's bindings are known (``ids_known``)
-    nothing here walks every name: the names bound anew since are one C-level
-    difference of {name: id} dicts, the small re-checks take turns within a
-    budget, and the next state is derived from the last (Manifest.derive)."""
+    nothing here walks every name: the names bound anew since come from a
+    compare of the namespace's entry table with the last one (bindings.py),
+    the small re-checks take turns within a budget, and the next state is
+    derived from the last (Manifest.derive)."""
 
     def __init__(self, snap: Snapshotter, ns: dict, prev: Manifest | None) -> None:
         self.snap, self.ns, self.prev = snap, ns, prev
@@ -28,12 +29,12 @@ class CaptureRun:
         self.budget = [WALK_LIMIT]
         self.cost: dict[str, float] = {}
         self.payloads: dict[str, Payload | str] = {}  # name -> payload, or why it cannot be pickled
-        self.keys, self.vals = list(ns), list(map(id, ns.values()))
+        self.rechecked: set[str] = set()  # candidates only because it was their turn (recheck.py)
         self.ids_known = prev is not None and snap._ids_sig == prev.signature()
         self.prev_groups = prev.groups() if prev is not None else {}
+        self.bound, moved, gone = snap._look(ns)
         if self.ids_known:
             assert prev is not None
-            moved, gone = snap.bound_since(self.keys, self.vals)
             self.moved = {n for n in moved if self.is_live(n)}
             self.deleted = {n for n in gone if n in prev}
             self.deleted |= {n for n in moved if n in prev and not self.is_live(n)}
@@ -79,8 +80,8 @@ class CaptureRun:
         if reason is not None:
             return set(self.live_names()), reason
         cands = {n for n in cands if self.is_live(n)} | self.moved
-        cands |= snap._small(prev, self.is_live)
-        return cands, None
+        self.rechecked = snap.rechecks.on_reply(prev, self.is_live) - cands
+        return cands | self.rechecked, None
 
     def run(self, code: str) -> Capture:
         from .snapshot import Capture, Manifest
@@ -119,8 +120,7 @@ class CaptureRun:
                 if n not in entries:
                     entries[n] = prev[n]  # type: ignore[index]  # untouched: prev holds it
             manifest, touched = Manifest({n: entries[n] for n in live}), None
-        snap._cost.update(self.cost)
-        snap._remember_ids(self.keys, self.vals, manifest)
+        snap._keep(self.bound, manifest, self.cost, changed & self.rechecked)
         return Capture(manifest=manifest, changed=changed, deleted=deleted, bytes_written=written,
                        bytes_hashed=self.hashed[0], candidates=cands, touched=touched,
                        full_scan_reason=reason, seconds=time.perf_counter() - t0)

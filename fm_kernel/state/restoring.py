@@ -79,6 +79,8 @@ class Restore:
                  report: RestoreReport) -> None:
         self.snap, self.target, self.ns, self.live, self.report = snap, target, ns, live, report
         self.ids_known = live is not None and snap._ids_sig == live.signature()
+        # names bound to another object since the live state was captured (by anyone)
+        self.moved = snap._look(ns)[1] if self.ids_known else set()
         self.put: dict[str, Any] = {}   # name -> object to bind once nothing can fail any more
         self.patches: list[Patch] = []  # live arrays to patch then (patching.py)
 
@@ -87,7 +89,11 @@ class Restore:
         that entry equals ``e`` (same content; same stored group if ``ref_too``)."""
         le = self.live.get(n) if self.live is not None else None
         return (le is not None and n in self.ns and le.fp == e.fp and (le.ref == e.ref or not ref_too)
-                and (not self.ids_known or self.snap._ids.get(n) == id(self.ns[n])))
+                and self._same_object(n))
+
+    def _same_object(self, n: str) -> bool:
+        """Whether ``ns[n]`` is still the object the live state was captured from."""
+        return not self.ids_known or n not in self.moved
 
     def run(self, progress: Callable[[int, int], None] | None, verify: bool) -> None:
         load_refs: set[str] = set()
@@ -158,7 +164,7 @@ class Restore:
         le = self.live.get(n) if self.live is not None and n is not None else None
         hint = None
         if le is not None and le.ref and n in self.ns and \
-                (not self.ids_known or self.snap._ids.get(n) == id(self.ns[n])):
+                self._same_object(n):
             try:
                 hint = json.loads(self.snap.objects.get(le.ref))
             except Exception:
@@ -186,7 +192,7 @@ class Restore:
 
     def _set_aside(self, n: str) -> None:
         le = self.live.get(n) if self.live is not None else None
-        if le is None or (self.ids_known and self.snap._ids.get(n) != id(self.ns[n])):
+        if le is None or not self._same_object(n):
             return  # not the object the live state describes: its fingerprint is unknown
         if not le.restorable:
             self.snap.aside.put(n, self.snap.object_key(self.ns[n], self.ns), self.ns[n])

@@ -16,9 +16,7 @@ fingerprints those candidates.  See docs/time-travel.md for what can be missed.
 from __future__ import annotations
 
 import io
-import itertools
 import json
-import operator
 import os
 import pickle
 import re
@@ -36,7 +34,9 @@ from .analysis import DYNAMIC_ATTRS, DYNAMIC_NAMES, WALK_LIMIT, code_names, Obje
 from ..record import trust
 from ..record.objects import ObjectFiles, chunk_keys, digest
 from .pickling import LOAD_GLOBALS, array_roots, IsolatedUnpickler, Payload, SnapshotPickler, qualname
+from .bindings import Bindings
 from .capturing import CaptureRun
+from .recheck import Rechecks
 from .manifest import Manifest, VarEntry
 from .restoring import Aside, Restore, ticker
 from .surrogate import state_fingerprint
@@ -44,12 +44,6 @@ from .surrogate import state_fingerprint
 __all__ = ["Snapshotter", "Manifest", "VarEntry", "Capture", "RestoreReport", "analyse_code"]
 
 CHUNK = 2 * 1024 * 1024  # 1% of a 100 MB array dirties at most 2 chunks (4%)
-SMALL_ONE = 256 * 1024   # objects this small are re-fingerprinted every cell...
-SMALL_TOTAL = 1024 * 1024  # ...up to this many bytes in all...
-SMALL_BUDGET = 0.004      # ...within this many seconds a cell, taking turns...
-SMALL_SCAN = 64           # ...looking at this many names at most...
-SMALL_COST = 0.002        # ...unless walking and pickling one took longer than this (s):
-                          # a matplotlib Figure is small in bytes but costs ~40 ms a cell
 VALUE_MAX = 1024         # JSON values kept in the manifest up to this size
 SKIP_NAMES = frozenset({"In", "Out", "exit", "quit", "get_ipython",
                         "_", "__", "___", "_i", "_ii", "_iii", "_oh", "_ih", "_dh", "_exit_code"})
@@ -159,13 +153,10 @@ class Snapshotter:
         self.gate = gate  # a history's objects load only through its trust gate
         self.hidden = hidden if hidden is not None else set()
         self.chunk_size = chunk_size
-        # ns's names and the ids of their values at the last capture or restore
-        self._keys: list[str] = []
-        self._vals: list[int] = []
-        self._ids_dict: dict[str, int] | None = {}
+        # what ns's names were bound to at the last capture or restore, and of which state
+        self._bound: Bindings | None = None
         self._ids_sig: str | None = None
-        self._cost: dict[str, float] = {}  # seconds the last check of each name took
-        self._turn = 0  # where the next cell's round of small re-checks starts
+        self.rechecks = Rechecks()  # small objects fingerprinted again in turn (recheck.py)
         self.aside = Aside()  # unreplaceable objects restores took out of the namespace
 
     def visible(self, ns: Mapping[str, Any]) -> list[str]:
@@ -203,35 +194,6 @@ class Snapshotter:
 
     def _walkable(self, ns: dict, n: str) -> bool:
         return user_name(n) and n not in self.hidden
-
-    def _small(self, prev: Manifest, is_live: Callable[[str], bool]) -> set[str]:
-        """Small objects the cell did not name are re-fingerprinted too: it
-        catches mutation through references we cannot see. Within a time
-        budget per cell, in turn round the names (at most SMALL_SCAN looked
-        at a cell, so the cost does not grow with the namespace): with
-        hundreds of names, checking them all every cell made each cell cost
-        ~60 ms (bench/soak.py); in turn, a hidden mutation is caught within a
-        few cells instead of at once. Objects that proved slow to check are
-        left to the analysis."""
-        names = prev.names()
-        out: set[str] = set()
-        total, spent, i = 0, 0.0, self._turn % len(names) if names else 0
-        for _ in range(min(len(names), SMALL_SCAN)):
-            n = names[i]
-            i = (i + 1) % len(names)
-            e = prev[n]
-            if e.size_bytes > SMALL_ONE or self._cost.get(n, 0.0) > SMALL_COST or not is_live(n):
-                continue
-            if spent > SMALL_BUDGET:
-                i = (i - 1) % len(names)  # its turn comes first next cell
-                break
-            if total + e.size_bytes > SMALL_TOTAL:
-                continue  # too big for what is left of the bytes: smaller names still fit
-            out.add(n)
-            total += e.size_bytes
-            spent += self._cost.get(n, 0.0002)
-        self._turn = i
-        return out
 
     def _components(self, names: list[str], walk: Callable[[str], ObjectWalk]) -> list[list[str]]:
         parent = {n: n for n in names}
@@ -332,29 +294,30 @@ class Snapshotter:
         return f"~{state}" if state is not None else f"!{id(obj):x}"
 
     def _remember(self, ns: dict, live: list[str], manifest: Manifest) -> None:
-        self._remember_ids(list(ns), list(map(id, ns.values())), manifest)
+        self._keep(self._look(ns)[0], manifest)
 
-    def _remember_ids(self, keys: list[str], vals: list[int], manifest: Manifest) -> None:
-        """What every name of ns was bound to when ``manifest`` was made."""
-        self._keys, self._vals, self._ids_dict = keys, vals, None
-        self._ids_sig = manifest.signature()
+    def _look(self, ns: dict) -> tuple[Bindings, set[str], set[str]]:
+        """ns's bindings now, and the names bound (anew or again) and unbound
+        since the last look; with no last look, none: the capture then
+        checks every name (ids_known is False)."""
+        if self._bound is None:
+            return Bindings.of(ns), set(), set()
+        return self._bound.since(ns)
 
-    @property
-    def _ids(self) -> dict[str, int]:
-        if self._ids_dict is None:
-            self._ids_dict = dict(zip(self._keys, self._vals))
-        return self._ids_dict
+    def _keep(self, bound: Bindings, manifest: Manifest, cost: dict[str, float] | None = None,
+              found: set[str] = frozenset()) -> None:
+        """What every name of ns was bound to when ``manifest`` was made
+        (what checking each name cost the capture that made it, and which
+        names only its re-checks found changed)."""
+        self._bound, self._ids_sig = bound, manifest.signature()
+        self.rechecks.captured(cost or {}, found)
 
-    def bound_since(self, keys: list[str], vals: list[int]) -> tuple[set[str], set[str]]:
-        """Names of ns bound anew or rebound since _remember, and names unbound
-        since. All C-level passes: a cell usually only appends names (IPython's
-        ``_i7`` among them), so the old names are compared position by position."""
-        k = len(self._keys)
-        if keys[:k] == self._keys:
-            same = map(operator.ne, vals[:k], self._vals)
-            return {keys[i] for i in itertools.compress(range(k), same)} | set(keys[k:]), set()
-        now = dict(zip(keys, vals))
-        return {n for n, _ in now.items() - self._ids.items()}, set(self._ids.keys() - now.keys())
+    def idle_recheck(self, ns: dict, live: Manifest, new_round: bool = False) -> bool:
+        """One look at small objects while the kernel is idle (recheck.py);
+        whether this round has more to look at."""
+        if self._ids_sig != live.signature():
+            return False  # the next capture checks every name anyway
+        return self.rechecks.idle(self, ns, live, new_round)
 
     # -- restore ---------------------------------------------------------
     def restore(self, target: Manifest, ns: dict, live: Manifest | None,

@@ -83,6 +83,7 @@ class States:
         self.gc_line: str | None = None  # what the orphan pass at open reclaimed
         self._write_failed = False  # objects of a failed capture stay unsettled for gc
         self._uncommitted = False
+        self.last_capture: Capture | None = None  # what the last capture looked at (tests, %fm why)
         if not store.read_only and gc.needed(objects):
             self.gc_line = gc.collect(store, objects, GC_AT_OPEN).line()
             log.info(self.gc_line)
@@ -110,6 +111,7 @@ class States:
             self.snap.objects.abandon()
             raise
         self._uncommitted = True
+        self.last_capture = cap
         m = cap.manifest
         eids = m.entry_ids()  # carried over from the last state for untouched names
         new = [{"id": eids[n], **m[n].to_json()}
@@ -121,6 +123,13 @@ class States:
         # (with 10,000 names a gen-1 collection took ~15 ms, a p99 cell).
         state = {"names": tuple(eids), "ids": tuple(eids.values()), "changed": sorted(cap.changed)}
         return state, new, cap
+
+    def idle_recheck(self, new_round: bool = False) -> bool:
+        """One look at small objects between cells (recheck.py); whether
+        this round has more to look at."""
+        if self.live is None or self._uncommitted:
+            return False
+        return self.snap.idle_recheck(self.ns, self.live, new_round)
 
     def committed(self, new: list[dict[str, Any]], cap: Capture, step: int | None = None) -> None:
         """The record of ``step`` holding ``cap``'s state is committed."""

@@ -101,6 +101,22 @@ def test_inflight_marker_round_trips_a_record_and_clears(tmp_path: Path, make_st
     assert marker.read() is None and not marker.path.exists()
 
 
+def test_a_shorter_record_over_a_longer_one_reads_back_as_itself(tmp_path: Path, make_step) -> None:
+    """The marker is overwritten in place without a truncate: what is left
+    of a longer record must never be read as part of the next."""
+    marker = InflightMarker(tmp_path / "h.duckdb")
+    long = make_step(4, "x = 1\n" * 2000, "running")
+    short = make_step(5, "y = 2", "running")
+    marker.write(long)
+    marker.write(short, committed=True)
+    assert marker.read_with_commit() == (short, True)
+    assert marker.path.stat().st_size == len(json.dumps({**long.to_json(), "fm_committed": False}))
+    huge = make_step(6, "z = 3\n" * 40_000, "running")
+    marker.write(huge)
+    marker.write(short)  # a file far longer than the record is cut back, not padded forever
+    assert marker.read() == short and marker.path.stat().st_size < 4096
+
+
 def test_a_torn_marker_reads_as_none(tmp_path: Path) -> None:
     marker = InflightMarker(tmp_path / "h.duckdb")
     marker.path.write_text('{"step": 3, "bra')
