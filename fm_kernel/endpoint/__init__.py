@@ -31,6 +31,7 @@ import tornado.web
 
 from ..errors import FlowmetalError
 from ..record import querying
+from .lean import Routes, Watch
 from .limits import GuardedServer, Limits, json_depth_exceeds, read_cap
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,46 @@ def check_host(host: str, allow_remote: bool) -> str:
     return host
 
 
+def admit(api: "Endpoint", handler: type, length: str | None, body_size: int,
+          authorization: str) -> None:
+    """Let a request to ``handler`` in, or raise the HTTPError that refuses it:
+    503 during a hand-over, 413 past the body limit, 401 without the token.
+    Once in, it is counted (``api.leave()`` when it has answered)."""
+    if api.draining and not handler.during_hand_over:
+        raise tornado.web.HTTPError(503, reason="this history is being handed over to another "
+                                    "process; retry after the Retry-After seconds")
+    if length is not None and (not length.isdigit() or int(length) > api.max_body):
+        raise tornado.web.HTTPError(413, reason="body larger than the limit")
+    if body_size > api.max_body:
+        raise tornado.web.HTTPError(413, reason="body larger than the limit")
+    if handler.needs_token:
+        expected = f"token {api.token}"
+        if not hmac.compare_digest(authorization.encode("utf-8", "replace"), expected.encode()):
+            raise tornado.web.HTTPError(401, reason="missing or wrong token")
+    api.enter()
+
+
+def parse_json(api: "Endpoint", body: bytes | None) -> Any:
+    """A request body's JSON, or a 400 naming what is wrong (not JSON, or
+    nested deeper than the limit)."""
+    body = body or b"null"
+    limit = api.limits.max_json_depth
+    try:
+        value = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise tornado.web.HTTPError(400, reason=f"body is not valid JSON: {exc}") from None
+    except RecursionError:  # deeper than the parser goes: far past the limit
+        value = None
+        deep = True
+    else:  # fewer brackets than the limit cannot nest deeper than it
+        deep = (body.count(b"[") + body.count(b"{") > limit
+                and json_depth_exceeds(value, limit))
+    if deep:
+        raise tornado.web.HTTPError(400, reason=f"JSON body nests deeper than {limit} levels "
+                                    "(FM_ENDPOINT_MAX_JSON_DEPTH); send a flatter document")
+    return value
+
+
 class ApiHandler(tornado.web.RequestHandler):
     """JSON in, JSON out; every error a JSON object with an 'error' key."""
 
@@ -97,21 +138,9 @@ class ApiHandler(tornado.web.RequestHandler):
         self.counted = False
 
     def prepare(self) -> None:
-        if self.api.draining and not self.during_hand_over:
-            raise tornado.web.HTTPError(503, reason="this history is being handed over to another "
-                                        "process; retry after the Retry-After seconds")
-        length = self.request.headers.get("Content-Length")
-        if length is not None and (not length.isdigit() or int(length) > self.api.max_body):
-            raise tornado.web.HTTPError(413, reason="body larger than the limit")
-        if len(self.request.body or b"") > self.api.max_body:
-            raise tornado.web.HTTPError(413, reason="body larger than the limit")
-        if self.needs_token:
-            given = self.request.headers.get("Authorization", "")
-            expected = f"token {self.api.token}"
-            if not hmac.compare_digest(given.encode("utf-8", "replace"), expected.encode()):
-                raise tornado.web.HTTPError(401, reason="missing or wrong token")
+        admit(self.api, type(self), self.request.headers.get("Content-Length"),
+              len(self.request.body or b""), self.request.headers.get("Authorization", ""))
         self.counted = True
-        self.api.enter()
 
     def on_finish(self) -> None:
         if self.counted:
@@ -119,22 +148,7 @@ class ApiHandler(tornado.web.RequestHandler):
             self.api.leave()
 
     def json_body(self) -> Any:
-        body = self.request.body or b"null"
-        limit = self.api.limits.max_json_depth
-        try:
-            value = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise tornado.web.HTTPError(400, reason=f"body is not valid JSON: {exc}") from None
-        except RecursionError:  # deeper than the parser goes: far past the limit
-            value = None
-            deep = True
-        else:  # fewer brackets than the limit cannot nest deeper than it
-            deep = (body.count(b"[") + body.count(b"{") > limit
-                    and json_depth_exceeds(value, limit))
-        if deep:
-            raise tornado.web.HTTPError(400, reason=f"JSON body nests deeper than {limit} levels "
-                                        "(FM_ENDPOINT_MAX_JSON_DEPTH); send a flatter document")
-        return value
+        return parse_json(self.api, self.request.body)
 
     def send_json(self, payload: Any, status: int = 200) -> None:
         self.set_status(status)
@@ -154,6 +168,36 @@ class ApiHandler(tornado.web.RequestHandler):
     def log_exception(self, typ, value, tb) -> None:  # 4xx are the client's business
         if not isinstance(value, tornado.web.HTTPError):
             super().log_exception(typ, value, tb)
+
+
+class LeanHandler(ApiHandler):
+    """A route whose work is ``answer``, so that plain requests to it are
+    served by the lean path (lean.py) without a RequestHandler, and the rest
+    through tornado by ``serve`` (a subclass's ``get``/``post`` call it),
+    with the same answers."""
+
+    watch: Watch | None = None
+
+    @classmethod
+    async def answer(cls, api: "Endpoint", args: tuple[str, ...], body: bytes,
+                     watch: Watch) -> tuple[int, Any]:
+        """(status, JSON payload, or None for no body); or raises HTTPError."""
+        raise NotImplementedError
+
+    async def serve(self, *args: str) -> None:
+        self.watch = watch = Watch()
+        status, payload = await self.answer(self.api, args, self.request.body or b"", watch)
+        if watch.gone:
+            return
+        if payload is None:
+            self.set_status(status)
+            self.finish()
+        else:
+            self.send_json(payload, status)
+
+    def on_connection_close(self) -> None:
+        if self.watch is not None:
+            self.watch.close()
 
 
 class SqlHandler(ApiHandler):
@@ -292,7 +336,8 @@ class Endpoint:
         # Up to read_cap a body is read and answered 413 by prepare(); a
         # declared length past it gets its 413 from the headers alone.
         self.server = GuardedServer(app, max_body_size=read_cap(self.max_body),
-                                    limits=self.limits, max_body=self.max_body)
+                                    limits=self.limits, max_body=self.max_body,
+                                    lean=Routes(self, self.routes))
         sockets = self._bind()
         self.server.listen_on(sockets)
         self.port = sockets[0].getsockname()[1]

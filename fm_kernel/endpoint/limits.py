@@ -21,6 +21,7 @@ import tornado.httputil
 import tornado.iostream
 
 from ..errors import FlowmetalError
+from .lean import LeanConnection
 
 log = logging.getLogger("fm_kernel.endpoint")
 
@@ -142,11 +143,12 @@ class GuardedServer(tornado.httpserver.HTTPServer):
     closed, one connection accepted and dropped, and the spare taken back, so
     the backlog drains; if even that fails, accepting pauses for a moment."""
 
-    def initialize(self, *args: Any, limits: Limits, max_body: int,
+    def initialize(self, *args: Any, limits: Limits, max_body: int, lean: Any = None,
                    **kwargs: Any) -> None:
         super().initialize(*args, idle_connection_timeout=limits.header_timeout,
                            body_timeout=limits.body_timeout, **kwargs)
         self.limits, self.max_body = limits, max_body
+        self.lean = lean  # lean.Routes: connections start on the lean path (lean.py)
         self.open_connections = 0
         self.refused = 0
         self._spare: int | None = None
@@ -188,6 +190,9 @@ class GuardedServer(tornado.httpserver.HTTPServer):
                 self._refused(why)
                 continue
             self.open_connections += 1
+            if self.lean is not None:
+                LeanConnection(self, conn, address, self.lean)
+                continue
             stream = tornado.iostream.IOStream(conn, max_buffer_size=self.max_buffer_size,
                                                read_chunk_size=self.read_chunk_size)
             self.handle_stream(stream, address)

@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -66,6 +67,29 @@ _TYPES = {"started_at": "TIME", "finished_at": "TIME", "deadline": "TIME", "enqu
 
 # -- values ------------------------------------------------------------------
 
+def _last_per_run(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The last row of each run, in the order of those last rows."""
+    seen: set[str] = set()
+    out = [r for r in reversed(rows) if not (r["run_id"] in seen or seen.add(r["run_id"]))]
+    return out[::-1]
+
+
+class _Collecting:
+    """Journal.collecting (a class, not a generator: it is used twice a task)."""
+
+    def __init__(self, held: threading.local):
+        self.held = held
+
+    def __enter__(self) -> list[tuple[str, dict[str, Any]]]:
+        if getattr(self.held, "records", None) is not None:
+            raise RuntimeError("journal.collecting() does not nest")
+        self.held.records = []
+        return self.held.records
+
+    def __exit__(self, *exc: Any) -> None:
+        self.held.records = None
+
+
 class Journal(JournalValues):
     """The run tables of one history, with their log and checkpointer."""
 
@@ -80,6 +104,7 @@ class Journal(JournalValues):
         self._wake = threading.Event()
         self._after: list[Callable[[], None]] = []  # when_flushed callbacks, oldest first
         self._closed = False
+        self._held = threading.local()  # collecting(): this thread's records, not yet written
         self.interval = checkpoint_interval
         self._lsn = self._recover()
         self._fd = os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
@@ -97,6 +122,10 @@ class Journal(JournalValues):
         """Make several records durable with one write(2) (a claim of many
         tasks): a kill cuts the write at a line at worst, and a torn last
         line was never acknowledged (recovery drops it)."""
+        held = getattr(self._held, "records", None)
+        if held is not None:
+            held.extend(records)
+            return
         with self._lock:
             if self._closed:
                 raise RuntimeError("the flow journal is closed (the kernel is shutting down)")
@@ -114,14 +143,25 @@ class Journal(JournalValues):
                 self._wake.set()
         changes.notify("flow")  # open run views show it (widgets/hub.py)
 
+    def collecting(self) -> "_Collecting":
+        """``with journal.collecting() as held:`` within the block, this
+        thread's records are collected in the list ``held`` instead of
+        written: the caller writes them with its own, in one write (an
+        fm.task step's waiting record and status go with its task_queued
+        event: tasks.py). Nothing in the block may tell anyone of them: they
+        are not durable until that write."""
+        return _Collecting(self._held)
+
     def event(self, kind: str, run_id: str | None, payload: dict[str, Any]) -> None:
         self.events([(kind, run_id, payload)])
 
-    def events(self, events: list[tuple[str, str | None, dict[str, Any]]]) -> None:
-        """Events (kind, run_id, payload) made durable with one write."""
-        at = dt.datetime.now(dt.timezone.utc).timestamp()
+    def events(self, events: list[tuple[str, str | None, dict[str, Any]]],
+               also: list[tuple[str, dict[str, Any]]] | None = None) -> None:
+        """Events (kind, run_id, payload) made durable with one write, and
+        the records ``also`` (kind, row) after them in the same write."""
+        at = time.time()
         self.append_many([("event", {"kind": kind, "run_id": run_id, "payload": payload, "at": at})
-                          for kind, run_id, payload in events])
+                          for kind, run_id, payload in events] + (also or []))
 
     def flush(self) -> None:
         """Checkpoint now: on return every record appended so far is in DuckDB.
@@ -198,6 +238,10 @@ class Journal(JournalValues):
         by_kind: dict[str, list[dict[str, Any]]] = {"run": [], "step": [], "event": []}
         for _lsn, kind, row in batch:
             by_kind[kind].append(row)
+        # The runs view shows each run's latest record, and nothing reads the
+        # ones before: of a run's records in one batch only the last is
+        # inserted (a flow of quick fm.task steps writes two a task).
+        by_kind["run"] = _last_per_run(by_kind["run"])
         with self.store.transaction():
             # seqs are taken here, in log order, so "latest by seq" in the
             # views is the order the flow wrote its records in.

@@ -163,15 +163,16 @@ class TaskBoard:
             self._expire_due(time.time())
             self._arm()
 
-    def _record(self, kind: str, t: Task, **fields: Any) -> None:
-        self._record_all([(kind, t, fields)])
+    def _record(self, kind: str, t: Task, also: list | None = None, **fields: Any) -> None:
+        self._record_all([(kind, t, fields)], also)
 
-    def _record_all(self, changes: list[tuple[str, Task, dict[str, Any]]]) -> None:
-        """Make the events durable first (one write for all), then change the
-        board (under self.lock), wake claims waiting for a task and runs
-        waiting for their task's end."""
+    def _record_all(self, changes: list[tuple[str, Task, dict[str, Any]]],
+                    also: list | None = None) -> None:
+        """Make the events durable first (one write for all, with the journal
+        records ``also``), then change the board (under self.lock), wake
+        claims waiting for a task and runs waiting for their task's end."""
         events = [(kind, t.run_id, {"task_id": t.task_id, **fields}) for kind, t, fields in changes]
-        self.journal.events(events)
+        self.journal.events(events, also)
         for kind, run_id, payload in events:
             t = _apply(self.tasks, kind, run_id, payload)
             if t is None:
@@ -186,12 +187,17 @@ class TaskBoard:
                     run.wake()
 
     def enqueue(self, task_id: str, run_id: str, position: int, queue: str, payload: Any,
-                timeout: float | None, heartbeat: float | None, retries: int) -> None:
+                timeout: float | None, heartbeat: float | None, retries: int,
+                also: list | None = None) -> None:
+        """Queue a task (and write the journal records ``also`` with its event:
+        the run's own records of the wait, one write for all)."""
         with self.lock:
             if task_id in self.tasks:  # queued before a kill: the same task
+                if also:
+                    self.journal.append_many(also)
                 return
             t = Task(task_id, run_id, position, queue, payload, timeout, heartbeat, retries)
-            self._record("task_queued", t, status="queued", position=position, queue=queue,
+            self._record("task_queued", t, also, status="queued", position=position, queue=queue,
                          payload=payload, timeout=timeout, heartbeat=heartbeat, retries=retries)
 
     def get(self, task_id: str) -> Task:
@@ -199,7 +205,9 @@ class TaskBoard:
             t = self.tasks.get(task_id)
             if t is None:
                 raise NoSuchTask(task_id)
-            return Task(**vars(t))
+            copy = Task.__new__(Task)  # (not through __init__: 17 arguments, twice a task)
+            copy.__dict__.update(t.__dict__)
+            return copy
 
     def claim(self, queue: str, worker: str) -> dict[str, Any] | None:
         """The oldest task of ``queue`` with a new lease, or None."""

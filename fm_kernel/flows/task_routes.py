@@ -20,7 +20,8 @@ from typing import Any, Callable
 
 import tornado.web
 
-from ..endpoint import ApiHandler
+from ..endpoint import LeanHandler, parse_json
+from ..endpoint.lean import Watch
 from ..errors import LeaseLost, NoSuchTask
 from .task_board import MAX_TASKS, TaskBoard, board, board_ready
 
@@ -50,11 +51,16 @@ def _answered(fn: Callable[[TaskBoard], Any], b: TaskBoard) -> Any:
         raise tornado.web.HTTPError(409, reason=str(exc)) from None
 
 
-def _body(h: ApiHandler, *required: str) -> dict[str, Any]:
-    body = h.json_body()
-    if not isinstance(body, dict) or any(k not in body for k in required):
+def _settle(fut: asyncio.Future, why: str) -> None:
+    if not fut.done():
+        fut.set_result(why)
+
+
+def _body(api: Any, body: bytes, *required: str) -> dict[str, Any]:
+    got = parse_json(api, body)
+    if not isinstance(got, dict) or any(k not in got for k in required):
         raise tornado.web.HTTPError(400, reason=f"expected a JSON object with {', '.join(required)}")
-    return body
+    return got
 
 
 def _claim_args(body: Any) -> tuple[str, float, int | None]:
@@ -74,83 +80,102 @@ def _claim_args(body: Any) -> tuple[str, float, int | None]:
     return worker[:200], wait, most
 
 
-class ClaimHandler(ApiHandler):
+class ClaimHandler(LeanHandler):
     """POST /queues/<queue>/claim {"worker": name, "wait": seconds,
     "max_tasks": n}: a task (200), or with ``max_tasks`` {"tasks": [up to n]};
-    after ``wait`` seconds with none, 204."""
-
-    woken: asyncio.Future | None = None
-    gone = False
+    after ``wait`` seconds with none, 204. A worker that goes away while it
+    waits takes no task (one claimed for it would wait out its lease)."""
 
     async def post(self, queue: str) -> None:
-        worker, wait, most = _claim_args(self.json_body() or {})
+        await self.serve(queue)
+
+    @classmethod
+    async def answer(cls, api: Any, args: tuple[str, ...], body: bytes,
+                     watch: Watch) -> tuple[int, Any]:
+        queue, = args
+        worker, wait, most = _claim_args(parse_json(api, body) or {})
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
-        while not self.gone:
-            self.woken = woken = loop.create_future()
+        while not watch.gone:
+            watch.woken = woken = loop.create_future()
 
             def wake(woken: asyncio.Future = woken) -> None:  # from any thread
                 try:
-                    loop.call_soon_threadsafe(lambda: woken.done() or woken.set_result(None))
+                    loop.call_soon_threadsafe(_settle, woken, "woken")
                 except RuntimeError:  # the endpoint's loop has stopped
                     pass
 
             got = await _on_board(lambda b: b.claim_many(queue, worker, most or 1,
                                                          wake if wait > 0 else None))
             if got:
-                return self.send_json({"tasks": got} if most is not None else got[0])
+                return 200, {"tasks": got} if most is not None else got[0]
             left = deadline - loop.time()
-            try:
-                if left <= 0:
-                    break
+            if left > 0:
                 # then look again (once more at the end); at least every LOOK
                 # seconds, on the board of the moment: the history may have
                 # been handed over, and its wake-up left with the old board
-                await asyncio.wait_for(woken, min(left, LOOK))
-            except asyncio.TimeoutError:
-                pass
-            finally:
+                timer = loop.call_later(min(left, LOOK), _settle, woken, "look")
+                why = await woken
+                timer.cancel()
+                if why == "woken":  # the board let go of the wake-up when it called it
+                    continue
+            if wait > 0:
                 await _on_board(lambda b: b.unwait(queue, wake))
-        if not self.gone:
-            self.set_status(204)
-            self.finish()
-
-    def on_connection_close(self) -> None:
-        # a worker that went away takes no task: one claimed for it would wait out its lease
-        self.gone = True
-        if self.woken is not None and not self.woken.done():
-            self.woken.set_result(None)
+            if left <= 0:
+                break
+        return 204, None
 
 
-class HeartbeatHandler(ApiHandler):
+class _LeaseHandler(LeanHandler):
+    """POST /tasks/<id>/<verb> {"lease": ..., ...}: ``act`` on the board."""
+
     async def post(self, task_id: str) -> None:
-        body = _body(self, "lease")
-        self.send_json(await _on_board(lambda b: b.heartbeat(task_id, body["lease"])))
+        await self.serve(task_id)
+
+    @classmethod
+    async def answer(cls, api: Any, args: tuple[str, ...], body: bytes,
+                     watch: Watch) -> tuple[int, Any]:
+        task_id, = args
+        got = _body(api, body, "lease")
+        return 200, await _on_board(lambda b: cls.act(b, task_id, got))
+
+    @staticmethod
+    def act(b: TaskBoard, task_id: str, got: dict[str, Any]) -> Any:
+        raise NotImplementedError
 
 
-class CompleteHandler(ApiHandler):
-    async def post(self, task_id: str) -> None:
-        body = _body(self, "lease")
-        stored = await _on_board(lambda b: b.complete(task_id, body["lease"], body.get("result")))
-        self.send_json({"ok": True, "task_id": task_id, "duplicate": not stored})
+class HeartbeatHandler(_LeaseHandler):
+    @staticmethod
+    def act(b: TaskBoard, task_id: str, got: dict[str, Any]) -> Any:
+        return b.heartbeat(task_id, got["lease"])
 
 
-class FailHandler(ApiHandler):
-    async def post(self, task_id: str) -> None:
-        body = _body(self, "lease")
-        retryable = body.get("retryable", True)
-        status = await _on_board(lambda b: b.fail(task_id, body["lease"], body.get("error"),
-                                                  bool(retryable)))
-        self.send_json({"ok": True, "task_id": task_id, "status": status})
+class CompleteHandler(_LeaseHandler):
+    @staticmethod
+    def act(b: TaskBoard, task_id: str, got: dict[str, Any]) -> Any:
+        stored = b.complete(task_id, got["lease"], got.get("result"))
+        return {"ok": True, "task_id": task_id, "duplicate": not stored}
 
 
-class CompleteManyHandler(ApiHandler):
+class FailHandler(_LeaseHandler):
+    @staticmethod
+    def act(b: TaskBoard, task_id: str, got: dict[str, Any]) -> Any:
+        status = b.fail(task_id, got["lease"], got.get("error"), bool(got.get("retryable", True)))
+        return {"ok": True, "task_id": task_id, "status": status}
+
+
+class CompleteManyHandler(LeanHandler):
     """POST /tasks/complete {"tasks": [{"task_id", "lease", "result"}, ...]}:
     several completions in one request and one write; each gets its own
     outcome, as the one-task route would answer it (200, 404 or 409)."""
 
     async def post(self) -> None:
-        items = _body(self, "tasks")["tasks"]
+        await self.serve()
+
+    @classmethod
+    async def answer(cls, api: Any, args: tuple[str, ...], body: bytes,
+                     watch: Watch) -> tuple[int, Any]:
+        items = _body(api, body, "tasks")["tasks"]
         if not isinstance(items, list) or not 1 <= len(items) <= MAX_TASKS or any(
                 not isinstance(i, dict) or not isinstance(i.get("task_id"), str) or "lease" not in i
                 for i in items):
@@ -158,19 +183,24 @@ class CompleteManyHandler(ApiHandler):
                                         '{"task_id": ..., "lease": ..., "result": ...}')
         got = await _on_board(lambda b: b.complete_many(
             [(i["task_id"], i["lease"], i.get("result")) for i in items]))
-        self.send_json({"tasks": [
+        return 200, {"tasks": [
             {"task_id": i["task_id"], "status": 200, "duplicate": not g} if isinstance(g, bool) else
             {"task_id": i["task_id"], "status": 404 if isinstance(g, NoSuchTask) else 409,
-             "error": str(g)} for i, g in zip(items, got)]})
+             "error": str(g)} for i, g in zip(items, got)]}
 
 
-class TaskHandler(ApiHandler):
+class TaskHandler(LeanHandler):
     async def get(self, task_id: str) -> None:
-        t = await _on_board(lambda b: b.get(task_id))
-        self.send_json({"task_id": t.task_id, "run_id": t.run_id, "position": t.position,
-                        "queue": t.queue, "status": t.status, "attempt": t.attempt,
-                        "worker": t.worker, "payload": t.payload, "result": t.result,
-                        "error": t.error})
+        await self.serve(task_id)
+
+    @classmethod
+    async def answer(cls, api: Any, args: tuple[str, ...], body: bytes,
+                     watch: Watch) -> tuple[int, Any]:
+        t = await _on_board(lambda b: b.get(args[0]))
+        return 200, {"task_id": t.task_id, "run_id": t.run_id, "position": t.position,
+                     "queue": t.queue, "status": t.status, "attempt": t.attempt,
+                     "worker": t.worker, "payload": t.payload, "result": t.result,
+                     "error": t.error}
 
 
 ROUTES: tuple[tuple[str, type], ...] = (

@@ -183,3 +183,38 @@ def test_appending_after_close_is_refused(opened) -> None:
     journal.close()
     with pytest.raises(Exception, match="closed"):
         journal.append("step", step_row("r1", 0, "1"))
+
+
+def test_of_a_runs_records_in_one_checkpoint_only_the_last_is_inserted(opened) -> None:
+    store, journal = opened()
+    for status in ("running", "waiting", "running"):
+        journal.append("run", run_row("r1", status))
+    journal.append("run", run_row("r2", "running"))
+    journal.append("run", run_row("r1", "waiting"))
+    journal.checkpoint()
+    assert store.query("SELECT run_id, status FROM fm_run_records ORDER BY seq").rows == [
+        ("r2", "running"), ("r1", "waiting")]  # each run's last, in the order they came
+    assert dict(store.query("SELECT run_id, status FROM runs").rows) == {"r1": "waiting",
+                                                                        "r2": "running"}
+
+
+def test_collected_records_wait_for_the_callers_one_write(opened) -> None:
+    store, journal = opened()
+    size = journal.log_path.stat().st_size
+    with journal.collecting() as held:
+        journal.append("run", run_row("r1", "waiting"))
+        journal.append("step", step_row("r1", 0, '"a"'))
+        assert journal.log_path.stat().st_size == size  # nothing written yet
+        with pytest.raises(RuntimeError, match="does not nest"):
+            with journal.collecting():
+                pass
+    assert [k for k, _ in held] == ["run", "step"]
+    journal.append_many(held)
+    assert len(journal.log_path.read_bytes().splitlines()) == 2
+    with pytest.raises(ZeroDivisionError):
+        with journal.collecting():
+            1 / 0
+    journal.append("run", run_row("r1", "running"))  # written again as usual
+    assert len(journal.log_path.read_bytes().splitlines()) == 3
+    journal.checkpoint()
+    assert store.query("SELECT status FROM runs").rows == [("running",)]

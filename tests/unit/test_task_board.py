@@ -6,6 +6,7 @@ and a board rebuilt from the history's events agreeing with the live one."""
 from __future__ import annotations
 
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ import pytest
 from fm_kernel.errors import LeaseLost
 from fm_kernel.flows.journal import Journal
 from fm_kernel.flows.task_board import TaskBoard
+from fm_kernel.flows.tasks import task_id_of
 from fm_kernel.record.store import Store
 
 
@@ -68,3 +70,30 @@ def test_the_lease_heap_holds_the_live_leases_not_every_claim_ever(journal: Jour
     again = TaskBoard(journal)  # a board rebuilt from the events agrees
     assert {t.status for t in again.tasks.values()} == {"completed"} and not again.queued
     assert again.tasks["q-7"].result == {"i": 7}
+
+
+def test_a_tasks_id_is_the_uuid5_it_always_was() -> None:
+    # histories written before hold these ids: a run resumed there must find its task
+    for run_id, p in (("3f2a", 0), ("a" * 32, 17), ("r-é", 123456)):
+        assert task_id_of(run_id, p) == uuid.uuid5(uuid.NAMESPACE_URL, f"fm-task:{run_id}:{p}").hex
+
+
+def test_a_copy_from_get_is_the_task_and_apart_from_it(journal: Journal) -> None:
+    b = TaskBoard(journal)
+    b.enqueue("t1", "r1", 0, "q", {"x": 1}, None, None, 0)
+    got = b.get("t1")
+    assert (got.task_id, got.status, got.payload, got.retries) == ("t1", "queued", {"x": 1}, 0)
+    got.status = "changed"
+    assert b.get("t1").status == "queued"
+
+
+def test_records_given_with_an_enqueue_go_in_its_write_even_for_a_task_known(
+        journal: Journal) -> None:
+    b = TaskBoard(journal)
+    lines = lambda: len(journal.log_path.read_bytes().splitlines())  # noqa: E731
+    b.enqueue("t1", "r1", 0, "q", None, None, None, 0,
+              also=[("event", {"kind": "note", "run_id": "r1", "payload": {"n": 1}, "at": 1.0})])
+    assert lines() == 2
+    b.enqueue("t1", "r1", 0, "q", None, None, None, 0,  # queued before a kill: the same task
+              also=[("event", {"kind": "note", "run_id": "r1", "payload": {"n": 2}, "at": 2.0})])
+    assert lines() == 3 and len(b.tasks) == 1
