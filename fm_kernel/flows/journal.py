@@ -67,13 +67,6 @@ _TYPES = {"started_at": "TIME", "finished_at": "TIME", "deadline": "TIME", "enqu
 
 # -- values ------------------------------------------------------------------
 
-def _last_per_run(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The last row of each run, in the order of those last rows."""
-    seen: set[str] = set()
-    out = [r for r in reversed(rows) if not (r["run_id"] in seen or seen.add(r["run_id"]))]
-    return out[::-1]
-
-
 class _Collecting:
     """Journal.collecting (a class, not a generator: it is used twice a task)."""
 
@@ -238,10 +231,6 @@ class Journal(JournalValues):
         by_kind: dict[str, list[dict[str, Any]]] = {"run": [], "step": [], "event": []}
         for _lsn, kind, row in batch:
             by_kind[kind].append(row)
-        # The runs view shows each run's latest record, and nothing reads the
-        # ones before: of a run's records in one batch only the last is
-        # inserted (a flow of quick fm.task steps writes two a task).
-        by_kind["run"] = _last_per_run(by_kind["run"])
         with self.store.transaction():
             # seqs are taken here, in log order, so "latest by seq" in the
             # views is the order the flow wrote its records in.
