@@ -11,6 +11,8 @@ Tests marked ``xfail(strict=True)`` pin a bug found here; each says why."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -145,3 +147,23 @@ def test_an_array_rebound_twice_by_a_thread_is_recorded(tmp_path: Path):
         check(k, "big = 'later'")
         rewind(k, at)
         check(k, "assert big[0] == 1.0, big[0]")
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "bug (memory safety): Bindings.of/since read the entry table of whatever ns.copy() "
+    "returns through ctypes at id()+32; a namespace that is a dict subclass whose copy() "
+    "returns a non-dict makes that read wild: the process dies of SIGSEGV (fix: copy with "
+    "dict.copy(ns), which is always an exact dict, or check type(copy) is dict)"))
+def test_a_dict_subclass_namespace_never_crashes_the_look():
+    code = (
+        "from fm_kernel.state.bindings import Bindings\n"
+        "class Odd(dict):\n"
+        "    def copy(self):\n"
+        "        return 12345\n"
+        "ns = Odd(a=1, b=2)\n"
+        "look = Bindings.of(ns)\n"
+        "ns['c'] = 3\n"
+        "look, bound, unbound = look.since(ns)\n"
+        "assert bound == {'c'} and not unbound, (bound, unbound)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, (r.returncode, r.stderr[-2000:])
