@@ -79,7 +79,7 @@ def test_looks_taken_while_a_thread_binds_and_deletes_agree_with_each_other_and_
     t.start()
     try:
         look = Bindings.of(ns)
-        for _ in range(3000):
+        for _ in range(400):
             new, bound, unbound = look.since(ns)
             before, after = look.by_name(), new.by_name()
             # a name deleted and bound again to the same object may be in
@@ -115,6 +115,23 @@ def test_a_huge_namespace_through_deletion_storms_rebuilds_and_clears(fast):
     for step in steps:
         before = dict(ns)
         step()
+        look, bound, unbound = look.since(ns)
+        assert (bound, unbound) == truth(before, ns)
+        assert look.by_name() == ids(ns)
+        del before
+
+
+def test_a_copy_that_compacts_the_table_then_grows_past_the_last_look(fast):
+    """Over a third of the entries deleted: ns.copy() compacts (entries
+    move to lower indices) while the namespace's own table keeps its holes;
+    then enough bound anew that the copy is longer than the last look."""
+    ns: dict = {f"v{i}": [i] for i in range(100)}
+    look = Bindings.of(ns)
+    for rounds in range(4):
+        before = dict(ns)
+        for i in range(rounds, 100, 3):
+            ns.pop(f"v{i}", None)
+        ns.update({f"w{rounds}_{i}": [i] for i in range(120)})
         look, bound, unbound = look.since(ns)
         assert (bound, unbound) == truth(before, ns)
         assert look.by_name() == ids(ns)
