@@ -100,10 +100,6 @@ def test_a_huge_namespace_with_deletion_storms_rewinds_right(tmp_path: Path):
         check(k, "assert n3 == 'rebound' and 'n1' not in dir() and n0 == 0 and n7 == 7")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug (older than the table look): a thread deleting a global while a capture runs makes "
-    "the capture raise KeyError between its look and its fingerprint of that name; the cell "
-    "says 'state after this cell not recorded: <name>' and its step cannot be rewound to"))
 def test_every_state_is_recorded_while_a_thread_binds_and_deletes_globals(tmp_path: Path):
     with Kernel(env={"FM_HISTORY": str(tmp_path / "h.duckdb")}) as k:
         check(k, "import threading\nstop = threading.Event()\n"
@@ -119,10 +115,6 @@ def test_every_state_is_recorded_while_a_thread_binds_and_deletes_globals(tmp_pa
         assert not lost, lost[:3]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug (older than the table look): a non-str key in globals() makes every capture fail "
-    "with \"'int' object has no attribute 'startswith'\" until it is deleted: no state of "
-    "those cells is recorded, and the message does not say what to do"))
 def test_a_non_str_key_in_globals_does_not_stop_recording(tmp_path: Path):
     with Kernel(env={"FM_HISTORY": str(tmp_path / "h.duckdb")}) as k:
         check(k, "a = [1]")
@@ -149,11 +141,6 @@ def test_an_array_rebound_twice_by_a_thread_is_recorded(tmp_path: Path):
         check(k, "assert big[0] == 1.0, big[0]")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug (memory safety): Bindings.of/since read the entry table of whatever ns.copy() "
-    "returns through ctypes at id()+32; a namespace that is a dict subclass whose copy() "
-    "returns a non-dict makes that read wild: the process dies of SIGSEGV (fix: copy with "
-    "dict.copy(ns), which is always an exact dict, or check type(copy) is dict)"))
 def test_a_dict_subclass_namespace_never_crashes_the_look():
     code = (
         "from fm_kernel.state.bindings import Bindings\n"

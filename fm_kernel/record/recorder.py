@@ -12,12 +12,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
+from .inflight import InflightMarker
 from .store import StepRecord, Store, utcnow
 
 log = logging.getLogger(__name__)
@@ -169,70 +168,6 @@ def _merge_streams(outputs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         else:
             merged.append(out)
     return merged
-
-
-class InflightMarker:
-    """A small file naming the step being executed right now.
-
-    Written (not fsynced) when a cell starts: a process killed with -9 still
-    leaves its page-cache writes behind, so the next kernel learns which step
-    died without this kernel paying a database commit per cell start. The
-    file stays open and is overwritten in place, a shorter record padded with
-    spaces (JSON ignores them) rather than the file truncated first: on ext4
-    a truncate of a file whose page is dirty or under writeback waits on the
-    journal, 93 us a write on average and 3.5 ms at worst in a kernel, where
-    a pwrite(2) alone costs a few microseconds.
-    """
-
-    TRIM = 64 * 1024  # a file this much longer than the record is cut back
-
-    def __init__(self, history: Path):
-        self.path = Path(str(history) + ".inflight")
-        self._fd: int | None = None
-        self._size = 0  # bytes in the file
-        self._warned = False
-
-    def write(self, rec: StepRecord, committed: bool = False) -> None:
-        """Name ``rec`` as begun, or (``committed``) as recorded: the next
-        kernel compares this with what DuckDB's log replayed (location.py)."""
-        data = json.dumps({**rec.to_json(), "fm_committed": committed}).encode()
-        try:
-            if self._fd is None:
-                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-                self._size = os.fstat(self._fd).st_size
-            if self._size - len(data) > self.TRIM:  # after a huge cell: do not pad forever
-                os.pwrite(self._fd, data, 0)
-                os.ftruncate(self._fd, len(data))
-                self._size = len(data)
-            else:
-                os.pwrite(self._fd, data.ljust(self._size), 0)
-                self._size = max(self._size, len(data))
-        except OSError as exc:
-            if not self._warned:  # once: a full disk would say it every cell
-                self._warned = True
-                log.warning("could not write %s (%s): a kernel killed mid-cell will be found "
-                            "from the database's 'running' row only", self.path, exc)
-
-    def read(self) -> StepRecord | None:
-        return self.read_with_commit()[0]
-
-    def read_with_commit(self) -> tuple[StepRecord | None, bool]:
-        """The step named, and whether its record had committed."""
-        try:
-            data = json.loads(self.path.read_text())
-            committed = bool(data.pop("fm_committed", False))
-            return StepRecord.from_json(data), committed
-        except (OSError, ValueError, TypeError, KeyError, AttributeError):
-            return None, False
-
-    def clear(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-        try:
-            self.path.unlink()
-        except OSError:
-            pass
 
 
 def recover_interrupted(store: Store, marker: InflightMarker) -> list[int]:

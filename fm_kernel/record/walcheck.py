@@ -12,9 +12,10 @@ as it is (store.py closes it without a checkpoint).
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
+
+from .inflight import read_marker
 
 KEPT_SUFFIX = ".wal.damaged"
 
@@ -31,12 +32,12 @@ def log_as_found(history: Path) -> bytes | None:
 def acknowledged_step(history: Path) -> int | None:
     """The last step the previous kernel had committed, by its marker: the
     step it names if its record committed, else the one before it."""
-    try:  # never through a link another user planted (location.py refuses those)
-        fd = os.open(str(history) + ".inflight", os.O_RDONLY | os.O_NOFOLLOW)
-        with os.fdopen(fd, "rb") as f:
-            data = json.loads(f.read(1 << 20))
-        step = int(data["step"])
-    except (OSError, ValueError, TypeError, KeyError):
+    data = read_marker(Path(str(history) + ".inflight"))  # never through a link (inflight.py)
+    try:
+        step = int(data["step"]) if data is not None else None
+    except (ValueError, TypeError, KeyError):
+        return None
+    if step is None or data is None:
         return None
     return step if data.get("fm_committed") else step - 1
 

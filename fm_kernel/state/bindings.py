@@ -32,6 +32,7 @@ import sysconfig
 __all__ = ["Bindings", "table_look"]
 
 _PTR = 8
+_W = 2 * _PTR  # bytes an entry of a str-keyed table takes: key and value pointers
 _MAX_DIFF = 512  # entries that differ before the full pass is cheaper than halving
 
 
@@ -40,25 +41,26 @@ class Bindings:
     their objects, never the objects. ``since(ns)`` gives the bindings now
     and the names bound anew or rebound, and unbound, in between."""
 
-    __slots__ = ("_raw", "_width", "_kmap", "_names", "_ids", "_by_name")
+    __slots__ = ("_raw", "_kmap", "_names", "_ids", "_by_name")
 
-    def __init__(self, raw: bytes | None, width: int, kmap: dict[int, str] | None,
+    def __init__(self, raw: bytes | None, kmap: dict[int, str] | None,
                  names: list[str] | None, ids: list[int] | None) -> None:
-        self._raw, self._width, self._kmap = raw, width, kmap  # the table's entries
+        self._raw, self._kmap = raw, kmap  # the table's entries
         self._names, self._ids = names, ids  # the portable form
         self._by_name: dict[str, int] | None = None
 
     @classmethod
-    def of(cls, ns: dict) -> Bindings:
-        copy = ns.copy()
+    def of(cls, ns: dict, private: bool = False) -> Bindings:
+        """``private``: ns is a copy no other code can reach (else one is made)."""
+        copy = ns if private else dict.copy(ns)  # a plain dict: its layout is what is read
         return _full(copy, _entries(copy) if _FAST else None, None)
 
-    def since(self, ns: dict) -> tuple[Bindings, set[str], set[str]]:
+    def since(self, ns: dict, private: bool = False) -> tuple[Bindings, set[str], set[str]]:
         """(bindings now, names bound or rebound since, names unbound since)."""
-        copy = ns.copy()
+        copy = ns if private else dict.copy(ns)
         got = _entries(copy) if _FAST else None
-        if got is not None and self._raw is not None and got[1] == self._width:
-            quick = _table_since(self, got[0], copy)
+        if got is not None and self._raw is not None:
+            quick = _table_since(self, got, copy)
             if quick is not None:
                 return quick
         now = _full(copy, got, self._kmap)
@@ -71,7 +73,7 @@ class Bindings:
         if self._by_name is None:
             if self._raw is not None:
                 assert self._kmap is not None
-                keys, vals = _pairs(self._raw, self._width)
+                keys, vals = _pairs(self._raw)
                 self._by_name = {self._kmap[k]: v for k, v in zip(keys, vals) if k}
             else:
                 assert self._names is not None and self._ids is not None
@@ -79,49 +81,57 @@ class Bindings:
         return self._by_name
 
 
-def _full(copy: dict, got: tuple[bytes, int] | None, kmap: dict[int, str] | None) -> Bindings:
+def _full(copy: dict, got: bytes | None, kmap: dict[int, str] | None) -> Bindings:
     if got is None:
-        return Bindings(None, 0, None, list(copy), list(map(id, copy.values())))
+        return Bindings(None, None, list(copy), list(map(id, copy.values())))
     if kmap is None or len(kmap) > 2 * len(copy) + 1024:  # forget names long unbound
         kmap = {}
     kmap.update(zip(map(id, copy), copy))
-    return Bindings(got[0], got[1], kmap, None, None)
+    return Bindings(got, kmap, None, None)
 
 
 def _table_since(old: Bindings, raw: bytes, copy: dict) -> tuple[Bindings, set[str], set[str]] | None:
     """The fast look: entries compared by memcmp; None when the table was
     rebuilt (entries moved) or too much changed, for the full pass."""
-    w, prev, kmap = old._width, old._raw, old._kmap
+    prev, kmap = old._raw, old._kmap
     assert prev is not None and kmap is not None
     if len(raw) < len(prev):
         return None
-    diffs = _differing(prev, raw, w)
+    diffs = _differing(prev, raw)
     if diffs is None:
         return None
-    ko, kn = w - 2 * _PTR, w - _PTR  # offsets of the key and the value in an entry
     bound: set[str] = set()
-    unbound: set[str] = set()
+    unbound: dict[str, int] = {}  # name -> the id it was bound to
     for i in diffs:
-        k_old = int.from_bytes(prev[i * w + ko:i * w + kn], sys.byteorder)
-        k_new = int.from_bytes(raw[i * w + ko:i * w + kn], sys.byteorder)
+        k_old, v_old = _entry(prev, i)
+        k_new = _entry(raw, i)[0]
         if k_old == k_new:
             bound.add(kmap[k_new])
         elif k_new == 0:  # deleted: the entry stays, empty, until the table is rebuilt
-            unbound.add(kmap[k_old])
+            unbound[kmap[k_old]] = v_old
         else:
             return None
-    for i in range(len(prev) // w, len(raw) // w):  # appended since
-        k_new = int.from_bytes(raw[i * w + ko:i * w + kn], sys.byteorder)
+    for i in range(len(prev) // _W, len(raw) // _W):  # appended since
+        k_new, v_new = _entry(raw, i)
         if k_new:
             name = kmap.get(k_new)
             if name is None:
                 name = ctypes.cast(k_new, ctypes.py_object).value  # alive: ``copy`` holds it
                 kmap[k_new] = name
-            bound.add(name)
-    return Bindings(raw, w, kmap, None, None), bound, unbound - bound
+            if unbound.get(name) == v_new:  # deleted and bound again to the same object
+                del unbound[name]
+            else:
+                bound.add(name)
+    return Bindings(raw, kmap, None, None), bound, set(unbound) - bound
 
 
-def _differing(a: bytes, b: bytes, w: int) -> list[int] | None:
+def _entry(raw: bytes, i: int) -> tuple[int, int]:
+    """The key and value pointers of entry ``i``."""
+    return int.from_bytes(raw[i * _W:i * _W + _PTR], sys.byteorder), \
+        int.from_bytes(raw[i * _W + _PTR:(i + 1) * _W], sys.byteorder)
+
+
+def _differing(a: bytes, b: bytes, w: int = _W) -> list[int] | None:
     """Indices of the entries (``w`` bytes each) where ``a`` and the same
     length of ``b`` differ, halving what memcmp says differs (``startswith``
     with a memoryview compares in place: slicing would copy, and memoryviews
@@ -143,32 +153,32 @@ def _differing(a: bytes, b: bytes, w: int) -> list[int] | None:
     return out
 
 
-def _pairs(raw: bytes, w: int) -> tuple[list[int], list[int]]:
+def _pairs(raw: bytes) -> tuple[list[int], list[int]]:
     words = memoryview(raw).cast("Q").tolist()
-    step = w // _PTR
-    return words[step - 2::step], words[step - 1::step]
+    return words[0::2], words[1::2]
 
 
 # -- the table layout (CPython 3.11-3.13, Include/internal/pycore_dict.h) -----
 _MA_KEYS = 4 * _PTR       # PyDictObject: refcnt, type, ma_used, version tag, *ma_keys*
 _DK_HEADER = 4 * _PTR     # refcnt, log2 size/index bytes/kind/version, usable, nentries
-_WIDTH = {0: 3 * _PTR, 1: 2 * _PTR}  # general entries (hash, key, value); str keys only (key, value)
+_STR_KEYS = 1  # dk_kind of a table whose keys are all str: entries (key, value)
 
 
-def _entries(d: dict) -> tuple[bytes, int] | None:
-    """The entry table of ``d`` (a dict no other code can reach) as bytes and
-    the width of one entry; None when its header does not look like one."""
+def _entries(d: dict) -> bytes | None:
+    """The entry table of ``d`` (a dict no other code can reach) as bytes,
+    16 per entry; None when its header does not look like one, or
+    when a key is not a str (a general table: the portable pass then, which
+    holds no key; this module's key map holds only strings)."""
     keys = ctypes.c_void_p.from_address(id(d) + _MA_KEYS).value
     if not keys:
         return None
     head = ctypes.string_at(keys, _DK_HEADER)
     log2_size, log2_index, kind = head[_PTR], head[_PTR + 1], head[_PTR + 2]
     n = int.from_bytes(head[3 * _PTR:], sys.byteorder)
-    if kind not in _WIDTH or not log2_size <= 40 or not log2_size <= log2_index <= log2_size + 3 \
+    if kind != _STR_KEYS or not log2_size <= 40 or not log2_size <= log2_index <= log2_size + 3 \
             or not 0 <= n <= 1 << log2_size:
         return None
-    w = _WIDTH[kind]
-    return ctypes.string_at(keys + _DK_HEADER + (1 << log2_index), n * w), w
+    return ctypes.string_at(keys + _DK_HEADER + (1 << log2_index), n * _W)
 
 
 def table_look(*, verify: bool = True) -> bool:
@@ -180,16 +190,16 @@ def table_look(*, verify: bool = True) -> bool:
         return False
     if not verify:
         return True
-    samples: list[dict] = [{f"k{i}": object() for i in range(40)}, {i: [i] for i in range(9)}, {}]
-    del samples[0]["k3"], samples[1][4]
-    return all(_reads_back(d.copy()) for d in samples)
+    samples: list[dict] = [{f"k{i}": object() for i in range(40)}, {}]
+    del samples[0]["k3"]
+    return all(_reads_back(d.copy()) for d in samples) and _entries({1: 2}) is None
 
 
 def _reads_back(d: dict) -> bool:
     got = _entries(d)
     if got is None:
         return False
-    keys, vals = _pairs(*got)
+    keys, vals = _pairs(got)
     live = [(k, v) for k, v in zip(keys, vals) if k]
     return live == list(zip(map(id, d), map(id, d.values()))) and all(
         v == 0 for k, v in zip(keys, vals) if not k)

@@ -23,6 +23,11 @@ class CaptureRun:
 
     def __init__(self, snap: Snapshotter, ns: dict, prev: Manifest | None) -> None:
         self.snap, self.ns, self.prev = snap, ns, prev
+        # The namespace at one instant: a thread (a flow's ``global``) that
+        # binds or deletes names while this capture runs changes nothing it
+        # reads. Values come from here; ``ns`` itself is passed on to
+        # pickling, which tells notebook functions by ``__globals__ is ns``.
+        self.values = dict.copy(ns)
         self.hashed = [0]
         self.hash_memo: dict[tuple[int, int], tuple] = {}
         self.walks: dict[str, ObjectWalk] = {}
@@ -32,28 +37,28 @@ class CaptureRun:
         self.rechecked: set[str] = set()  # candidates only because it was their turn (recheck.py)
         self.ids_known = prev is not None and snap._ids_sig == prev.signature()
         self.prev_groups = prev.groups() if prev is not None else {}
-        self.bound, moved, gone = snap._look(ns)
+        self.bound, moved, gone = snap._look(self.values, private=True)
         if self.ids_known:
             assert prev is not None
             self.moved = {n for n in moved if self.is_live(n)}
             self.deleted = {n for n in gone if n in prev}
             self.deleted |= {n for n in moved if n in prev and not self.is_live(n)}
         else:
-            live = snap.visible(ns)
+            live = snap.visible(self.values)
             self.moved = set(live)
             self.deleted = set(prev) - set(live) if prev is not None else set()
 
     def is_live(self, n: str) -> bool:
-        return n in self.ns and self.snap._walkable(self.ns, n)
+        return n in self.values and self.snap._walkable(self.values, n)
 
     def live_names(self) -> list[str]:
         """Every name of the state after this cell (O(names): the full-scan path only)."""
-        return self.snap.visible(self.ns)
+        return self.snap.visible(self.values)
 
     def walk(self, n: str) -> ObjectWalk:
         if n not in self.walks:
             t = time.perf_counter()
-            self.walks[n] = ObjectWalk(self.ns[n], self.ns, self.budget)
+            self.walks[n] = ObjectWalk(self.values[n], self.ns, self.budget)
             self.cost[n] = self.cost.get(n, 0.0) + time.perf_counter() - t
         return self.walks[n]
 
@@ -61,14 +66,14 @@ class CaptureRun:
         if n not in self.payloads:
             roots = array_roots(self.walk(n).arrays)
             t = time.perf_counter()
-            self.payloads[n] = self.snap._pickle((self.ns[n],), self.ns, self.hash_memo, self.hashed,
+            self.payloads[n] = self.snap._pickle((self.values[n],), self.ns, self.hash_memo, self.hashed,
                                                  roots, stage=True)
             self.cost[n] = self.cost.get(n, 0.0) + time.perf_counter() - t
         return self.payloads[n]
 
     def candidates(self, code: str) -> tuple[set[str], str | None]:
         """The names the cell could have touched, or all of them and why."""
-        prev, ns, snap = self.prev, self.ns, self.snap
+        prev, snap = self.prev, self.snap
         if prev is None:
             return set(self.live_names()), "no previous state"
         if not self.ids_known:
@@ -76,7 +81,7 @@ class CaptureRun:
         names, reason = analyse_code(code)
         if reason is not None:
             return set(self.live_names()), reason
-        cands, reason = snap._touched(ns, {n for n in names if self.is_live(n)}, self.walk)
+        cands, reason = snap._touched(self.values, {n for n in names if self.is_live(n)}, self.walk)
         if reason is not None:
             return set(self.live_names()), reason
         cands = {n for n in cands if self.is_live(n)} | self.moved
@@ -142,7 +147,7 @@ class CaptureRun:
     def _store_group(self, comp: list[str], entries: dict[str, VarEntry]) -> int:
         """Store a new or changed group (every member must be pickled for it);
         the bytes written."""
-        ns, snap, payloads = self.ns, self.snap, self.payloads
+        ns, values, snap, payloads = self.ns, self.values, self.snap, self.payloads
         for n in comp:
             self.fingerprint(n)
         ok = [n for n in comp if isinstance(payloads[n], Payload)]
@@ -152,7 +157,7 @@ class CaptureRun:
                 group = payloads[ok[0]]
             else:
                 roots = array_roots([a for n in ok for a in self.walk(n).arrays])
-                group = snap._pickle(tuple(ns[n] for n in ok), ns, self.hash_memo, self.hashed, roots,
+                group = snap._pickle(tuple(values[n] for n in ok), ns, self.hash_memo, self.hashed, roots,
                                      stage=True)
             if isinstance(group, Payload):
                 ref, written = snap._store(ok, group)
@@ -160,9 +165,9 @@ class CaptureRun:
                 for n in ok:
                     r, w = snap._store([n], payloads[n])
                     written += w
-                    entries[n] = snap._entry(n, ns[n], payloads[n], r, ns)
+                    entries[n] = snap._entry(n, values[n], payloads[n], r, ns)
                 ok = []
         for n in comp:
             if n not in entries:
-                entries[n] = snap._entry(n, ns[n], payloads[n], ref if n in ok else "", ns)
+                entries[n] = snap._entry(n, values[n], payloads[n], ref if n in ok else "", ns)
         return written

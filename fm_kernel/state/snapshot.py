@@ -160,7 +160,7 @@ class Snapshotter:
         self.aside = Aside()  # unreplaceable objects restores took out of the namespace
 
     def visible(self, ns: Mapping[str, Any]) -> list[str]:
-        return [n for n in ns if user_name(n) and n not in self.hidden]
+        return [n for n in ns if self._walkable(ns, n)]
 
     # -- capture ---------------------------------------------------------
     def capture(self, ns: dict, code: str, prev: Manifest | None) -> Capture:
@@ -192,8 +192,9 @@ class Snapshotter:
                         todo.append(g)
         return seen, None
 
-    def _walkable(self, ns: dict, n: str) -> bool:
-        return user_name(n) and n not in self.hidden
+    def _walkable(self, ns: Mapping[str, Any], n: str) -> bool:
+        # globals()[1] = 2 is allowed: such a key is not a name, and not recorded
+        return isinstance(n, str) and user_name(n) and n not in self.hidden
 
     def _components(self, names: list[str], walk: Callable[[str], ObjectWalk]) -> list[list[str]]:
         parent = {n: n for n in names}
@@ -296,13 +297,14 @@ class Snapshotter:
     def _remember(self, ns: dict, live: list[str], manifest: Manifest) -> None:
         self._keep(self._look(ns)[0], manifest)
 
-    def _look(self, ns: dict) -> tuple[Bindings, set[str], set[str]]:
+    def _look(self, ns: dict, private: bool = False) -> tuple[Bindings, set[str], set[str]]:
         """ns's bindings now, and the names bound (anew or again) and unbound
         since the last look; with no last look, none: the capture then
-        checks every name (ids_known is False)."""
+        checks every name (ids_known is False). ``private``: ns is a copy
+        only the caller holds (bindings.py)."""
         if self._bound is None:
-            return Bindings.of(ns), set(), set()
-        return self._bound.since(ns)
+            return Bindings.of(ns, private), set(), set()
+        return self._bound.since(ns, private)
 
     def _keep(self, bound: Bindings, manifest: Manifest, cost: dict[str, float] | None = None,
               found: set[str] = frozenset()) -> None:

@@ -63,11 +63,6 @@ def writer(history: Path) -> subprocess.Popen:
     return p
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: the marker is overwritten in place; a write(2) of several pages is cut by SIGKILL "
-    "between pages, leaving the new record's first pages and the old record's tail, which "
-    "parses: step 6 with step 5's 'fm_committed': true. The next kernel then takes step 6 "
-    "as acknowledged and refuses the history as damaged (its log 'replayed to step 5 of 6')"))
 def test_a_kill_while_the_marker_is_written_never_names_an_uncommitted_step(tmp_path: Path):
     """Kills swept across the write of step 6's begin record: the marker
     must say step 5 was the last acknowledged, or nothing."""
@@ -151,11 +146,6 @@ def test_the_marker_reads_back_after_records_of_every_length(tmp_path: Path):
 
 
 @ROOT
-@pytest.mark.xfail(strict=True, reason=(
-    "bug (older than the in-place write): InflightMarker.write opens with O_CREAT and no "
-    "O_NOFOLLOW; a link planted after the kernel started (the start removes the marker, "
-    "the first cell creates it) is written through: the user's file is overwritten with "
-    "the record (now padded to the file's old size: all of it)"))
 def test_a_link_planted_after_the_start_is_not_written_through(tmp_path: Path):
     shared = tmp_path / "shared"
     shared.mkdir()
@@ -176,10 +166,6 @@ def test_a_link_planted_after_the_start_is_not_written_through(tmp_path: Path):
 
 
 @ROOT
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: on a full disk a record that grows the marker past its allocated page is written "
-    "short (pwrite returns fewer bytes, no OSError): the return value is not checked, so the "
-    "marker is left unreadable and nothing is logged, though a failed write promises a warning"))
 def test_a_marker_write_on_a_full_disk_reads_back_or_says_so(tmp_path: Path, caplog):
     with tmpfs(tmp_path / "disk", "1m") as disk:
         m = InflightMarker(disk / "h.duckdb")

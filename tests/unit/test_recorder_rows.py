@@ -110,7 +110,7 @@ def test_a_shorter_record_over_a_longer_one_reads_back_as_itself(tmp_path: Path,
     marker.write(long)
     marker.write(short, committed=True)
     assert marker.read_with_commit() == (short, True)
-    assert marker.path.stat().st_size == len(json.dumps({**long.to_json(), "fm_committed": False}))
+    assert marker.path.stat().st_size > len(json.dumps({**long.to_json(), "fm_committed": False}))
     huge = make_step(6, "z = 3\n" * 40_000, "running")
     marker.write(huge)
     marker.write(short)  # a file far longer than the record is cut back, not padded forever
