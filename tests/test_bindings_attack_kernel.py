@@ -127,11 +127,6 @@ def test_a_non_str_key_in_globals_does_not_stop_recording(tmp_path: Path):
         check(k, "assert a == [1] and b == 2")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug (older than the table look; ids, not references, are compared): a thread that "
-    "rebinds a large array twice between cells gets the freed first array's address for "
-    "the last one; the look says unchanged, arrays that large are not re-checked, and the "
-    "step records the old content: a rewind to it gives 7.0, not 1.0"))
 def test_an_array_rebound_twice_by_a_thread_is_recorded(tmp_path: Path):
     with Kernel(env={"FM_HISTORY": str(tmp_path / "h.duckdb")}) as k:
         check(k, WORKER + "import numpy as np\nbig = np.full(100_000, 7.0)")

@@ -20,8 +20,12 @@ layout that does not verify at import, another interpreter — takes the
 portable pass over names and ids, which is always right.
 
 Ids, not references, are compared (as before this module): an object freed
-and another allocated at the same address under the same name in one cell is
-not seen here; the cell's analysis names what its own code binds."""
+and another allocated at the same address under the same name between two
+looks is not seen here. The cell's analysis names what its own code binds,
+small objects are re-checked by content (recheck.py) and large ones that
+take weak references are watched by one (Snapshotter._look); what is left
+is a large object of a type without weak references (bytes, list, dict)
+rebound twice between two cells by code no cell names."""
 
 from __future__ import annotations
 
@@ -159,7 +163,9 @@ def _pairs(raw: bytes) -> tuple[list[int], list[int]]:
 
 
 # -- the table layout (CPython 3.11-3.13, Include/internal/pycore_dict.h) -----
-_MA_KEYS = 4 * _PTR       # PyDictObject: refcnt, type, ma_used, version tag, *ma_keys*
+# PyDictObject ends with ma_keys, ma_values: counted from the end, a build
+# with a longer object header (--with-trace-refs) reads the right field
+_MA_KEYS = dict.__basicsize__ - 2 * _PTR
 _DK_HEADER = 4 * _PTR     # refcnt, log2 size/index bytes/kind/version, usable, nentries
 _STR_KEYS = 1  # dk_kind of a table whose keys are all str: entries (key, value)
 
@@ -186,7 +192,8 @@ def table_look(*, verify: bool = True) -> bool:
     CPython 3.11-3.13 with the GIL, 64-bit, and a layout that reads back the
     ids of dicts made here (with and without deleted entries, str and other keys)."""
     if sys.implementation.name != "cpython" or not (3, 11) <= sys.version_info[:2] <= (3, 13) \
-            or ctypes.sizeof(ctypes.c_void_p) != _PTR or sysconfig.get_config_var("Py_GIL_DISABLED"):
+            or ctypes.sizeof(ctypes.c_void_p) != _PTR or sysconfig.get_config_var("Py_GIL_DISABLED") \
+            or dict.__basicsize__ != 6 * _PTR:  # a header other than refcount and type
         return False
     if not verify:
         return True

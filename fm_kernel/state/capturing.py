@@ -126,6 +126,7 @@ class CaptureRun:
                     entries[n] = prev[n]  # type: ignore[index]  # untouched: prev holds it
             manifest, touched = Manifest({n: entries[n] for n in live}), None
         snap._keep(self.bound, manifest, self.cost, changed & self.rechecked)
+        snap._watch(set(entries) | deleted, self.values, manifest)
         return Capture(manifest=manifest, changed=changed, deleted=deleted, bytes_written=written,
                        bytes_hashed=self.hashed[0], candidates=cands, touched=touched,
                        full_scan_reason=reason, seconds=time.perf_counter() - t0)

@@ -74,7 +74,7 @@ def _bind(states: States, report: RestoreReport, name: str, obj: Any, e: VarEntr
     held = dict(report.manifest or {})
     held[name] = entry
     report.manifest = Manifest(held)
-    snap._remember(ns, list(held), report.manifest)
+    snap._remember(ns, list(held), report.manifest, {name})
 
 
 def _namespace(states: States, pstep: int, source: str, report: RestoreReport) -> dict:

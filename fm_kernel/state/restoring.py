@@ -234,4 +234,4 @@ class Restore:
         from .snapshot import Manifest
 
         report.manifest = Manifest(held)
-        self.snap._remember(ns, list(held), report.manifest)
+        self.snap._remember(ns, list(held), report.manifest, {*self.put, *report.deleted})

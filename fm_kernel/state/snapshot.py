@@ -24,7 +24,8 @@ import reprlib
 import sys
 import tempfile
 import types
-from collections.abc import Callable, Mapping
+import weakref
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ from ..record.objects import ObjectFiles, chunk_keys, digest
 from .pickling import LOAD_GLOBALS, array_roots, IsolatedUnpickler, Payload, SnapshotPickler, qualname
 from .bindings import Bindings
 from .capturing import CaptureRun
-from .recheck import Rechecks
+from .recheck import SMALL_ONE, Rechecks
 from .manifest import Manifest, VarEntry
 from .restoring import Aside, Restore, ticker
 from .surrogate import state_fingerprint
@@ -156,6 +157,8 @@ class Snapshotter:
         # what ns's names were bound to at the last capture or restore, and of which state
         self._bound: Bindings | None = None
         self._ids_sig: str | None = None
+        self._large: dict[str, weakref.ref] = {}  # large objects' weak references (_watch)
+        self._pending: set[str] = set()  # bound by others during a restore: for the next capture
         self.rechecks = Rechecks()  # small objects fingerprinted again in turn (recheck.py)
         self.aside = Aside()  # unreplaceable objects restores took out of the namespace
 
@@ -294,25 +297,48 @@ class Snapshotter:
         state = state_fingerprint(obj, lambda v: self.content_fp(v, ns))
         return f"~{state}" if state is not None else f"!{id(obj):x}"
 
-    def _remember(self, ns: dict, live: list[str], manifest: Manifest) -> None:
-        self._keep(self._look(ns)[0], manifest)
+    def _remember(self, ns: dict, live: list[str], manifest: Manifest, bound_here: Iterable[str] = ()) -> None:
+        """After a restore bound ``bound_here`` (and deleted): ``manifest``
+        is what ns holds. What anyone else bound meanwhile (a thread) is left
+        for the next capture to look at."""
+        now, bound, unbound = self._look(ns)
+        self._keep(now, manifest)
+        self._watch(bound_here, ns, manifest)
+        self._pending = (bound | unbound) - set(bound_here)
 
     def _look(self, ns: dict, private: bool = False) -> tuple[Bindings, set[str], set[str]]:
         """ns's bindings now, and the names bound (anew or again) and unbound
         since the last look; with no last look, none: the capture then
         checks every name (ids_known is False). ``private``: ns is a copy
-        only the caller holds (bindings.py)."""
+        only the caller holds (bindings.py). A large object watched by a
+        weak reference that is no longer the one bound counts as bound
+        again even when the id is the same (freed, and another made at its
+        address: ids alone cannot tell)."""
         if self._bound is None:
             return Bindings.of(ns, private), set(), set()
-        return self._bound.since(ns, private)
+        now, bound, unbound = self._bound.since(ns, private)
+        bound |= {n for n, r in self._large.items() if n in ns and r() is not ns[n]}
+        return now, bound | self._pending, unbound
 
     def _keep(self, bound: Bindings, manifest: Manifest, cost: dict[str, float] | None = None,
               found: set[str] = frozenset()) -> None:
         """What every name of ns was bound to when ``manifest`` was made
         (what checking each name cost the capture that made it, and which
         names only its re-checks found changed)."""
-        self._bound, self._ids_sig = bound, manifest.signature()
+        self._bound, self._ids_sig, self._pending = bound, manifest.signature(), set()
         self.rechecks.captured(cost or {}, found)
+
+    def _watch(self, names: Iterable[str], ns: Mapping[str, Any], manifest: Manifest) -> None:
+        """Weak references to the large objects of ``names`` (the rest are
+        re-checked by content: recheck.py), dropped for names gone."""
+        for n in names:
+            e, obj = manifest.get(n), ns.get(n)
+            self._large.pop(n, None)
+            if e is not None and obj is not None and e.size_bytes > SMALL_ONE:
+                try:
+                    self._large[n] = weakref.ref(obj)
+                except TypeError:
+                    pass  # bytes, lists...: ids only
 
     def idle_recheck(self, ns: dict, live: Manifest, new_round: bool = False) -> bool:
         """One look at small objects while the kernel is idle (recheck.py);

@@ -273,11 +273,6 @@ def test_bindings_made_behind_the_cells_back_after_a_rewind_are_recorded(cells: 
     assert cells.ns["big"][:1] == b"z" and cells.ns["small"] == 1
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug (older than the table look): a name rebound by other code while a restore loads "
-    "(a flow thread's global; here a __reduce__) is left as 'unchanged', and the look taken "
-    "after the restore makes the new object the baseline of the target's entry, so no "
-    "capture ever records it: a later rewind to that step gives the old value"))
 def test_a_rebinding_while_a_restore_loads_is_recorded_by_the_next_capture(cells: Cells):
     cells.run(f"big = b'x' * {BIG}\nm = Meddler(1)")
     cells.run("m = Meddler(2)")
@@ -299,11 +294,6 @@ def test_a_name_deleted_while_a_capture_runs_does_not_lose_the_state(cells: Cell
     assert "m" in cap.manifest.names()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug (older than the table look; ids, not references, are compared): a name rebound "
-    "twice between captures by other code (a thread) gets an object at the freed first "
-    "one's address; the look says unchanged, a large object is not re-checked, and the "
-    "step records the old content: a rewind to it gives the old value"))
 def test_a_name_rebound_twice_behind_the_cells_back_is_recorded(cells: Cells):
     np = pytest.importorskip("numpy")
     cells.ns["np"] = np
