@@ -19,10 +19,10 @@ from typing import Any
 
 import pytest
 
-from fm_kernel.record.objects import ObjectFiles
 from fm_kernel.state import bindings
 from fm_kernel.state.bindings import Bindings
-from fm_kernel.state.snapshot import Capture, Snapshotter
+
+from cells import Cells
 
 BIG = 400_000  # bytes: above what captures re-check every cell (snapshot.SMALL_ONE)
 
@@ -206,28 +206,6 @@ def test_dicts_the_table_look_must_refuse_or_read_right(fast):
 
 # -- captures and restores built on the look ----------------------------------
 
-class Cells:
-    """A namespace and its snapshotter, cell by cell (what the kernel does)."""
-
-    def __init__(self, root: Path) -> None:
-        self.objects = ObjectFiles(root / "h.objects", defer=True)
-        self.snap = Snapshotter(self.objects)
-        self.ns: dict[str, Any] = {"__name__": "__main__", "Meddler": Meddler}
-        self.states: list[Capture] = []
-
-    def run(self, code: str) -> Capture:
-        exec(code, self.ns)
-        cap = self.snap.capture(self.ns, code, self.states[-1].manifest if self.states else None)
-        self.objects.sync()
-        self.states.append(cap)
-        return cap
-
-    def rewind(self, i: int) -> Any:
-        r = self.snap.restore(self.states[i].manifest, self.ns, self.states[-1].manifest)
-        self.states.append(Capture(r.manifest, set(), set()))
-        return r
-
-
 # Code that runs while a capture pickles or a restore unpickles: what another
 # thread does there (it gets the GIL in those windows), made deterministic.
 MEDDLE: dict[str, Any] = {}
@@ -253,7 +231,7 @@ class Meddler:
 
 @pytest.fixture
 def cells(tmp_path: Path):
-    c = Cells(tmp_path)
+    c = Cells(tmp_path, Meddler=Meddler)
     yield c
     MEDDLE.clear()
 

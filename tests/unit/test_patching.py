@@ -11,8 +11,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from fm_kernel.record.objects import ObjectFiles, digest
-from fm_kernel.state.snapshot import Capture, Snapshotter
+from fm_kernel.record.objects import digest
+
+from cells import Cells
 
 MB = 1024 * 1024
 CHUNK = 2 * MB
@@ -21,29 +22,6 @@ N = 40 * MB // 8  # float64 elements: 20 chunks of 2 MiB
 
 def arange() -> np.ndarray:
     return np.arange(N, dtype=np.float64)
-
-
-class Cells:
-    """A namespace and its snapshotter, cell by cell (what the kernel does)."""
-
-    def __init__(self, root: Path) -> None:
-        self.objects = ObjectFiles(root / "h.objects", defer=True)
-        self.snap = Snapshotter(self.objects)
-        self.ns: dict[str, Any] = {"__name__": "__main__"}
-        self.states: list[Capture] = []
-
-    def run(self, code: str) -> Capture:
-        exec(code, self.ns)
-        cap = self.snap.capture(self.ns, code, self.states[-1].manifest if self.states else None)
-        self.objects.sync()
-        self.states.append(cap)
-        return cap
-
-    def rewind(self, i: int) -> Any:
-        live = self.states[-1].manifest
-        r = self.snap.restore(self.states[i].manifest, self.ns, live)
-        self.states.append(Capture(r.manifest, set(), set()))
-        return r
 
 
 @pytest.fixture
