@@ -34,12 +34,10 @@ def acknowledged_step(history: Path) -> int | None:
     step it names if its record committed, else the one before it."""
     data = read_marker(Path(str(history) + ".inflight"))  # never through a link (inflight.py)
     try:
-        step = int(data["step"]) if data is not None else None
-    except (ValueError, TypeError, KeyError):
+        step = int(data["step"])  # type: ignore[index]
+    except (ValueError, TypeError, KeyError):  # no marker (None), or no step in it
         return None
-    if step is None or data is None:
-        return None
-    return step if data.get("fm_committed") else step - 1
+    return step if data.get("fm_committed") else step - 1  # type: ignore[union-attr]
 
 
 def keep_log(history: Path, data: bytes | None) -> Path | None:
