@@ -1,5 +1,5 @@
 """Attacks on the namespace look through a real kernel (the promise of
-docs/time-travel.md "Bindings are never missed"): threads binding and deleting
+docs/time-travel.md "Bindings, and the one blind spot"): threads binding and deleting
 globals while cells run and captures look, a rebinding behind the cell's back
 before and after rewinds and in a fresh kernel, a non-str key in globals(),
 120,000 names with deletion storms. A kernel that dies (a bad read of a dict's
